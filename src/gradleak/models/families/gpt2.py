@@ -1,0 +1,41 @@
+"""GPT-2: learned absolute positions, pre-LayerNorm, fused Q|K|V in one Conv1D.
+
+GPT-2's Conv1D stores weights (in, out), the transpose of ``nn.Linear``; the fused ``c_attn``
+holds Q, K and V side by side along the output axis, so each role is a slice of its columns.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from gradleak.models.families.base import ArchitectureFamily, ModuleSlot
+
+
+class GPT2Family(ArchitectureFamily):
+    """GPT-2 and GPT-2-shaped decoders (``model_type`` gpt2)."""
+
+    name = "gpt2"
+    model_types = ("gpt2",)
+    causal = True
+    positions = "learned"
+    transposed_weights = True
+
+    def blocks(self) -> nn.ModuleList:
+        return self.base.h
+
+    def block_linears(self, block: nn.Module) -> dict[str, ModuleSlot]:
+        d = block.attn.c_attn.weight.shape[0]
+        return {
+            "q": ModuleSlot(block.attn.c_attn, (0, d)),
+            "k": ModuleSlot(block.attn.c_attn, (d, 2 * d)),
+            "v": ModuleSlot(block.attn.c_attn, (2 * d, 3 * d)),
+            "o": ModuleSlot(block.attn.c_proj),
+            "mlp_in": ModuleSlot(block.mlp.c_fc),
+            "mlp_out": ModuleSlot(block.mlp.c_proj),
+        }
+
+    def embedding(self) -> nn.Embedding:
+        return self.base.wte
+
+    def _embedding_modules_params(self) -> list[nn.Parameter]:
+        return [*self.base.wte.parameters(), *self.base.wpe.parameters()]

@@ -1,0 +1,169 @@
+"""Inputs of linear layers for candidate token sequences, computed by the model's own modules.
+
+The probe hooks the modules of the requested layers, runs the bare transformer and stops the
+forward pass as soon as every requested input has been seen, so asking for block 1's query input
+costs one embedding lookup and one block. Copying the model's internals instead (as the DAGER
+reference code does) breaks with every transformers release; hooks do not.
+
+For causal models the probe also extends prefixes incrementally with a KV cache, so growing N
+prefixes by one token costs N tokens' work, not N full sequences.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from gradleak.models.families.base import ArchitectureFamily, LinearLayer
+
+
+class _InputsCaptured(Exception):
+    """Raised inside the forward pass once every requested input has been captured."""
+
+
+@dataclass
+class PrefixState:
+    """A batch of causal prefixes, summarised by their KV cache.
+
+    Attributes:
+        cache: the model's key/value cache for blocks up to the deepest probed layer.
+        length: number of tokens in each prefix.
+    """
+
+    cache: DynamicCache
+    length: int
+
+    @property
+    def size(self) -> int:
+        """Returns the number of prefixes."""
+        for layer in self.cache.layers:
+            keys = getattr(layer, "keys", None)
+            if isinstance(keys, torch.Tensor):
+                return int(keys.shape[0])
+        return 0
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> PrefixState:
+        """Returns a new state holding the prefixes at ``index`` (repeats allowed); self is unchanged."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        tensors = [t for layer in self.cache.layers for t in vars(layer).values() if isinstance(t, torch.Tensor)]
+        # Share tensors instead of copying them: selection below replaces them with new ones.
+        cache = copy.deepcopy(self.cache, memo={id(t): t for t in tensors})
+        cache.batch_select_indices(index.to(tensors[0].device) if tensors else index)
+        return PrefixState(cache=cache, length=self.length)
+
+
+class LinearInputProbe:
+    """Computes the rows that chosen linear layers receive, for given token sequences.
+
+    Args:
+        family: the architecture family bound to the model.
+        layers: the linear layers whose inputs are wanted.
+    """
+
+    def __init__(self, family: ArchitectureFamily, layers: Sequence[LinearLayer]) -> None:
+        if not layers:
+            raise ValueError("LinearInputProbe needs at least one linear layer")
+        self.family = family
+        self.layers = tuple(layers)
+        self._by_module: dict[str, list[LinearLayer]] = {}
+        for layer in self.layers:
+            self._by_module.setdefault(layer.module_name, []).append(layer)
+
+    @property
+    def device(self) -> torch.device:
+        """Returns the device of the model's embedding table."""
+        return self.family.embedding().weight.device
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> dict[LinearLayer, torch.Tensor]:
+        """Returns, per layer, its input rows for full sequences, shaped (batch, length, in_features)."""
+        return self._run(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, cache=None)
+
+    @torch.no_grad()
+    def token_rows(self, token_ids: torch.Tensor, *, position: int, token_type: int = 0) -> dict[LinearLayer, torch.Tensor]:
+        """Returns block-0 attention inputs for single tokens placed at ``position``, shaped (n, in).
+
+        Valid only for layers whose input depends on one token and its position: the q, k and v
+        projections of block 0.
+        """
+        for layer in self.layers:
+            if layer.block != 0 or layer.role not in ("q", "k", "v"):
+                raise ValueError(f"token_rows needs block-0 q/k/v layers, got {layer.key}")
+        ids = token_ids.reshape(-1, 1).to(self.device)
+        positions = torch.full_like(ids, position)
+        types = torch.full_like(ids, token_type) if self.family.token_types else None
+        rows = self._run(ids, attention_mask=None, token_type_ids=types, position_ids=positions, cache=None)
+        return {layer: r[:, 0] for layer, r in rows.items()}
+
+    @torch.no_grad()
+    def start(self, prefix_ids: torch.Tensor) -> tuple[dict[LinearLayer, torch.Tensor], PrefixState]:
+        """Returns the input rows of unpadded prefixes (P, t, in) and their state for extension."""
+        self._require_causal()
+        cache = DynamicCache()
+        rows = self._run(prefix_ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=cache)
+        return rows, PrefixState(cache=cache, length=int(prefix_ids.shape[1]))
+
+    @torch.no_grad()
+    def extend(self, state: PrefixState, next_ids: torch.Tensor) -> tuple[dict[LinearLayer, torch.Tensor], PrefixState]:
+        """Returns the input rows (P, in) at the new position after appending one token to each prefix.
+
+        ``state`` is consumed: its cache now holds the extended prefixes, which the returned state
+        describes. Use :meth:`PrefixState.select` first to keep the original.
+        """
+        self._require_causal()
+        ids = next_ids.reshape(-1, 1).to(self.device)
+        rows = self._run(ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=state.cache)
+        return {layer: r[:, -1] for layer, r in rows.items()}, PrefixState(state.cache, state.length + 1)
+
+    def _require_causal(self) -> None:
+        if not self.family.causal:
+            raise ValueError(f"{self.family.name} is not causal: prefixes cannot be extended with a cache")
+
+    def _run(self, input_ids, *, attention_mask, token_type_ids, position_ids, cache) -> dict[LinearLayer, torch.Tensor]:
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def make_hook(name: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                captured[name] = args[0]
+                if len(captured) == len(self._by_module):
+                    raise _InputsCaptured
+
+            return hook
+
+        for name in self._by_module:
+            module = self.family.model.get_submodule(name)
+            handles.append(module.register_forward_pre_hook(make_hook(name)))
+        kwargs = {"input_ids": input_ids.to(self.device)}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(self.device)
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids.to(self.device)
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids.to(self.device)
+        if cache is not None:
+            kwargs.update(past_key_values=cache, use_cache=True)
+        try:
+            self.family.base(**kwargs)
+        except _InputsCaptured:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [name for name in self._by_module if name not in captured]
+        if missing:
+            raise RuntimeError(f"the forward pass never reached {missing}")
+        return {layer: captured[layer.module_name] for layer in self.layers}
