@@ -1,0 +1,36 @@
+"""How a client turns texts into model inputs and a loss, for each task.
+
+Padding follows what real clients do: right padding (with EOS as the pad token when the
+tokenizer has none, as for GPT-2) and an attention mask, always.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from gradleak.models.loading import PublicModel
+
+
+def encode(public: PublicModel, texts: Sequence[str], *, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Returns the tokenised, right-padded batch (input_ids, attention_mask, ...)."""
+    if public.tokenizer is None:
+        raise ValueError(f"model {public.spec!r} has no tokenizer; give random models a tokenizer=PATH option")
+    return dict(public.tokenizer(
+        list(texts), padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt",
+    ))
+
+
+def task_loss(public: PublicModel, inputs: dict[str, torch.Tensor], labels: Sequence[int] | None) -> torch.Tensor:
+    """Returns the client's training loss on one encoded batch."""
+    device = public.family.embedding().weight.device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    if public.task == "next_token":
+        targets = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        return public.model(**inputs, labels=targets).loss
+    n = inputs["input_ids"].shape[0]
+    label_tensor = torch.tensor(list(labels) if labels is not None else [0] * n, device=device)
+    if label_tensor.numel() != n:
+        raise ValueError(f"got {label_tensor.numel()} labels for {n} texts")
+    return public.model(**inputs, labels=label_tensor).loss

@@ -1,0 +1,85 @@
+"""Randomly initialised models of a named architecture, with a real tokenizer.
+
+No GPT-2 weights can be had offline, so GPT-2 code paths run on a random-init ``GPT2Config``
+model paired with the real GPT-2 tokenizer (shipped in ``assets/gpt2-tokenizer``). The same seed
+always gives the same weights, so a client and an attacker that share the spec share the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from gradleak.errors import UnknownSpecError
+from gradleak.models.bundled import BUNDLED
+
+ASSETS = Path(__file__).parent / "assets"
+
+#: Config defaults per architecture, where the library default is not a sensible size.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": {},
+    # SmolLM2-135M's shape: the library's LlamaConfig default is a 7B model.
+    "llama": {
+        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "max_position_embeddings": 8192,
+    },
+    "bert": {},
+}
+_RESERVED = ("seed", "tokenizer")
+
+
+def default_tokenizer_source(arch: str) -> str:
+    """Returns where the tokenizer of ``random:ARCH`` comes from when none is named."""
+    if arch == "gpt2":
+        return str(ASSETS / "gpt2-tokenizer")
+    if arch == "llama":
+        return "smollm2-135m"
+    if arch == "bert":
+        return "minilm"
+    raise UnknownSpecError(
+        f"random:{arch} has no default tokenizer; add tokenizer=PATH, e.g. random:{arch}?tokenizer=./tok"
+    )
+
+
+def random_config(arch: str, options: dict[str, str], *, vocab_size: int | None) -> PretrainedConfig:
+    """Returns the config of ``random:ARCH``: defaults, then the user's overrides."""
+    try:
+        config = AutoConfig.for_model(arch)
+    except ValueError:
+        raise UnknownSpecError(
+            f"random:{arch} names no transformers architecture; use e.g. random:gpt2, random:llama, random:bert."
+        ) from None
+    values = dict(_DEFAULTS.get(arch, {}))
+    if vocab_size is not None:
+        values["vocab_size"] = vocab_size
+    for key, raw in options.items():
+        if key in _RESERVED:
+            continue
+        if not hasattr(config, key):
+            raise UnknownSpecError(f"random:{arch} has no config field {key!r}; check the spelling.")
+        values[key] = _coerce(raw, getattr(config, key))
+    for key, value in values.items():
+        setattr(config, key, value)
+    return config
+
+
+def _coerce(raw: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(current, int):
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def tokenizer_source_is_alias(source: str) -> bool:
+    """Returns whether a tokenizer source names a bundled model rather than a path or hub id."""
+    return source in BUNDLED
