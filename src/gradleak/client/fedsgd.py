@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 import gradleak
 from gradleak.client.exposure import Exposure
 from gradleak.client.tasks import encode, task_loss
-from gradleak.data.batch import Batch
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate, UpdateMetadata
+
+if TYPE_CHECKING:
+    from gradleak.data.batch import Batch
 
 
 def compute_update(

@@ -1,0 +1,140 @@
+"""The span of a linear layer's weight gradient, and how far candidate rows lie from it.
+
+For a linear layer ``Y = X W^T`` the weight gradient ``dL/dW = (dL/dY)^T X`` has every row in the
+span of the input rows X. An orthonormal basis of that span, taken from the gradient's right
+singular vectors, is therefore a membership oracle: a candidate input row that the client really
+fed the layer has a (numerically) zero residual against it, a wrong one almost surely does not.
+
+Nothing here is specific to a role or a depth: any exposed linear layer (attention projections,
+MLP projections, LoRA factors) gives a basis. Several gradients with the same input (q, k and v)
+are stacked, which matters where one of them is blind to some rows (a causal model's first
+query attends to one key only, so its query gradient is exactly zero).
+
+The rank is read from the spectrum: singular values of a true gradient drop by several decades
+exactly at the number of distinct input rows, so the largest log-gap finds it without a
+hand-tuned tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+#: A spectrum whose largest drop is smaller than this (in decades) has no usable gap.
+MIN_GAP_DECADES = 1.0
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class SpanBasis:
+    """An orthonormal basis of the input-side span of one or more weight gradients.
+
+    Attributes:
+        basis: (rank, in_features) orthonormal rows, float32 for fast scans.
+        rank: the estimated number of distinct input rows.
+        in_features: dimension of the input rows.
+        singular_values: the stacked gradient's singular values, descending (float64).
+        gap_decades: log10 drop of the singular values at ``rank``; 0 when there is no gap.
+        saturated: the span fills (almost) the whole input space, so membership certifies nothing.
+    """
+
+    basis: torch.Tensor
+    rank: int
+    in_features: int
+    singular_values: torch.Tensor
+    gap_decades: float
+    saturated: bool
+
+    @property
+    def noise_floor(self) -> float:
+        """Returns ``s[rank] / s[rank-1]``: how far float noise can tilt a true row off the span."""
+        if self.rank >= len(self.singular_values):
+            return 0.0
+        s = self.singular_values
+        return float(s[self.rank] / max(float(s[self.rank - 1]), _TINY))
+
+    def residuals(self, rows: torch.Tensor, *, chunk_size: int = 8192) -> torch.Tensor:
+        """Returns each row's relative distance to the span, ``|v - P v| / |v|``, in [0, 1].
+
+        The residual vector is formed explicitly (two matrix products) instead of as
+        ``1 - |P v|^2``, whose cancellation would hide residuals below ~3e-4 in float32.
+        """
+        shape = rows.shape[:-1]
+        flat = rows.reshape(-1, rows.shape[-1])
+        basis = self.basis.to(device=flat.device)
+        out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+        for start in range(0, flat.shape[0], chunk_size):
+            chunk = flat[start : start + chunk_size].to(torch.float32)
+            chunk = chunk / chunk.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            residual = chunk - (chunk @ basis.T) @ basis
+            out[start : start + chunk_size] = residual.norm(dim=-1)
+        return out.reshape(shape)
+
+
+def estimate_rank(singular_values: torch.Tensor, *, min_gap: float = MIN_GAP_DECADES) -> tuple[int, float]:
+    """Returns (rank, gap in decades) at the largest drop of a descending spectrum.
+
+    Returns the full length and a gap of 0 when no drop reaches ``min_gap`` decades.
+    """
+    s = singular_values.double().clamp_min(_TINY)
+    if len(s) < 2 or float(s[0]) <= _TINY:
+        return (0 if float(s[0]) <= _TINY else len(s)), 0.0
+    logs = torch.log10(s)
+    drops = logs[:-1] - logs[1:]
+    index = int(torch.argmax(drops))
+    gap = float(drops[index])
+    if gap < min_gap:
+        return len(s), 0.0
+    return index + 1, gap
+
+
+def span_basis(
+    gradients: Sequence[torch.Tensor],
+    *,
+    rank: int | None = None,
+    rank_tol: float | None = None,
+    max_rank: int | None = None,
+) -> SpanBasis:
+    """Returns the basis of the input-side span of weight gradients laid out (out, in).
+
+    Args:
+        gradients: gradients that share one input (e.g. q, k and v of a block); each is scaled
+            to unit norm before stacking so a large one cannot drown a small one.
+        rank: force this rank (expert override).
+        rank_tol: keep singular values above ``rank_tol * s_max`` (expert override; relative,
+            unlike the absolute tolerance of the DAGER reference code).
+        max_rank: cap the rank (DAGER's ``d - 20``) so the basis never fills the space.
+    """
+    if not gradients:
+        raise ValueError("span_basis needs at least one gradient")
+    in_features = gradients[0].shape[-1]
+    stacked = torch.cat([g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients])
+    _, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
+    if rank is not None:
+        chosen, gap = rank, _gap_at(s, rank)
+    elif rank_tol is not None:
+        chosen = int((s > rank_tol * s[0]).sum())
+        gap = _gap_at(s, chosen)
+    else:
+        chosen, gap = estimate_rank(s)
+    limit = min(in_features, stacked.shape[0])
+    saturated = chosen >= limit or gap == 0.0
+    if max_rank is not None:
+        chosen = min(chosen, max_rank)
+    return SpanBasis(
+        basis=vh[:chosen].to(torch.float32).contiguous(),
+        rank=chosen,
+        in_features=in_features,
+        singular_values=s,
+        gap_decades=gap,
+        saturated=saturated,
+    )
+
+
+def _gap_at(s: torch.Tensor, rank: int) -> float:
+    if rank <= 0 or rank >= len(s):
+        return 0.0
+    return math.log10(max(float(s[rank - 1]), _TINY) / max(float(s[rank]), _TINY))
