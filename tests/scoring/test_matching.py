@@ -60,9 +60,14 @@ def test_dager_matching_is_not_a_bijection():
 def test_dager_matching_counts_padding_and_breaks_ties_first():
     # Everything is padded to 3 tokens: "a b _" shares no token with "x y z" but one
     # pad-vs-pad position with "q _ _", so the reference code's padding picks "q".
-    assert dager_assignment(["a b"], ["x y z", "q"]) == (1,)
-    # "x y _" and "q _ _" both share one pad position: the tie goes to the first.
-    assert dager_assignment(["a b"], ["x y", "q"]) == (0,)
+    assert dager_assignment(["a b", "k l m"], ["x y z", "q"]) == (1, 0)
+    # "x y _" and "q _ _" both share one pad position with "a b _": the tie goes to the first.
+    assert dager_assignment(["a b", "k"], ["x y", "q"]) == (0, 1)
+
+
+def test_dager_matching_only_considers_the_first_batch_size_reconstructions():
+    assert dager_assignment(["a b", "c d"], ["x", "y", "a b"]) == (0, 0)
+    assert hungarian_assignment(["a b", "c d"], ["x", "y", "a b"])[0] == 2
 
 
 def test_dager_matching_uses_token_ids_when_given():

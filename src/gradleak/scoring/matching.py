@@ -7,7 +7,8 @@
   reconstruction with the most position-wise equal tokens. It is **not a bijection**: one
   reconstruction can serve several references, which can only raise the score. As in the
   reference code, all sequences are right-padded to a common length and padding equal to padding
-  counts as a match, and ties go to the first reconstruction (``argmax``).
+  counts as a match, ties go to the first reconstruction (``argmax``), and only the first
+  ``len(references)`` reconstructions are candidates (the code truncates the list first).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def dager_assignment(
         reconstruction_tokens: Token ids of each reconstruction, likewise.
     """
     refs = token_lists(references, reference_tokens)
-    recs = token_lists(reconstructions, reconstruction_tokens)
+    # The reference code keeps only the first len(references) reconstructions (ranked best first).
+    recs = token_lists(reconstructions, reconstruction_tokens)[: len(refs)]
     if not recs:
         return (None,) * len(refs)
     out: list[int | None] = []
