@@ -1,0 +1,184 @@
+"""DAGER (Petrov, Dimitrov, Baader, Mueller, Vechev, NeurIPS 2024; arXiv 2405.15586).
+
+Exact inversion of a client's gradient through the span of its linear-layer gradients:
+
+1. block 0's attention-input span picks the batch's tokens out of the whole vocabulary
+   (per position with learned positions, as one bag with RoPE);
+2. block 1's span accepts prefixes (decoders) or whole sentences (encoders) built from them.
+
+Threat model: honest-but-curious server with the model weights and tokenizer; needs the
+gradients of the q, k or v projections of blocks 0 and 1; no labels, batch size or lengths.
+
+Deviations from the reference code, each on purpose:
+
+- Rank and thresholds come from the data (largest log-gaps of the spectrum and of the residuals),
+  not the per-batch-size tolerances 1e-7/1e-8/1e-9 and thresholds 1e-5/1e-3, which fail on real
+  float32 gradients; ``DagerConfig`` keeps explicit overrides.
+- q, k and v gradients are stacked: a causal model's first query attends to one key only, so its
+  query gradient is exactly zero and q alone never sees the first token.
+- The rank cap ``d - 20`` is applied only where the span is saturated, and results are then
+  flagged best-effort instead of being presented as exact.
+- Candidate rows come from the model's own modules through hooks (no copied internals).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
+from gradleak.attacks.dager.config import DagerConfig
+from gradleak.attacks.dager.decoder import search_prefixes
+from gradleak.attacks.dager.encoder import search_sentences
+from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
+from gradleak.attacks.dager.tokens import scan_tokens
+from gradleak.attacks.thresholds import largest_gap_split
+from gradleak.models.loading import PublicModel
+from gradleak.update import ClientUpdate
+
+logger = logging.getLogger(__name__)
+
+
+class Dager(Attack):
+    """DAGER with data-driven ranks and thresholds, for decoders (learned or rotary positions) and encoders."""
+
+    name = "dager"
+
+    def __init__(self, config: DagerConfig | None = None) -> None:
+        self.config = config or DagerConfig()
+
+    def __repr__(self) -> str:
+        return f"Dager({self.config})"
+
+    def reconstruct(self, public: PublicModel, update: ClientUpdate) -> Reconstruction:
+        """Returns the sequences recovered from ``update``, each certified or best-effort."""
+        cfg, family = self.config, public.family
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        gradients = update.gradients()
+        token_oracle = self._oracle(public, gradients, 0)
+        sequence_oracle = self._oracle(public, gradients, cfg.sequence_block)
+        timings["svd"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        vocab = self._vocabulary(public)
+        per_position = family.positions == "learned"
+        max_length = min(cfg.max_length, _max_positions(public))
+        scan = scan_tokens(token_oracle, vocab, per_position=per_position, max_length=max_length,
+                           tau=cfg.tau1, chunk_size=cfg.chunk_size)
+        timings["token_scan"] = time.perf_counter() - started
+
+        diagnostics: dict[str, Any] = {
+            "rank": {"token_block": token_oracle.basis.rank, "sequence_block": sequence_oracle.basis.rank},
+            "gap_decades": {"token_block": round(token_oracle.basis.gap_decades, 2),
+                            "sequence_block": round(sequence_oracle.basis.gap_decades, 2)},
+            "tau1": scan.threshold,
+            "tokens_per_position": [len(s) for s in scan.sets],
+            "seconds": timings,
+        }
+        if not scan.sets:
+            return Reconstruction(self.name, (), reason="no token passed block 0's span test, so nothing "
+                                  "can be recovered (the update may be noised or not a gradient of this model).",
+                                  diagnostics=diagnostics)
+
+        started = time.perf_counter()
+        tau2 = cfg.tau2 if cfg.tau2 is not None else self._sequence_threshold(sequence_oracle, scan, vocab)
+        diagnostics["tau2"] = tau2
+        if family.causal:
+            search = search_prefixes(
+                sequence_oracle,
+                tokens_at=(lambda p: scan.sets[p] if p < len(scan.sets) else None) if per_position
+                else (lambda p: scan.sets[0]),
+                threshold=tau2, max_length=max_length, chunk_size=cfg.chunk_size, max_frontier=cfg.max_frontier,
+            )
+            found, truncated = search.sequences, search.truncated
+            diagnostics["prefix_candidates"], diagnostics["prefix_accepted"] = search.candidates, search.accepted
+        else:
+            found, truncated = search_sentences(
+                sequence_oracle, scan.sets, tokenizer=public.tokenizer, threshold=tau2,
+                restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
+            )
+        timings["search"] = time.perf_counter() - started
+
+        reason = self._best_effort_reason(token_oracle, sequence_oracle, truncated)
+        sequences = tuple(
+            RecoveredSequence(token_ids=ids, text=public.tokenizer.decode(list(ids)),
+                              certified=reason is None and max(res) < tau2, residuals=res)
+            for ids, res in found
+        )
+        if not sequences:
+            reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
+        return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
+
+    def _oracle(self, public: PublicModel, gradients, block: int) -> SpanOracle:
+        cfg = self.config
+        oracle = build_oracle(public.family, gradients, block, rank=cfg.rank, rank_tol=cfg.rank_tol)
+        if oracle.basis.saturated and cfg.rank is None:
+            capped = max(1, oracle.basis.in_features - cfg.rank_cutoff)
+            oracle = build_oracle(public.family, gradients, block, rank=min(oracle.basis.rank, capped))
+            oracle.basis = _mark_saturated(oracle)
+        return oracle
+
+    def _vocabulary(self, public: PublicModel) -> torch.Tensor:
+        size = public.family.embedding().num_embeddings
+        vocab = torch.arange(min(size, len(public.tokenizer)))
+        pad = public.tokenizer.pad_token_id
+        # Padding rows never reach the span (their gradient rows are zero); a pad-as-EOS token
+        # would otherwise pass wherever it mixes with real positions.
+        return vocab[vocab != pad] if pad is not None else vocab
+
+    def _sequence_threshold(self, oracle: SpanOracle, scan, vocab: torch.Tensor) -> float:
+        """Returns the sequence-block threshold, derived from first-token candidates and known-false tokens.
+
+        In a causal model the sequence block's input at position 0 depends on the first token
+        alone, so true first tokens and tokens that failed block 0 form two clean clusters.
+        Encoders have no such position; they reuse block 0's threshold.
+        """
+        if not oracle.probe.family.causal:
+            return scan.threshold
+        generator = torch.Generator().manual_seed(self.config.seed)
+        first = scan.sets[0]
+        outside = vocab[~torch.isin(vocab, first)]
+        sample = outside[torch.randperm(len(outside), generator=generator)[:1024]]
+        candidates = torch.cat([first, sample])
+        residuals = torch.cat([
+            oracle.residuals(oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
+            for chunk in candidates.split(self.config.chunk_size)
+        ])
+        split = largest_gap_split(residuals)
+        return split.threshold() if split is not None else _fallback_tau(residuals)
+
+    @staticmethod
+    def _best_effort_reason(token_oracle: SpanOracle, sequence_oracle: SpanOracle, truncated: bool) -> str | None:
+        for oracle in (token_oracle, sequence_oracle):
+            if oracle.basis.saturated:
+                return (f"block {oracle.block}'s gradient span is saturated (no gap in its spectrum below "
+                        f"dimension {oracle.basis.in_features}): the batch has more distinct rows than the "
+                        f"hidden size, so no span test can certify; results are best-effort.")
+        if truncated:
+            return "the prefix search kept only its best candidates (max_frontier reached); results are best-effort."
+        return None
+
+
+def _max_positions(public: PublicModel) -> int:
+    config = public.model.config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 10**9
+
+
+def _fallback_tau(residuals: torch.Tensor) -> float:
+    if residuals.numel() == 0:
+        return 1e-3  # the paper's tau2, used only when nothing can be measured
+    return float(torch.quantile(residuals.double(), 0.01))
+
+
+def _mark_saturated(oracle: SpanOracle):
+    from dataclasses import replace
+
+    return replace(oracle.basis, saturated=True)

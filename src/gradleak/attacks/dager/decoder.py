@@ -1,0 +1,139 @@
+"""Stage 2 for causal models: grow prefixes one token at a time, keeping those whose newest
+attention input in the sequence block passes its span test.
+
+A candidate costs one token through the blocks before the oracle (the prefix's KV cache is
+reused), and the residual is checked at the newest position only: earlier positions already
+passed when the prefix was accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from gradleak.attacks.dager.oracle import SpanOracle
+from gradleak.models.probe import PrefixState
+
+#: Rows closer than this (relative) to the prefix's previous row carry no new evidence: with RoPE a
+#: prefix of one repeated token gives the same block input as the token alone.
+_SAME_ROW = 1e-6
+
+
+@dataclass
+class DecoderSearch:
+    """What the prefix search found.
+
+    Attributes:
+        sequences: (token ids, residual per position) of every complete sequence, surest first.
+        candidates: per position, how many extensions were tested.
+        accepted: per position, how many passed.
+        truncated: the frontier outgrew ``max_frontier`` and was cut to the lowest residuals.
+    """
+
+    sequences: list[tuple[tuple[int, ...], tuple[float, ...]]] = field(default_factory=list)
+    candidates: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass
+class _Frontier:
+    prefixes: list[tuple[int, ...]]
+    residuals: list[tuple[float, ...]]
+    state: PrefixState
+    last_rows: torch.Tensor
+
+
+def search_prefixes(
+    oracle: SpanOracle,
+    *,
+    tokens_at: Callable[[int], torch.Tensor | None],
+    threshold: float,
+    max_length: int,
+    chunk_size: int,
+    max_frontier: int,
+) -> DecoderSearch:
+    """Returns the sequences whose every prefix passes ``oracle``.
+
+    Args:
+        oracle: the sequence block's span oracle (its probe extends prefixes with a KV cache).
+        tokens_at: candidate token ids for a position, or None past the last position.
+        threshold: residual below which a candidate passes.
+        max_length: longest sequence considered.
+        chunk_size: candidates per forward pass.
+        max_frontier: most prefixes kept per step.
+    """
+    result = DecoderSearch()
+    frontier = _first_tokens(oracle, tokens_at(0), threshold=threshold, chunk_size=chunk_size, result=result)
+    position = 1
+    while frontier is not None and position < max_length:
+        tokens = tokens_at(position)
+        if tokens is None or tokens.numel() == 0:
+            break
+        frontier = _extend(oracle, frontier, tokens, threshold=threshold, chunk_size=chunk_size,
+                           max_frontier=max_frontier, result=result)
+        position += 1
+    if frontier is not None:
+        result.sequences.extend(zip(frontier.prefixes, frontier.residuals))
+    result.sequences.sort(key=lambda seq: (max(seq[1]), -len(seq[0])))
+    return result
+
+
+def _first_tokens(oracle, tokens, *, threshold, chunk_size, result) -> _Frontier | None:
+    if tokens is None or tokens.numel() == 0:
+        return None
+    residuals = torch.cat([
+        oracle.residuals(oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
+        for chunk in tokens.split(chunk_size)
+    ])
+    keep = torch.nonzero(residuals < threshold).flatten()
+    result.candidates.append(len(tokens))
+    result.accepted.append(len(keep))
+    if keep.numel() == 0:
+        return None
+    rows, state = oracle.probe.start(tokens[keep][:, None])
+    return _Frontier(
+        prefixes=[(int(t),) for t in tokens[keep]],
+        residuals=[(float(r),) for r in residuals[keep]],
+        state=state,
+        last_rows=rows[oracle.layers[0]][:, -1],
+    )
+
+
+def _extend(oracle, frontier: _Frontier, tokens: torch.Tensor, *, threshold, chunk_size, max_frontier, result):
+    n_prefix, n_tok = len(frontier.prefixes), len(tokens)
+    parents, children, scores = [], [], []
+    for start in range(0, n_prefix * n_tok, chunk_size):
+        flat = torch.arange(start, min(start + chunk_size, n_prefix * n_tok))
+        parent, token = flat // n_tok, tokens[flat % n_tok]
+        rows, _ = oracle.probe.extend(frontier.state.select(parent), token)
+        new_rows = rows[oracle.layers[0]]
+        residual = oracle.basis.residuals(new_rows).cpu()
+        previous = frontier.last_rows[parent.to(new_rows.device)]
+        same = ((new_rows - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)).cpu()
+        passed = torch.nonzero((residual < threshold) & ~same).flatten()
+        parents.append(parent[passed])
+        children.append(token[passed])
+        scores.append(residual[passed])
+    parent, token, score = torch.cat(parents), torch.cat(children), torch.cat(scores)
+    result.candidates.append(n_prefix * n_tok)
+    result.accepted.append(len(parent))
+    extended = set(parent.tolist())
+    for i in range(n_prefix):
+        if i not in extended:  # nothing continues this prefix: a complete sequence
+            result.sequences.append((frontier.prefixes[i], frontier.residuals[i]))
+    if len(parent) == 0:
+        return None
+    if len(parent) > max_frontier:
+        keep = torch.argsort(score)[:max_frontier]
+        parent, token, score = parent[keep], token[keep], score[keep]
+        result.truncated = True
+    rows, state = oracle.probe.extend(frontier.state.select(parent), token)
+    return _Frontier(
+        prefixes=[frontier.prefixes[p] + (int(t),) for p, t in zip(parent.tolist(), token)],
+        residuals=[frontier.residuals[p] + (float(s),) for p, s in zip(parent.tolist(), score)],
+        state=state,
+        last_rows=rows[oracle.layers[0]],
+    )

@@ -1,0 +1,64 @@
+"""A span oracle: one block's attention-input span, and the probe that computes candidate rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.attacks.span import SpanBasis, span_basis
+from gradleak.errors import GradientNotExposedError
+from gradleak.models.families import ArchitectureFamily, LinearLayer
+from gradleak.models.probe import LinearInputProbe
+
+#: Projections that read the block's attention input; stacking them beats any single one.
+ATTENTION_INPUT_ROLES = ("q", "k", "v")
+
+
+@dataclass
+class SpanOracle:
+    """Membership oracle for the attention input of one block.
+
+    Attributes:
+        block: the block index.
+        layers: the exposed projections whose gradients form the basis.
+        basis: their stacked span.
+        probe: computes candidate rows for ``layers[0]`` (all share one input).
+    """
+
+    block: int
+    layers: tuple[LinearLayer, ...]
+    basis: SpanBasis
+    probe: LinearInputProbe
+
+    def residuals(self, rows: dict[LinearLayer, torch.Tensor], *, chunk_size: int = 8192) -> torch.Tensor:
+        """Returns the residuals of probed rows against this oracle's span."""
+        return self.basis.residuals(rows[self.layers[0]], chunk_size=chunk_size)
+
+
+def build_oracle(
+    family: ArchitectureFamily,
+    gradients: Mapping[str, torch.Tensor],
+    block: int,
+    *,
+    rank: int | None = None,
+    rank_tol: float | None = None,
+) -> SpanOracle:
+    """Returns the oracle of ``block`` from whichever of its q/k/v gradients the update shares.
+
+    Raises:
+        GradientNotExposedError: none of the block's attention projections is shared.
+    """
+    if block >= family.num_blocks:
+        raise GradientNotExposedError(f"the model has only {family.num_blocks} blocks; block {block} does not exist.")
+    candidates = [family.linear_layer(block, role) for role in ATTENTION_INPUT_ROLES]
+    layers = tuple(layer for layer in candidates if layer.weight_name in gradients)
+    if not layers:
+        needed = sorted({layer.weight_name for layer in candidates})
+        raise GradientNotExposedError(
+            f"DAGER needs the attention projections of block {block}, but the update shares none of "
+            f"{', '.join(needed)}; expose them on the client (e.g. --expose 'blocks=0,1')."
+        )
+    basis = span_basis([layer.weight_gradient(gradients) for layer in layers], rank=rank, rank_tol=rank_tol)
+    return SpanOracle(block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]]))

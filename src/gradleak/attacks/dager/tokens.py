@@ -1,0 +1,70 @@
+"""Stage 1: which tokens pass block 0's span test, per position (learned positions) or once (RoPE)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.attacks.dager.oracle import SpanOracle
+from gradleak.attacks.thresholds import ResidualSplit, largest_gap_split
+
+
+@dataclass(frozen=True)
+class TokenScan:
+    """Candidate tokens per position, sorted by residual.
+
+    Attributes:
+        sets: for position p, the accepted token ids (RoPE models: one set, used everywhere).
+        residuals: the residual of each accepted token, aligned with ``sets``.
+        threshold: the acceptance threshold used.
+        split: the residual clusters the threshold was derived from (None if overridden or no gap).
+    """
+
+    sets: tuple[torch.Tensor, ...]
+    residuals: tuple[torch.Tensor, ...]
+    threshold: float
+    split: ResidualSplit | None
+
+
+def vocabulary_residuals(oracle: SpanOracle, vocab: torch.Tensor, *, position: int, chunk_size: int) -> torch.Tensor:
+    """Returns the residual of every token in ``vocab`` placed at ``position``: one matrix product per chunk."""
+    out = torch.empty(len(vocab))
+    for start in range(0, len(vocab), chunk_size):
+        chunk = vocab[start : start + chunk_size]
+        rows = oracle.probe.token_rows(chunk, position=position)
+        out[start : start + chunk_size] = oracle.residuals(rows, chunk_size=chunk_size).cpu()
+    return out
+
+
+def scan_tokens(
+    oracle: SpanOracle,
+    vocab: torch.Tensor,
+    *,
+    per_position: bool,
+    max_length: int,
+    tau: float | None,
+    chunk_size: int,
+) -> TokenScan:
+    """Returns the tokens that pass ``oracle`` at each position until a position where none does.
+
+    The threshold is derived at position 0, where every sequence has a token, unless ``tau`` is
+    given. Models without positions in the block-0 input (RoPE) are scanned once.
+    """
+    first = vocabulary_residuals(oracle, vocab, position=0, chunk_size=chunk_size)
+    split = largest_gap_split(first)
+    threshold = tau if tau is not None else (split.threshold() if split is not None else 0.0)
+    sets, residuals = [], []
+    position, res = 0, first
+    while True:
+        accepted = torch.nonzero(res < threshold).flatten()
+        if accepted.numel() == 0:
+            break
+        order = torch.argsort(res[accepted])
+        sets.append(vocab[accepted[order]])
+        residuals.append(res[accepted[order]])
+        position += 1
+        if not per_position or position >= max_length:
+            break
+        res = vocabulary_residuals(oracle, vocab, position=position, chunk_size=chunk_size)
+    return TokenScan(sets=tuple(sets), residuals=tuple(residuals), threshold=threshold, split=split)
