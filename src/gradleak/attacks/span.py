@@ -121,7 +121,7 @@ def span_basis(
     else:
         chosen, gap = estimate_rank(s)
     limit = min(in_features, stacked.shape[0])
-    saturated = chosen >= limit or gap == 0.0
+    saturated = chosen > 0 and (chosen >= limit or gap == 0.0)
     if max_rank is not None:
         chosen = min(chosen, max_rank)
     return SpanBasis(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,13 +34,16 @@ from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import search_prefixes
 from gradleak.attacks.dager.encoder import search_sentences
-from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
+from gradleak.attacks.dager.oracle import SpanOracle, build_oracle, row_space_rank
 from gradleak.attacks.dager.tokens import scan_tokens
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
 
 logger = logging.getLogger(__name__)
+
+#: Prefixes kept per step when a saturated span can only rank candidates, not test them.
+BEST_EFFORT_FRONTIER = 256
 
 
 class Dager(Attack):
@@ -59,16 +63,18 @@ class Dager(Attack):
         timings: dict[str, float] = {}
         started = time.perf_counter()
         gradients = update.gradients()
-        token_oracle = self._oracle(public, gradients, 0)
-        sequence_oracle = self._oracle(public, gradients, cfg.sequence_block)
+        vocab = self._vocabulary(public)
+        token_oracle = self._oracle(public, gradients, 0, vocab)
+        sequence_oracle = self._oracle(public, gradients, cfg.sequence_block, vocab)
         timings["svd"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        vocab = self._vocabulary(public)
         per_position = family.positions == "learned"
         max_length = min(cfg.max_length, _max_positions(public))
+        reason = self._saturation_reason(token_oracle, sequence_oracle)
+        fallback = token_oracle.basis.rank if reason else 0
         scan = scan_tokens(token_oracle, vocab, per_position=per_position, max_length=max_length,
-                           tau=cfg.tau1, chunk_size=cfg.chunk_size)
+                           tau=cfg.tau1, chunk_size=cfg.chunk_size, fallback_count=fallback)
         timings["token_scan"] = time.perf_counter() - started
 
         diagnostics: dict[str, Any] = {
@@ -80,9 +86,9 @@ class Dager(Attack):
             "seconds": timings,
         }
         if not scan.sets:
-            return Reconstruction(self.name, (), reason="no token passed block 0's span test, so nothing "
-                                  "can be recovered (the update may be noised or not a gradient of this model).",
-                                  diagnostics=diagnostics)
+            reason = reason or ("no token passed block 0's span test, so nothing can be recovered (the "
+                                "update may be noised or not a gradient of this model).")
+            return Reconstruction(self.name, (), reason=reason, diagnostics=diagnostics)
 
         started = time.perf_counter()
         tau2 = cfg.tau2 if cfg.tau2 is not None else self._sequence_threshold(sequence_oracle, scan, vocab)
@@ -92,7 +98,8 @@ class Dager(Attack):
                 sequence_oracle,
                 tokens_at=(lambda p: scan.sets[p] if p < len(scan.sets) else None) if per_position
                 else (lambda p: scan.sets[0]),
-                threshold=tau2, max_length=max_length, chunk_size=cfg.chunk_size, max_frontier=cfg.max_frontier,
+                threshold=tau2, max_length=max_length, chunk_size=cfg.chunk_size,
+                max_frontier=min(cfg.max_frontier, BEST_EFFORT_FRONTIER) if reason else cfg.max_frontier,
             )
             found, truncated = search.sequences, search.truncated
             diagnostics["prefix_candidates"], diagnostics["prefix_accepted"] = search.candidates, search.accepted
@@ -103,7 +110,8 @@ class Dager(Attack):
             )
         timings["search"] = time.perf_counter() - started
 
-        reason = self._best_effort_reason(token_oracle, sequence_oracle, truncated)
+        if reason is None and truncated:
+            reason = "the search kept only its best candidates (max_frontier reached); results are best-effort."
         sequences = tuple(
             RecoveredSequence(token_ids=ids, text=public.tokenizer.decode(list(ids)),
                               certified=reason is None and max(res) < tau2, residuals=res)
@@ -113,13 +121,14 @@ class Dager(Attack):
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
-    def _oracle(self, public: PublicModel, gradients, block: int) -> SpanOracle:
+    def _oracle(self, public: PublicModel, gradients, block: int, vocab: torch.Tensor) -> SpanOracle:
         cfg = self.config
         oracle = build_oracle(public.family, gradients, block, rank=cfg.rank, rank_tol=cfg.rank_tol)
-        if oracle.basis.saturated and cfg.rank is None:
-            capped = max(1, oracle.basis.in_features - cfg.rank_cutoff)
-            oracle = build_oracle(public.family, gradients, block, rank=min(oracle.basis.rank, capped))
-            oracle.basis = _mark_saturated(oracle)
+        capacity = row_space_rank(oracle, vocab, seed=cfg.seed)
+        if oracle.basis.rank >= capacity or oracle.basis.saturated:
+            rank = min(oracle.basis.rank, max(1, capacity - cfg.rank_cutoff))
+            oracle = build_oracle(public.family, gradients, block, rank=rank)
+            oracle.basis = replace(oracle.basis, saturated=True)
         return oracle
 
     def _vocabulary(self, public: PublicModel) -> torch.Tensor:
@@ -152,14 +161,12 @@ class Dager(Attack):
         return split.threshold() if split is not None else _fallback_tau(residuals)
 
     @staticmethod
-    def _best_effort_reason(token_oracle: SpanOracle, sequence_oracle: SpanOracle, truncated: bool) -> str | None:
-        for oracle in (token_oracle, sequence_oracle):
+    def _saturation_reason(*oracles: SpanOracle) -> str | None:
+        for oracle in oracles:
             if oracle.basis.saturated:
                 return (f"block {oracle.block}'s gradient span is saturated (no gap in its spectrum below "
                         f"dimension {oracle.basis.in_features}): the batch has more distinct rows than the "
                         f"hidden size, so no span test can certify; results are best-effort.")
-        if truncated:
-            return "the prefix search kept only its best candidates (max_frontier reached); results are best-effort."
         return None
 
 
@@ -177,8 +184,3 @@ def _fallback_tau(residuals: torch.Tensor) -> float:
         return 1e-3  # the paper's tau2, used only when nothing can be measured
     return float(torch.quantile(residuals.double(), 0.01))
 
-
-def _mark_saturated(oracle: SpanOracle):
-    from dataclasses import replace
-
-    return replace(oracle.basis, saturated=True)

@@ -14,6 +14,7 @@ from gradleak.models.probe import LinearInputProbe
 
 #: Projections that read the block's attention input; stacking them beats any single one.
 ATTENTION_INPUT_ROLES = ("q", "k", "v")
+_ROUNDING = 1e-5
 
 
 @dataclass
@@ -32,9 +33,14 @@ class SpanOracle:
     basis: SpanBasis
     probe: LinearInputProbe
 
+    @property
+    def layer(self) -> LinearLayer:
+        """Returns the projection whose input the probe computes."""
+        return self.layers[0]
+
     def residuals(self, rows: dict[LinearLayer, torch.Tensor], *, chunk_size: int = 8192) -> torch.Tensor:
         """Returns the residuals of probed rows against this oracle's span."""
-        return self.basis.residuals(rows[self.layers[0]], chunk_size=chunk_size)
+        return self.basis.residuals(rows[self.layer], chunk_size=chunk_size)
 
 
 def build_oracle(
@@ -62,3 +68,19 @@ def build_oracle(
         )
     basis = span_basis([layer.weight_gradient(gradients) for layer in layers], rank=rank, rank_tol=rank_tol)
     return SpanOracle(block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]]))
+
+
+def row_space_rank(oracle: SpanOracle, vocab: torch.Tensor, *, seed: int = 0) -> int:
+    """Returns the dimension that this block's input rows can span at all.
+
+    Usually the input dimension d, but a LayerNorm without bias maps every row into a
+    hyperplane (d - 1). A gradient span that reaches this dimension is saturated: every row
+    passes, so membership certifies nothing.
+    """
+    d = oracle.basis.in_features
+    generator = torch.Generator().manual_seed(seed)
+    sample = vocab[torch.randperm(len(vocab), generator=generator)[: 2 * d + 64]]
+    rows = oracle.probe(sample[:, None])[oracle.layer][:, 0]
+    singular_values = torch.linalg.svdvals(rows.double().cpu())
+    # Rows are float32: directions below ~1e-5 of the largest are rounding, not room.
+    return int((singular_values > _ROUNDING * singular_values[0]).sum())

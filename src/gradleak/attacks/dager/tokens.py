@@ -45,15 +45,25 @@ def scan_tokens(
     max_length: int,
     tau: float | None,
     chunk_size: int,
+    fallback_count: int = 0,
 ) -> TokenScan:
     """Returns the tokens that pass ``oracle`` at each position until a position where none does.
 
     The threshold is derived at position 0, where every sequence has a token, unless ``tau`` is
-    given. Models without positions in the block-0 input (RoPE) are scanned once.
+    given. Where the residuals show no gap (a saturated span), the ``fallback_count`` lowest
+    residuals at position 0 set it instead: a best-effort ranking, not a test. Models without
+    positions in the block-0 input (RoPE) are scanned once.
     """
     first = vocabulary_residuals(oracle, vocab, position=0, chunk_size=chunk_size)
     split = largest_gap_split(first)
-    threshold = tau if tau is not None else (split.threshold() if split is not None else 0.0)
+    if tau is not None:
+        threshold = tau
+    elif split is not None:
+        threshold = split.threshold()
+    elif fallback_count > 0:
+        threshold = float(torch.sort(first).values[min(fallback_count, len(first)) - 1]) * (1 + 1e-6)
+    else:
+        threshold = 0.0
     sets, residuals = [], []
     position, res = 0, first
     while True:

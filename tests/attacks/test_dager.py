@@ -1,0 +1,105 @@
+"""DAGER recovers every sequence exactly on each family, and says so honestly when it cannot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks import create_attack
+from gradleak.attacks.dager import Dager
+from gradleak.client import Exposure, compute_update
+from gradleak.data import Batch
+from gradleak.errors import GradientNotExposedError
+from gradleak.models import load_model
+
+SENTENCES = (
+    "Call Maria at 555-0147 before noon.",
+    "The rent is due on Friday, not Monday.",
+    "ok",
+    "Send the invoice for account 88-203 to Tom at the Elm Street office.",
+)
+GPT2_SMALL = "random:gpt2?n_layer=3&n_embd=128&n_head=4&n_positions=64"
+
+
+def attack(public, texts, **client):
+    update = compute_update(public, Batch(texts=tuple(texts), labels=tuple(i % 2 for i in range(len(texts)))),
+                            **client)
+    return Dager().reconstruct(public, update)
+
+
+def token_ids(public, texts):
+    return sorted(tuple(public.tokenizer(t)["input_ids"]) for t in texts)
+
+
+def assert_exact(public, texts, result):
+    assert sorted(s.token_ids for s in result.sequences) == token_ids(public, texts), result.texts
+    assert result.certified and result.reason is None
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return load_model(GPT2_SMALL)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("minilm")
+
+
+def test_gpt2_mixed_lengths(gpt2):
+    assert_exact(gpt2, SENTENCES[:3], attack(gpt2, SENTENCES[:3]))
+
+
+@pytest.mark.parametrize("texts", [SENTENCES[:1], SENTENCES])
+def test_smollm2(smollm2, texts):
+    result = attack(smollm2, texts)
+    assert_exact(smollm2, texts, result)
+    assert set(result.diagnostics["seconds"]) == {"svd", "token_scan", "search"}
+
+
+def test_smollm2_shared_prefix_and_repeated_tokens(smollm2):
+    texts = ("no no no, not today", "no way", "Meet me at noon")
+    assert_exact(smollm2, texts, attack(smollm2, texts))
+
+
+@pytest.mark.parametrize("texts", [SENTENCES[:1], SENTENCES[:2]])
+def test_minilm(minilm, texts):
+    assert_exact(minilm, texts, attack(minilm, texts))
+
+
+def test_next_token_task_misses_only_each_last_token(gpt2):
+    public = load_model(GPT2_SMALL, task="next_token")
+    texts = SENTENCES[:2]
+    result = attack(public, texts)
+    expected = sorted(ids[:-1] for ids in token_ids(public, texts))
+    assert sorted(s.token_ids for s in result.sequences) == expected
+
+
+def test_more_rows_than_hidden_size_is_best_effort(tiny_models):
+    public = tiny_models("gpt2")  # d = 32
+    result = attack(public, SENTENCES)
+    assert not result.certified and "saturated" in result.reason
+    assert not any(s.certified for s in result.sequences)
+
+
+def test_missing_blocks_name_the_parameters(gpt2):
+    batch = Batch(texts=SENTENCES[:1], labels=(1,))
+    update = compute_update(gpt2, batch, exposure=Exposure(blocks=(0,)))
+    with pytest.raises(GradientNotExposedError, match=r"transformer\.h\.1\.attn\.c_attn\.weight"):
+        Dager().reconstruct(gpt2, update)
+
+
+def test_empty_search_returns_an_empty_reconstruction(gpt2):
+    update = compute_update(gpt2, Batch(texts=SENTENCES[:1], labels=(1,)))
+    zeros = update.with_tensors({k: torch.zeros_like(v) for k, v in update.tensors.items()})
+    result = Dager().reconstruct(gpt2, zeros)
+    assert result.sequences == () and "no token passed" in result.reason
+
+
+def test_registry_builds_dager_with_options():
+    assert create_attack("dager", tau2=1e-3).config.tau2 == 1e-3

@@ -1,0 +1,69 @@
+"""The span machinery against brute-force linear algebra."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks.span import estimate_rank, span_basis
+from gradleak.attacks.thresholds import largest_gap_split
+
+
+def low_rank_gradient(rows: int, d: int, out: int, *, noise: float = 1e-9, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, d, generator=g, dtype=torch.float64)
+    dy = torch.randn(rows, out, generator=g, dtype=torch.float64)
+    grad = dy.T @ x + noise * torch.randn(out, d, generator=g, dtype=torch.float64)
+    return x, grad
+
+
+def test_rank_is_the_number_of_input_rows():
+    x, grad = low_rank_gradient(17, 64, 48)
+    basis = span_basis([grad])
+    assert basis.rank == 17 == torch.linalg.matrix_rank(x).item()
+    assert basis.gap_decades > 5 and not basis.saturated
+
+
+def test_true_rows_have_zero_residual_and_random_rows_do_not():
+    x, grad = low_rank_gradient(10, 64, 64)
+    basis = span_basis([grad])
+    assert basis.residuals(x).max() < 1e-5
+    random = torch.randn(200, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = (1 - 10 / 64) ** 0.5  # a random direction keeps this share of its norm off the span
+    assert abs(basis.residuals(random).median().item() - expected) < 0.1
+    combo = torch.tensor([0.3, -2.0] + [0.0] * 8, dtype=torch.float64) @ x
+    assert basis.residuals(combo[None]).item() < 1e-5
+
+
+def test_stacking_sees_rows_one_gradient_misses():
+    x, grad = low_rank_gradient(8, 32, 32)
+    blind = grad - grad @ x[:1].T @ x[:1] / x[0].dot(x[0])  # remove the first row's direction
+    assert span_basis([blind]).residuals(x[:1]).item() > 1e-3
+    assert span_basis([blind, grad]).residuals(x[:1]).item() < 1e-5
+
+
+def test_full_rank_spectrum_is_saturated():
+    _, grad = low_rank_gradient(100, 32, 64, noise=0.0)
+    basis = span_basis([grad])
+    assert basis.saturated and basis.rank == 32
+
+
+def test_zero_gradient_has_rank_zero():
+    assert estimate_rank(torch.zeros(5)) == (0, 0.0)
+    basis = span_basis([torch.zeros(8, 16)])
+    assert basis.rank == 0 and basis.residuals(torch.randn(3, 16)).allclose(torch.ones(3))
+
+
+def test_overrides():
+    _, grad = low_rank_gradient(12, 64, 64)
+    assert span_basis([grad], rank=5).rank == 5
+    assert span_basis([grad], rank_tol=1e-3).rank == 12
+
+
+def test_largest_gap_split():
+    residuals = torch.tensor([3e-7, 5e-7, 1e-6, 0.02, 0.3, 0.5])
+    split = largest_gap_split(residuals)
+    assert split.count == 3
+    assert split.low == pytest.approx(1e-6) and split.high == pytest.approx(0.02)
+    assert 1e-6 < split.threshold() <= 1e-4
+    assert largest_gap_split(torch.tensor([0.1, 0.2, 0.3])) is None
