@@ -118,6 +118,19 @@ def load_model(
                        revision=revision if parsed.kind == "hub" else None)
 
 
+def load_model_for(metadata: Any, *, spec: str | None = None) -> PublicModel:
+    """Returns the public model an update's metadata names (``spec`` overrides its model)."""
+    dtype = getattr(torch, str(getattr(metadata, "dtype", "float32")), torch.float32)
+    return load_model(
+        spec or metadata.model,
+        task=metadata.task,
+        num_labels=metadata.num_labels,
+        seed=metadata.seed,
+        head_init_std=metadata.head_init_std,
+        dtype=dtype,
+    )
+
+
 def load_tokenizer(source: str) -> Any:
     """Returns a tokenizer from a bundled alias, a local directory, a ``.gguf`` file or a hub id."""
     parsed = parse_model_spec(source)

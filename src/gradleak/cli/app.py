@@ -1,0 +1,64 @@
+"""The typer application, its error handling and the registration of every subcommand."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from gradleak.errors import GradleakError
+
+app = typer.Typer(
+    name="gradleak",
+    help="Measure how much private text leaks from the updates clients share in federated fine-tuning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _register() -> None:
+    from gradleak.cli import demo, invert, listing, simulate
+
+    for module in (demo, invert, simulate, listing):
+        module.register(app)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the command line; a GradleakError becomes its message and exit status 2."""
+    _quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=False)
+    except GradleakError as err:
+        errors.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        errors.print("interrupted")
+        sys.exit(130)
+    except Exception as err:  # click usage errors carry their own exit codes
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        raise
+
+
+_register()

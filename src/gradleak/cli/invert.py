@@ -1,0 +1,37 @@
+"""``gradleak invert``: attack a saved ClientUpdate, as a server that captured it would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help="Attack a saved ClientUpdate file and print (and optionally save) what it leaks.")(invert)
+
+
+def invert(
+    update_file: Path = typer.Argument(..., help="A ClientUpdate (.safetensors with a gradleak header)."),
+    model: str = typer.Option("", help="Model specification; default: the one named in the update."),
+    attack: str = typer.Option("dager", help="Attack name (see `gradleak list attacks`)."),
+    out: Path = typer.Option(None, help="Folder for reconstruction.json."),
+) -> None:
+    from gradleak.attacks import create_attack
+    from gradleak.cli.app import console
+    from gradleak.cli.output import reconstruction_table
+    from gradleak.models import load_model_for
+    from gradleak.update import check_fits, load_update
+
+    update = load_update(update_file)
+    public = load_model_for(update.metadata, spec=model or None)
+    check_fits(update, public.model, source=str(update_file))
+    result = create_attack(attack).reconstruct(public, update)
+    console.print(reconstruction_table(result))
+    if result.reason:
+        console.print(f"[yellow]note:[/] {result.reason}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "reconstruction.json").write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        console.print(f"wrote {out / 'reconstruction.json'}")
