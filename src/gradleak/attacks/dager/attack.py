@@ -32,9 +32,9 @@ import torch
 
 from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.dager.config import DagerConfig
-from gradleak.attacks.dager.decoder import search_prefixes
+from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.encoder import search_sentences
-from gradleak.attacks.dager.oracle import SpanOracle, build_oracle, row_space_rank
+from gradleak.attacks.dager.oracle import ATTENTION_INPUT_ROLES, SpanOracle, build_oracle, row_space_rank
 from gradleak.attacks.dager.tokens import scan_tokens
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
@@ -94,11 +94,13 @@ class Dager(Attack):
         tau2 = cfg.tau2 if cfg.tau2 is not None else self._sequence_threshold(sequence_oracle, scan, vocab)
         diagnostics["tau2"] = tau2
         if family.causal:
+            gates = [*self._screens(public, gradients, vocab, scan), Gate(sequence_oracle, tau2)]
+            diagnostics["gates"] = [f"{g.oracle.block}.{g.oracle.layer.role}" for g in gates]
             search = search_prefixes(
-                sequence_oracle,
+                gates,
                 tokens_at=(lambda p: scan.sets[p] if p < len(scan.sets) else None) if per_position
                 else (lambda p: scan.sets[0]),
-                threshold=tau2, max_length=max_length, chunk_size=cfg.chunk_size,
+                max_length=max_length, chunk_size=cfg.chunk_size,
                 max_frontier=min(cfg.max_frontier, BEST_EFFORT_FRONTIER) if reason else cfg.max_frontier,
             )
             found, truncated = search.sequences, search.truncated
@@ -121,15 +123,28 @@ class Dager(Attack):
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
-    def _oracle(self, public: PublicModel, gradients, block: int, vocab: torch.Tensor) -> SpanOracle:
+    def _oracle(self, public: PublicModel, gradients, block: int, vocab: torch.Tensor,
+                roles: tuple[str, ...] = ATTENTION_INPUT_ROLES) -> SpanOracle:
         cfg = self.config
-        oracle = build_oracle(public.family, gradients, block, rank=cfg.rank, rank_tol=cfg.rank_tol)
-        capacity = row_space_rank(oracle, vocab, seed=cfg.seed)
+        oracle = build_oracle(public.family, gradients, block, roles=roles, rank=cfg.rank, rank_tol=cfg.rank_tol)
+        # Single-token rows show the room of an attention *input*; an attention output's room
+        # (mixtures of values) is larger than they show, so only its spectrum is checked.
+        capacity = row_space_rank(oracle, vocab, seed=cfg.seed) if roles == ATTENTION_INPUT_ROLES \
+            else oracle.basis.in_features
         if oracle.basis.rank >= capacity or oracle.basis.saturated:
             rank = min(oracle.basis.rank, max(1, capacity - cfg.rank_cutoff))
-            oracle = build_oracle(public.family, gradients, block, rank=rank)
+            oracle = build_oracle(public.family, gradients, block, roles=roles, rank=rank)
             oracle.basis = replace(oracle.basis, saturated=True)
         return oracle
+
+    def _screens(self, public: PublicModel, gradients, vocab: torch.Tensor, scan) -> list[Gate]:
+        """Returns the cheap screening gate (block 0's attention output) when the update exposes it."""
+        if not self.config.screen or public.family.linear_layer(0, "o").weight_name not in gradients:
+            return []
+        oracle = self._oracle(public, gradients, 0, vocab, roles=("o",))
+        if oracle.basis.saturated:
+            return []
+        return [Gate(oracle, self._sequence_threshold(oracle, scan, vocab))]
 
     def _vocabulary(self, public: PublicModel) -> torch.Tensor:
         size = public.family.embedding().num_embeddings

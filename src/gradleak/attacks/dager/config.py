@@ -22,6 +22,8 @@ class DagerConfig:
         chunk_size: candidate rows per forward pass (bounds memory).
         max_frontier: most prefixes kept per step; beyond it the lowest residuals are kept and
             the result is best-effort.
+        screen: screen decoder candidates with block 0's attention output (its ``o`` input) before
+            the certifying block-1 test, when the update exposes it; much faster, same certificate.
         encoder_restarts: random restarts of the encoder search per sequence length.
         seed: seeds the encoder search's restarts.
     """
@@ -35,6 +37,7 @@ class DagerConfig:
     max_length: int = 512
     chunk_size: int = 4096
     max_frontier: int = 2048
+    screen: bool = True
     encoder_restarts: int = 8
     seed: int = 0
 

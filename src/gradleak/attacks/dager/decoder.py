@@ -1,14 +1,19 @@
 """Stage 2 for causal models: grow prefixes one token at a time, keeping those whose newest
-attention input in the sequence block passes its span test.
+input to the sequence block passes its span test.
 
 A candidate costs one token through the blocks before the oracle (the prefix's KV cache is
 reused), and the residual is checked at the newest position only: earlier positions already
 passed when the prefix was accepted.
+
+Candidates pass through a chain of gates, cheapest first. Block 0's attention output (the input
+of its ``o`` projection) already depends on the whole prefix, costs no MLP and proved at least as
+discriminating as block 1's input on SmolLM2, so when it is exposed it screens every candidate
+and only the few survivors run on to the certifying gate (block 1's q/k/v span).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +43,14 @@ class DecoderSearch:
     truncated: bool = False
 
 
+@dataclass(frozen=True)
+class Gate:
+    """An oracle and the residual below which a candidate passes it."""
+
+    oracle: SpanOracle
+    threshold: float
+
+
 @dataclass
 class _Frontier:
     prefixes: list[tuple[int, ...]]
@@ -47,33 +60,31 @@ class _Frontier:
 
 
 def search_prefixes(
-    oracle: SpanOracle,
+    gates: Sequence[Gate],
     *,
     tokens_at: Callable[[int], torch.Tensor | None],
-    threshold: float,
     max_length: int,
     chunk_size: int,
     max_frontier: int,
 ) -> DecoderSearch:
-    """Returns the sequences whose every prefix passes ``oracle``.
+    """Returns the sequences whose every prefix passes every gate.
 
     Args:
-        oracle: the sequence block's span oracle (its probe extends prefixes with a KV cache).
+        gates: screening gates first, the certifying gate last; all probes must need the same
+            KV cache (blocks before the deepest oracle), which holds for block 0's ``o`` and block 1.
         tokens_at: candidate token ids for a position, or None past the last position.
-        threshold: residual below which a candidate passes.
         max_length: longest sequence considered.
         chunk_size: candidates per forward pass.
         max_frontier: most prefixes kept per step.
     """
     result = DecoderSearch()
-    frontier = _first_tokens(oracle, tokens_at(0), threshold=threshold, chunk_size=chunk_size, result=result)
+    frontier = _first_tokens(gates, tokens_at(0), chunk_size=chunk_size, result=result)
     position = 1
     while frontier is not None and position < max_length:
         tokens = tokens_at(position)
         if tokens is None or tokens.numel() == 0:
             break
-        frontier = _extend(oracle, frontier, tokens, threshold=threshold, chunk_size=chunk_size,
-                           max_frontier=max_frontier, result=result)
+        frontier = _extend(gates, frontier, tokens, chunk_size=chunk_size, max_frontier=max_frontier, result=result)
         position += 1
     if frontier is not None:
         result.sequences.extend(zip(frontier.prefixes, frontier.residuals))
@@ -81,42 +92,57 @@ def search_prefixes(
     return result
 
 
-def _first_tokens(oracle, tokens, *, threshold, chunk_size, result) -> _Frontier | None:
+def _first_tokens(gates, tokens, *, chunk_size, result) -> _Frontier | None:
     if tokens is None or tokens.numel() == 0:
         return None
-    residuals = torch.cat([
-        oracle.residuals(oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
-        for chunk in tokens.split(chunk_size)
-    ])
-    keep = torch.nonzero(residuals < threshold).flatten()
+    keep = torch.arange(len(tokens))
+    for gate in gates:
+        residuals = torch.cat([
+            gate.oracle.residuals(gate.oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
+            for chunk in tokens[keep].split(chunk_size)
+        ])
+        passed = residuals < gate.threshold
+        keep, residuals = keep[passed], residuals[passed]
     result.candidates.append(len(tokens))
     result.accepted.append(len(keep))
     if keep.numel() == 0:
         return None
-    rows, state = oracle.probe.start(tokens[keep][:, None])
+    last = gates[-1].oracle
+    rows, state = last.probe.start(tokens[keep][:, None])
     return _Frontier(
         prefixes=[(int(t),) for t in tokens[keep]],
-        residuals=[(float(r),) for r in residuals[keep]],
+        residuals=[(float(r),) for r in residuals],
         state=state,
-        last_rows=rows[oracle.layers[0]][:, -1],
+        last_rows=rows[last.layer][:, -1],
     )
 
 
-def _extend(oracle, frontier: _Frontier, tokens: torch.Tensor, *, threshold, chunk_size, max_frontier, result):
+def _screen(gates, frontier: _Frontier, parent: torch.Tensor, token: torch.Tensor):
+    """Returns (parents, tokens, residuals) of the candidates that pass every gate."""
+    for index, gate in enumerate(gates):
+        rows, _ = gate.oracle.probe.extend(frontier.state.select(parent), token)
+        new_rows = rows[gate.oracle.layer]
+        residual = gate.oracle.basis.residuals(new_rows).cpu()
+        passed = residual < gate.threshold
+        if index == len(gates) - 1:
+            previous = frontier.last_rows[parent.to(new_rows.device)]
+            same = (new_rows - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)
+            passed &= ~same.cpu()
+        parent, token, residual = parent[passed], token[passed], residual[passed]
+        if parent.numel() == 0:
+            break
+    return parent, token, residual
+
+
+def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max_frontier, result):
     n_prefix, n_tok = len(frontier.prefixes), len(tokens)
     parents, children, scores = [], [], []
     for start in range(0, n_prefix * n_tok, chunk_size):
         flat = torch.arange(start, min(start + chunk_size, n_prefix * n_tok))
-        parent, token = flat // n_tok, tokens[flat % n_tok]
-        rows, _ = oracle.probe.extend(frontier.state.select(parent), token)
-        new_rows = rows[oracle.layers[0]]
-        residual = oracle.basis.residuals(new_rows).cpu()
-        previous = frontier.last_rows[parent.to(new_rows.device)]
-        same = ((new_rows - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)).cpu()
-        passed = torch.nonzero((residual < threshold) & ~same).flatten()
-        parents.append(parent[passed])
-        children.append(token[passed])
-        scores.append(residual[passed])
+        parent, token, residual = _screen(gates, frontier, flat // n_tok, tokens[flat % n_tok])
+        parents.append(parent)
+        children.append(token)
+        scores.append(residual)
     parent, token, score = torch.cat(parents), torch.cat(children), torch.cat(scores)
     result.candidates.append(n_prefix * n_tok)
     result.accepted.append(len(parent))
@@ -130,10 +156,11 @@ def _extend(oracle, frontier: _Frontier, tokens: torch.Tensor, *, threshold, chu
         keep = torch.argsort(score)[:max_frontier]
         parent, token, score = parent[keep], token[keep], score[keep]
         result.truncated = True
-    rows, state = oracle.probe.extend(frontier.state.select(parent), token)
+    last = gates[-1].oracle
+    rows, state = last.probe.extend(frontier.state.select(parent), token)
     return _Frontier(
         prefixes=[frontier.prefixes[p] + (int(t),) for p, t in zip(parent.tolist(), token)],
         residuals=[frontier.residuals[p] + (float(s),) for p, s in zip(parent.tolist(), score)],
         state=state,
-        last_rows=rows[oracle.layers[0]],
+        last_rows=rows[last.layer],
     )

@@ -48,22 +48,25 @@ def build_oracle(
     gradients: Mapping[str, torch.Tensor],
     block: int,
     *,
+    roles: tuple[str, ...] = ATTENTION_INPUT_ROLES,
     rank: int | None = None,
     rank_tol: float | None = None,
 ) -> SpanOracle:
-    """Returns the oracle of ``block`` from whichever of its q/k/v gradients the update shares.
+    """Returns the oracle of ``block`` from whichever of its ``roles`` gradients the update shares.
+
+    ``roles`` must share one input (q, k and v do; so do mlp_gate and mlp_in).
 
     Raises:
-        GradientNotExposedError: none of the block's attention projections is shared.
+        GradientNotExposedError: none of those gradients is shared.
     """
     if block >= family.num_blocks:
         raise GradientNotExposedError(f"the model has only {family.num_blocks} blocks; block {block} does not exist.")
-    candidates = [family.linear_layer(block, role) for role in ATTENTION_INPUT_ROLES]
+    candidates = [family.linear_layer(block, role) for role in roles]
     layers = tuple(layer for layer in candidates if layer.weight_name in gradients)
     if not layers:
         needed = sorted({layer.weight_name for layer in candidates})
         raise GradientNotExposedError(
-            f"DAGER needs the attention projections of block {block}, but the update shares none of "
+            f"DAGER needs the {'/'.join(roles)} projection(s) of block {block}, but the update shares none of "
             f"{', '.join(needed)}; expose them on the client (e.g. --expose 'blocks=0,1')."
         )
     basis = span_basis([layer.weight_gradient(gradients) for layer in layers], rank=rank, rank_tol=rank_tol)
