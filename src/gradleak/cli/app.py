@@ -23,9 +23,9 @@ errors = Console(stderr=True)
 
 
 def _register() -> None:
-    from gradleak.cli import demo, invert, listing, simulate
+    from gradleak.cli import attack, demo, invert, listing, report, simulate, sweep
 
-    for module in (demo, invert, simulate, listing):
+    for module in (demo, attack, sweep, invert, simulate, report, listing):
         module.register(app)
 
 

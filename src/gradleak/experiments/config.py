@@ -1,0 +1,294 @@
+"""The settings of one experiment run, from defaults, a YAML file and the command line.
+
+:class:`RunConfig` holds everything that determines a run's results. It is built by
+:func:`build_config` from three layers, later ones winning: the defaults, a YAML file with the
+same keys as the command-line options (``batch_size`` or ``batch-size``), and the values given on
+the command line. The resolved config is what a run directory's ``config.yaml`` holds; a run
+refuses to resume in a directory whose config differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradleak.errors import GradleakError
+
+__all__ = [
+    "AUTO_SAMPLER",
+    "DEVICES",
+    "DTYPES",
+    "ConfigError",
+    "RunConfig",
+    "build_config",
+    "load_config_file",
+    "normalise_keys",
+    "parse_option_value",
+    "parse_options",
+]
+
+AUTO_SAMPLER = "auto"
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda", "auto")
+#: Keys a config file may hold beside the RunConfig fields; they say where, not what, to run.
+PLACEMENT_KEYS = ("out",)
+
+
+class ConfigError(GradleakError, ValueError):
+    """A run configuration with missing, unknown or invalid values (all listed in the message)."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines the results of one run of an attack over sampled batches.
+
+    Attributes:
+        model: Model specification (bundled alias, ``random:ARCH?...``, .gguf, folder or hub id).
+        dataset: ``demo``, ``cola``, ``sst2``, ``rotten_tomatoes``, a local file or a hub id.
+        split: Dataset split (the papers sample from ``train``).
+        text_field: Text column of a local file or hub dataset; guessed when None.
+        batch_size: Texts in each client batch (the papers' B).
+        batches: Number of batches attacked (the papers use 100).
+        sampler: ``dager``, ``lamp``, ``random``, or ``auto``: ``dager`` for the papers'
+            datasets and ``random`` for anything else (resolved before the run starts).
+        seed: Seeds the sampler (papers: 101) and the model's head initialisation.
+        task: Client task, ``seq_class`` or ``next_token``.
+        attack: Attack name (``gradleak list attacks``).
+        attack_options: Options of the attack's config, e.g. ``{"max_frontier": 512}``.
+        expose: Parameters the client shares: ``all`` or e.g. ``blocks=0,1 roles=q,k,v``.
+        train_mode: The client computes with dropout on.
+        max_length: The client truncates texts to this many tokens; None keeps them whole.
+        dtype: Parameter dtype of the model on both sides.
+        device: ``cpu``, ``cuda`` or ``auto`` (cuda when available; resolved before the run).
+        matching: How reconstructions are matched to references: ``hungarian`` or ``dager``.
+        keep_special_tokens: Score with special tokens kept, as the papers' code did.
+    """
+
+    model: str = field(metadata=_help("Model specification (bundled alias, random:ARCH, path, hub id)."))
+    dataset: str = field(default="demo", metadata=_help("demo, cola, sst2, rotten_tomatoes, a local file or a hub id."))
+    split: str = field(default="train", metadata=_help("Dataset split."))
+    text_field: str | None = field(default=None, metadata=_help("Text column (guessed when obvious)."))
+    batch_size: int = field(default=1, metadata=_help("Texts per client batch (B)."))
+    batches: int = field(default=1, metadata=_help("Number of batches to attack."))
+    sampler: str = field(default=AUTO_SAMPLER, metadata=_help("dager, lamp, random or auto."))
+    seed: int = field(default=101, metadata=_help("Seed of the sampler and of the model's head."))
+    task: str = field(default="seq_class", metadata=_help("seq_class or next_token."))
+    attack: str = field(default="dager", metadata=_help("Attack name (gradleak list attacks)."))
+    attack_options: Mapping[str, Any] = field(default_factory=dict, metadata=_help("Attack settings."))
+    expose: str = field(default="all", metadata=_help("Shared parameters: all, or 'blocks=0,1 roles=q,k,v'."))
+    train_mode: bool = field(default=False, metadata=_help("Client computes with dropout on."))
+    max_length: int | None = field(default=None, metadata=_help("Client truncation, in tokens."))
+    dtype: str = field(default="float32", metadata=_help("Model dtype: " + ", ".join(DTYPES) + "."))
+    device: str = field(default="cpu", metadata=_help("cpu, cuda or auto."))
+    matching: str = field(default="hungarian", metadata=_help("hungarian or dager."))
+    keep_special_tokens: bool = field(default=False, metadata=_help("Score with special tokens kept."))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attack_options", dict(self.attack_options or {}))
+        problems = _problems(self)
+        if problems:
+            raise ConfigError("Invalid run config: " + "; ".join(problems) + ".")
+
+    def resolved(self) -> RunConfig:
+        """Returns the config with ``auto`` sampler and device replaced by what will run."""
+        changes: dict[str, Any] = {}
+        if self.sampler == AUTO_SAMPLER:
+            from gradleak.data.sources import known_name
+
+            changes["sampler"] = "dager" if known_name(self.dataset) else "random"
+        if self.device == "auto":
+            import torch
+
+            changes["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        return replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as plain JSON values, keys in field order."""
+        data = asdict(self)
+        data["attack_options"] = dict(sorted(self.attack_options.items()))
+        return data
+
+    def fingerprint(self) -> str:
+        """Returns a short hash of the config; equal configs give equal fingerprints."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """Returns ``key: mine -> other`` for every field where ``other`` differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{key}: {mine[key]!r} -> {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+
+    def to_yaml(self) -> str:
+        """Returns the config as YAML that :func:`load_config_file` reads back."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Returns the config keys, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+
+_INT_FIELDS = ("batch_size", "batches", "seed")
+_STR_FIELDS = ("model", "dataset", "split", "sampler", "task", "attack", "expose", "dtype", "device", "matching")
+
+
+def _problems(config: RunConfig) -> list[str]:
+    """Returns every problem of ``config`` (empty when valid), each naming the field and value."""
+    problems = []
+    for name in _STR_FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{name} must be a non-empty string, got {value!r}")
+    if config.text_field is not None and not isinstance(config.text_field, str):
+        problems.append(f"text_field must be a string, got {config.text_field!r}")
+    for name in _INT_FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{name} must be an integer, got {value!r}")
+        elif name != "seed" and value < 1:
+            problems.append(f"{name} must be at least 1, got {value}")
+    if config.max_length is not None and (
+        isinstance(config.max_length, bool) or not isinstance(config.max_length, int) or config.max_length < 1
+    ):
+        problems.append(f"max_length must be a positive integer or empty, got {config.max_length!r}")
+    for name in ("train_mode", "keep_special_tokens"):
+        if not isinstance(getattr(config, name), bool):
+            problems.append(f"{name} must be true or false, got {getattr(config, name)!r}")
+    if problems:  # the name checks below need well-typed values
+        return problems
+    problems += _choice_problems(config)
+    return problems
+
+
+def _choice_problems(config: RunConfig) -> list[str]:
+    """Returns the problems of fields that must name one of a registry's entries."""
+    from gradleak.attacks import attack_names
+    from gradleak.data import SAMPLERS
+    from gradleak.models import TASKS
+    from gradleak.scoring import MATCHINGS
+
+    choices = {
+        "sampler": (AUTO_SAMPLER, *sorted(SAMPLERS)),
+        "task": TASKS,
+        "attack": tuple(attack_names()),
+        "dtype": DTYPES,
+        "device": DEVICES,
+        "matching": tuple(sorted(MATCHINGS)),
+    }
+    problems = []
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed and not (name == "device" and re.fullmatch(r"cuda:\d+", value)):
+            problems.append(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    return problems
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Returns the key -> value mapping of a YAML config file, keys normalised to underscores.
+
+    Raises:
+        ConfigError: The file is missing, is not YAML, or does not hold a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
+    return normalise_keys(data, source=str(path))
+
+
+def normalise_keys(values: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Returns ``values`` with ``batch-size`` style keys spelled ``batch_size``.
+
+    Raises:
+        ConfigError: A key is not a string.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: config keys must be strings, got {key!r}.")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def build_config(
+    file_values: Mapping[str, Any] | None = None,
+    cli_values: Mapping[str, Any] | None = None,
+    *,
+    source: str = "the config file",
+) -> RunConfig:
+    """Returns the RunConfig from file values overridden by command-line values.
+
+    Command-line values that are None were not given and leave the file's value in place.
+    ``attack_options`` are merged key by key, the command line winning.
+
+    Raises:
+        ConfigError: A key is unknown, ``model`` is missing, or a value is invalid (all
+            problems are listed together).
+    """
+    file_values = normalise_keys(file_values or {}, source=source)
+    cli = {k: v for k, v in normalise_keys(cli_values or {}, source="the command line").items() if v is not None}
+    known = set(RunConfig.field_names())
+    unknown = sorted(set(file_values) - known - set(PLACEMENT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{source} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}."
+        )
+    merged = {k: v for k, v in file_values.items() if k in known}
+    options = merged.get("attack_options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"attack_options must be a mapping of option names to values, got {options!r}.")
+    options = {**options, **(cli.pop("attack_options", None) or {})}
+    merged.update(cli)
+    merged["attack_options"] = options
+    if not merged.get("model"):
+        raise ConfigError("No model given: pass --model (e.g. --model smollm2-135m) or set model: in the config file.")
+    return RunConfig(**merged)
+
+
+def parse_option_value(text: str) -> Any:
+    """Returns a command-line ``KEY=VALUE`` value as YAML reads it, numbers like ``1e-5`` included."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """Returns ``{"key": value}`` from ``["key=value", ...]``, or None when there are none.
+
+    Raises:
+        ConfigError: An item has no ``=``.
+    """
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Attack option {pair!r} must look like KEY=VALUE, e.g. max_frontier=512.")
+        out[key.strip()] = parse_option_value(value.strip())
+    return out

@@ -1,0 +1,227 @@
+"""Running an attack over sampled batches, one record per batch, resumable after any crash.
+
+Per batch the three parties of the threat model act in turn, and only these lines let them meet:
+
+1. the **client** (victim side) computes its update from its private batch
+   (:func:`gradleak.client.compute_update`);
+2. the **server** runs the attack on the public model and that update alone
+   (``attack.reconstruct(public, update)``); it is never given the batch;
+3. **scoring** (:func:`gradleak.scoring.score_batch`) is the only place where the batch's texts
+   meet the reconstruction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradleak.attacks import Attack, Reconstruction, create_attack
+from gradleak.client import Exposure, compute_update
+from gradleak.data import Batch, load_texts, sample_batches
+from gradleak.errors import GradleakError, UnknownSpecError
+from gradleak.experiments.config import RunConfig
+from gradleak.experiments.environment import environment
+from gradleak.experiments.rundir import SUMMARY_FILE, append_record, open_run_dir, write_json_atomic
+from gradleak.experiments.summary import summarize_run
+from gradleak.models import PublicModel, load_model
+from gradleak.scoring import BatchScore, score_batch
+
+__all__ = ["RunEvent", "run_experiment"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """Progress of a run, for progress bars and logs.
+
+    Attributes:
+        kind: ``prepared`` (resume point known), ``loaded`` (data and model ready),
+            ``batch_started``, ``batch_done`` or ``finished``.
+        done: Batches completed so far (resumed ones included).
+        total: Batches planned.
+        record: The batch's record, for ``batch_done``.
+    """
+
+    kind: str
+    done: int
+    total: int
+    record: Mapping[str, Any] | None = None
+
+
+def run_experiment(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    on_event: Callable[[RunEvent], None] | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) the experiment ``config`` in directory ``out`` and returns its summary.
+
+    Writes ``out/config.yaml``, appends one line per batch to ``out/records.jsonl`` as soon as
+    the batch is scored, and rewrites ``out/summary.json`` after each batch. Batches already in
+    the records are skipped, so rerunning after an interruption finishes the same run.
+
+    Args:
+        config: The run's settings; ``auto`` values are resolved first.
+        out: The run directory.
+        overwrite: Delete results of an earlier run in ``out`` instead of refusing them.
+        on_event: Called with a :class:`RunEvent` at each step.
+
+    Raises:
+        RunDirError: ``out`` holds results of another config (and not ``overwrite``).
+        GradleakError: The data, model or attack cannot be set up as configured.
+    """
+    config = config.resolved()
+    out = Path(out)
+    emit = on_event or (lambda event: None)
+    records = open_run_dir(out, config, overwrite=overwrite)
+    env = environment(config.device)
+    emit(RunEvent("prepared", len(records), config.batches))
+    if len(records) < config.batches:
+        batches = _sample(config)
+        public = _load_public_model(config)
+        attack = _create_attack(config)
+        emit(RunEvent("loaded", len(records), config.batches))
+        for index in range(len(records), config.batches):
+            emit(RunEvent("batch_started", index, config.batches))
+            record = run_batch(index, batches[index], public, attack, config)
+            append_record(out, record)
+            records.append(record)
+            write_json_atomic(out / SUMMARY_FILE, summarize_run(config, records, environment=env))
+            emit(RunEvent("batch_done", len(records), config.batches, record))
+    summary = summarize_run(config, records, environment=env)
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    emit(RunEvent("finished", len(records), config.batches))
+    return summary
+
+
+def run_batch(index: int, batch: Batch, public: PublicModel, attack: Attack, config: RunConfig) -> dict[str, Any]:
+    """Returns the record of one batch: client update, attack on the update alone, then scoring."""
+    started = time.perf_counter()
+    # 1. Victim side: the client trains on its private batch and shares only the update.
+    update = compute_update(public, batch, exposure=Exposure.parse(config.expose),
+                            train_mode=config.train_mode, max_length=config.max_length)
+    shared = time.perf_counter()
+    # 2. Server side: the attack sees the public model and the update, never the batch.
+    reconstruction = attack.reconstruct(public, update)
+    attacked = time.perf_counter()
+    # 3. Scoring: the only place where the ground truth meets the reconstruction.
+    reference_ids, score = _score(batch, reconstruction, public, config)
+    scored = time.perf_counter()
+    stages = dict(reconstruction.diagnostics.get("seconds", {}))
+    return {
+        "batch": index,
+        "config": config.fingerprint(),
+        "source": batch.source,
+        "indices": list(batch.indices) if batch.indices is not None else None,
+        "labels": list(batch.labels) if batch.labels is not None else None,
+        "references": list(batch.texts),
+        "reference_token_ids": reference_ids,
+        "reconstructions": [
+            {"text": s.text, "token_ids": list(s.token_ids), "certified": s.certified,
+             "max_residual": _finite(max(s.residuals)) if s.residuals else None}
+            for s in reconstruction.sequences
+        ],
+        "certified": [s.certified for s in reconstruction.sequences],
+        "reason": reconstruction.reason,
+        "metrics": {**score.metrics(), "certified_rate": _certified_rate(score, reconstruction)},
+        "matching": score.matching,
+        "pairs": [
+            {"reference": p.reference, "reconstruction_index": p.reconstruction_index,
+             "reconstruction": p.reconstruction, "rouge1": p.rouge1, "rouge2": p.rouge2, "rougeL": p.rougeL,
+             "exact": p.exact, "token_accuracy": p.token_accuracy,
+             "certified": p.reconstruction_index is not None
+             and reconstruction.sequences[p.reconstruction_index].certified}
+            for p in score.pairs
+        ],
+        "diagnostics": _jsonable({k: v for k, v in reconstruction.diagnostics.items() if k != "seconds"}),
+        "seconds": {"update": shared - started, "attack": attacked - shared, "score": scored - attacked,
+                    "total": scored - started, "attack_stages": _jsonable(stages)},
+    }
+
+
+def _score(
+    batch: Batch, reconstruction: Reconstruction, public: PublicModel, config: RunConfig
+) -> tuple[list[list[int]], BatchScore]:
+    """Returns the references' token ids and the batch's scores.
+
+    References are scored as the tokenizer's decoding of the ids the client trained on, the form
+    an attack can recover at best: an uncased model cannot return capitals, and truncation
+    (``max_length``) removes what the client never used. DAGER's code scores the same way.
+    """
+    tokenizer = public.tokenizer
+    truncate = {"truncation": True, "max_length": config.max_length} if config.max_length else {}
+    reference_ids = [list(tokenizer(text, **truncate)["input_ids"]) for text in batch.texts]
+    references = [tokenizer.decode(ids) for ids in reference_ids]
+    score = score_batch(
+        references,
+        reconstruction.texts,
+        matching=config.matching,
+        special_tokens=tokenizer.all_special_tokens,
+        special_token_ids=tokenizer.all_special_ids,
+        keep_special_tokens=config.keep_special_tokens,
+        reference_tokens=reference_ids,
+        reconstruction_tokens=[list(s.token_ids) for s in reconstruction.sequences],
+    )
+    return reference_ids, score
+
+
+def _certified_rate(score: BatchScore, reconstruction: Reconstruction) -> float:
+    """Returns the fraction of references matched to a certified reconstruction."""
+    certified = [p.reconstruction_index is not None and reconstruction.sequences[p.reconstruction_index].certified
+                 for p in score.pairs]
+    return sum(certified) / len(certified)
+
+
+def _sample(config: RunConfig) -> list[Batch]:
+    source = load_texts(config.dataset, split=config.split, text_field=config.text_field)
+    return sample_batches(source, protocol=config.sampler, batch_size=config.batch_size,
+                          n_batches=config.batches, seed=config.seed)
+
+
+def _load_public_model(config: RunConfig) -> PublicModel:
+    import torch
+
+    public = load_model(config.model, task=config.task, seed=config.seed, dtype=getattr(torch, config.dtype))
+    if config.device != "cpu":
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise GradleakError(f"device {config.device!r} was asked for but torch sees no CUDA GPU; use --device cpu.")
+        public.model.to(config.device)
+    return public
+
+
+def _create_attack(config: RunConfig) -> Attack:
+    try:
+        return create_attack(config.attack, **config.attack_options)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, GradleakError):
+            raise
+        raise UnknownSpecError(f"attack {config.attack!r} cannot be configured with "
+                               f"{dict(config.attack_options)}: {err}") from None
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Returns ``value`` as plain JSON values: tuples to lists, numpy and torch scalars to floats."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return _finite(value)
+    try:
+        return _jsonable(value.item())
+    except (AttributeError, ValueError):
+        return str(value)

@@ -1,0 +1,57 @@
+"""A run's summary: metric means and standard errors over its batch records, with provenance."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gradleak.experiments.config import RunConfig
+from gradleak.scoring import summarize
+
+__all__ = ["SUMMARY_FORMAT", "SUMMARY_METRICS", "summarize_run"]
+
+SUMMARY_FORMAT = "gradleak.summary/1"
+#: Metrics summarised over batches. ROUGE values are percent; the rates and accuracy are 0 to 1.
+SUMMARY_METRICS = ("rouge1", "rouge2", "rougeL", "exact_rate", "certified_rate", "token_accuracy")
+
+
+def summarize_run(
+    config: RunConfig, records: Sequence[Mapping[str, Any]], *, environment: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Returns the summary of a run's records: each metric's mean and standard error, and more.
+
+    Each metric ``m`` of :data:`SUMMARY_METRICS` gives ``m`` (the mean over batches) and
+    ``m_stderr`` (sample standard deviation over sqrt(batches)); the papers print mean ± 2
+    standard errors. ``seconds_per_batch`` is the median wall time of a whole batch (client
+    update, attack and scoring), ``attack_seconds_per_batch`` the median time of the attack alone.
+    All are None while no batch is done.
+    """
+    summary: dict[str, Any] = {
+        "format": SUMMARY_FORMAT,
+        "config": config.to_dict(),
+        "config_fingerprint": config.fingerprint(),
+        "batches": len(records),
+        "batches_planned": config.batches,
+        "complete": len(records) == config.batches,
+        "references": sum(len(r["references"]) for r in records),
+        "sequences_recovered": sum(len(r["reconstructions"]) for r in records),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for name in SUMMARY_METRICS:
+        if records:
+            result = summarize(r["metrics"][name] for r in records)
+            summary[name], summary[f"{name}_stderr"] = result.mean, result.stderr
+        else:
+            summary[name] = summary[f"{name}_stderr"] = None
+    summary["seconds_per_batch"] = _median(r["seconds"]["total"] for r in records)
+    summary["attack_seconds_per_batch"] = _median(r["seconds"]["attack"] for r in records)
+    summary["versions"] = dict(environment.get("versions", {}))
+    summary["hardware"] = dict(environment.get("hardware", {}))
+    return summary
+
+
+def _median(values) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
