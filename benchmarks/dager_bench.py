@@ -1,0 +1,202 @@
+"""DAGER speed, memory and exact-recovery benchmark on fixed batches of the papers' datasets.
+
+Batches are drawn with DAGER's own sampler (train split, seed 101) from ../shared/data. For each
+configuration it prints, per batch and in total, the attack's seconds per stage (span bases,
+vocabulary scan, search), the peak memory the attack added, and how many sequences came back
+exactly; model loading and the client's own gradient are excluded from the timings.
+
+    .venv/bin/python benchmarks/dager_bench.py                       # every configuration, 20 batches
+    .venv/bin/python benchmarks/dager_bench.py --only smollm2-rt-16 --batches 20
+    .venv/bin/python benchmarks/dager_bench.py --quick               # 3 batches each
+
+Output: one JSON document on stdout (and in --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from gradleak.attacks.dager import Dager  # noqa: E402
+from gradleak.client import compute_update  # noqa: E402
+from gradleak.data import load_texts, sample_batches  # noqa: E402
+from gradleak.models import load_model  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    model: str
+    dataset: str
+    batch_size: int
+
+
+GPT2_FULL = "random:gpt2"  # GPT-2 small's 768-wide, 12-block config, random weights, real tokenizer
+CONFIGS = [
+    *(Config(f"smollm2-{short}-{b}", "smollm2-135m", ds, b)
+      for short, ds in (("rt", "rotten_tomatoes"), ("cola", "cola")) for b in (1, 4, 16)),
+    *(Config(f"gpt2-rt-{b}", GPT2_FULL, "rotten_tomatoes", b) for b in (1, 8, 32)),
+    *(Config(f"minilm-rt-{b}", "minilm", "rotten_tomatoes", b) for b in (1, 2, 4)),
+]
+
+
+class PeakMemory:
+    """Samples the process's resident memory in a thread; reports the peak above the start."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval, self.process = interval, psutil.Process()
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def added_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def distinct_rows(public, texts) -> int:
+    """Returns the most distinct input rows either oracle block sees (what must stay below d)."""
+    ids = [tuple(public.tokenizer(t)["input_ids"]) for t in texts]
+    if public.family.positions == "rotary":
+        layer1 = len({tok for seq in ids for tok in seq})
+    else:
+        layer1 = len({(pos, tok) for seq in ids for pos, tok in enumerate(seq)})
+    layer2 = len({seq[: i + 1] for seq in ids for i in range(len(seq))})
+    return max(layer1, layer2)
+
+
+def run_config(config: Config, *, batches: int, seed: int) -> dict:
+    public = load_model(config.model)
+    source = load_texts(config.dataset, split="train")
+    attack = Dager()
+    records = []
+    for index, batch in enumerate(sample_batches(source, protocol="dager", batch_size=config.batch_size,
+                                                 n_batches=batches, seed=seed)):
+        update = compute_update(public, batch)
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            result = attack.reconstruct(public, update)
+            seconds = time.perf_counter() - started
+        truth = [tuple(public.tokenizer(t)["input_ids"]) for t in batch.texts]
+        got = {s.token_ids for s in result.sequences}
+        exact = sum(t in got for t in truth)
+        records.append({
+            "batch": index,
+            "seconds": round(seconds, 3),
+            "stages": {k: round(v, 3) for k, v in result.diagnostics.get("seconds", {}).items()},
+            "peak_mib": round(memory.added_mib, 1),
+            "exact": exact,
+            "sequences": len(truth),
+            "certified": sum(s.certified for s in result.sequences),
+            "returned": len(result.sequences),
+            "distinct_rows": distinct_rows(public, batch.texts),
+            "hidden_size": public.family.hidden_size(),
+            "reason": result.reason,
+        })
+        print(f"{config.name} batch {index}: {exact}/{len(truth)} exact, {seconds:.2f} s", file=sys.stderr)
+    return summarise(config, records)
+
+
+def summarise(config: Config, records: list[dict]) -> dict:
+    fitting = [r for r in records if r["distinct_rows"] < r["hidden_size"]]
+    stages = sorted({k for r in records for k in r["stages"]})
+    return {
+        "config": config.__dict__,
+        "batches": len(records),
+        "median_seconds": statistics.median(r["seconds"] for r in records),
+        "median_stage_seconds": {k: statistics.median(r["stages"].get(k, 0.0) for r in records) for k in stages},
+        "max_peak_mib": max(r["peak_mib"] for r in records),
+        "exact_sequence_rate": sum(r["exact"] for r in records) / sum(r["sequences"] for r in records),
+        "batches_all_exact": sum(r["exact"] == r["sequences"] for r in records),
+        "batches_fitting_hidden_size": len(fitting),
+        "fitting_batches_all_exact": sum(r["exact"] == r["sequences"] for r in fitting),
+        "certified_but_wrong": sum(max(0, r["certified"] - r["exact"]) for r in records),
+        "per_batch": records,
+    }
+
+
+def scan_versus_matmul(model: str, *, rank: int, repeats: int = 5) -> dict:
+    """Returns the median time of one vocabulary scan position and of a bare product of that shape."""
+    from gradleak.attacks.dager.oracle import SpanOracle
+    from gradleak.attacks.dager.tokens import vocabulary_residuals
+    from gradleak.attacks.span import span_basis
+    from gradleak.models import LinearInputProbe
+
+    public = load_model(model)
+    family = public.family
+    layer = family.linear_layer(0, "q")
+    d = layer.in_features
+    gradient = torch.randn(rank, d, dtype=torch.float64) @ torch.randn(d, d, dtype=torch.float64)
+    oracle = SpanOracle(0, (layer,), span_basis([gradient]), LinearInputProbe(family, [layer]))
+    vocab = torch.arange(family.embedding().num_embeddings)
+    table = torch.randn(len(vocab), d)
+    basis = oracle.basis.basis
+    scan, bare = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        vocabulary_residuals(oracle, vocab, position=1, chunk_size=8192)
+        scan.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        table @ basis.T
+        bare.append(time.perf_counter() - started)
+    return {"model": model, "vocab": len(vocab), "d": d, "rank": oracle.basis.rank,
+            "scan_seconds": statistics.median(scan), "bare_matmul_seconds": statistics.median(bare),
+            "ratio": statistics.median(scan) / statistics.median(bare)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="configuration names (default: all)", default=None)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="3 batches per configuration")
+    parser.add_argument("--seed", type=int, default=101)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    chosen = [c for c in CONFIGS if args.only is None or c.name in args.only]
+    unknown = set(args.only or ()) - {c.name for c in CONFIGS}
+    if unknown:
+        parser.error(f"unknown configurations {sorted(unknown)}; choose from {[c.name for c in CONFIGS]}")
+    batches = 3 if args.quick else args.batches
+    report = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "configs": [run_config(c, batches=batches, seed=args.seed) for c in chosen],
+        "scan_vs_matmul": [scan_versus_matmul("smollm2-135m", rank=335), scan_versus_matmul(GPT2_FULL, rank=259)],
+    }
+    text = json.dumps(report, indent=1)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
