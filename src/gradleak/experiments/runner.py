@@ -80,13 +80,13 @@ def run_experiment(
     config = config.resolved()
     out = Path(out)
     emit = on_event or (lambda event: None)
+    attack = _create_attack(config)  # unknown attack options fail before anything is written
     records = open_run_dir(out, config, overwrite=overwrite)
     env = environment(config.device)
     emit(RunEvent("prepared", len(records), config.batches))
     if len(records) < config.batches:
         batches = _sample(config)
         public = _load_public_model(config)
-        attack = _create_attack(config)
         emit(RunEvent("loaded", len(records), config.batches))
         for index in range(len(records), config.batches):
             emit(RunEvent("batch_started", index, config.batches))
