@@ -68,16 +68,17 @@ def test_sweep_in_shards_then_report(cli, spy_attack, gpt2_spec, tiny_texts, tmp
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"model: '{gpt2_spec}'\ndataset: {tiny_texts}\nattack: spy\nbatches: 1\n"
-                    "batch_size: [1, 2, 3]\nseed: [0]\n")
-    code, out = cli("sweep", grid, "--list", "--shard", "1/2")
+                    "batch_size: [1, 2, 3]\nseed: 5\n")
+    code, out = cli("sweep", grid, "--list", "--shard", "1/2", "--set", "seed=[0]")
     assert code == 0 and "1 of 3 run(s) in shard 1/2" in out and spy_attack.calls == 0
-    code, out = cli("sweep", grid, "--shard", "0/2", "-q")
+    assert "batch_size-2_seed-0" in out
+    code, out = cli("sweep", grid, "--shard", "0/2", "-q", "--set", "seed=[0]")
     assert code == 0, out
     root = tmp_path / "runs" / "grid"  # the default: runs/<grid file name>, in the current directory
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["batch_size-1_seed-0", "batch_size-3_seed-0"]
     assert spy_attack.calls == 2
-    code, out = cli("sweep", grid, "--shard", "1/2", "-q")
-    code, out = cli("sweep", grid, "-q")  # everything done: resumes, attacks nothing
+    code, out = cli("sweep", grid, "--shard", "1/2", "-q", "--set", "seed=[0]")
+    code, out = cli("sweep", grid, "-q", "--set", "seed=[0]")  # everything done: resumes, attacks nothing
     assert code == 0 and spy_attack.calls == 3
     assert len(json.loads((root / "sweep.json").read_text())["runs"]) == 3
     code, out = cli("report", root, "--format", "csv")

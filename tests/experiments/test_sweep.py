@@ -41,3 +41,18 @@ def test_invalid_combinations_are_listed_before_anything_runs(tmp_path):
     assert [r.name for r in expand_grid({"model": "m"}, root=tmp_path)] == ["run"]
     long = expand_grid({"model": ["random:gpt2?n_layer=3&n_embd=64&n_head=2&n_positions=64&seed=12345"]}, root=tmp_path)
     assert len(long[0].name) <= 60 and "/" not in long[0].name and "?" not in long[0].name
+
+
+def test_the_builtin_paper_grid(tmp_path):
+    from gradleak.experiments import builtin_grids, load_grid, resolve_grid
+
+    assert "dager-smollm2" in builtin_grids()
+    grid = load_grid(resolve_grid("dager-smollm2"), overrides={"batches": 5, "batch-size": [1, 2]})
+    runs = expand_grid(grid, root=tmp_path)
+    assert [r.name for r in runs][-1] == "dataset-rotten_tomatoes_batch_size-2"
+    config = runs[0].config
+    assert (config.model, config.sampler, config.seed, config.batches, config.task) == (
+        "smollm2-135m", "dager", 101, 5, "seq_class")
+    assert len(expand_grid(load_grid(resolve_grid("dager-smollm2")), root=tmp_path)) == 9
+    with pytest.raises(ConfigError, match="not a built-in grid \\(dager-smollm2"):
+        resolve_grid(tmp_path / "missing.yaml")

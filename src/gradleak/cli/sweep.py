@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-HELP = ("Run every combination of the values listed in GRID.yaml (same keys as --config of `gradleak attack`; "
-        "a list is an axis), one run directory each under the grid's `out` folder. --shard i/N runs the "
-        "runs numbered i modulo N, for cluster job arrays. Rerunning resumes unfinished runs.")
+HELP = ("Run every combination of the values listed in GRID (a YAML file with the keys of `gradleak attack "
+        "--config`, where a list is an axis, or a built-in grid such as dager-smollm2), one run directory each "
+        "under the grid's `out` folder. --shard i/N runs the runs numbered i modulo N, for cluster job arrays. "
+        "Rerunning resumes unfinished runs.")
 
 
 def register(app: typer.Typer) -> None:
@@ -16,21 +17,33 @@ def register(app: typer.Typer) -> None:
 
 
 def sweep_command(
-    grid: Path = typer.Argument(..., help="The sweep file (YAML)."),
-    out: Path = typer.Option(None, help="Folder of the run directories. (default: the file's `out`, else runs/GRID)"),
+    grid: str = typer.Argument(..., help="The sweep file (YAML), or the name of a built-in grid."),
+    out: Path = typer.Option(None, help="Folder of the run directories. (default: the grid's `out`, else runs/GRID)"),
     shard: str = typer.Option(None, help="Run only shard i of N (i = 0 .. N-1), e.g. --shard 0/4."),
+    set_values: list[str] = typer.Option(None, "--set", help="Override a grid key, KEY=VALUE, repeatable "
+                                         "(e.g. --set batches=5; a list such as [1,2] makes an axis)."),
     overwrite: bool = typer.Option(False, help="Delete earlier results of these runs instead of refusing a changed config."),
     list_only: bool = typer.Option(False, "--list", help="Print the runs (of this shard) and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     from gradleak.cli.app import console
     from gradleak.cli.progress import run_progress
-    from gradleak.experiments import expand_grid, load_grid, parse_shard, run_experiment, select_shard, sweep_manifest
+    from gradleak.experiments import (
+        expand_grid,
+        load_grid,
+        parse_options,
+        parse_shard,
+        resolve_grid,
+        run_experiment,
+        select_shard,
+        sweep_manifest,
+    )
     from gradleak.experiments.rundir import write_json_atomic
     from gradleak.report import RunResult, console_table
 
-    values = load_grid(grid)
-    root = out or Path(values.get("out") or Path("runs") / grid.stem)
+    path = resolve_grid(grid)
+    values = load_grid(path, overrides=parse_options(set_values))
+    root = out or Path(values.get("out") or Path("runs") / path.stem)
     runs = expand_grid(values, root=root, source=str(grid))
     selected = select_shard(runs, parse_shard(shard) if shard else None)
     if list_only:
@@ -47,5 +60,5 @@ def sweep_command(
             summary = run_experiment(run.config, run.out, overwrite=overwrite, on_event=on_event)
         results.append(RunResult(run.out, run.name, summary, []))
     if not quiet:
-        console.print(console_table(results, title=f"sweep {grid.name}" + (f", shard {shard}" if shard else "")))
+        console.print(console_table(results, title=f"sweep {grid}" + (f", shard {shard}" if shard else "")))
         console.print(f"make the HTML report and CSV with: gradleak report {root}")

@@ -28,9 +28,11 @@ from gradleak.experiments.runner import RunEvent, run_experiment
 from gradleak.experiments.summary import SUMMARY_METRICS, summarize_run
 from gradleak.experiments.sweep import (
     SweepRun,
+    builtin_grids,
     expand_grid,
     load_grid,
     parse_shard,
+    resolve_grid,
     select_shard,
     sweep_manifest,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "RunEvent",
     "SweepRun",
     "build_config",
+    "builtin_grids",
     "default_run_dir",
     "environment",
     "expand_grid",
@@ -56,6 +59,7 @@ __all__ = [
     "read_config",
     "read_records",
     "read_summary",
+    "resolve_grid",
     "run_experiment",
     "select_shard",
     "summarize_run",

@@ -20,7 +20,7 @@ _MAX = 48
 def slug(value: Any, *, max_length: int = _MAX) -> str:
     """Returns ``value`` as a filesystem-safe word; long values keep a head and a hash of the rest."""
     text = json.dumps(value, sort_keys=True) if isinstance(value, (Mapping, list)) else str(value)
-    out = re.sub(r"[^A-Za-z0-9.=+-]+", "-", text).strip("-.") or "x"
+    out = re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-.") or "x"
     if len(out) > max_length:
         out = f"{out[: max_length - 9]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
     return out

@@ -20,15 +20,25 @@ from __future__ import annotations
 
 import itertools
 import re
+from importlib import resources
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradleak.experiments.config import ConfigError, RunConfig, build_config, load_config_file
+from gradleak.experiments.config import ConfigError, RunConfig, build_config, load_config_file, normalise_keys
 from gradleak.experiments.naming import run_name
 
-__all__ = ["SweepRun", "expand_grid", "load_grid", "parse_shard", "select_shard", "sweep_manifest"]
+__all__ = [
+    "SweepRun",
+    "builtin_grids",
+    "expand_grid",
+    "load_grid",
+    "parse_shard",
+    "resolve_grid",
+    "select_shard",
+    "sweep_manifest",
+]
 
 @dataclass(frozen=True)
 class SweepRun:
@@ -49,13 +59,43 @@ class SweepRun:
     axes: Mapping[str, Any]
 
 
-def load_grid(path: str | Path) -> dict[str, Any]:
-    """Returns the mapping a sweep file holds (keys normalised to underscores).
+def builtin_grids() -> dict[str, Path]:
+    """Returns the grids shipped with gradleak (``experiments/grids/*.yaml``) by name."""
+    folder = resources.files("gradleak.experiments") / "grids"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def resolve_grid(name_or_path: str | Path) -> Path:
+    """Returns the sweep file a command names: an existing file, else a built-in grid's file.
+
+    Raises:
+        ConfigError: Neither a file nor a built-in grid has that name; the message lists the grids.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = builtin_grids().get(str(name_or_path))
+    if builtin is not None:
+        return builtin
+    raise ConfigError(
+        f"Sweep file {str(path)!r} does not exist and is not a built-in grid "
+        f"({', '.join(sorted(builtin_grids()))})."
+    )
+
+
+def load_grid(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Returns the mapping a sweep file holds (keys normalised to underscores), with overrides.
+
+    Args:
+        path: The sweep file.
+        overrides: Keys replacing the file's, e.g. ``{"batches": 5}`` (a list makes an axis).
 
     Raises:
         ConfigError: The file is missing or is not a YAML mapping.
     """
-    return load_config_file(path)
+    grid = load_config_file(path)
+    grid.update(normalise_keys(overrides or {}, source="--set"))
+    return grid
 
 
 def expand_grid(grid: Mapping[str, Any], *, root: str | Path, source: str = "the sweep file") -> list[SweepRun]:
