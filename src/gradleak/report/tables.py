@@ -35,6 +35,7 @@ CSV_FIELDS = (
 )
 _HEADERS = ("run", "model", "dataset", "B", "batches", "ROUGE-1", "ROUGE-2", "ROUGE-L",
             "exact %", "certified %", "s / batch")
+_SHORT = {"ROUGE-1": "R-1", "ROUGE-2": "R-2", "certified %": "cert. %", "s / batch": "s/batch", "batches": "n"}
 
 
 def format_pm(mean: float | None, stderr: float | None, *, scale: float = 1.0) -> str:
@@ -109,15 +110,33 @@ def markdown_table(runs: Sequence[RunResult]) -> str:
 
 
 def console_table(runs: Sequence[RunResult], *, title: str = "gradleak results"):
-    """Returns the headline table as a ``rich.table.Table``."""
+    """Returns the headline table as a ``rich.table.Table``, compact enough for 80 columns.
+
+    ROUGE-L is left out (the Markdown table, CSV and HTML have it), numbers never wrap, and with
+    several runs the model, dataset, batch-size and batches columns are left out when every run
+    has the same value: the title names it instead.
+    """
+    from rich import box
     from rich.table import Table
 
     headers, rows = table_rows(runs)
-    table = Table(title=title)
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i < 3 else "right", overflow="fold")
+    rows = [tuple(cell.replace(" ± ", "±") for cell in row) for row in rows]
+    keep = [i for i, h in enumerate(headers) if h != "ROUGE-L"]
+    if len(rows) > 1:
+        constant = [i for i in (1, 2, 3, 4) if len({row[i] for row in rows}) == 1]
+        if constant:
+            title += " (" + ", ".join(f"{headers[i]}: {rows[0][i]}" for i in constant) + ")"
+        keep = [i for i in keep if i not in constant]
+    table = Table(title=title, box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True)
+    for i in keep:
+        header = _SHORT.get(headers[i], headers[i])
+        if i >= 3:  # numbers: never wrapped or cut
+            width = max(len(header), *(len(row[i]) for row in rows))
+            table.add_column(header, justify="right", no_wrap=True, min_width=width)
+        else:
+            table.add_column(header, overflow="fold", min_width=6)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in keep))
     return table
 
 
