@@ -9,7 +9,12 @@ import pytest
 from gradleak.attacks import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.registry import _ATTACKS, register_attack
 
-TEXTS = ["Call Anna at 555-0142.", "My PIN is 4821.", "Meet me at the station.", "The code is blue fox."]
+TEXTS = [
+    "Call Anna at 555-0142.",
+    "My PIN is 4821.",
+    "Meet me at the station.",
+    "The code is blue fox.",
+]
 
 
 @pytest.fixture

@@ -21,14 +21,41 @@ def _records(run_dir):
 
 def test_attack_then_report(cli, gpt2_spec, tiny_texts, tmp_path):
     run = tmp_path / "run"
-    code, out = cli("attack", "--model", gpt2_spec, "--dataset", tiny_texts, "--batch-size", 2, "--batches", 1,
-                    "--out", run)
+    code, out = cli(
+        "attack",
+        "--model",
+        gpt2_spec,
+        "--dataset",
+        tiny_texts,
+        "--batch-size",
+        2,
+        "--batches",
+        1,
+        "--out",
+        run,
+    )
     assert code == 0, out
     summary = json.loads((run / "summary.json").read_text())
-    for key in ("rouge1", "rouge2", "rougeL", "rouge1_stderr", "rouge2_stderr", "rougeL_stderr", "exact_rate",
-                "certified_rate", "batches", "seconds_per_batch", "versions", "hardware"):
+    for key in (
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rouge1_stderr",
+        "rouge2_stderr",
+        "rougeL_stderr",
+        "exact_rate",
+        "certified_rate",
+        "batches",
+        "seconds_per_batch",
+        "versions",
+        "hardware",
+    ):
         assert key in summary, key
-    assert (summary["rouge1"], summary["exact_rate"], summary["certified_rate"]) == (100.0, 1.0, 1.0)
+    assert (summary["rouge1"], summary["exact_rate"], summary["certified_rate"]) == (
+        100.0,
+        1.0,
+        1.0,
+    )
     (record,) = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     assert sorted(r["text"] for r in record["reconstructions"]) == sorted(record["references"])
     assert record["certified"] == [True, True] and record["seconds"]["attack"] > 0
@@ -45,8 +72,10 @@ def test_attack_then_report(cli, gpt2_spec, tiny_texts, tmp_path):
 
 def test_config_file_overrides_and_refusals(cli, spy_attack, gpt2_spec, tiny_texts, tmp_path):
     config = tmp_path / "exp.yaml"
-    config.write_text(f"model: '{gpt2_spec}'\ndataset: {tiny_texts}\nattack: spy\nbatch-size: 2\nbatches: 2\n"
-                      f"out: {tmp_path / 'from-file'}\n")
+    config.write_text(
+        f"model: '{gpt2_spec}'\ndataset: {tiny_texts}\nattack: spy\nbatch-size: 2\nbatches: 2\n"
+        f"out: {tmp_path / 'from-file'}\n"
+    )
     code, out = cli("attack", "--config", config, "--batches", 1, "-q")
     assert code == 0, out
     written = yaml.safe_load((tmp_path / "from-file" / "config.yaml").read_text())
@@ -67,18 +96,27 @@ def test_config_file_overrides_and_refusals(cli, spy_attack, gpt2_spec, tiny_tex
 def test_sweep_in_shards_then_report(cli, spy_attack, gpt2_spec, tiny_texts, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
-    grid.write_text(f"model: '{gpt2_spec}'\ndataset: {tiny_texts}\nattack: spy\nbatches: 1\n"
-                    "batch_size: [1, 2, 3]\nseed: 5\n")
+    grid.write_text(
+        f"model: '{gpt2_spec}'\ndataset: {tiny_texts}\nattack: spy\nbatches: 1\n"
+        "batch_size: [1, 2, 3]\nseed: 5\n"
+    )
     code, out = cli("sweep", grid, "--list", "--shard", "1/2", "--set", "seed=[0]")
     assert code == 0 and "1 of 3 run(s) in shard 1/2" in out and spy_attack.calls == 0
     assert "batch_size-2_seed-0" in out
     code, out = cli("sweep", grid, "--shard", "0/2", "-q", "--set", "seed=[0]")
     assert code == 0, out
-    root = tmp_path / "runs" / "grid"  # the default: runs/<grid file name>, in the current directory
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["batch_size-1_seed-0", "batch_size-3_seed-0"]
+    root = (
+        tmp_path / "runs" / "grid"
+    )  # the default: runs/<grid file name>, in the current directory
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
+        "batch_size-1_seed-0",
+        "batch_size-3_seed-0",
+    ]
     assert spy_attack.calls == 2
     code, out = cli("sweep", grid, "--shard", "1/2", "-q", "--set", "seed=[0]")
-    code, out = cli("sweep", grid, "-q", "--set", "seed=[0]")  # everything done: resumes, attacks nothing
+    code, out = cli(
+        "sweep", grid, "-q", "--set", "seed=[0]"
+    )  # everything done: resumes, attacks nothing
     assert code == 0 and spy_attack.calls == 3
     assert len(json.loads((root / "sweep.json").read_text())["runs"]) == 3
     code, out = cli("report", root, "--format", "csv")
@@ -87,11 +125,31 @@ def test_sweep_in_shards_then_report(cli, spy_attack, gpt2_spec, tiny_texts, tmp
 
 
 def test_killed_run_resumes_to_the_same_results(cli, gpt2_spec, tiny_texts, tmp_path):
-    args = ["attack", "--model", gpt2_spec, "--dataset", str(tiny_texts), "--batches", "2", "--seed", "3", "-q"]
+    args = [
+        "attack",
+        "--model",
+        gpt2_spec,
+        "--dataset",
+        str(tiny_texts),
+        "--batches",
+        "2",
+        "--seed",
+        "3",
+        "-q",
+    ]
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from gradleak.cli import main; main(sys.argv[1:])",
-         *args, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from gradleak.cli import main; main(sys.argv[1:])",
+            *args,
+            "--out",
+            str(killed),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     records = killed / "records.jsonl"
     deadline = time.monotonic() + 240
     while not (records.exists() and records.read_text().count("\n") >= 1):
@@ -112,10 +170,13 @@ def test_killed_run_resumes_to_the_same_results(cli, gpt2_spec, tiny_texts, tmp_
     timeless = ("updated_at", "seconds_per_batch", "attack_seconds_per_batch")
     summaries = [json.loads((d / "summary.json").read_text()) for d in (killed, tmp_path / "whole")]
     assert [{k: v for k, v in s.items() if k not in timeless} for s in summaries][0] == {
-        k: v for k, v in summaries[1].items() if k not in timeless}
+        k: v for k, v in summaries[1].items() if k not in timeless
+    }
 
 
-@pytest.mark.parametrize("command", ["attack", "sweep", "report", "demo", "invert", "simulate", "list"])
+@pytest.mark.parametrize(
+    "command", ["attack", "sweep", "report", "demo", "invert", "simulate", "list"]
+)
 def test_every_command_has_help(cli, command):
     code, out = cli(command, "--help")
     assert code == 0 and "Usage" in out

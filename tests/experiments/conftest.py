@@ -10,8 +10,14 @@ from gradleak.attacks import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.registry import _ATTACKS, register_attack
 
 GPT2 = "random:gpt2?n_layer=3&n_embd=64&n_head=2&n_positions=64"
-TEXTS = ["Call Anna at 555-0142.", "My PIN is 4821.", "Meet me at the station.", "The code is blue fox.",
-         "Rent is due Friday.", "Ben owes me ten euros."]
+TEXTS = [
+    "Call Anna at 555-0142.",
+    "My PIN is 4821.",
+    "Meet me at the station.",
+    "The code is blue fox.",
+    "Rent is due Friday.",
+    "Ben owes me ten euros.",
+]
 
 
 @pytest.fixture
@@ -30,7 +36,9 @@ def texts() -> list[str]:
 def tiny_texts(tmp_path):
     """Returns a JSONL file of six short private messages."""
     path = tmp_path / "tiny.jsonl"
-    path.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(TEXTS)))
+    path.write_text(
+        "".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(TEXTS))
+    )
     return path
 
 
@@ -48,7 +56,9 @@ class SpyAttack(Attack):
         public = args[0]
         ids = tuple(public.tokenizer(self.text)["input_ids"])
         sequence = RecoveredSequence(ids, public.tokenizer.decode(list(ids)), True, (1e-7,))
-        return Reconstruction("spy", (sequence,), diagnostics={"seconds": {"guess": 0.0}, "rank": 3})
+        return Reconstruction(
+            "spy", (sequence,), diagnostics={"seconds": {"guess": 0.0}, "rank": 3}
+        )
 
 
 @pytest.fixture

@@ -11,9 +11,18 @@ from gradleak.experiments.naming import default_run_dir
 
 def test_command_line_overrides_the_file(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("model: smollm2-135m\nbatch-size: 4\nbatches: 10\nattack_options: {max_frontier: 64, seed: 1}\n")
-    config = build_config(load_config_file(path), {"batch_size": 16, "seed": None, "attack_options": {"seed": 2}})
-    assert (config.model, config.batch_size, config.batches, config.seed) == ("smollm2-135m", 16, 10, 101)
+    path.write_text(
+        "model: smollm2-135m\nbatch-size: 4\nbatches: 10\nattack_options: {max_frontier: 64, seed: 1}\n"
+    )
+    config = build_config(
+        load_config_file(path), {"batch_size": 16, "seed": None, "attack_options": {"seed": 2}}
+    )
+    assert (config.model, config.batch_size, config.batches, config.seed) == (
+        "smollm2-135m",
+        16,
+        10,
+        101,
+    )
     assert config.attack_options == {"max_frontier": 64, "seed": 2}
 
 
@@ -22,7 +31,9 @@ def test_unknown_keys_and_bad_values_are_all_named(tmp_path):
         build_config({"model": "m", "batchsize": 4})
     with pytest.raises(ConfigError) as err:
         build_config({"model": "m", "batch_size": 0, "batches": "ten", "task": "mlm"})
-    assert "batch_size must be at least 1" in str(err.value) and "batches must be an integer" in str(err.value)
+    assert "batch_size must be at least 1" in str(
+        err.value
+    ) and "batches must be an integer" in str(err.value)
     with pytest.raises(ConfigError, match="task 'mlm' is not one of seq_class, next_token"):
         build_config({"model": "m", "task": "mlm"})
     with pytest.raises(ConfigError, match="No model given: pass --model"):

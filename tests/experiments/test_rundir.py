@@ -29,7 +29,9 @@ def test_fresh_then_resumed(tmp_path):
 def test_changed_config_is_refused_unless_overwrite(tmp_path):
     open_run_dir(tmp_path, _config())
     append_record(tmp_path, _record(_config(), 0))
-    with pytest.raises(RunDirError, match=r"different config \(batch_size: 1 -> 2\).*new --out.*--overwrite"):
+    with pytest.raises(
+        RunDirError, match=r"different config \(batch_size: 1 -> 2\).*new --out.*--overwrite"
+    ):
         open_run_dir(tmp_path, _config(batch_size=2))
     assert open_run_dir(tmp_path, _config(batch_size=2), overwrite=True) == []
     assert not (tmp_path / RECORDS_FILE).exists()

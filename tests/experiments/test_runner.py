@@ -20,8 +20,16 @@ GPT2 = "random:gpt2?n_layer=3&n_embd=64&n_head=2&n_positions=64"
 
 
 def _config(data: Path, **changes):
-    return build_config({"model": GPT2, "dataset": str(data), "attack": "spy", "batch_size": 2, "batches": 3,
-                         **changes})
+    return build_config(
+        {
+            "model": GPT2,
+            "dataset": str(data),
+            "attack": "spy",
+            "batch_size": 2,
+            "batches": 3,
+            **changes,
+        }
+    )
 
 
 def _without_times(records):
@@ -34,7 +42,11 @@ def test_the_attack_is_given_the_public_model_and_the_update_only(spy_attack, ti
     assert kwargs == {} and [type(a) for a in args] == [PublicModel, ClientUpdate]
     # And in the code: the only reconstruct call passes exactly (public, update).
     tree = ast.parse(Path(runner_module.__file__).read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "reconstruct"]
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "reconstruct"
+    ]
     assert [[ast.unparse(a) for a in c.args] for c in calls] == [["public", "update"]]
     assert all(not c.keywords for c in calls)
 
@@ -43,20 +55,42 @@ def test_records_and_summary(spy_attack, tiny_texts, texts, tmp_path):
     summary = run_experiment(_config(tiny_texts), tmp_path)
     records = read_records(tmp_path)
     assert [r["batch"] for r in records] == [0, 1, 2]
-    assert sorted(t for r in records for t in r["references"]) == sorted(texts)  # 3 x 2 distinct texts
+    assert sorted(t for r in records for t in r["references"]) == sorted(
+        texts
+    )  # 3 x 2 distinct texts
     first = records[0]
-    assert first["reconstructions"][0]["text"] == "Call Anna at 555-0142." and first["certified"] == [True]
-    assert set(first["metrics"]) == {"rouge1", "rouge2", "rougeL", "exact_rate", "token_accuracy", "certified_rate"}
+    assert first["reconstructions"][0]["text"] == "Call Anna at 555-0142." and first[
+        "certified"
+    ] == [True]
+    assert set(first["metrics"]) == {
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "exact_rate",
+        "token_accuracy",
+        "certified_rate",
+    }
     assert len(first["pairs"]) == 2 and first["diagnostics"] == {"rank": 3}
     assert set(first["seconds"]) == {"update", "attack", "score", "total", "attack_stages"}
     # The spy's one text is exact in the batch holding it, half of that batch's references.
     assert [r["metrics"]["exact_rate"] for r in records].count(0.5) == 1
     assert summary == read_summary(tmp_path)
-    assert summary["batches"] == 3 and summary["complete"] and summary["exact_rate"] == pytest.approx(1 / 6)
+    assert (
+        summary["batches"] == 3
+        and summary["complete"]
+        and summary["exact_rate"] == pytest.approx(1 / 6)
+    )
     rouge1 = [r["metrics"]["rouge1"] for r in records]
     assert summary["rouge1"] == pytest.approx(sum(rouge1) / 3)
     assert summary["certified_rate"] == pytest.approx(1 / 2)  # one certified guess per batch of two
-    for key in ("rouge2", "rougeL", "rouge1_stderr", "rouge2_stderr", "rougeL_stderr", "seconds_per_batch"):
+    for key in (
+        "rouge2",
+        "rougeL",
+        "rouge1_stderr",
+        "rouge2_stderr",
+        "rougeL_stderr",
+        "seconds_per_batch",
+    ):
         assert isinstance(summary[key], float)
     assert summary["versions"]["torch"] and summary["hardware"]["cpu_count"] >= 1
     assert summary["config"]["sampler"] == "random"  # auto, resolved for a local file
@@ -77,19 +111,27 @@ def test_interrupted_run_resumes_to_the_same_results(spy_attack, tiny_texts, tmp
     spy_attack.calls.clear()
     resumed = run_experiment(_config(tiny_texts), tmp_path / "cut")
     assert len(spy_attack.calls) == 2  # only the unfinished batches ran again
-    assert _without_times(read_records(tmp_path / "cut")) == _without_times(read_records(tmp_path / "full"))
+    assert _without_times(read_records(tmp_path / "cut")) == _without_times(
+        read_records(tmp_path / "full")
+    )
     timeless = {"seconds_per_batch", "attack_seconds_per_batch", "updated_at"}
     assert {k: v for k, v in resumed.items() if k not in timeless} == {
-        k: v for k, v in full.items() if k not in timeless}
-    assert run_experiment(_config(tiny_texts), tmp_path / "cut")["batches"] == 3  # finished: nothing to do
+        k: v for k, v in full.items() if k not in timeless
+    }
+    assert (
+        run_experiment(_config(tiny_texts), tmp_path / "cut")["batches"] == 3
+    )  # finished: nothing to do
     assert len(spy_attack.calls) == 2
 
 
-def test_uncased_references_are_scored_as_the_tokenizer_round_trip(spy_attack, tiny_texts, tmp_path):
+def test_uncased_references_are_scored_as_the_tokenizer_round_trip(
+    spy_attack, tiny_texts, tmp_path
+):
     config = _config(tiny_texts, model=BERT, batch_size=6, batches=1, sampler="lamp")
     run_experiment(config, tmp_path)
     record = read_records(tmp_path)
     (pair,) = [p for p in record[0]["pairs"] if p["exact"]]
-    assert pair["reference"].strip() == "call anna at 555 - 0142."  # [CLS]/[SEP] stripped, lower-cased
+    assert (
+        pair["reference"].strip() == "call anna at 555 - 0142."
+    )  # [CLS]/[SEP] stripped, lower-cased
     assert record[0]["references"][record[0]["pairs"].index(pair)] == "Call Anna at 555-0142."
-

@@ -10,30 +10,50 @@ FORMATS = ("table", "markdown", "csv")
 
 
 def register(app: typer.Typer) -> None:
-    app.command(name="report", help="Summarise run directories (or folders of them, e.g. a sweep): print a table "
-                                     "and write one self-contained HTML report and a CSV. Reads only "
-                                     "summary.json and records.jsonl.")(report_command)
+    app.command(
+        name="report",
+        help="Summarise run directories (or folders of them, e.g. a sweep): print a table "
+        "and write one self-contained HTML report and a CSV. Reads only "
+        "summary.json and records.jsonl.",
+    )(report_command)
 
 
 def report_command(
     dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them."),
-    html: Path = typer.Option(None, help="HTML file. (default: DIR/report.html for one DIR, else ./gradleak-report.html)"),
+    html: Path = typer.Option(
+        None, help="HTML file. (default: DIR/report.html for one DIR, else ./gradleak-report.html)"
+    ),
     csv: Path = typer.Option(None, help="CSV file. (default: results.csv beside the HTML file)"),
-    output_format: str = typer.Option("table", "--format", help="What to print: table, markdown or csv."),
-    no_files: bool = typer.Option(False, "--no-files", help="Only print; write neither HTML nor CSV."),
+    output_format: str = typer.Option(
+        "table", "--format", help="What to print: table, markdown or csv."
+    ),
+    no_files: bool = typer.Option(
+        False, "--no-files", help="Only print; write neither HTML nor CSV."
+    ),
     title: str = typer.Option("gradleak report", help="Title of the HTML page."),
 ) -> None:
     from gradleak.cli.app import console, errors
     from gradleak.errors import UnknownSpecError
-    from gradleak.report import console_table, csv_text, load_runs, markdown_table, write_csv, write_html
+    from gradleak.report import (
+        console_table,
+        csv_text,
+        load_runs,
+        markdown_table,
+        write_csv,
+        write_html,
+    )
 
     if output_format not in FORMATS:
-        raise UnknownSpecError(f"unknown --format {output_format!r}; choose one of {', '.join(FORMATS)}.")
+        raise UnknownSpecError(
+            f"unknown --format {output_format!r}; choose one of {', '.join(FORMATS)}."
+        )
     runs = load_runs(dirs)
     if output_format == "table":
         console.print(console_table(runs))
     else:  # plain text on stdout, for pipes and docs
-        typer.echo(markdown_table(runs) if output_format == "markdown" else csv_text(runs), nl=False)
+        typer.echo(
+            markdown_table(runs) if output_format == "markdown" else csv_text(runs), nl=False
+        )
     if no_files:
         return
     html = html or (dirs[0] / "report.html" if len(dirs) == 1 else Path("gradleak-report.html"))

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
-HELP = ("Run every combination of the values listed in GRID (a YAML file with the keys of `gradleak attack "
-        "--config`, where a list is an axis, or a built-in grid such as dager-smollm2), one run directory each "
-        "under the grid's `out` folder. --shard i/N runs the runs numbered i modulo N, for cluster job arrays. "
-        "Rerunning resumes unfinished runs.")
+HELP = (
+    "Run every combination of the values listed in GRID (a YAML file with the keys of `gradleak attack "
+    "--config`, where a list is an axis, or a built-in grid such as dager-smollm2), one run directory each "
+    "under the grid's `out` folder. --shard i/N runs the runs numbered i modulo N, for cluster job arrays. "
+    "Rerunning resumes unfinished runs."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,12 +20,22 @@ def register(app: typer.Typer) -> None:
 
 def sweep_command(
     grid: str = typer.Argument(..., help="The sweep file (YAML), or the name of a built-in grid."),
-    out: Path = typer.Option(None, help="Folder of the run directories. (default: the grid's `out`, else runs/GRID)"),
+    out: Path = typer.Option(
+        None, help="Folder of the run directories. (default: the grid's `out`, else runs/GRID)"
+    ),
     shard: str = typer.Option(None, help="Run only shard i of N (i = 0 .. N-1), e.g. --shard 0/4."),
-    set_values: list[str] = typer.Option(None, "--set", help="Override a grid key, KEY=VALUE, repeatable "
-                                         "(e.g. --set batches=5; a list such as [1,2] makes an axis)."),
-    overwrite: bool = typer.Option(False, help="Delete earlier results of these runs instead of refusing a changed config."),
-    list_only: bool = typer.Option(False, "--list", help="Print the runs (of this shard) and exit."),
+    set_values: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Override a grid key, KEY=VALUE, repeatable "
+        "(e.g. --set batches=5; a list such as [1,2] makes an axis).",
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Delete earlier results of these runs instead of refusing a changed config."
+    ),
+    list_only: bool = typer.Option(
+        False, "--list", help="Print the runs (of this shard) and exit."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     from gradleak.cli.app import console
@@ -49,7 +61,9 @@ def sweep_command(
     if list_only:
         for run in selected:
             console.print(f"{run.index:4d}  {run.out}")
-        console.print(f"{len(selected)} of {len(runs)} run(s)" + (f" in shard {shard}" if shard else ""))
+        console.print(
+            f"{len(selected)} of {len(runs)} run(s)" + (f" in shard {shard}" if shard else "")
+        )
         return
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / "sweep.json", sweep_manifest(values, runs))
@@ -60,5 +74,7 @@ def sweep_command(
             summary = run_experiment(run.config, run.out, overwrite=overwrite, on_event=on_event)
         results.append(RunResult(run.out, run.name, summary, []))
     if not quiet:
-        console.print(console_table(results, title=f"sweep {grid}" + (f", shard {shard}" if shard else "")))
+        console.print(
+            console_table(results, title=f"sweep {grid}" + (f", shard {shard}" if shard else ""))
+        )
         console.print(f"make the HTML report and CSV with: gradleak report {root}")

@@ -75,24 +75,37 @@ class RunConfig:
         keep_special_tokens: Score with special tokens kept, as the papers' code did.
     """
 
-    model: str = field(metadata=_help("Model specification (bundled alias, random:ARCH, path, hub id)."))
-    dataset: str = field(default="demo", metadata=_help("demo, cola, sst2, rotten_tomatoes, a local file or a hub id."))
+    model: str = field(
+        metadata=_help("Model specification (bundled alias, random:ARCH, path, hub id).")
+    )
+    dataset: str = field(
+        default="demo",
+        metadata=_help("demo, cola, sst2, rotten_tomatoes, a local file or a hub id."),
+    )
     split: str = field(default="train", metadata=_help("Dataset split."))
-    text_field: str | None = field(default=None, metadata=_help("Text column (guessed when obvious)."))
+    text_field: str | None = field(
+        default=None, metadata=_help("Text column (guessed when obvious).")
+    )
     batch_size: int = field(default=1, metadata=_help("Texts per client batch (B)."))
     batches: int = field(default=1, metadata=_help("Number of batches to attack."))
     sampler: str = field(default=AUTO_SAMPLER, metadata=_help("dager, lamp, random or auto."))
     seed: int = field(default=101, metadata=_help("Seed of the sampler and of the model's head."))
     task: str = field(default="seq_class", metadata=_help("seq_class or next_token."))
     attack: str = field(default="dager", metadata=_help("Attack name (gradleak list attacks)."))
-    attack_options: Mapping[str, Any] = field(default_factory=dict, metadata=_help("Attack settings."))
-    expose: str = field(default="all", metadata=_help("Shared parameters: all, or 'blocks=0,1 roles=q,k,v'."))
+    attack_options: Mapping[str, Any] = field(
+        default_factory=dict, metadata=_help("Attack settings.")
+    )
+    expose: str = field(
+        default="all", metadata=_help("Shared parameters: all, or 'blocks=0,1 roles=q,k,v'.")
+    )
     train_mode: bool = field(default=False, metadata=_help("Client computes with dropout on."))
     max_length: int | None = field(default=None, metadata=_help("Client truncation, in tokens."))
     dtype: str = field(default="float32", metadata=_help("Model dtype: " + ", ".join(DTYPES) + "."))
     device: str = field(default="cpu", metadata=_help("cpu, cuda or auto."))
     matching: str = field(default="hungarian", metadata=_help("hungarian or dager."))
-    keep_special_tokens: bool = field(default=False, metadata=_help("Score with special tokens kept."))
+    keep_special_tokens: bool = field(
+        default=False, metadata=_help("Score with special tokens kept.")
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack_options", dict(self.attack_options or {}))
@@ -127,7 +140,9 @@ class RunConfig:
     def differences(self, other: RunConfig) -> list[str]:
         """Returns ``key: mine -> other`` for every field where ``other`` differs."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{key}: {mine[key]!r} -> {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+        return [
+            f"{key}: {mine[key]!r} -> {theirs[key]!r}" for key in mine if mine[key] != theirs[key]
+        ]
 
     def to_yaml(self) -> str:
         """Returns the config as YAML that :func:`load_config_file` reads back."""
@@ -140,7 +155,18 @@ class RunConfig:
 
 
 _INT_FIELDS = ("batch_size", "batches", "seed")
-_STR_FIELDS = ("model", "dataset", "split", "sampler", "task", "attack", "expose", "dtype", "device", "matching")
+_STR_FIELDS = (
+    "model",
+    "dataset",
+    "split",
+    "sampler",
+    "task",
+    "attack",
+    "expose",
+    "dtype",
+    "device",
+    "matching",
+)
 
 
 def _problems(config: RunConfig) -> list[str]:
@@ -159,9 +185,13 @@ def _problems(config: RunConfig) -> list[str]:
         elif name != "seed" and value < 1:
             problems.append(f"{name} must be at least 1, got {value}")
     if config.max_length is not None and (
-        isinstance(config.max_length, bool) or not isinstance(config.max_length, int) or config.max_length < 1
+        isinstance(config.max_length, bool)
+        or not isinstance(config.max_length, int)
+        or config.max_length < 1
     ):
-        problems.append(f"max_length must be a positive integer or empty, got {config.max_length!r}")
+        problems.append(
+            f"max_length must be a positive integer or empty, got {config.max_length!r}"
+        )
     for name in ("train_mode", "keep_special_tokens"):
         if not isinstance(getattr(config, name), bool):
             problems.append(f"{name} must be true or false, got {getattr(config, name)!r}")
@@ -244,7 +274,11 @@ def build_config(
             problems are listed together).
     """
     file_values = normalise_keys(file_values or {}, source=source)
-    cli = {k: v for k, v in normalise_keys(cli_values or {}, source="the command line").items() if v is not None}
+    cli = {
+        k: v
+        for k, v in normalise_keys(cli_values or {}, source="the command line").items()
+        if v is not None
+    }
     known = set(RunConfig.field_names())
     unknown = sorted(set(file_values) - known - set(PLACEMENT_KEYS))
     if unknown:
@@ -254,12 +288,16 @@ def build_config(
     merged = {k: v for k, v in file_values.items() if k in known}
     options = merged.get("attack_options") or {}
     if not isinstance(options, Mapping):
-        raise ConfigError(f"attack_options must be a mapping of option names to values, got {options!r}.")
+        raise ConfigError(
+            f"attack_options must be a mapping of option names to values, got {options!r}."
+        )
     options = {**options, **(cli.pop("attack_options", None) or {})}
     merged.update(cli)
     merged["attack_options"] = options
     if not merged.get("model"):
-        raise ConfigError("No model given: pass --model (e.g. --model smollm2-135m) or set model: in the config file.")
+        raise ConfigError(
+            "No model given: pass --model (e.g. --model smollm2-135m) or set model: in the config file."
+        )
     return RunConfig(**merged)
 
 
@@ -289,6 +327,8 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"Attack option {pair!r} must look like KEY=VALUE, e.g. max_frontier=512.")
+            raise ConfigError(
+                f"Attack option {pair!r} must look like KEY=VALUE, e.g. max_frontier=512."
+            )
         out[key.strip()] = parse_option_value(value.strip())
     return out

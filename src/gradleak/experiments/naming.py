@@ -38,6 +38,11 @@ def default_run_dir(config: RunConfig, *, root: str | Path = DEFAULT_ROOT) -> Pa
 
     ``config`` should be resolved (see :meth:`RunConfig.resolved`), so the name says what ran.
     """
-    dataset = slug(Path(config.dataset).stem if Path(config.dataset).suffix else config.dataset, max_length=24)
+    dataset = slug(
+        Path(config.dataset).stem if Path(config.dataset).suffix else config.dataset, max_length=24
+    )
     model = slug(config.model.removeprefix("random:"), max_length=32)
-    return Path(root) / f"{config.attack}-{dataset}-{model}-b{config.batch_size}-{config.fingerprint()}"
+    return (
+        Path(root)
+        / f"{config.attack}-{dataset}-{model}-b{config.batch_size}-{config.fingerprint()}"
+    )

@@ -50,7 +50,9 @@ class RunDirError(GradleakError):
     """A run directory that cannot be used as asked (another config, damaged records)."""
 
 
-def open_run_dir(out: str | Path, config: RunConfig, *, overwrite: bool = False) -> list[dict[str, Any]]:
+def open_run_dir(
+    out: str | Path, config: RunConfig, *, overwrite: bool = False
+) -> list[dict[str, Any]]:
     """Prepares ``out`` for ``config`` and returns the records of batches already done there.
 
     A new or empty directory gets ``config.yaml``. An existing run of the same config is resumed:
@@ -126,7 +128,9 @@ def read_records(run_dir: str | Path, *, repair: bool = False) -> list[dict[str,
                 raise ValueError("not an object")
         except ValueError:
             if number == len(lines) and not tail:
-                logger.warning("Dropping an unreadable last record in %s (a crash mid-write).", path)
+                logger.warning(
+                    "Dropping an unreadable last record in %s (a crash mid-write).", path
+                )
                 break
             raise RunDirError(
                 f"{str(path)!r} line {number} is not a valid record, so the file is damaged; "
@@ -154,17 +158,21 @@ def _check_records(records: Sequence[Mapping[str, Any]], config: RunConfig, out:
                 "out of order; use a new --out directory, or --overwrite to start again."
             )
     if len(records) > config.batches:
-        raise RunDirError(f"{str(out)!r} holds more records than the config's {config.batches} batches.")
+        raise RunDirError(
+            f"{str(out)!r} holds more records than the config's {config.batches} batches."
+        )
 
 
 def append_record(run_dir: str | Path, record: Mapping[str, Any]) -> None:
     """Appends one record as a JSON line, with one write, then flushes it to disk."""
-    line = (json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    line = (json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode(
+        "utf-8"
+    )
     fd = os.open(Path(run_dir) / RECORDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         view = memoryview(line)
         while view:  # os.write may write less than asked; a cut is detected on resume
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -180,14 +188,18 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RunDirError(f"{str(Path(run_dir))!r} has no {SUMMARY_FILE}; is it a gradleak run directory?") from None
+        raise RunDirError(
+            f"{str(Path(run_dir))!r} has no {SUMMARY_FILE}; is it a gradleak run directory?"
+        ) from None
     except ValueError as err:
         raise RunDirError(f"{str(path)!r} is not valid JSON: {err}") from None
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Writes ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    _write_text_atomic(Path(path), json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    _write_text_atomic(
+        Path(path), json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    )
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -197,4 +209,3 @@ def _write_text_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-

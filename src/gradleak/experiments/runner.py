@@ -101,12 +101,19 @@ def run_experiment(
     return summary
 
 
-def run_batch(index: int, batch: Batch, public: PublicModel, attack: Attack, config: RunConfig) -> dict[str, Any]:
+def run_batch(
+    index: int, batch: Batch, public: PublicModel, attack: Attack, config: RunConfig
+) -> dict[str, Any]:
     """Returns the record of one batch: client update, attack on the update alone, then scoring."""
     started = time.perf_counter()
     # 1. Victim side: the client trains on its private batch and shares only the update.
-    update = compute_update(public, batch, exposure=Exposure.parse(config.expose),
-                            train_mode=config.train_mode, max_length=config.max_length)
+    update = compute_update(
+        public,
+        batch,
+        exposure=Exposure.parse(config.expose),
+        train_mode=config.train_mode,
+        max_length=config.max_length,
+    )
     shared = time.perf_counter()
     # 2. Server side: the attack sees the public model and the update, never the batch.
     reconstruction = attack.reconstruct(public, update)
@@ -124,8 +131,12 @@ def run_batch(index: int, batch: Batch, public: PublicModel, attack: Attack, con
         "references": list(batch.texts),
         "reference_token_ids": reference_ids,
         "reconstructions": [
-            {"text": s.text, "token_ids": list(s.token_ids), "certified": s.certified,
-             "max_residual": _finite(max(s.residuals)) if s.residuals else None}
+            {
+                "text": s.text,
+                "token_ids": list(s.token_ids),
+                "certified": s.certified,
+                "max_residual": _finite(max(s.residuals)) if s.residuals else None,
+            }
             for s in reconstruction.sequences
         ],
         "certified": [s.certified for s in reconstruction.sequences],
@@ -133,16 +144,30 @@ def run_batch(index: int, batch: Batch, public: PublicModel, attack: Attack, con
         "metrics": {**score.metrics(), "certified_rate": _certified_rate(score, reconstruction)},
         "matching": score.matching,
         "pairs": [
-            {"reference": p.reference, "reconstruction_index": p.reconstruction_index,
-             "reconstruction": p.reconstruction, "rouge1": p.rouge1, "rouge2": p.rouge2, "rougeL": p.rougeL,
-             "exact": p.exact, "token_accuracy": p.token_accuracy,
-             "certified": p.reconstruction_index is not None
-             and reconstruction.sequences[p.reconstruction_index].certified}
+            {
+                "reference": p.reference,
+                "reconstruction_index": p.reconstruction_index,
+                "reconstruction": p.reconstruction,
+                "rouge1": p.rouge1,
+                "rouge2": p.rouge2,
+                "rougeL": p.rougeL,
+                "exact": p.exact,
+                "token_accuracy": p.token_accuracy,
+                "certified": p.reconstruction_index is not None
+                and reconstruction.sequences[p.reconstruction_index].certified,
+            }
             for p in score.pairs
         ],
-        "diagnostics": _jsonable({k: v for k, v in reconstruction.diagnostics.items() if k != "seconds"}),
-        "seconds": {"update": shared - started, "attack": attacked - shared, "score": scored - attacked,
-                    "total": scored - started, "attack_stages": _jsonable(stages)},
+        "diagnostics": _jsonable(
+            {k: v for k, v in reconstruction.diagnostics.items() if k != "seconds"}
+        ),
+        "seconds": {
+            "update": shared - started,
+            "attack": attacked - shared,
+            "score": scored - attacked,
+            "total": scored - started,
+            "attack_stages": _jsonable(stages),
+        },
     }
 
 
@@ -174,24 +199,36 @@ def _score(
 
 def _certified_rate(score: BatchScore, reconstruction: Reconstruction) -> float:
     """Returns the fraction of references matched to a certified reconstruction."""
-    certified = [p.reconstruction_index is not None and reconstruction.sequences[p.reconstruction_index].certified
-                 for p in score.pairs]
+    certified = [
+        p.reconstruction_index is not None
+        and reconstruction.sequences[p.reconstruction_index].certified
+        for p in score.pairs
+    ]
     return sum(certified) / len(certified)
 
 
 def _sample(config: RunConfig) -> list[Batch]:
     source = load_texts(config.dataset, split=config.split, text_field=config.text_field)
-    return sample_batches(source, protocol=config.sampler, batch_size=config.batch_size,
-                          n_batches=config.batches, seed=config.seed)
+    return sample_batches(
+        source,
+        protocol=config.sampler,
+        batch_size=config.batch_size,
+        n_batches=config.batches,
+        seed=config.seed,
+    )
 
 
 def _load_public_model(config: RunConfig) -> PublicModel:
     import torch
 
-    public = load_model(config.model, task=config.task, seed=config.seed, dtype=getattr(torch, config.dtype))
+    public = load_model(
+        config.model, task=config.task, seed=config.seed, dtype=getattr(torch, config.dtype)
+    )
     if config.device != "cpu":
         if config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise GradleakError(f"device {config.device!r} was asked for but torch sees no CUDA GPU; use --device cpu.")
+            raise GradleakError(
+                f"device {config.device!r} was asked for but torch sees no CUDA GPU; use --device cpu."
+            )
         public.model.to(config.device)
     return public
 
@@ -202,8 +239,10 @@ def _create_attack(config: RunConfig) -> Attack:
     except (TypeError, ValueError) as err:
         if isinstance(err, GradleakError):
             raise
-        raise UnknownSpecError(f"attack {config.attack!r} cannot be configured with "
-                               f"{dict(config.attack_options)}: {err}") from None
+        raise UnknownSpecError(
+            f"attack {config.attack!r} cannot be configured with "
+            f"{dict(config.attack_options)}: {err}"
+        ) from None
 
 
 def _finite(value: float) -> float | None:

@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import itertools
 import re
-from importlib import resources
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gradleak.experiments.config import ConfigError, RunConfig, build_config, load_config_file, normalise_keys
+from gradleak.experiments.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    load_config_file,
+    normalise_keys,
+)
 from gradleak.experiments.naming import run_name
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "select_shard",
     "sweep_manifest",
 ]
+
 
 @dataclass(frozen=True)
 class SweepRun:
@@ -62,7 +69,11 @@ class SweepRun:
 def builtin_grids() -> dict[str, Path]:
     """Returns the grids shipped with gradleak (``experiments/grids/*.yaml``) by name."""
     folder = resources.files("gradleak.experiments") / "grids"
-    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
 
 
 def resolve_grid(name_or_path: str | Path) -> Path:
@@ -98,7 +109,9 @@ def load_grid(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -
     return grid
 
 
-def expand_grid(grid: Mapping[str, Any], *, root: str | Path, source: str = "the sweep file") -> list[SweepRun]:
+def expand_grid(
+    grid: Mapping[str, Any], *, root: str | Path, source: str = "the sweep file"
+) -> list[SweepRun]:
     """Returns one SweepRun per combination of the grid's listed values, each config validated.
 
     Args:
@@ -117,7 +130,7 @@ def expand_grid(grid: Mapping[str, Any], *, root: str | Path, source: str = "the
         raise ConfigError(f"{source}: axis {', '.join(empty)} lists no values.")
     runs, problems, names = [], [], set()
     for index, values in enumerate(itertools.product(*axes.values())):
-        point = dict(zip(axes, values))
+        point = dict(zip(axes, values, strict=True))
         name = run_name(point)
         try:
             config = build_config({**fixed, **point}, source=source)
@@ -125,9 +138,13 @@ def expand_grid(grid: Mapping[str, Any], *, root: str | Path, source: str = "the
             problems.append(f"{name}: {err}")
             continue
         if name in names:
-            raise ConfigError(f"{source}: two runs would share the folder {name!r}; an axis repeats a value.")
+            raise ConfigError(
+                f"{source}: two runs would share the folder {name!r}; an axis repeats a value."
+            )
         names.add(name)
-        runs.append(SweepRun(index=index, name=name, config=config, out=Path(root) / name, axes=point))
+        runs.append(
+            SweepRun(index=index, name=name, config=config, out=Path(root) / name, axes=point)
+        )
     if problems:
         raise ConfigError(f"{source} has invalid combinations: " + " | ".join(problems))
     return runs
@@ -141,7 +158,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     """
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
-        raise ConfigError(f"--shard {text!r} must be i/N with 0 <= i < N, e.g. 0/4 for the first of four jobs.")
+        raise ConfigError(
+            f"--shard {text!r} must be i/N with 0 <= i < N, e.g. 0/4 for the first of four jobs."
+        )
     return int(match.group(1)), int(match.group(2))
 
 
@@ -158,6 +177,8 @@ def sweep_manifest(grid: Mapping[str, Any], runs: Sequence[SweepRun]) -> dict[st
     return {
         "format": "gradleak.sweep/1",
         "grid": dict(grid),
-        "runs": [{"index": r.index, "name": r.name, "axes": dict(r.axes), "config": r.config.to_dict()}
-                 for r in runs],
+        "runs": [
+            {"index": r.index, "name": r.name, "axes": dict(r.axes), "config": r.config.to_dict()}
+            for r in runs
+        ],
     }

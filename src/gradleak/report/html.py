@@ -39,7 +39,9 @@ code{background:#f5f5f5;padding:0 .2em}
 """
 
 
-def write_html(runs: Sequence[RunResult], path: str | Path, *, title: str = "gradleak report") -> Path:
+def write_html(
+    runs: Sequence[RunResult], path: str | Path, *, title: str = "gradleak report"
+) -> Path:
     """Writes the report of ``runs`` to ``path`` and returns it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +59,8 @@ def render_html(runs: Sequence[RunResult], *, title: str = "gradleak report") ->
         f'<p class="meta">{len(runs)} run(s), generated {escape(time.strftime("%Y-%m-%d %H:%M"))}. '
         "ROUGE F-measures in percent, mean ± 2 standard errors over batches; exact and certified "
         "rates are the share of references recovered exactly and matched to a certified "
-        "reconstruction. Highlighted words: <span class=\"miss\">missed</span> in a reference, "
-        "<span class=\"extra\">wrong</span> in a reconstruction.</p>",
+        'reconstruction. Highlighted words: <span class="miss">missed</span> in a reference, '
+        '<span class="extra">wrong</span> in a reconstruction.</p>',
         "<h2>Summary</h2>",
         _summary_table(runs),
         _plots(runs),
@@ -71,7 +73,11 @@ def render_html(runs: Sequence[RunResult], *, title: str = "gradleak report") ->
 
 def _summary_table(runs: Sequence[RunResult]) -> str:
     headers, rows = table_rows(runs)
-    out = ['<table class="summary"><thead><tr>', *(f"<th>{escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    out = [
+        '<table class="summary"><thead><tr>',
+        *(f"<th>{escape(h)}</th>" for h in headers),
+        "</tr></thead><tbody>",
+    ]
     for i, row in enumerate(rows):
         cells = [f'<td><a href="#run-{i}">{escape(row[0])}</a></td>']
         cells += [f"<td>{escape(c)}</td>" for c in row[1:3]]
@@ -84,7 +90,9 @@ def _summary_table(runs: Sequence[RunResult]) -> str:
 def series_label(config: Mapping[str, Any], varying: Sequence[str]) -> str:
     """Returns the label of the series a run belongs to: its values of the varying config keys."""
     keys = [k for k in varying if k not in _NOT_SERIES] or ["model", "dataset"]
-    return " · ".join(f"{config.get(k)}" if k in ("model", "dataset") else f"{k}={config.get(k)}" for k in keys)
+    return " · ".join(
+        f"{config.get(k)}" if k in ("model", "dataset") else f"{k}={config.get(k)}" for k in keys
+    )
 
 
 def _plots(runs: Sequence[RunResult]) -> str:
@@ -101,16 +109,33 @@ def _plots(runs: Sequence[RunResult]) -> str:
         rouge1.setdefault(label, []).append((b, s.get("rouge1"), 2 * (s.get("rouge1_stderr") or 0)))
         rouge2.setdefault(label, []).append((b, s.get("rouge2"), 2 * (s.get("rouge2_stderr") or 0)))
         seconds.setdefault(label, []).append((b, s.get("seconds_per_batch"), None))
-    return "".join([
-        '<h2>Plots</h2><div class="plots">',
-        line_plot(rouge1, title="ROUGE-1 against batch size", x_label="batch size B",
-                  y_label="ROUGE-1 F (%)", y_range=(0, 100)),
-        line_plot(rouge2, title="ROUGE-2 against batch size", x_label="batch size B",
-                  y_label="ROUGE-2 F (%)", y_range=(0, 100)),
-        line_plot(seconds, title="Time per batch", x_label="batch size B",
-                  y_label="seconds per batch (median)", log_y=True),
-        "</div>",
-    ])
+    return "".join(
+        [
+            '<h2>Plots</h2><div class="plots">',
+            line_plot(
+                rouge1,
+                title="ROUGE-1 against batch size",
+                x_label="batch size B",
+                y_label="ROUGE-1 F (%)",
+                y_range=(0, 100),
+            ),
+            line_plot(
+                rouge2,
+                title="ROUGE-2 against batch size",
+                x_label="batch size B",
+                y_label="ROUGE-2 F (%)",
+                y_range=(0, 100),
+            ),
+            line_plot(
+                seconds,
+                title="Time per batch",
+                x_label="batch size B",
+                y_label="seconds per batch (median)",
+                log_y=True,
+            ),
+            "</div>",
+        ]
+    )
 
 
 def _run_section(index: int, run: RunResult) -> str:
@@ -119,7 +144,11 @@ def _run_section(index: int, run: RunResult) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items() if v)
     hardware = s.get("hardware", {})
     machine = ", ".join(str(hardware[k]) for k in ("gpu", "cpu", "device") if hardware.get(k))
-    status = "complete" if s.get("complete") else f"incomplete: {s.get('batches')} of {s.get('batches_planned')}"
+    status = (
+        "complete"
+        if s.get("complete")
+        else f"incomplete: {s.get('batches')} of {s.get('batches_planned')}"
+    )
     parts = [
         f'<section id="run-{index}"><h3>{escape(run.name)}</h3>',
         f'<p class="meta">{escape(str(run.path))} ({escape(status)})<br/>config: <code>{escape(config)}</code>'
@@ -134,29 +163,45 @@ def _run_section(index: int, run: RunResult) -> str:
 def _batch_table(record: Mapping[str, Any]) -> str:
     metrics = record.get("metrics", {})
     seconds = record.get("seconds", {}).get("total")
-    head = (f"<p>batch {record.get('batch')}: ROUGE-1 {metrics.get('rouge1', 0):.1f}, "
-            f"ROUGE-2 {metrics.get('rouge2', 0):.1f}, exact {100 * metrics.get('exact_rate', 0):.0f} %"
-            + (f", {seconds:.2f} s" if isinstance(seconds, (int, float)) else "") + "</p>")
+    head = (
+        f"<p>batch {record.get('batch')}: ROUGE-1 {metrics.get('rouge1', 0):.1f}, "
+        f"ROUGE-2 {metrics.get('rouge2', 0):.1f}, exact {100 * metrics.get('exact_rate', 0):.0f} %"
+        + (f", {seconds:.2f} s" if isinstance(seconds, (int, float)) else "")
+        + "</p>"
+    )
     if record.get("reason"):
         head += f'<p class="guess">{escape(str(record["reason"]))}</p>'
-    rows = ['<table class="batch"><thead><tr><th>#</th><th>reference</th><th>reconstruction</th>'
-            "<th>ROUGE-1</th><th>exact</th><th>certified</th></tr></thead><tbody>"]
+    rows = [
+        '<table class="batch"><thead><tr><th>#</th><th>reference</th><th>reconstruction</th>'
+        "<th>ROUGE-1</th><th>exact</th><th>certified</th></tr></thead><tbody>"
+    ]
     for i, pair in enumerate(record.get("pairs", [])):
         matched = pair.get("reconstruction_index") is not None
         ref_html, rec_html = word_diff(pair.get("reference", ""), pair.get("reconstruction", ""))
         if not matched:
             rec_html = '<span class="no">(nothing recovered)</span>'
-        exact = '<span class="yes">yes</span>' if pair.get("exact") else '<span class="no">no</span>'
-        certified = ('<span class="yes">certified</span>' if pair.get("certified")
-                     else '<span class="guess">best-effort</span>' if matched else "-")
-        rows.append(f'<tr><td class="num">{i}</td><td class="text">{ref_html}</td><td class="text">{rec_html}</td>'
-                    f'<td class="num">{pair.get("rouge1", 0):.1f}</td><td>{exact}</td><td>{certified}</td></tr>')
+        exact = (
+            '<span class="yes">yes</span>' if pair.get("exact") else '<span class="no">no</span>'
+        )
+        certified = (
+            '<span class="yes">certified</span>'
+            if pair.get("certified")
+            else '<span class="guess">best-effort</span>'
+            if matched
+            else "-"
+        )
+        rows.append(
+            f'<tr><td class="num">{i}</td><td class="text">{ref_html}</td><td class="text">{rec_html}</td>'
+            f'<td class="num">{pair.get("rouge1", 0):.1f}</td><td>{exact}</td><td>{certified}</td></tr>'
+        )
     used = {p.get("reconstruction_index") for p in record.get("pairs", [])}
     extra = [r for j, r in enumerate(record.get("reconstructions", [])) if j not in used]
     for rec in extra:
-        rows.append(f'<tr><td class="num">+</td><td class="text">(no reference)</td>'
-                    f'<td class="text"><span class="extra">{escape(rec.get("text", ""))}</span></td>'
-                    f'<td class="num">-</td><td>-</td><td>{"certified" if rec.get("certified") else "best-effort"}</td></tr>')
+        rows.append(
+            f'<tr><td class="num">+</td><td class="text">(no reference)</td>'
+            f'<td class="text"><span class="extra">{escape(rec.get("text", ""))}</span></td>'
+            f'<td class="num">-</td><td>-</td><td>{"certified" if rec.get("certified") else "best-effort"}</td></tr>'
+        )
     rows.append("</tbody></table>")
     return head + "".join(rows)
 

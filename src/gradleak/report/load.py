@@ -56,13 +56,17 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     for given in paths:
         given = Path(given)
         if not given.is_dir():
-            raise GradleakError(f"{str(given)!r} is not a directory; give run directories or folders holding them.")
+            raise GradleakError(
+                f"{str(given)!r} is not a directory; give run directories or folders holding them."
+            )
         if (given / SUMMARY_FILE).is_file():
             found.append((given, given.resolve().name))
             continue
         runs = sorted(p.parent for p in given.rglob(SUMMARY_FILE))
         if not runs:
-            raise GradleakError(f"{str(given)!r} holds no {SUMMARY_FILE}; is it a gradleak run or sweep folder?")
+            raise GradleakError(
+                f"{str(given)!r} holds no {SUMMARY_FILE}; is it a gradleak run or sweep folder?"
+            )
         found += [(run, str(run.relative_to(given))) for run in runs]
     seen, unique = set(), []
     for run, name in found:
@@ -86,7 +90,9 @@ def _load_run(path: Path, name: str) -> RunResult:
         summary = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
     except ValueError as err:
         raise GradleakError(f"{str(path / SUMMARY_FILE)!r} is not valid JSON: {err}") from None
-    return RunResult(path=path, name=name, summary=summary, records=_read_records(path / RECORDS_FILE))
+    return RunResult(
+        path=path, name=name, summary=summary, records=_read_records(path / RECORDS_FILE)
+    )
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -103,5 +109,7 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
             if number >= len(lines) - 1:  # a write cut short by a crash; the run will redo it
                 logger.warning("Skipping a half-written last record in %s.", path)
                 continue
-            raise GradleakError(f"{str(path)!r} line {number} is not valid JSON; the file is damaged.") from None
+            raise GradleakError(
+                f"{str(path)!r} line {number} is not valid JSON; the file is damaged."
+            ) from None
     return records

@@ -38,13 +38,20 @@ def line_plot(
         log_y: Base-10 logarithmic y axis (times).
         y_range: Fixed y range; the data's range when None.
     """
-    clean = {label: sorted(p for p in points if _usable(p, log_x, log_y)) for label, points in series.items()}
+    clean = {
+        label: sorted(p for p in points if _usable(p, log_x, log_y))
+        for label, points in series.items()
+    }
     clean = {label: points for label, points in clean.items() if points}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
-             f'viewBox="0 0 {_W} {_H}" role="img" class="plot">',
-             f'<text x="{_W / 2:.0f}" y="18" text-anchor="middle" class="title">{escape(title)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
+        f'viewBox="0 0 {_W} {_H}" role="img" class="plot">',
+        f'<text x="{_W / 2:.0f}" y="18" text-anchor="middle" class="title">{escape(title)}</text>',
+    ]
     if not clean:
-        parts.append(f'<text x="{_W / 2:.0f}" y="{_H / 2:.0f}" text-anchor="middle">no data</text></svg>')
+        parts.append(
+            f'<text x="{_W / 2:.0f}" y="{_H / 2:.0f}" text-anchor="middle">no data</text></svg>'
+        )
         return "".join(parts)
     xs = sorted({p[0] for points in clean.values() for p in points})
     fx = _axis(xs[0], xs[-1], _LEFT, _W - _RIGHT, log=log_x, base=2)
@@ -88,8 +95,13 @@ def _axis(low: float, high: float, start: float, end: float, *, log: bool, base:
 
 def _ticks(low: float, high: float, *, log: bool) -> list[float]:
     if log:
-        first, last = math.floor(math.log10(max(low, 1e-12))), math.ceil(math.log10(max(high, 1e-12)))
-        return [10.0**e for e in range(first, last + 1) if low / 1.0001 <= 10.0**e <= high * 1.0001] or [low, high]
+        first, last = (
+            math.floor(math.log10(max(low, 1e-12))),
+            math.ceil(math.log10(max(high, 1e-12))),
+        )
+        return [
+            10.0**e for e in range(first, last + 1) if low / 1.0001 <= 10.0**e <= high * 1.0001
+        ] or [low, high]
     span = high - low or 1.0
     step = 10 ** math.floor(math.log10(span / 4))
     for factor in (1, 2, 5, 10):
@@ -105,33 +117,49 @@ def _frame(xs, y_range, fx, fy, *, log_y: bool, x_label: str, y_label: str) -> l
     parts = [f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" class="frame"/>']
     for x in xs:
         px = fx(x)
-        parts.append(f'<line x1="{px:.1f}" y1="{y0}" x2="{px:.1f}" y2="{y0 + 4}" class="tick"/>'
-                     f'<text x="{px:.1f}" y="{y0 + 17}" text-anchor="middle">{_num(x)}</text>')
+        parts.append(
+            f'<line x1="{px:.1f}" y1="{y0}" x2="{px:.1f}" y2="{y0 + 4}" class="tick"/>'
+            f'<text x="{px:.1f}" y="{y0 + 17}" text-anchor="middle">{_num(x)}</text>'
+        )
     for y in _ticks(*y_range, log=log_y):
         py = fy(y)
-        parts.append(f'<line x1="{x0}" y1="{py:.1f}" x2="{x1}" y2="{py:.1f}" class="grid"/>'
-                     f'<text x="{x0 - 6}" y="{py + 4:.1f}" text-anchor="end">{_num(y)}</text>')
-    parts.append(f'<text x="{(x0 + x1) / 2:.0f}" y="{_H - 10}" text-anchor="middle">{escape(x_label)}</text>')
-    parts.append(f'<text x="16" y="{(y0 + y1) / 2:.0f}" text-anchor="middle" '
-                 f'transform="rotate(-90 16 {(y0 + y1) / 2:.0f})">{escape(y_label)}</text>')
+        parts.append(
+            f'<line x1="{x0}" y1="{py:.1f}" x2="{x1}" y2="{py:.1f}" class="grid"/>'
+            f'<text x="{x0 - 6}" y="{py + 4:.1f}" text-anchor="end">{_num(y)}</text>'
+        )
+    parts.append(
+        f'<text x="{(x0 + x1) / 2:.0f}" y="{_H - 10}" text-anchor="middle">{escape(x_label)}</text>'
+    )
+    parts.append(
+        f'<text x="16" y="{(y0 + y1) / 2:.0f}" text-anchor="middle" '
+        f'transform="rotate(-90 16 {(y0 + y1) / 2:.0f})">{escape(y_label)}</text>'
+    )
     return parts
 
 
 def _series(points, fx, fy, color: str, label: str, index: int, *, log_y: bool) -> list[str]:
-    path = " ".join(f"{'M' if i == 0 else 'L'}{fx(x):.1f},{fy(y):.1f}" for i, (x, y, _) in enumerate(points))
+    path = " ".join(
+        f"{'M' if i == 0 else 'L'}{fx(x):.1f},{fy(y):.1f}" for i, (x, y, _) in enumerate(points)
+    )
     parts = [f'<path d="{path}" stroke="{color}" fill="none" stroke-width="2"/>']
     for x, y, err in points:
         px, py = fx(x), fy(y)
         if err:
             low = fy(max(y - err, 1e-12) if log_y else y - err)
-            parts.append(f'<line x1="{px:.1f}" y1="{low:.1f}" x2="{px:.1f}" y2="{fy(y + err):.1f}" '
-                         f'stroke="{color}" stroke-width="1.5"/>')
-        parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}">'
-                     f'<title>{escape(label)}: {_num(x)} -&gt; {y:.3g}</title></circle>')
+            parts.append(
+                f'<line x1="{px:.1f}" y1="{low:.1f}" x2="{px:.1f}" y2="{fy(y + err):.1f}" '
+                f'stroke="{color}" stroke-width="1.5"/>'
+            )
+        parts.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}">'
+            f"<title>{escape(label)}: {_num(x)} -&gt; {y:.3g}</title></circle>"
+        )
     ly = _TOP + 14 + 18 * index
-    parts.append(f'<line x1="{_W - _RIGHT + 12}" y1="{ly - 4}" x2="{_W - _RIGHT + 30}" y2="{ly - 4}" '
-                 f'stroke="{color}" stroke-width="3"/>'
-                 f'<text x="{_W - _RIGHT + 36}" y="{ly}" class="legend">{escape(_short(label))}</text>')
+    parts.append(
+        f'<line x1="{_W - _RIGHT + 12}" y1="{ly - 4}" x2="{_W - _RIGHT + 30}" y2="{ly - 4}" '
+        f'stroke="{color}" stroke-width="3"/>'
+        f'<text x="{_W - _RIGHT + 36}" y="{ly}" class="legend">{escape(_short(label))}</text>'
+    )
     return parts
 
 

@@ -26,16 +26,53 @@ __all__ = [
     "write_csv",
 ]
 
-_CONFIG_FIELDS = ("model", "dataset", "split", "sampler", "task", "attack", "batch_size", "expose", "seed")
+_CONFIG_FIELDS = (
+    "model",
+    "dataset",
+    "split",
+    "sampler",
+    "task",
+    "attack",
+    "batch_size",
+    "expose",
+    "seed",
+)
 _METRICS = ("rouge1", "rouge2", "rougeL", "exact_rate", "certified_rate", "token_accuracy")
 CSV_FIELDS = (
-    "run", *_CONFIG_FIELDS, "batches", "batches_planned", "complete",
+    "run",
+    *_CONFIG_FIELDS,
+    "batches",
+    "batches_planned",
+    "complete",
     *[name for metric in _METRICS for name in (metric, f"{metric}_stderr")],
-    "seconds_per_batch", "attack_seconds_per_batch", "gradleak", "device", "cpu", "gpu", "path",
+    "seconds_per_batch",
+    "attack_seconds_per_batch",
+    "gradleak",
+    "device",
+    "cpu",
+    "gpu",
+    "path",
 )
-_HEADERS = ("run", "model", "dataset", "B", "batches", "ROUGE-1", "ROUGE-2", "ROUGE-L",
-            "exact %", "certified %", "s / batch")
-_SHORT = {"ROUGE-1": "R-1", "ROUGE-2": "R-2", "certified %": "cert. %", "s / batch": "s/batch", "batches": "n"}
+_HEADERS = (
+    "run",
+    "model",
+    "dataset",
+    "B",
+    "batches",
+    "ROUGE-1",
+    "ROUGE-2",
+    "ROUGE-L",
+    "exact %",
+    "certified %",
+    "s / batch",
+)
+_SHORT = {
+    "ROUGE-1": "R-1",
+    "ROUGE-2": "R-2",
+    "certified %": "cert. %",
+    "s / batch": "s/batch",
+    "batches": "n",
+}
 
 
 def format_pm(mean: float | None, stderr: float | None, *, scale: float = 1.0) -> str:
@@ -52,10 +89,19 @@ def csv_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
         summary, hardware = run.summary, run.summary.get("hardware", {})
         row: dict[str, Any] = {"run": run.name, "path": str(run.path)}
         row.update({key: run.config.get(key) for key in _CONFIG_FIELDS})
-        for key in ("batches", "batches_planned", "complete", "seconds_per_batch", "attack_seconds_per_batch"):
+        for key in (
+            "batches",
+            "batches_planned",
+            "complete",
+            "seconds_per_batch",
+            "attack_seconds_per_batch",
+        ):
             row[key] = summary.get(key)
         for metric in _METRICS:
-            row[metric], row[f"{metric}_stderr"] = summary.get(metric), summary.get(f"{metric}_stderr")
+            row[metric], row[f"{metric}_stderr"] = (
+                summary.get(metric),
+                summary.get(f"{metric}_stderr"),
+            )
         row["gradleak"] = summary.get("versions", {}).get("gradleak")
         row.update(device=hardware.get("device"), cpu=hardware.get("cpu"), gpu=hardware.get("gpu"))
         rows.append(row)
@@ -88,16 +134,21 @@ def table_rows(runs: Sequence[RunResult]) -> tuple[tuple[str, ...], list[tuple[s
         if not s.get("complete"):
             batches += f" of {s.get('batches_planned')}"
         seconds = s.get("seconds_per_batch")
-        rows.append((
-            run.name, str(run.config.get("model", "")), str(run.config.get("dataset", "")),
-            str(run.config.get("batch_size", "")), batches,
-            format_pm(s.get("rouge1"), s.get("rouge1_stderr")),
-            format_pm(s.get("rouge2"), s.get("rouge2_stderr")),
-            format_pm(s.get("rougeL"), s.get("rougeL_stderr")),
-            format_pm(s.get("exact_rate"), s.get("exact_rate_stderr"), scale=100),
-            format_pm(s.get("certified_rate"), s.get("certified_rate_stderr"), scale=100),
-            "-" if seconds is None else f"{seconds:.2f}",
-        ))
+        rows.append(
+            (
+                run.name,
+                str(run.config.get("model", "")),
+                str(run.config.get("dataset", "")),
+                str(run.config.get("batch_size", "")),
+                batches,
+                format_pm(s.get("rouge1"), s.get("rouge1_stderr")),
+                format_pm(s.get("rouge2"), s.get("rouge2_stderr")),
+                format_pm(s.get("rougeL"), s.get("rougeL_stderr")),
+                format_pm(s.get("exact_rate"), s.get("exact_rate_stderr"), scale=100),
+                format_pm(s.get("certified_rate"), s.get("certified_rate_stderr"), scale=100),
+                "-" if seconds is None else f"{seconds:.2f}",
+            )
+        )
     return _HEADERS, rows
 
 
@@ -154,8 +205,16 @@ def console_summary(summary: Mapping[str, Any], *, title: str = "summary"):
         ("ROUGE-1 (%)", format_pm(summary.get("rouge1"), summary.get("rouge1_stderr"))),
         ("ROUGE-2 (%)", format_pm(summary.get("rouge2"), summary.get("rouge2_stderr"))),
         ("ROUGE-L (%)", format_pm(summary.get("rougeL"), summary.get("rougeL_stderr"))),
-        ("exact (%)", format_pm(summary.get("exact_rate"), summary.get("exact_rate_stderr"), scale=100)),
-        ("certified (%)", format_pm(summary.get("certified_rate"), summary.get("certified_rate_stderr"), scale=100)),
+        (
+            "exact (%)",
+            format_pm(summary.get("exact_rate"), summary.get("exact_rate_stderr"), scale=100),
+        ),
+        (
+            "certified (%)",
+            format_pm(
+                summary.get("certified_rate"), summary.get("certified_rate_stderr"), scale=100
+            ),
+        ),
         ("seconds per batch (median)", "-" if seconds is None else f"{seconds:.2f}"),
     ):
         table.add_row(name, value)
