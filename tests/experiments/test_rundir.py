@@ -67,3 +67,16 @@ def test_records_without_a_config_are_refused(tmp_path):
     (tmp_path / RECORDS_FILE).write_text("{}\n")
     with pytest.raises(RunDirError, match="no config.yaml"):
         open_run_dir(tmp_path, _config())
+
+
+def test_a_directory_in_use_is_refused(tmp_path):
+    from gradleak.experiments.rundir import lock_run_dir
+
+    with lock_run_dir(tmp_path / "run"), pytest.raises(RunDirError, match="in use by another gradleak"):
+        with lock_run_dir(tmp_path / "run"):  # noqa: SIM117 - the inner lock is what is tested
+            pass
+    with lock_run_dir(tmp_path / "run"):  # released
+        pass
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunDirError, match="is a file"), lock_run_dir(tmp_path / "file"):
+        pass

@@ -8,11 +8,13 @@ Nothing is lost when a run dies:
   write leaves; it is dropped, and cut from the file, when the run resumes;
 - ``summary.json`` and ``config.yaml`` are replaced atomically (written aside, then renamed);
 - a directory whose ``config.yaml`` differs from the new run's config is refused, so results of
-  two configs never mix.
+  two configs never mix;
+- a directory in use by another running process is refused (an advisory lock on ``.lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ __all__ = [
     "SUMMARY_FILE",
     "RunDirError",
     "append_record",
+    "lock_run_dir",
     "open_run_dir",
     "read_config",
     "read_records",
@@ -89,6 +92,36 @@ def open_run_dir(
     records = read_records(out, repair=True)
     _check_records(records, config, out)
     return records
+
+
+@contextlib.contextmanager
+def lock_run_dir(out: str | Path):
+    """Holds an exclusive advisory lock on ``out/.lock`` while the block runs (POSIX only).
+
+    Raises:
+        RunDirError: Another process holds the lock, i.e. is running in ``out`` now.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one process per directory is up to the user
+        yield
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{str(out)!r} is a file; give --out a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(
+                f"{str(out)!r} is in use by another gradleak process; wait for it to finish or "
+                "use another --out directory."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def read_config(run_dir: str | Path) -> RunConfig:

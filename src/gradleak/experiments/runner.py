@@ -26,7 +26,13 @@ from gradleak.data import Batch, load_texts, sample_batches
 from gradleak.errors import GradleakError, UnknownSpecError
 from gradleak.experiments.config import RunConfig
 from gradleak.experiments.environment import environment
-from gradleak.experiments.rundir import SUMMARY_FILE, append_record, open_run_dir, write_json_atomic
+from gradleak.experiments.rundir import (
+    SUMMARY_FILE,
+    append_record,
+    lock_run_dir,
+    open_run_dir,
+    write_json_atomic,
+)
 from gradleak.experiments.summary import summarize_run
 from gradleak.models import PublicModel, load_model
 from gradleak.scoring import BatchScore, score_batch
@@ -81,24 +87,37 @@ def run_experiment(
     out = Path(out)
     emit = on_event or (lambda event: None)
     attack = _create_attack(config)  # unknown attack options fail before anything is written
-    records = open_run_dir(out, config, overwrite=overwrite)
-    env = environment(config.device)
-    emit(RunEvent("prepared", len(records), config.batches))
-    if len(records) < config.batches:
-        batches = _sample(config)
-        public = _load_public_model(config)
-        emit(RunEvent("loaded", len(records), config.batches))
-        for index in range(len(records), config.batches):
-            emit(RunEvent("batch_started", index, config.batches))
-            record = run_batch(index, batches[index], public, attack, config)
-            append_record(out, record)
-            records.append(record)
-            write_json_atomic(out / SUMMARY_FILE, summarize_run(config, records, environment=env))
-            emit(RunEvent("batch_done", len(records), config.batches, record))
-    summary = summarize_run(config, records, environment=env)
-    write_json_atomic(out / SUMMARY_FILE, summary)
+    with lock_run_dir(out):
+        records = open_run_dir(out, config, overwrite=overwrite)
+        env = environment(config.device)
+        emit(RunEvent("prepared", len(records), config.batches))
+        if len(records) < config.batches:
+            _run_remaining(config, out, attack, records, env, emit)
+        summary = summarize_run(config, records, environment=env)
+        write_json_atomic(out / SUMMARY_FILE, summary)
     emit(RunEvent("finished", len(records), config.batches))
     return summary
+
+
+def _run_remaining(
+    config: RunConfig,
+    out: Path,
+    attack: Attack,
+    records: list[dict[str, Any]],
+    env: Mapping[str, Any],
+    emit: Callable[[RunEvent], None],
+) -> None:
+    """Runs the batches after the last recorded one, appending each record as soon as it is done."""
+    batches = _sample(config)
+    public = _load_public_model(config)
+    emit(RunEvent("loaded", len(records), config.batches))
+    for index in range(len(records), config.batches):
+        emit(RunEvent("batch_started", index, config.batches))
+        record = run_batch(index, batches[index], public, attack, config)
+        append_record(out, record)
+        records.append(record)
+        write_json_atomic(out / SUMMARY_FILE, summarize_run(config, records, environment=env))
+        emit(RunEvent("batch_done", len(records), config.batches, record))
 
 
 def run_batch(
