@@ -15,8 +15,15 @@ def _dager(**options: Any) -> Attack:
     return Dager(DagerConfig(**options))
 
 
+def _layer_span(**options: Any) -> Attack:
+    from gradleak.attacks.layer_span import LayerSpan, LayerSpanConfig
+
+    return LayerSpan(LayerSpanConfig(**options))
+
+
 _ATTACKS: dict[str, Callable[..., Attack]] = {
     "dager": _dager,
+    "layer-span": _layer_span,
 }
 
 
