@@ -15,6 +15,7 @@ random tokens (reproducible by the server from the metadata alone), or a saved a
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -136,7 +137,8 @@ def apply_lora(public: PublicModel, spec: LoraSpec) -> PublicModel:
             target_modules=lora_modules(public.family, spec.roles(public.family), spec.blocks),
             fan_in_fan_out=public.family.transposed_weights,
         )
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT on transformers 5 deprecations
             torch.manual_seed(spec.seed)
             model = peft.get_peft_model(model, config)
     model.eval()
