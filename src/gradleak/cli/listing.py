@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-WHAT = ("models", "attacks", "families", "datasets")
+WHAT = ("models", "attacks", "families", "datasets", "defences")
 
 
 def register(app: typer.Typer) -> None:
@@ -32,5 +32,11 @@ def list_things(what: str = typer.Argument("models", help=" | ".join(WHAT))) -> 
         from gradleak.data import KNOWN_DATASETS
 
         console.print("demo (built in), " + ", ".join(KNOWN_DATASETS) + ", any local .jsonl/.csv/.txt, any hub id")
+    elif what == "defences":
+        from gradleak.client.defences import defence_class, defence_names
+
+        for name in defence_names():
+            cls = defence_class(name)
+            console.print(f"{name:9} {cls.stage:8} {(cls.__doc__ or '').strip().splitlines()[0]}")
     else:
         raise UnknownSpecError(f"cannot list {what!r}; choose one of {', '.join(WHAT)}.")

@@ -50,7 +50,7 @@ def dp_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta
 
 @dataclass(frozen=True)
 class DPSGD(TrainingDefence):
-    """DP-SGD (Abadi et al., CCS 2016) through Opacus ``GradSampleModule`` and ``DPOptimizer``.
+    """DP-SGD (Abadi et al., CCS 2016): per-example clipping and noise through Opacus.
 
     Attributes:
         noise_multiplier: sigma; the noise std on the clipped sum is sigma * max_grad_norm.
