@@ -129,18 +129,19 @@ def apply_lora(public: PublicModel, spec: LoraSpec) -> PublicModel:
     """
     peft = require("peft")
     model = copy.deepcopy(public.model)
-    if spec.adapter is not None:
-        model = peft.PeftModel.from_pretrained(model, spec.adapter, is_trainable=True)
-    else:
-        config = peft.LoraConfig(
-            r=spec.rank, lora_alpha=spec.alpha or spec.rank, lora_dropout=0.0,
-            target_modules=lora_modules(public.family, spec.roles(public.family), spec.blocks),
-            fan_in_fan_out=public.family.transposed_weights,
-        )
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT on transformers 5 deprecations
-            torch.manual_seed(spec.seed)
-            model = peft.get_peft_model(model, config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT's use of transformers 5 deprecations
+        if spec.adapter is not None:
+            model = peft.PeftModel.from_pretrained(model, spec.adapter, is_trainable=True)
+        else:
+            config = peft.LoraConfig(
+                r=spec.rank, lora_alpha=spec.alpha or spec.rank, lora_dropout=0.0,
+                target_modules=lora_modules(public.family, spec.roles(public.family), spec.blocks),
+                fan_in_fan_out=public.family.transposed_weights,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(spec.seed)
+                model = peft.get_peft_model(model, config)
     model.eval()
     wrapped = replace(public, model=model, family=family_for(model))
     if spec.warmup_steps:

@@ -95,7 +95,9 @@ class DPSGD(TrainingDefence):
                 optimizer = optimizers.DPOptimizer(
                     torch.optim.SGD([params[n] for n in names], lr=0.0),
                     noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
-                    expected_batch_size=1, generator=seeded_generator(self.seed, self.name),
+                    expected_batch_size=1,
+                    # Opacus draws noise on each parameter's device, so the generator lives there too.
+                    generator=seeded_generator(self.seed, self.name, device=params[names[0]].device),
                 )
                 yield DPGradient(public, optimizer, {n: params[n] for n in names}, max_length=max_length)
             finally:
