@@ -38,6 +38,12 @@ def test_only_adapters_are_shared_and_lora_a_needs_a_warm_start(tiny_models):
     warmed = simulate_update(public, BATCH, settings=warm)
     assert min(_factor_norms(warmed, "lora_A")) > 0
     assert not hasattr(public.model, "peft_config")  # the caller's model is untouched
+    # The server rebuilds the round's adapter from the metadata alone, bit for bit.
+    rebuilt = apply_lora(public, LoraSpec.from_dict(warmed.metadata.extra["lora"]))
+    reference = dict(prepare_model(public, warm).model.named_parameters())
+    assert all(torch.equal(p, reference[n]) for n, p in rebuilt.model.named_parameters())
+    plain = simulate_update(start, BATCH, settings=ClientSettings())  # a wrapped model shares adapters only
+    assert set(plain.tensors) == set(update.tensors) and plain.metadata.extra["lora"]["rank"] == 4
 
 
 def test_same_spec_same_adapter_and_adapter_folder_round_trip(tiny_models, tmp_path):

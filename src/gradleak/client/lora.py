@@ -143,6 +143,7 @@ def apply_lora(public: PublicModel, spec: LoraSpec) -> PublicModel:
                 torch.manual_seed(spec.seed)
                 model = peft.get_peft_model(model, config)
     model.eval()
+    model.gradleak_lora_spec = spec  # what describe_lora records, whoever calls it later
     wrapped = replace(public, model=model, family=family_for(model))
     if spec.warmup_steps:
         warm_start(wrapped, random_token_batches(wrapped, steps=spec.warmup_steps, seed=spec.seed),
@@ -176,9 +177,13 @@ def random_token_batches(public: PublicModel, *, steps: int, seed: int) -> list[
     return batches
 
 
-def describe_lora(public: PublicModel, spec: LoraSpec) -> dict[str, Any]:
-    """Returns the metadata entry ``extra["lora"]``: the spec plus what PEFT actually built."""
+def describe_lora(public: PublicModel, spec: LoraSpec | None = None) -> dict[str, Any]:
+    """Returns the metadata entry ``extra["lora"]``: the spec plus what PEFT actually built.
+
+    The spec :func:`apply_lora` used wins over ``spec``; a model wrapped elsewhere needs ``spec``.
+    """
     peft = require("peft")
+    spec = getattr(public.model, "gradleak_lora_spec", None) or spec or LoraSpec(rank=None)
     config = public.model.peft_config["default"]
     modules = config.target_modules
     return {
