@@ -112,3 +112,18 @@ def test_parameter_roles_cover_every_parameter(tiny_models):
 def test_unsupported_model_type_names_the_supported_families():
     with pytest.raises(UnsupportedFamilyError, match="gpt2.*llama.*bert"):
         family_class_for("t5")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_branch_equals_extending_each_candidate(tiny_models, name):
+    public = tiny_models(name, "next_token")
+    layers = probed_layers(public.family)
+    probe = LinearInputProbe(public.family, layers)
+    _, state = probe.start(random_ids(public, batch=2, length=5))
+    candidates = torch.tensor([101, 202, 303])
+    rows = probe.branch(state, candidates)
+    assert state.cache.get_seq_length() == 5  # cropped back
+    for j, token in enumerate(candidates):
+        expected, _ = probe.extend(state.select([0, 1]), token.repeat(2))
+        for layer in layers:
+            torch.testing.assert_close(rows[layer][:, j], expected[layer], rtol=1e-4, atol=1e-5)

@@ -128,6 +128,35 @@ class LinearInputProbe:
         rows = self._run(ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=state.cache)
         return {layer: r[:, -1] for layer, r in rows.items()}, PrefixState(state.cache, state.length + 1)
 
+    @torch.no_grad()
+    def branch(self, state: PrefixState, next_ids: torch.Tensor) -> dict[LinearLayer, torch.Tensor]:
+        """Returns the input rows (P, C, in) of every prefix extended by each of C tokens; state unchanged.
+
+        All P x C one-token extensions run in one pass without copying any cache: the C
+        candidates are fed side by side at the same position, with an attention mask that lets
+        each see its prefix and itself only. The cache is cropped back afterwards.
+        """
+        self._require_causal()
+        n_prefix, n_new = state.size, int(next_ids.numel())
+        ids = next_ids.reshape(1, -1).expand(n_prefix, n_new).to(self.device)
+        positions = torch.full_like(ids, state.length)
+        allowed = torch.ones(n_new, state.length + n_new, dtype=torch.bool, device=self.device)
+        allowed[:, state.length:] = torch.eye(n_new, dtype=torch.bool, device=self.device)
+        mask = self._as_attention_mask(allowed).expand(n_prefix, 1, n_new, state.length + n_new)
+        try:
+            return self._run(ids, attention_mask=mask, token_type_ids=None, position_ids=positions, cache=state.cache)
+        finally:
+            _crop(state.cache, state.length)
+
+    def _as_attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """Returns a 4D mask in the form the model's attention implementation reads (bool or additive)."""
+        implementation = getattr(self.family.model.config, "_attn_implementation", "sdpa")
+        if implementation == "sdpa":
+            return allowed[None, None]
+        dtype = self.family.embedding().weight.dtype
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return additive.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
     def _require_causal(self) -> None:
         if not self.family.causal:
             raise ValueError(f"{self.family.name} is not causal: prefixes cannot be extended with a cache")
@@ -167,3 +196,11 @@ class LinearInputProbe:
         if missing:
             raise RuntimeError(f"the forward pass never reached {missing}")
         return {layer: captured[layer.module_name] for layer in self.layers}
+
+
+def _crop(cache: DynamicCache, length: int) -> None:
+    """Drops cached positions past ``length`` from every layer the last pass appended to."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.shape[-2] > length:
+            layer.crop(length - keys.shape[-2])

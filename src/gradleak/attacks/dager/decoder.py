@@ -117,29 +117,42 @@ def _first_tokens(gates, tokens, *, chunk_size, result) -> _Frontier | None:
     )
 
 
-def _screen(gates, frontier: _Frontier, parent: torch.Tensor, token: torch.Tensor):
-    """Returns (parents, tokens, residuals) of the candidates that pass every gate."""
-    for index, gate in enumerate(gates):
+def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
+    """Returns (parents, tokens, residuals) of the (prefix, token) pairs that pass every gate.
+
+    The first gate sees every pair in one cache-sharing pass (``probe.branch``); later gates
+    see only its survivors.
+    """
+    first = gates[0].oracle
+    rows = first.probe.branch(frontier.state, tokens)[first.layer]  # (prefixes, tokens, in)
+    residual = first.basis.residuals(rows).cpu()
+    passed = residual < gates[0].threshold
+    if len(gates) == 1:
+        passed &= ~_repeats_previous_row(rows, frontier.last_rows[:, None]).cpu()
+    parent, column = torch.nonzero(passed, as_tuple=True)
+    token, residual = tokens[column], residual[parent, column]
+    for gate in gates[1:]:
+        if parent.numel() == 0:
+            break
         rows, _ = gate.oracle.probe.extend(frontier.state.select(parent), token)
         new_rows = rows[gate.oracle.layer]
         residual = gate.oracle.basis.residuals(new_rows).cpu()
         passed = residual < gate.threshold
-        if index == len(gates) - 1:
-            previous = frontier.last_rows[parent.to(new_rows.device)]
-            same = (new_rows - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)
-            passed &= ~same.cpu()
+        if gate is gates[-1]:
+            passed &= ~_repeats_previous_row(new_rows, frontier.last_rows[parent.to(new_rows.device)]).cpu()
         parent, token, residual = parent[passed], token[passed], residual[passed]
-        if parent.numel() == 0:
-            break
     return parent, token, residual
+
+
+def _repeats_previous_row(rows: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    return (rows - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)
 
 
 def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max_frontier, result):
     n_prefix, n_tok = len(frontier.prefixes), len(tokens)
     parents, children, scores = [], [], []
-    for start in range(0, n_prefix * n_tok, chunk_size):
-        flat = torch.arange(start, min(start + chunk_size, n_prefix * n_tok))
-        parent, token, residual = _screen(gates, frontier, flat // n_tok, tokens[flat % n_tok])
+    for chunk in tokens.split(max(1, chunk_size // n_prefix)):
+        parent, token, residual = _screen(gates, frontier, chunk)
         parents.append(parent)
         children.append(token)
         scores.append(residual)
