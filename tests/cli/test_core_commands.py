@@ -56,3 +56,8 @@ def test_list(capsys, what):
 def test_help_works(capsys):
     code, out = run(capsys, "--help")
     assert code == 0 and "demo" in out and "invert" in out
+
+
+def test_usage_errors_are_short(capsys):
+    code, out = run(capsys, "demo", "--bogus")
+    assert code == 2 and "No such option" in out and "Traceback" not in out

@@ -47,16 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     except GradleakError as err:
         errors.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         errors.print("interrupted")
         sys.exit(130)
-    except Exception as err:  # click usage errors carry their own exit codes
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except Exception as err:
+        # Usage errors, aborts and exits come from the click that typer bundles (typer._click in
+        # typer >= 0.29, click before it), so they are recognised by what they carry.
+        if type(err).__name__ == "Abort":
+            errors.print("interrupted")
+            sys.exit(130)
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
             err.show()
             sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Exit):
+        if hasattr(err, "exit_code"):
             sys.exit(err.exit_code)
         raise
 
