@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from gradleak.cli.client_options import with_client_options
 
 HELP = (
     "Attack the updates of clients training on sampled batches; write DIR/config.yaml, one line per "
     "batch to DIR/records.jsonl and DIR/summary.json. Rerunning the same command resumes an "
-    "interrupted run. Options given here override --config."
+    "interrupted run. Options given here override --config; the client training and defence "
+    "options are the keys of its client: mapping."
+)
+CLIENTS_HELP = (
+    "Secure aggregation: split each batch among this many clients; the attack sees the sum of "
+    "their updates."
 )
 
 
@@ -17,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="attack", help=HELP)(attack_command)
 
 
+@with_client_options(help_overrides={"clients": CLIENTS_HELP})
 def attack_command(
     model: str = typer.Option(
         None, help="Model specification (bundled alias, random:ARCH, path, hub id)."
@@ -80,6 +89,7 @@ def attack_command(
         help="Attack setting KEY=VALUE, repeatable (e.g. -o max_frontier=512).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    client: dict[str, Any] | None = None,
 ) -> None:
     from gradleak.cli.app import console
     from gradleak.cli.progress import run_progress
@@ -112,6 +122,7 @@ def attack_command(
         matching=matching,
         keep_special_tokens=keep_special_tokens,
         attack_options=parse_options(attack_option),
+        client=client or None,
     )
     run_config = build_config(
         file_values, cli_values, source=str(config) if config else "the config file"

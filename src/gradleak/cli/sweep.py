@@ -9,7 +9,8 @@ import typer
 HELP = (
     "Run every combination of the values listed in GRID (a YAML file with the keys of `gradleak attack "
     "--config`, where a list is an axis, or a built-in grid such as dager-smollm2), one run directory each "
-    "under the grid's `out` folder. --shard i/N runs the runs numbered i modulo N, for cluster job arrays. "
+    "under the grid's `out` folder. A client setting makes an axis as a top-level client.KEY list, "
+    "e.g. client.sigma: [1e-5, 5e-5]. --shard i/N runs the runs numbered i modulo N, for cluster job arrays. "
     "Rerunning resumes unfinished runs."
 )
 
@@ -27,8 +28,8 @@ def sweep_command(
     set_values: list[str] = typer.Option(
         None,
         "--set",
-        help="Override a grid key, KEY=VALUE, repeatable "
-        "(e.g. --set batches=5; a list such as [1,2] makes an axis).",
+        help="Override a grid key, KEY=VALUE, repeatable (e.g. --set batches=5; a list such as "
+        "[1,2] makes an axis; client settings as client.KEY, e.g. --set client.sigma=[1e-5,5e-5]).",
     ),
     overwrite: bool = typer.Option(
         False, help="Delete earlier results of these runs instead of refusing a changed config."

@@ -5,6 +5,11 @@
 same keys as the command-line options (``batch_size`` or ``batch-size``), and the values given on
 the command line. The resolved config is what a run directory's ``config.yaml`` holds; a run
 refuses to resume in a directory whose config differs.
+
+The client's training and defences form one mapping, ``client`` (see
+:mod:`gradleak.experiments.client_config`). Any key of a mapping field can also be given as a
+dotted top-level key, ``client.sigma: 1e-5`` or ``attack_options.max_frontier: 512``, which is how
+a sweep makes an axis of one client setting.
 """
 
 from __future__ import annotations
@@ -15,11 +20,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from gradleak.errors import GradleakError
+from gradleak.experiments.client_config import (
+    CLIENT_KEY,
+    client_keys,
+    client_settings,
+    default_client,
+    normalise_client,
+)
+
+if TYPE_CHECKING:
+    from gradleak.client import ClientSettings
 
 __all__ = [
     "AUTO_SAMPLER",
@@ -39,6 +54,8 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 #: Keys a config file may hold beside the RunConfig fields; they say where, not what, to run.
 PLACEMENT_KEYS = ("out",)
+#: Fields holding a mapping; their keys may also be given as ``FIELD.KEY`` top-level keys.
+MAPPING_FIELDS = ("attack_options", CLIENT_KEY)
 
 
 class ConfigError(GradleakError, ValueError):
@@ -69,6 +86,9 @@ class RunConfig:
         expose: Parameters the client shares: ``all`` or e.g. ``blocks=0,1 roles=q,k,v``.
         train_mode: The client computes with dropout on.
         max_length: The client truncates texts to this many tokens; None keeps them whole.
+        client: How the client trains and defends itself: FedAvg, LoRA, frozen parts, DP-SGD,
+            noise, pruning, quantisation, secure aggregation (``clients``). Keys as the
+            command-line options; every key is stored, defaults filled in.
         dtype: Parameter dtype of the model on both sides.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available; resolved before the run).
         matching: How reconstructions are matched to references: ``hungarian`` or ``dager``.
@@ -100,6 +120,10 @@ class RunConfig:
     )
     train_mode: bool = field(default=False, metadata=_help("Client computes with dropout on."))
     max_length: int | None = field(default=None, metadata=_help("Client truncation, in tokens."))
+    client: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata=_help("Client training and defences (keys as the options: algo, defence, sigma, ...)."),
+    )
     dtype: str = field(default="float32", metadata=_help("Model dtype: " + ", ".join(DTYPES) + "."))
     device: str = field(default="cpu", metadata=_help("cpu, cuda or auto."))
     matching: str = field(default="hungarian", metadata=_help("hungarian or dager."))
@@ -109,7 +133,14 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack_options", dict(self.attack_options or {}))
-        problems = _problems(self)
+        client_problems: list[str] = []
+        if isinstance(self.client, Mapping):
+            client, client_problems = normalise_client(self.client)
+            object.__setattr__(self, "client", client)
+        else:
+            client_problems = [f"client must be a mapping of client keys to values, got {self.client!r}"]
+            object.__setattr__(self, "client", default_client())
+        problems = client_problems + _problems(self, check_client=not client_problems)
         if problems:
             raise ConfigError("Invalid run config: " + "; ".join(problems) + ".")
 
@@ -126,23 +157,53 @@ class RunConfig:
             changes["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         return replace(self, **changes) if changes else self
 
+    @property
+    def clients(self) -> int:
+        """Returns the number of clients whose summed update the server sees (secure aggregation)."""
+        return self.client["clients"]
+
+    def client_settings(self) -> ClientSettings:
+        """Returns the ClientSettings of one client (``client`` plus expose, train_mode, max_length)."""
+        return client_settings(
+            self.client, expose=self.expose, train_mode=self.train_mode, max_length=self.max_length
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as plain JSON values, keys in field order."""
         data = asdict(self)
         data["attack_options"] = dict(sorted(self.attack_options.items()))
+        data[CLIENT_KEY] = {key: self.client[key] for key in client_keys()}
         return data
 
     def fingerprint(self) -> str:
-        """Returns a short hash of the config; equal configs give equal fingerprints."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Returns a short hash of the config; equal configs give equal fingerprints.
+
+        A default client is left out of the hash, so runs made before the ``client`` key existed
+        keep their fingerprint (and their run directories resume).
+        """
+        data = self.to_dict()
+        if data[CLIENT_KEY] == default_client():
+            del data[CLIENT_KEY]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
     def differences(self, other: RunConfig) -> list[str]:
-        """Returns ``key: mine -> other`` for every field where ``other`` differs."""
+        """Returns ``key: mine -> other`` for every field (or ``client.key``) where ``other`` differs."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [
-            f"{key}: {mine[key]!r} -> {theirs[key]!r}" for key in mine if mine[key] != theirs[key]
-        ]
+        out = []
+        for key in mine:
+            if mine[key] == theirs[key]:
+                continue
+            if key in MAPPING_FIELDS:
+                a, b = mine[key], theirs[key]
+                out += [
+                    f"{key}.{sub}: {a.get(sub)!r} -> {b.get(sub)!r}"
+                    for sub in dict.fromkeys([*a, *b])
+                    if a.get(sub) != b.get(sub)
+                ]
+            else:
+                out.append(f"{key}: {mine[key]!r} -> {theirs[key]!r}")
+        return out
 
     def to_yaml(self) -> str:
         """Returns the config as YAML that :func:`load_config_file` reads back."""
@@ -169,7 +230,7 @@ _STR_FIELDS = (
 )
 
 
-def _problems(config: RunConfig) -> list[str]:
+def _problems(config: RunConfig, *, check_client: bool = True) -> list[str]:
     """Returns every problem of ``config`` (empty when valid), each naming the field and value."""
     problems = []
     for name in _STR_FIELDS:
@@ -198,6 +259,31 @@ def _problems(config: RunConfig) -> list[str]:
     if problems:  # the name checks below need well-typed values
         return problems
     problems += _choice_problems(config)
+    if check_client:
+        problems += _client_problems(config)
+    return problems
+
+
+def _client_problems(config: RunConfig) -> list[str]:
+    """Returns the problems of the client settings (values, combinations, ``clients``)."""
+    from gradleak.client import ClientSettingsError
+
+    problems = []
+    clients = config.client["clients"]
+    if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
+        problems.append(f"client.clients must be a positive integer, got {clients!r}")
+    elif clients > config.batch_size:
+        problems.append(
+            f"client.clients {clients} exceeds batch_size {config.batch_size}: secure aggregation "
+            "splits each batch among the clients, so each needs a text"
+        )
+    try:
+        config.client_settings()
+    except ClientSettingsError as err:
+        detail = str(err).removeprefix("Invalid client settings: ").rstrip(".")
+        problems.append(f"client settings: {detail}")
+    except ValueError as err:  # a parser below the settings that raises a bare ValueError
+        problems.append(f"client settings (expose {config.expose!r}?): {err}")
     return problems
 
 
@@ -267,7 +353,8 @@ def build_config(
     """Returns the RunConfig from file values overridden by command-line values.
 
     Command-line values that are None were not given and leave the file's value in place.
-    ``attack_options`` are merged key by key, the command line winning.
+    ``attack_options`` and ``client`` are merged key by key: the file's mapping, then its dotted
+    keys (``client.sigma``), then the command line's mapping and dotted keys, later ones winning.
 
     Raises:
         ConfigError: A key is unknown, ``model`` is missing, or a value is invalid (all
@@ -280,25 +367,50 @@ def build_config(
         if v is not None
     }
     known = set(RunConfig.field_names())
-    unknown = sorted(set(file_values) - known - set(PLACEMENT_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{source} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}."
-        )
+    _check_keys(file_values, known, source)
     merged = {k: v for k, v in file_values.items() if k in known}
-    options = merged.get("attack_options") or {}
-    if not isinstance(options, Mapping):
-        raise ConfigError(
-            f"attack_options must be a mapping of option names to values, got {options!r}."
-        )
-    options = {**options, **(cli.pop("attack_options", None) or {})}
-    merged.update(cli)
-    merged["attack_options"] = options
+    for name in MAPPING_FIELDS:
+        layers = (merged.get(name), _dotted(file_values, name), cli.pop(name, None), _dotted(cli, name))
+        combined: dict[str, Any] = {}
+        for layer in layers:
+            if layer is None:
+                continue
+            if not isinstance(layer, Mapping):
+                raise ConfigError(f"{name} must be a mapping of names to values, got {layer!r}.")
+            combined.update(normalise_keys(layer, source=name) if name == CLIENT_KEY else layer)
+        merged[name] = combined
+    merged.update({k: v for k, v in cli.items() if "." not in k})
     if not merged.get("model"):
         raise ConfigError(
             "No model given: pass --model (e.g. --model smollm2-135m) or set model: in the config file."
         )
     return RunConfig(**merged)
+
+
+def _dotted(values: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Returns ``{"sigma": v}`` for every key ``NAME.sigma`` of ``values``."""
+    prefix = name + "."
+    return {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+
+
+def _check_keys(values: Mapping[str, Any], known: set[str], source: str) -> None:
+    """Raises ConfigError naming every unknown key; a client key at the top level gets a hint."""
+    dotted = tuple(f"{name}." for name in MAPPING_FIELDS)
+    unknown = sorted(
+        k for k in values if k not in known and k not in PLACEMENT_KEYS and not k.startswith(dotted)
+    )
+    if not unknown:
+        return
+    misplaced = [k for k in unknown if k in client_keys()]
+    hint = (
+        f" ({', '.join(misplaced)}: client settings go under client:, e.g. "
+        f"client: {{{misplaced[0]}: ...}}, or as client.{misplaced[0]})"
+        if misplaced
+        else ""
+    )
+    raise ConfigError(
+        f"{source} has unknown key(s) {', '.join(unknown)}{hint}; known keys: {', '.join(sorted(known))}."
+    )
 
 
 def parse_option_value(text: str) -> Any:

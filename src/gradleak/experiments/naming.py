@@ -34,7 +34,9 @@ def run_name(point: Mapping[str, Any]) -> str:
 
 
 def default_run_dir(config: RunConfig, *, root: str | Path = DEFAULT_ROOT) -> Path:
-    """Returns ``runs/ATTACK-DATASET-MODEL-bB-FINGERPRINT``: the same command resumes the same run.
+    """Returns ``runs/ATTACK-DATASET-MODEL-bB[-CLIENT]-FINGERPRINT``: the same command resumes the same run.
+
+    CLIENT names a non-default client's algorithm, LoRA, defences and clients (``-fedavg-noise-k2``).
 
     ``config`` should be resolved (see :meth:`RunConfig.resolved`), so the name says what ran.
     """
@@ -42,7 +44,18 @@ def default_run_dir(config: RunConfig, *, root: str | Path = DEFAULT_ROOT) -> Pa
         Path(config.dataset).stem if Path(config.dataset).suffix else config.dataset, max_length=24
     )
     model = slug(config.model.removeprefix("random:"), max_length=32)
+    client = _client_tag(config)
     return (
         Path(root)
-        / f"{config.attack}-{dataset}-{model}-b{config.batch_size}-{config.fingerprint()}"
+        / f"{config.attack}-{dataset}-{model}-b{config.batch_size}{client}-{config.fingerprint()}"
     )
+
+
+def _client_tag(config: RunConfig) -> str:
+    """Returns ``-fedavg-lora-noise+prune-k4`` style words for a non-default client, else ``""``."""
+    client = config.client
+    words = ["fedavg"] if client["algo"] != "fedsgd" else []
+    words += ["lora"] if client["lora_rank"] is not None or client["lora_adapter"] else []
+    words += ["+".join(client["defence"])] if client["defence"] else []
+    words += [f"k{client['clients']}"] if client["clients"] > 1 else []
+    return "".join(f"-{slug(w, max_length=24)}" for w in words)

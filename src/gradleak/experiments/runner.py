@@ -3,9 +3,12 @@
 Per batch the three parties of the threat model act in turn, and only these lines let them meet:
 
 1. the **client** (victim side) computes its update from its private batch
-   (:func:`gradleak.client.compute_update`);
-2. the **server** runs the attack on the public model and that update alone
-   (``attack.reconstruct(public, update)``); it is never given the batch;
+   (:func:`gradleak.client.simulate_update`, as ``config.client`` says: FedSGD or FedAvg, LoRA,
+   frozen parts, defences); under secure aggregation the batch is split among ``clients``
+   simulated clients and the server sees the sum of their updates;
+2. the **server** runs the attack on the public model of the round and that update alone
+   (``attack.reconstruct(public, update)``); it is never given the batch. With LoRA the public
+   model is the adapter-wrapped one the server sent (:func:`gradleak.client.prepare_model`);
 3. **scoring** (:func:`gradleak.scoring.score_batch`) is the only place where the batch's texts
    meet the reconstruction.
 """
@@ -16,12 +19,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gradleak.attacks import Attack, Reconstruction, create_attack
-from gradleak.client import Exposure, compute_update
+from gradleak.client import prepare_model, simulate_update
+from gradleak.client.defences import secure_aggregate
 from gradleak.data import Batch, load_texts, sample_batches
 from gradleak.errors import GradleakError, UnknownSpecError
 from gradleak.experiments.config import RunConfig
@@ -36,6 +40,7 @@ from gradleak.experiments.rundir import (
 from gradleak.experiments.summary import summarize_run
 from gradleak.models import PublicModel, load_model
 from gradleak.scoring import BatchScore, score_batch
+from gradleak.update import ClientUpdate
 
 __all__ = ["RunEvent", "run_experiment"]
 
@@ -109,7 +114,8 @@ def _run_remaining(
 ) -> None:
     """Runs the batches after the last recorded one, appending each record as soon as it is done."""
     batches = _sample(config)
-    public = _load_public_model(config)
+    # The round's public model: with LoRA, the adapter-wrapped copy the server sent.
+    public = prepare_model(_load_public_model(config), config.client_settings())
     emit(RunEvent("loaded", len(records), config.batches))
     for index in range(len(records), config.batches):
         emit(RunEvent("batch_started", index, config.batches))
@@ -123,16 +129,14 @@ def _run_remaining(
 def run_batch(
     index: int, batch: Batch, public: PublicModel, attack: Attack, config: RunConfig
 ) -> dict[str, Any]:
-    """Returns the record of one batch: client update, attack on the update alone, then scoring."""
+    """Returns the record of one batch: client update, attack on the update alone, then scoring.
+
+    ``public`` is the round's public model (``prepare_model`` applied), which the client trains
+    from and the attack receives.
+    """
     started = time.perf_counter()
     # 1. Victim side: the client trains on its private batch and shares only the update.
-    update = compute_update(
-        public,
-        batch,
-        exposure=Exposure.parse(config.expose),
-        train_mode=config.train_mode,
-        max_length=config.max_length,
-    )
+    update, noise_seeds = client_update(index, batch, public, config)
     shared = time.perf_counter()
     # 2. Server side: the attack sees the public model and the update, never the batch.
     reconstruction = attack.reconstruct(public, update)
@@ -180,6 +184,8 @@ def run_batch(
         "diagnostics": _jsonable(
             {k: v for k, v in reconstruction.diagnostics.items() if k != "seconds"}
         ),
+        "client": dict(config.client),
+        "update": _describe_update(update, noise_seeds),
         "seconds": {
             "update": shared - started,
             "attack": attacked - shared,
@@ -188,6 +194,74 @@ def run_batch(
             "attack_stages": _jsonable(stages),
         },
     }
+
+
+def client_update(
+    index: int, batch: Batch, public: PublicModel, config: RunConfig
+) -> tuple[ClientUpdate, list[int]]:
+    """Returns the update the server receives for batch ``index``, and the noise seeds used.
+
+    With ``clients`` K > 1 (secure aggregation) the batch is split into K consecutive parts of
+    near-equal size, each part is one client's batch, and the server receives the sum. Every
+    client of every batch draws its own noise: seed ``noise_seed + index * K + k``, so a resumed
+    run repeats the same draws.
+    """
+    settings = config.client_settings()
+    clients = config.clients
+    seeds = [settings.seed + index * clients + k for k in range(clients)]
+    updates = [
+        simulate_update(public, part, settings=replace(settings, seed=seed))
+        for part, seed in zip(split_batch(batch, clients), seeds, strict=True)
+    ]
+    return (updates[0] if clients == 1 else secure_aggregate(updates)), seeds
+
+
+def split_batch(batch: Batch, parts: int) -> list[Batch]:
+    """Returns ``batch`` cut into ``parts`` consecutive batches whose sizes differ by at most one."""
+    size, extra = divmod(len(batch), parts)
+    out, start = [], 0
+    for part in range(parts):
+        stop = start + size + (part < extra)
+        out.append(
+            Batch(
+                texts=batch.texts[start:stop],
+                labels=batch.labels[start:stop] if batch.labels is not None else None,
+                source=batch.source,
+                indices=batch.indices[start:stop] if batch.indices is not None else None,
+            )
+        )
+        start = stop
+    return out
+
+
+def _describe_update(update: ClientUpdate, noise_seeds: list[int]) -> dict[str, Any]:
+    """Returns what the record keeps of the update: its kind, size, defences and DP epsilon."""
+    meta = update.metadata
+    dp = dp_entries(meta.defence)
+    return {
+        "kind": meta.kind,
+        "exposure": meta.exposure,
+        "tensors": len(update.tensors),
+        "values": sum(t.numel() for t in update.tensors.values()),
+        "batch_size": meta.batch_size,
+        "local_steps": meta.local_steps,
+        "defence": _jsonable(meta.defence),
+        "dp_epsilon": max((e["epsilon"] for e in dp if e.get("epsilon") is not None), default=None),
+        "dp_delta": dp[0].get("delta") if dp else None,
+        "noise_seeds": noise_seeds,
+    }
+
+
+def dp_entries(defence: Any) -> list[dict[str, Any]]:
+    """Returns every DP-SGD entry in an update's defence record (chains and aggregates searched)."""
+    if isinstance(defence, (list, tuple)):
+        return [e for item in defence for e in dp_entries(item)]
+    if not isinstance(defence, Mapping):
+        return []
+    found = [dict(defence)] if defence.get("name") == "dp-sgd" else []
+    for key in ("steps", "client_defence"):
+        found += dp_entries(defence.get(key))
+    return found
 
 
 def _score(

@@ -26,7 +26,9 @@ def summarize_run(
     ``m_stderr`` (sample standard deviation over sqrt(batches)); the papers print mean ± 2
     standard errors. ``seconds_per_batch`` is the median wall time of a whole batch (client
     update, attack and scoring), ``attack_seconds_per_batch`` the median time of the attack alone.
-    All are None while no batch is done.
+    All are None while no batch is done. ``dp_epsilon`` is the largest epsilon (at ``dp_delta``)
+    of the batches' DP-SGD updates, None when no DP-SGD ran; the client settings are in
+    ``config["client"]``.
     """
     summary: dict[str, Any] = {
         "format": SUMMARY_FORMAT,
@@ -47,6 +49,10 @@ def summarize_run(
             summary[name] = summary[f"{name}_stderr"] = None
     summary["seconds_per_batch"] = _median(r["seconds"]["total"] for r in records)
     summary["attack_seconds_per_batch"] = _median(r["seconds"]["attack"] for r in records)
+    dp = [r.get("update", {}) for r in records]
+    epsilons = [u["dp_epsilon"] for u in dp if u.get("dp_epsilon") is not None]
+    summary["dp_epsilon"] = max(epsilons) if epsilons else None
+    summary["dp_delta"] = next((u["dp_delta"] for u in dp if u.get("dp_delta") is not None), None)
     summary["versions"] = dict(environment.get("versions", {}))
     summary["hardware"] = dict(environment.get("hardware", {}))
     return summary
