@@ -103,6 +103,8 @@ def span_basis(
     rank: int | None = None,
     rank_tol: float | None = None,
     max_rank: int | None = None,
+    min_gap: float = MIN_GAP_DECADES,
+    capacity: int | None = None,
 ) -> SpanBasis:
     """Returns the basis of the input-side span of weight gradients laid out (out, in).
 
@@ -113,6 +115,9 @@ def span_basis(
         rank_tol: keep singular values above ``rank_tol * s_max`` (expert override; relative,
             unlike the absolute tolerance of the DAGER reference code).
         max_rank: cap the rank (DAGER's ``d - 20``) so the basis never fills the space.
+        min_gap: smallest drop, in decades, that counts as the end of the signal.
+        capacity: the dimension the input rows can span at all (d - 1 after a LayerNorm without
+            bias); drops past it are structure, not signal, and a rank reaching it is saturated.
     """
     if not gradients:
         raise ValueError("span_basis needs at least one gradient")
@@ -125,8 +130,8 @@ def span_basis(
         chosen = int((s > rank_tol * s[0]).sum())
         gap = _gap_at(s, chosen)
     else:
-        chosen, gap = estimate_rank(s)
-    limit = min(in_features, stacked.shape[0])
+        chosen, gap = estimate_rank(s[:capacity] if capacity is not None else s, min_gap=min_gap)
+    limit = min(in_features, stacked.shape[0], capacity if capacity is not None else in_features)
     saturated = chosen > 0 and (chosen >= limit or gap == 0.0)
     if max_rank is not None:
         chosen = min(chosen, max_rank)

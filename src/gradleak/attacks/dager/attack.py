@@ -36,12 +36,16 @@ from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.encoder import search_sentences
 from gradleak.attacks.dager.oracle import ATTENTION_INPUT_ROLES, SpanOracle, build_oracle, row_space_rank
 from gradleak.attacks.dager.tokens import scan_tokens
+from gradleak.attacks.span import MIN_GAP_DECADES
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
 
 logger = logging.getLogger(__name__)
 
+#: Smallest spectral drop (decades) read as the end of a multi-step weight delta's signal: the
+#: drifting inputs of later blocks blur the gap that a one-step gradient shows.
+DRIFT_MIN_GAP = 0.5
 #: Prefixes kept per step when a saturated span can only rank candidates, not test them.
 BEST_EFFORT_FRONTIER = 256
 
@@ -53,6 +57,7 @@ class Dager(Attack):
 
     def __init__(self, config: DagerConfig | None = None) -> None:
         self.config = config or DagerConfig()
+        self._min_gap = MIN_GAP_DECADES
 
     def __repr__(self) -> str:
         return f"Dager({self.config})"
@@ -63,6 +68,8 @@ class Dager(Attack):
         timings: dict[str, float] = {}
         started = time.perf_counter()
         gradients = update.gradients()
+        drift = _drift_reason(update)
+        self._min_gap = DRIFT_MIN_GAP if drift else MIN_GAP_DECADES
         vocab = self._vocabulary(public)
         token_oracle = self._oracle(public, gradients, 0, vocab)
         sequence_oracle = self._oracle(public, gradients, cfg.sequence_block, vocab)
@@ -72,7 +79,12 @@ class Dager(Attack):
         per_position = family.positions == "learned"
         max_length = min(cfg.max_length, _max_positions(public))
         reason = self._saturation_reason(token_oracle, sequence_oracle)
-        fallback = token_oracle.basis.rank if reason else 0
+        if reason and drift:
+            reason = ("the weight delta's spectrum shows no gap: over several local steps in float32 the small "
+                      "per-step changes are lost to rounding of the weights; let the client train in float64 "
+                      "(as the DAGER paper does) or attack a one-step update. Results are best-effort.")
+        reason = reason or drift
+        fallback = token_oracle.basis.rank if reason and not drift else 0
         scan = scan_tokens(token_oracle, vocab, per_position=per_position, max_length=max_length,
                            tau=cfg.tau1, chunk_size=cfg.chunk_size, fallback_count=fallback)
         timings["token_scan"] = time.perf_counter() - started
@@ -126,11 +138,15 @@ class Dager(Attack):
     def _oracle(self, public: PublicModel, gradients, block: int, vocab: torch.Tensor,
                 roles: tuple[str, ...] = ATTENTION_INPUT_ROLES) -> SpanOracle:
         cfg = self.config
-        oracle = build_oracle(public.family, gradients, block, roles=roles, rank=cfg.rank, rank_tol=cfg.rank_tol)
+        oracle = build_oracle(public.family, gradients, block, roles=roles, rank=cfg.rank, rank_tol=cfg.rank_tol,
+                              min_gap=self._min_gap)
         # Single-token rows show the room of an attention *input*; an attention output's room
         # (mixtures of values) is larger than they show, so only its spectrum is checked.
         capacity = row_space_rank(oracle, vocab, seed=cfg.seed) if roles == ATTENTION_INPUT_ROLES \
             else oracle.basis.in_features
+        if capacity < oracle.basis.in_features and cfg.rank is None:
+            oracle = build_oracle(public.family, gradients, block, roles=roles, rank_tol=cfg.rank_tol,
+                                  min_gap=self._min_gap, capacity=capacity)
         if oracle.basis.rank >= capacity or oracle.basis.saturated:
             rank = min(oracle.basis.rank, max(1, capacity - cfg.rank_cutoff))
             oracle = build_oracle(public.family, gradients, block, roles=roles, rank=rank)
@@ -183,6 +199,17 @@ class Dager(Attack):
                         f"dimension {oracle.basis.in_features}): the batch has more distinct rows than the "
                         f"hidden size, so no span test can certify; results are best-effort.")
         return None
+
+
+def _drift_reason(update: ClientUpdate) -> str | None:
+    """Returns why a multi-step weight delta cannot be certified, or None for a one-step gradient."""
+    steps = update.metadata.local_steps
+    if update.metadata.kind != "weight_delta" or steps == 1:
+        return None
+    count = f"{steps} local steps" if steps else "an unknown number of local steps"
+    return (f"the update is a weight delta over {count}: the inputs of every block but the first drift "
+            f"as the weights change between steps, so the span tests are approximate and results are "
+            f"best-effort (DAGER's FedAvg argument assumes a small learning rate).")
 
 
 def _max_positions(public: PublicModel) -> int:

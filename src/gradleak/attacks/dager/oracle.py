@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradleak.attacks.span import SpanBasis, span_basis
+from gradleak.attacks.span import MIN_GAP_DECADES, SpanBasis, span_basis
 from gradleak.errors import GradientNotExposedError
 from gradleak.models.families import ArchitectureFamily, LinearLayer
 from gradleak.models.probe import LinearInputProbe
@@ -51,6 +51,8 @@ def build_oracle(
     roles: tuple[str, ...] = ATTENTION_INPUT_ROLES,
     rank: int | None = None,
     rank_tol: float | None = None,
+    min_gap: float = MIN_GAP_DECADES,
+    capacity: int | None = None,
 ) -> SpanOracle:
     """Returns the oracle of ``block`` from whichever of its ``roles`` gradients the update shares.
 
@@ -69,7 +71,8 @@ def build_oracle(
             f"DAGER needs the {'/'.join(roles)} projection(s) of block {block}, but the update shares none of "
             f"{', '.join(needed)}; expose them on the client (e.g. --expose 'blocks=0,1')."
         )
-    basis = span_basis([layer.weight_gradient(gradients) for layer in layers], rank=rank, rank_tol=rank_tol)
+    basis = span_basis([layer.weight_gradient(gradients) for layer in layers], rank=rank, rank_tol=rank_tol,
+                       min_gap=min_gap, capacity=capacity)
     return SpanOracle(block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]]))
 
 
