@@ -69,3 +69,8 @@ def test_train_mode_turns_dropout_on_and_restores_eval(tiny_models):
     name = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.allclose(a.tensors[name], b.tensors[name])
     assert a.metadata.train_mode
+
+
+def test_exposure_blocks_must_be_integers():
+    with pytest.raises(UnknownSpecError, match="blocks must be integers"):
+        Exposure.parse("blocks=x")

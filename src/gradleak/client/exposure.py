@@ -45,7 +45,10 @@ class Exposure:
                     f"cannot read exposure {text!r}; write 'all' or e.g. 'blocks=0,1 roles=q,k,v'."
                 )
             items = [v for v in value.split(",") if v]
-            fields[key] = tuple(int(v) for v in items) if key == "blocks" else tuple(items)
+            try:
+                fields[key] = tuple(int(v) for v in items) if key == "blocks" else tuple(items)
+            except ValueError:
+                raise UnknownSpecError(f"blocks must be integers, got {value!r} in exposure {text!r}.") from None
         return cls(**fields)
 
     def __str__(self) -> str:
