@@ -21,9 +21,22 @@ def _layer_span(**options: Any) -> Attack:
     return LayerSpan(LayerSpanConfig(**options))
 
 
+def _optimization(recipe: str) -> Callable[..., Attack]:
+    def factory(**options: Any) -> Attack:
+        from gradleak.attacks.optimization import RECIPES, GradientInversion
+
+        return GradientInversion(RECIPES[recipe](**options))
+
+    return factory
+
+
 _ATTACKS: dict[str, Callable[..., Attack]] = {
     "dager": _dager,
     "layer-span": _layer_span,
+    "tag": _optimization("tag"),
+    "lamp_cos": _optimization("lamp_cos"),
+    "lamp_l1l2": _optimization("lamp_l1l2"),
+    "partial": _optimization("partial"),
 }
 
 

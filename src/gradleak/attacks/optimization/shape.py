@@ -1,0 +1,104 @@
+"""How many sequences, and how long: read from the update, or given, or disclosed.
+
+The papers assume both known (LAMP's ``know_padding``). gradleak takes the batch size from the
+update's metadata when the client disclosed it, else from the attack's options, else from the
+gradients, and the lengths from the options or else from the gradients:
+
+- a linear layer's weight gradient has one input row per token that influences the loss, so
+  its rank is the number of tokens in the batch (while below the layer's width). In every block
+  but the last, every real token counts; padding never does.
+- in the last block of a *classifier* only the positions the head reads (one per sequence)
+  reach the loss through the MLP, so the rank of its MLP weight gradient is the batch size.
+
+In next-token prediction a sequence's last token predicts nothing and shows in no gradient,
+so the rank misses one token per sequence (the attack adds them back).
+
+Lengths so estimated are totals: with B > 1 they are split evenly over the sequences, a guess
+to replace with the true lengths (``lengths=``) when they are known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.attacks.span import estimate_rank
+from gradleak.errors import GradleakError
+from gradleak.models.families import ArchitectureFamily, LinearLayer
+
+#: Roles tried for the token count, most reliable first (a causal model's first query gradient is zero).
+_TOKEN_ROLES = ("mlp_in", "mlp_gate", "v", "k", "o", "mlp_out", "q")
+_MLP_ROLES = ("mlp_in", "mlp_gate", "mlp_out")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A number read from the update, with how it was obtained."""
+
+    value: int
+    source: str
+
+
+def gradient_rank(layer: LinearLayer, gradients: Mapping[str, torch.Tensor]) -> tuple[int, float]:
+    """Returns (rank, gap in decades) of a linear layer's weight gradient."""
+    grad = layer.weight_gradient(gradients).double()
+    if float(grad.abs().max()) == 0.0:
+        return 0, 0.0
+    singular = torch.linalg.svdvals(grad / grad.norm())
+    return estimate_rank(singular)
+
+
+def estimate_batch_size(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str) -> Estimate | None:
+    """Returns the batch size read from the last block's MLP gradient of a classifier, or None."""
+    if task != "seq_class":
+        return None
+    last = family.num_blocks - 1
+    for role in _MLP_ROLES:
+        layer = _layer(family, last, role)
+        if layer is not None and layer.weight_name in gradients:
+            rank, gap = gradient_rank(layer, gradients)
+            if rank > 0 and gap > 0:
+                return Estimate(rank, f"rank of {layer.key}")
+    return None
+
+
+def estimate_total_tokens(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]) -> Estimate:
+    """Returns the number of (non-padding) tokens in the batch, from an exposed linear gradient.
+
+    Raises:
+        GradleakError: no exposed linear gradient shows a clear rank.
+    """
+    tried = []
+    for layer in _token_layers(family, gradients):
+        rank, gap = gradient_rank(layer, gradients)
+        tried.append(layer.key)
+        if rank > 0 and gap > 0 and rank < min(layer.in_features, layer.out_features):
+            return Estimate(rank, f"rank of {layer.key}")
+    raise GradleakError(
+        "cannot tell the sequence lengths from the update (no exposed linear gradient shows a clear "
+        f"rank{'; tried ' + ', '.join(tried) if tried else ''}); pass lengths=N (tokens per sequence, "
+        "special tokens included)."
+    )
+
+
+def _token_layers(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]) -> list[LinearLayer]:
+    last = family.num_blocks - 1
+    rotary = family.positions == "rotary"
+    # In the last block only k and v see every token; its q and MLP see the positions the head reads.
+    layers = [layer for layer in family.linear_layers()
+              if layer.weight_name in gradients and (layer.block < last or layer.role in ("k", "v"))]
+
+    def preference(layer: LinearLayer) -> tuple:
+        # With rotary positions block 0 sees a bag of tokens: repeated tokens share a row.
+        return (rotary and layer.block == 0, _TOKEN_ROLES.index(layer.role), -min(layer.in_features, layer.out_features))
+
+    return sorted(layers, key=preference)[:4]
+
+
+def _layer(family: ArchitectureFamily, block: int, role: str) -> LinearLayer | None:
+    try:
+        return family.linear_layer(block, role)
+    except KeyError:
+        return None
