@@ -26,6 +26,10 @@ def invert(
 
     update = load_update(update_file)
     public = load_model_for(update.metadata, spec=model or None)
+    if "lora" in update.metadata.extra:  # the server also sent the (public, warm-started) adapters
+        from gradleak.client.lora import LoraSpec, apply_lora
+
+        public = apply_lora(public, LoraSpec.from_dict(update.metadata.extra["lora"]))
     check_fits(update, public.model, source=str(update_file))
     result = create_attack(attack).reconstruct(public, update)
     console.print(reconstruction_table(result))

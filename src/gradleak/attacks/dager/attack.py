@@ -103,7 +103,11 @@ class Dager(Attack):
             return Reconstruction(self.name, (), reason=reason, diagnostics=diagnostics)
 
         started = time.perf_counter()
-        tau2 = cfg.tau2 if cfg.tau2 is not None else self._sequence_threshold(sequence_oracle, scan, vocab)
+        if reason is None and cfg.tau1 is None and scan.split is None:
+            reason = _no_gap_reason(0)
+        tau2, clean = (cfg.tau2, True) if cfg.tau2 is not None else self._sequence_threshold(sequence_oracle, scan, vocab)
+        if reason is None and not clean:
+            reason = _no_gap_reason(cfg.sequence_block)
         diagnostics["tau2"] = tau2
         if family.causal:
             gates = [*self._screens(public, gradients, vocab, scan), Gate(sequence_oracle, tau2)]
@@ -160,7 +164,8 @@ class Dager(Attack):
         oracle = self._oracle(public, gradients, 0, vocab, roles=("o",))
         if oracle.basis.saturated:
             return []
-        return [Gate(oracle, self._sequence_threshold(oracle, scan, vocab))]
+        tau, clean = self._sequence_threshold(oracle, scan, vocab)
+        return [Gate(oracle, tau)] if clean else []
 
     def _vocabulary(self, public: PublicModel) -> torch.Tensor:
         size = public.family.embedding().num_embeddings
@@ -170,15 +175,17 @@ class Dager(Attack):
         # would otherwise pass wherever it mixes with real positions.
         return vocab[vocab != pad] if pad is not None else vocab
 
-    def _sequence_threshold(self, oracle: SpanOracle, scan, vocab: torch.Tensor) -> float:
-        """Returns the sequence-block threshold, derived from first-token candidates and known-false tokens.
+    def _sequence_threshold(self, oracle: SpanOracle, scan, vocab: torch.Tensor) -> tuple[float, bool]:
+        """Returns (threshold, whether the residuals showed a clean gap) for a sequence gate.
+
+        The threshold is derived from first-token candidates and known-false tokens.
 
         In a causal model the sequence block's input at position 0 depends on the first token
         alone, so true first tokens and tokens that failed block 0 form two clean clusters.
         Encoders have no such position; they reuse block 0's threshold.
         """
         if not oracle.probe.family.causal:
-            return scan.threshold
+            return scan.threshold, scan.split is not None
         generator = torch.Generator().manual_seed(self.config.seed)
         first = scan.sets[0]
         outside = vocab[~torch.isin(vocab, first)]
@@ -189,7 +196,7 @@ class Dager(Attack):
             for chunk in candidates.split(self.config.chunk_size)
         ])
         split = largest_gap_split(residuals)
-        return split.threshold() if split is not None else _fallback_tau(residuals)
+        return (split.threshold(), True) if split is not None else (_fallback_tau(residuals), False)
 
     @staticmethod
     def _saturation_reason(*oracles: SpanOracle) -> str | None:
@@ -219,6 +226,11 @@ def _max_positions(public: PublicModel) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 10**9
+
+
+def _no_gap_reason(block: int) -> str:
+    return (f"block {block}'s residuals show no gap between true and false candidates (a span too full, "
+            f"or a noised update), so nothing can be certified; results are best-effort rankings.")
 
 
 def _fallback_tau(residuals: torch.Tensor) -> float:

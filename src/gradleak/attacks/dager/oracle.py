@@ -64,16 +64,31 @@ def build_oracle(
     if block >= family.num_blocks:
         raise GradientNotExposedError(f"the model has only {family.num_blocks} blocks; block {block} does not exist.")
     candidates = [family.linear_layer(block, role) for role in roles]
-    layers = tuple(layer for layer in candidates if layer.weight_name in gradients)
+    layers = tuple(layer for layer in candidates if input_side_gradient(layer, gradients) is not None)
     if not layers:
         needed = sorted({layer.weight_name for layer in candidates})
         raise GradientNotExposedError(
             f"DAGER needs the {'/'.join(roles)} projection(s) of block {block}, but the update shares none of "
             f"{', '.join(needed)}; expose them on the client (e.g. --expose 'blocks=0,1')."
         )
-    basis = span_basis([layer.weight_gradient(gradients) for layer in layers], rank=rank, rank_tol=rank_tol,
+    unique = {id(g): g for g in (input_side_gradient(layer, gradients) for layer in layers)}
+    basis = span_basis(list(unique.values()), rank=rank, rank_tol=rank_tol,
                        min_gap=min_gap, capacity=capacity)
     return SpanOracle(block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]]))
+
+
+def input_side_gradient(layer: LinearLayer, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """Returns a gradient of ``layer`` whose rows lie in the span of its inputs, or None if none is shared.
+
+    That is the weight gradient laid out (out, in), or, for a LoRA-adapted layer whose update
+    carries only adapters, the gradient of the A factor (rank x in), which multiplies the input
+    (DAGER App. B.4; it is zero until the B factor has trained away from its zero start).
+    """
+    if layer.weight_name in gradients:
+        return layer.weight_gradient(gradients)
+    prefix = f"{layer.module_name}.lora_A."
+    factors = [name for name in gradients if name.startswith(prefix) and name.endswith(".weight")]
+    return gradients[factors[0]] if factors else None
 
 
 def row_space_rank(oracle: SpanOracle, vocab: torch.Tensor, *, seed: int = 0) -> int:
