@@ -119,10 +119,11 @@ class Dager(Attack):
                 max_length=max_length, chunk_size=cfg.chunk_size,
                 max_frontier=min(cfg.max_frontier, BEST_EFFORT_FRONTIER) if reason else cfg.max_frontier,
             )
-            found, truncated = search.sequences, search.truncated
+            found, truncated, gave_up = search.sequences, search.truncated, False
             diagnostics["prefix_candidates"], diagnostics["prefix_accepted"] = search.candidates, search.accepted
         else:
-            found, truncated = search_sentences(
+            truncated = False
+            found, gave_up = search_sentences(
                 sequence_oracle, scan.sets, tokenizer=public.tokenizer, threshold=tau2,
                 restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
             )
@@ -135,6 +136,9 @@ class Dager(Attack):
                               certified=reason is None and max(res) < tau2, residuals=res)
             for ids, res in found
         )
+        if reason is None and gave_up:  # what was found is certified, but something may be missing
+            reason = ("the encoder search found no sentence for some length where [SEP] passed block 0; "
+                      "sentences may be missing (raise encoder_restarts to search longer).")
         if not sequences:
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)

@@ -38,7 +38,7 @@ class DagerConfig:
     chunk_size: int = 4096
     max_frontier: int = 2048
     screen: bool = True
-    encoder_restarts: int = 8
+    encoder_restarts: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
