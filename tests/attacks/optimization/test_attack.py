@@ -131,3 +131,14 @@ def test_bad_options_are_refused_together():
 def test_command_line_values_are_coerced():
     config = LampCosConfig(lengths="7,9", prior="none", init_size="1.4", steps=10.0)
     assert (config.lengths, config.prior, config.init_size, config.steps) == ((7, 9), None, 1.4, 10)
+
+
+def test_the_plan_says_what_is_assumed_before_optimising(tiny_models, make_update):
+    public = tiny_models("gpt2")
+    update = make_update(public, ["the cat sat", "a dog"], (1, 0), expose="blocks=0,1")
+    plan = create_attack("partial", batch_size=2).plan(public, update)
+    described = plan.describe()
+    assert described["batch_size"] == {"value": 2, "source": "option"}
+    assert described["lengths"] == {"value": [3, 2], "source": "rank of 0.mlp_in"}  # 5 tokens split evenly
+    assert described["labels"] == {"source": "enumerated", "hypotheses": 3}
+    assert plan.layout.left_pad  # causal: the head reads the last position of every row

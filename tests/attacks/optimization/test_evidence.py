@@ -72,3 +72,12 @@ def test_lengths_need_an_exposed_linear_gradient(tiny_models, make_update):
     update = make_update(public, ["the cat"], expose="roles=head")
     with pytest.raises(GradleakError, match="pass lengths="):
         estimate_total_tokens(public.family, update.gradients())
+
+
+def test_the_last_block_of_a_classifier_hides_the_lengths(tiny_models, make_update):
+    # One query per sequence reads it: k and v gradients have rank one per head, not one per token.
+    public = tiny_models("bert")
+    update = make_update(public, ["the cat sat on the mat"], expose="blocks=3")
+    with pytest.raises(GradleakError, match="pass lengths="):
+        estimate_total_tokens(public.family, update.gradients())
+    assert estimate_batch_size(public.family, update.gradients(), task="seq_class").value == 1

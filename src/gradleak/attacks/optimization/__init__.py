@@ -4,7 +4,7 @@ Dummy input embeddings are optimised until their gradient matches the observed o
 recipes (:mod:`.recipes`) set the papers' defaults. Results are best-effort, never certified.
 """
 
-from gradleak.attacks.optimization.attack import GradientInversion
+from gradleak.attacks.optimization.attack import AttackPlan, GradientInversion
 from gradleak.attacks.optimization.config import OptimizationConfig
 from gradleak.attacks.optimization.distances import (
     L2,
@@ -30,6 +30,7 @@ __all__ = [
     "L2",
     "PAPER_GRAD_TYPES",
     "RECIPES",
+    "AttackPlan",
     "CosinePerTensor",
     "GlobalCosine",
     "GradientDistance",

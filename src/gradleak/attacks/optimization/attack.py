@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,10 +20,11 @@ from gradleak.attacks.optimization.config import OptimizationConfig
 from gradleak.attacks.optimization.decoding import NearestTokens, allowed_tokens
 from gradleak.attacks.optimization.distances import make_distance
 from gradleak.attacks.optimization.engine import choose_start, optimise
-from gradleak.attacks.optimization.labels import infer_labels
+from gradleak.attacks.optimization.labels import LabelGuess, infer_labels
 from gradleak.attacks.optimization.layout import DummyInputs, SequenceLayout, as_lengths, special_frame, split_total
 from gradleak.attacks.optimization.objective import GradientObjective, attack_mode
 from gradleak.attacks.optimization.prior import LanguageModelPrior
+from gradleak.attacks.optimization.recipes import LampCosConfig
 from gradleak.attacks.optimization.selector import GradientSelection, TensorView, drop_null, select_targets
 from gradleak.attacks.optimization.shape import Estimate, estimate_batch_size, estimate_total_tokens
 from gradleak.errors import GradleakError
@@ -32,6 +34,42 @@ from gradleak.update import ClientUpdate
 logger = logging.getLogger(__name__)
 
 REASON = "optimisation attacks return the nearest tokens to a best fit, a guess that no test certifies."
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """What the attack matches and assumes for one update.
+
+    Attributes:
+        selection: the gradient selection.
+        views: the matched tensors (numerically zero ones dropped).
+        targets: their observed values.
+        dropped: labels of tensors dropped as numerically zero.
+        batch_size: the number of sequences, and where it came from.
+        layout: the dummy token grid (lengths, special tokens, padding).
+        lengths_source: where the lengths came from.
+        labels: the label hypotheses, and where they came from.
+    """
+
+    selection: GradientSelection
+    views: list[TensorView]
+    targets: list[torch.Tensor]
+    dropped: list[str]
+    batch_size: Estimate
+    layout: SequenceLayout
+    lengths_source: str
+    labels: LabelGuess
+
+    def describe(self) -> dict[str, Any]:
+        """Returns the plan as plain JSON values."""
+        return {
+            "selection": str(self.selection),
+            "matched_tensors": [v.label for v in self.views],
+            "dropped_null_tensors": self.dropped,
+            "batch_size": {"value": self.batch_size.value, "source": self.batch_size.source},
+            "lengths": {"value": list(self.layout.lengths), "source": self.lengths_source},
+            "labels": {"source": self.labels.source, "hypotheses": len(self.labels.hypotheses)},
+        }
 
 
 class GradientInversion(Attack):
@@ -47,8 +85,6 @@ class GradientInversion(Attack):
     name = "optimization"
 
     def __init__(self, config: OptimizationConfig | None = None, *, prior: LanguageModelPrior | None = None) -> None:
-        from gradleak.attacks.optimization.recipes import LampCosConfig
-
         self.config = config or LampCosConfig()
         self.name = self.config.recipe
         self._prior = prior
@@ -58,69 +94,64 @@ class GradientInversion(Attack):
 
     def reconstruct(self, public: PublicModel, update: ClientUpdate) -> Reconstruction:
         """Returns the best-effort sequences whose gradient best matches the update's."""
-        cfg, family, started = self.config, public.family, time.perf_counter()
+        began = time.perf_counter()
+        plan = self.plan(public, update)
+        cfg, embedding = self.config, public.family.embedding()
+        decoder = NearestTokens(embedding.weight, allowed_tokens(public.tokenizer, embedding.num_embeddings))
+        norm = decoder.mean_norm if cfg.init_size in (None, "auto") else float(cfg.init_size)
+        prior = self._load_prior(embedding.weight.device) if cfg.swaps and cfg.coeff_perplexity > 0 else None
+        seconds: dict[str, float] = {"setup": time.perf_counter() - began}
+        with attack_mode(public.model, [v.name for v in plan.views]):
+            objective = GradientObjective(
+                public.model, plan.views, plan.targets, make_distance(cfg.distance, alpha=cfg.tag_alpha),
+                DummyInputs(plan.layout, embedding), task=public.task, decoder=decoder,
+                memory_mb=cfg.memory_mb, max_chunk=cfg.max_chunk,
+            )
+            hypotheses = [torch.tensor(h, dtype=torch.long, device=embedding.weight.device) for h in plan.labels.hypotheses]
+            began = time.perf_counter()
+            start, probes = choose_start(objective, hypotheses, cfg, init_size=None if cfg.init_size is None else norm,
+                                         norm_target=norm, generator=torch.Generator().manual_seed(cfg.seed))
+            seconds["init"] = time.perf_counter() - began
+            trajectory = optimise(objective, start, cfg, norm_target=norm, decoder=decoder,
+                                  decode_text=public.tokenizer.decode, prior=prior, rng=random.Random(cfg.seed))
+            seconds.update(trajectory.seconds)
+            began = time.perf_counter()
+            tokens = decoder(trajectory.free)
+            ids = objective.inputs.sequences(objective.inputs.full_ids(tokens))
+            token_distance = float(objective.batch(embedding(tokens)[None], start.classes)[0])
+            seconds["decode"] = time.perf_counter() - began
+        sequences = tuple(RecoveredSequence(token_ids=tuple(seq), text=public.tokenizer.decode(seq), certified=False)
+                          for seq in ids)
+        diagnostics = {
+            **plan.describe(), "config": cfg.to_dict(),
+            "labels": {**plan.describe()["labels"], "value": list(plan.labels.hypotheses[start.hypothesis]),
+                       "probe_losses": probes},
+            "matched_elements": objective.matched_elements, "start_distance": start.distance,
+            "final_loss": trajectory.loss, "token_distance": token_distance, "history": trajectory.history,
+            "moves": trajectory.moves, "gradient_evaluations": objective.evaluations,
+            "seconds_per_step": trajectory.seconds["continuous"] / max(cfg.steps, 1), "seconds": seconds,
+        }
+        return Reconstruction(self.name, sequences, reason=REASON, diagnostics=diagnostics)
+
+    def plan(self, public: PublicModel, update: ClientUpdate) -> AttackPlan:
+        """Returns what the attack will match and assume for ``update``, before any optimisation.
+
+        Raises:
+            GradientNotExposedError: the selection needs a tensor the update does not share.
+            GradleakError: nothing to match, or the lengths cannot be told.
+        """
         gradients = update.gradients()
-        selection = GradientSelection.parse(cfg.select)
-        views, targets, dropped = drop_null(*_with_targets(selection.views(family, gradients.keys()), gradients))
+        selection = GradientSelection.parse(self.config.select)
+        views = selection.views(public.family, gradients.keys())
+        views, targets, dropped = drop_null(views, select_targets(views, gradients))
         if not views:
             raise GradleakError("every selected gradient is zero, so there is nothing to match; check the update.")
         batch = self._batch_size(public, update, gradients)
         layout, lengths_source = self._layout(public, gradients, batch.value)
-        guess = infer_labels(family, gradients, task=public.task, num_labels=public.num_labels,
-                             batch_size=batch.value, extra=update.metadata.extra,
-                             max_hypotheses=cfg.max_label_hypotheses)
-        embedding = family.embedding()
-        device = embedding.weight.device
-        decoder = NearestTokens(embedding.weight, allowed_tokens(public.tokenizer, embedding.num_embeddings))
-        norm = decoder.mean_norm if cfg.init_size in (None, "auto") else float(cfg.init_size)
-        prior = self._load_prior(device) if cfg.swaps and cfg.coeff_perplexity > 0 else None
-        generator, rng = torch.Generator().manual_seed(cfg.seed), random.Random(cfg.seed)
-        seconds: dict[str, float] = {"setup": time.perf_counter() - started}
-
-        with attack_mode(public.model, [v.name for v in views]):
-            objective = GradientObjective(
-                public.model, views, targets, make_distance(cfg.distance, alpha=cfg.tag_alpha),
-                DummyInputs(layout, embedding), task=public.task, decoder=decoder,
-                memory_mb=cfg.memory_mb, max_chunk=cfg.max_chunk,
-            )
-            hypotheses = [torch.tensor(h, dtype=torch.long, device=device) for h in guess.hypotheses]
-            began = time.perf_counter()
-            start, probes = choose_start(objective, hypotheses, cfg, init_size=None if cfg.init_size is None else norm,
-                                         norm_target=norm, generator=generator)
-            seconds["init"] = time.perf_counter() - began
-            trajectory = optimise(objective, start, cfg, norm_target=norm, decoder=decoder,
-                                  decode_text=public.tokenizer.decode, prior=prior, rng=rng)
-            seconds.update(trajectory.seconds)
-            began = time.perf_counter()
-            ids = objective.inputs.full_ids(decoder(trajectory.free))
-            token_distance = float(objective.batch(embedding(decoder(trajectory.free))[None], start.classes)[0])
-            seconds["decode"] = time.perf_counter() - began
-
-        sequences = tuple(
-            RecoveredSequence(token_ids=tuple(seq), text=public.tokenizer.decode(seq), certified=False)
-            for seq in objective.inputs.sequences(ids)
-        )
-        diagnostics: dict[str, Any] = {
-            "recipe": cfg.recipe,
-            "config": cfg.to_dict(),
-            "selection": str(selection),
-            "matched_tensors": [v.label for v in views],
-            "matched_elements": objective.matched_elements,
-            "dropped_null_tensors": dropped,
-            "batch_size": {"value": batch.value, "source": batch.source},
-            "lengths": {"value": list(layout.lengths), "source": lengths_source},
-            "labels": {"value": list(guess.hypotheses[start.hypothesis]), "source": guess.source,
-                       "hypotheses": len(guess.hypotheses), "probe_losses": probes},
-            "start_distance": start.distance,
-            "final_loss": trajectory.loss,
-            "token_distance": token_distance,
-            "history": trajectory.history,
-            "moves": trajectory.moves,
-            "gradient_evaluations": objective.evaluations,
-            "seconds_per_step": trajectory.seconds["continuous"] / max(cfg.steps, 1),
-            "seconds": seconds,
-        }
-        return Reconstruction(self.name, sequences, reason=REASON, diagnostics=diagnostics)
+        labels = infer_labels(public.family, gradients, task=public.task, num_labels=public.num_labels,
+                              batch_size=batch.value, extra=update.metadata.extra,
+                              max_hypotheses=self.config.max_label_hypotheses)
+        return AttackPlan(selection, views, targets, dropped, batch, layout, lengths_source, labels)
 
     def _batch_size(self, public: PublicModel, update: ClientUpdate, gradients) -> Estimate:
         if update.metadata.batch_size is not None:
@@ -137,7 +168,7 @@ class GradientInversion(Attack):
         if self.config.lengths is not None:
             lengths, source = as_lengths(self.config.lengths, batch_size), "option"
         else:
-            total = estimate_total_tokens(public.family, gradients)
+            total = estimate_total_tokens(public.family, gradients, task=public.task)
             if public.task == "next_token" and public.family.causal:
                 # A sequence's last token predicts nothing, so no gradient row shows it.
                 total = Estimate(total.value + batch_size, f"{total.source} + {batch_size} last token(s)")
@@ -154,7 +185,3 @@ class GradientInversion(Attack):
         if self._prior is None and self.config.prior is not None:
             self._prior = LanguageModelPrior.load(self.config.prior, prefix=self.config.prior_prefix, device=device)
         return self._prior
-
-
-def _with_targets(views: list[TensorView], gradients) -> tuple[list[TensorView], list[torch.Tensor]]:
-    return views, select_targets(views, gradients)

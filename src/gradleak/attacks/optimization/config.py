@@ -51,7 +51,7 @@ class OptimizationConfig:
             sequence (None: read from a linear gradient's rank, split evenly).
         max_label_hypotheses: label assignments tried when the labels are neither disclosed nor
             readable from the head.
-        label_probe_steps: optimisation steps that tell label hypotheses apart.
+        label_probe_steps: optimisation steps that tell label hypotheses apart (at most ``steps``).
         memory_mb: memory for per-candidate gradients in one batched evaluation.
         max_chunk: most candidates per batched evaluation.
         seed: seeds starts and moves (LAMP: 101).

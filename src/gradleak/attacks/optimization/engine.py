@@ -84,7 +84,8 @@ def choose_start(
         starts.append(start)
     if len(starts) == 1:
         return starts[0], []
-    probe = replace(config, steps=config.label_probe_steps, swaps=False, log_every=max(config.label_probe_steps, 1))
+    steps = max(1, min(config.label_probe_steps, config.steps))  # never longer than the run itself
+    probe = replace(config, steps=steps, swaps=False, log_every=steps)
     losses = [optimise(objective, start, probe, norm_target=norm_target, decoder=None, decode_text=str,
                        prior=None, rng=random.Random(0)).loss for start in starts]
     return starts[min(range(len(starts)), key=losses.__getitem__)], losses

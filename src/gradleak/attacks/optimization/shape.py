@@ -8,7 +8,10 @@ gradients, and the lengths from the options or else from the gradients:
   its rank is the number of tokens in the batch (while below the layer's width). In every block
   but the last, every real token counts; padding never does.
 - in the last block of a *classifier* only the positions the head reads (one per sequence)
-  reach the loss through the MLP, so the rank of its MLP weight gradient is the batch size.
+  reach the loss through the MLP, so the rank of its MLP weight gradient is the batch size. Its
+  key and value gradients are no help for lengths: with one query per sequence they have rank
+  one per head and sequence. An update that shares only the last block of a classifier does not
+  show the lengths; pass them.
 
 In next-token prediction a sequence's last token predicts nothing and shows in no gradient,
 so the rank misses one token per sequence (the attack adds them back).
@@ -64,14 +67,15 @@ def estimate_batch_size(family: ArchitectureFamily, gradients: Mapping[str, torc
     return None
 
 
-def estimate_total_tokens(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]) -> Estimate:
+def estimate_total_tokens(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *,
+                          task: str = "seq_class") -> Estimate:
     """Returns the number of (non-padding) tokens in the batch, from an exposed linear gradient.
 
     Raises:
         GradleakError: no exposed linear gradient shows a clear rank.
     """
     tried = []
-    for layer in _token_layers(family, gradients):
+    for layer in _token_layers(family, gradients, task=task):
         rank, gap = gradient_rank(layer, gradients)
         tried.append(layer.key)
         if rank > 0 and gap > 0 and rank < min(layer.in_features, layer.out_features):
@@ -83,12 +87,10 @@ def estimate_total_tokens(family: ArchitectureFamily, gradients: Mapping[str, to
     )
 
 
-def _token_layers(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]) -> list[LinearLayer]:
-    last = family.num_blocks - 1
+def _token_layers(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str) -> list[LinearLayer]:
+    last = family.num_blocks - 1 if task == "seq_class" else family.num_blocks
     rotary = family.positions == "rotary"
-    # In the last block only k and v see every token; its q and MLP see the positions the head reads.
-    layers = [layer for layer in family.linear_layers()
-              if layer.weight_name in gradients and (layer.block < last or layer.role in ("k", "v"))]
+    layers = [layer for layer in family.linear_layers() if layer.weight_name in gradients and layer.block < last]
 
     def preference(layer: LinearLayer) -> tuple:
         # With rotary positions block 0 sees a bag of tokens: repeated tokens share a row.
