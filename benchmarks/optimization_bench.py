@@ -1,4 +1,4 @@
-"""The partial-gradient paper's table on one engine: all parameters vs single layers vs single components.
+"""The partial-gradient paper's table on one engine: all parameters vs one layer vs one component.
 
 Li, Xu & Dras (EMNLP 2024) attack BERT with LAMP_cos restricted to the gradients of one layer or one
 linear component. This benchmark runs the same grid with gradleak's engine on MiniLM (bundled,
@@ -8,11 +8,13 @@ seed 101, first shuffled indices); the client discloses its labels and the attac
 lengths (the papers' setting; --estimate-lengths reads them from the update instead). The client
 exposes only the view's parameters, so the attack could not use more even by mistake.
 
-    .venv/bin/python benchmarks/optimization_bench.py                          # full grid, 20 sentences, paper settings
+    # the full grid, 20 sentences, the paper's settings:
+    .venv/bin/python benchmarks/optimization_bench.py
     .venv/bin/python benchmarks/optimization_bench.py --preset cpu --sentences 2 --datasets cola \\
         --views all layer0 layer5 q o mlp_out                                  # a CPU-sized subset
-    .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag --views all \\
-        --preset smoke                                                         # time per step on SmolLM2
+    # time per step on SmolLM2:
+    .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
+        --views all --preset smoke
 
 Views: ``all``; ``layerN`` (every tensor of block N, the paper's layer_encoder); ``q k v o mlp_in
 mlp_out`` (one weight of block --block, the paper's component views); ``ffn_output_paper`` (the
@@ -44,7 +46,8 @@ from gradleak.models import load_model  # noqa: E402
 from gradleak.scoring import score_batch  # noqa: E402
 
 COMPONENTS = ("q", "k", "v", "o", "mlp_in", "mlp_out")
-#: Settings that fit a 2-core CPU; "paper" keeps the recipe's own (LAMP: 2000 steps, 500 starts, 200 moves).
+#: Settings that fit a 2-core CPU; "paper" keeps the recipe's own (LAMP: 2000 steps, 500 starts,
+#: 200 candidates per discrete move).
 PRESETS = {
     "paper": {},
     "cpu": {"steps": 300, "init_candidates": 64, "swap_every": 50, "swap_candidates": 32},
@@ -74,17 +77,23 @@ def view_spec(view: str, block: int) -> tuple[str, str]:
         return f"blocks={block} roles={view}", f"blocks={block} roles={view} biases=no"
     if view == "ffn_output_paper":
         return f"blocks={block} roles=o,mlp_out", f"paper=ffn_output blocks={block}"
-    raise SystemExit(f"unknown view {view!r}: all, layerN, {', '.join(COMPONENTS)}, ffn_output_paper")
+    raise SystemExit(
+        f"unknown view {view!r}: all, layerN, {', '.join(COMPONENTS)}, ffn_output_paper"
+    )
 
 
-def run_view(public, batches, *, view: str, block: int, recipe: str, options: dict, known_lengths: bool) -> dict:
+def run_view(
+    public, batches, *, view: str, block: int, recipe: str, options: dict, known_lengths: bool
+) -> dict:
     expose, select = view_spec(view, block)
     records = []
     for index, batch in enumerate(batches):
         lengths = [len(public.tokenizer(t)["input_ids"]) for t in batch.texts]
         # The papers' attacker knows the lengths (LAMP's know_padding); without them the attack reads
         # them from the update, which a last-block view of a classifier does not show.
-        attack = create_attack(recipe, select=select, **options, **({"lengths": lengths} if known_lengths else {}))
+        attack = create_attack(
+            recipe, select=select, **options, **({"lengths": lengths} if known_lengths else {})
+        )
         update = compute_update(public, batch, exposure=Exposure.parse(expose))
         if batch.labels is not None:  # the papers' attacker knows the labels
             update = update.with_tensors(update.tensors, extra={"labels": list(batch.labels)})
@@ -93,20 +102,36 @@ def run_view(public, batches, *, view: str, block: int, recipe: str, options: di
         seconds = time.perf_counter() - started
         reference_ids = [public.tokenizer(t)["input_ids"] for t in batch.texts]
         references = [public.tokenizer.decode(ids) for ids in reference_ids]
-        score = score_batch(references, result.texts, special_tokens=public.tokenizer.all_special_tokens)
+        score = score_batch(
+            references, result.texts, special_tokens=public.tokenizer.all_special_tokens
+        )
         d = result.diagnostics
-        records.append({
-            "sentence": index, "rouge1": score.rouge1, "rouge2": score.rouge2, "seconds": seconds,
-            "seconds_per_step": d["seconds_per_step"], "stages": d["seconds"],
-            "final_distance": d["history"][-1][1] if d["history"] else None,
-            "lengths": d["lengths"],
-            "matched_tensors": len(d["matched_tensors"]), "matched_elements": d["matched_elements"],
-            "reference": references, "reconstruction": result.texts,
-        })
-        print(f"  {view:>16} #{index}: R1 {score.rouge1:5.1f} R2 {score.rouge2:5.1f} {seconds:6.1f} s | "
-              f"{result.texts[0][:70]}", file=sys.stderr)
+        records.append(
+            {
+                "sentence": index,
+                "rouge1": score.rouge1,
+                "rouge2": score.rouge2,
+                "seconds": seconds,
+                "seconds_per_step": d["seconds_per_step"],
+                "stages": d["seconds"],
+                "final_distance": d["history"][-1][1] if d["history"] else None,
+                "lengths": d["lengths"],
+                "matched_tensors": len(d["matched_tensors"]),
+                "matched_elements": d["matched_elements"],
+                "reference": references,
+                "reconstruction": result.texts,
+            }
+        )
+        print(
+            f"  {view:>16} #{index}: R1 {score.rouge1:5.1f} R2 {score.rouge2:5.1f} {seconds:6.1f} s | "
+            f"{result.texts[0][:70]}",
+            file=sys.stderr,
+        )
     share = records[0]["matched_elements"] / sum(p.numel() for p in public.model.parameters())
-    return summarise({"view": view, "exposure": expose, "selection": select, "share_of_parameters": share}, records)
+    return summarise(
+        {"view": view, "exposure": expose, "selection": select, "share_of_parameters": share},
+        records,
+    )
 
 
 def summarise(head: dict, records: list[dict]) -> dict:
@@ -132,12 +157,25 @@ def merge(paths: list[str]) -> dict:
         for dataset, views in run["datasets"].items():
             table = merged["datasets"].setdefault(dataset, {})
             for view in views:
-                records = [{**r, "sentence": r["sentence"] + run.get("skip", 0)} for r in view["per_sentence"]]
-                entry = table.setdefault(view["view"], ({k: view[k] for k in ("view", "exposure", "selection",
-                                                                               "share_of_parameters")}, {}))
+                records = [
+                    {**r, "sentence": r["sentence"] + run.get("skip", 0)}
+                    for r in view["per_sentence"]
+                ]
+                entry = table.setdefault(
+                    view["view"],
+                    (
+                        {
+                            k: view[k]
+                            for k in ("view", "exposure", "selection", "share_of_parameters")
+                        },
+                        {},
+                    ),
+                )
                 entry[1].update({r["sentence"]: r for r in records})
-    merged["datasets"] = {ds: [summarise(head, [recs[i] for i in sorted(recs)]) for head, recs in table.values()]
-                          for ds, table in merged["datasets"].items()}
+    merged["datasets"] = {
+        ds: [summarise(head, [recs[i] for i in sorted(recs)]) for head, recs in table.values()]
+        for ds, table in merged["datasets"].items()
+    }
     return merged
 
 
@@ -146,18 +184,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--recipe", default="partial", help="tag, lamp_cos, lamp_l1l2 or partial")
     parser.add_argument("--datasets", nargs="+", default=["cola", "rotten_tomatoes"])
-    parser.add_argument("--sentences", type=int, default=20, help="batches per dataset (the issue asks 20)")
-    parser.add_argument("--skip", type=int, default=0, help="skip the first K batches (to split a grid over runs)")
-    parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier outputs and print them; run nothing")
+    parser.add_argument(
+        "--sentences", type=int, default=20, help="batches per dataset (the issue asks 20)"
+    )
+    parser.add_argument(
+        "--skip", type=int, default=0, help="skip the first K batches (to split a grid over runs)"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="merge earlier outputs and print them; run nothing",
+    )
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--views", nargs="+",
-                        default=["all", *(f"layer{i}" for i in range(6)), *COMPONENTS, "ffn_output_paper"])
-    parser.add_argument("--block", type=int, default=0, help="block of the component views (paper default: 0)")
+    parser.add_argument(
+        "--views",
+        nargs="+",
+        default=["all", *(f"layer{i}" for i in range(6)), *COMPONENTS, "ffn_output_paper"],
+    )
+    parser.add_argument(
+        "--block", type=int, default=0, help="block of the component views (paper default: 0)"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    parser.add_argument("-o", "--option", action="append", default=[], help="attack option KEY=VALUE (overrides the preset)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest on a busy 2-core box)")
-    parser.add_argument("--estimate-lengths", action="store_true",
-                        help="let the attack read the lengths from the update (default: known, as in the papers)")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        help="attack option KEY=VALUE (overrides the preset)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (one is fastest on a busy 2-core box)"
+    )
+    parser.add_argument(
+        "--estimate-lengths",
+        action="store_true",
+        help="let the attack read the lengths from the update (default: known, as in the papers)",
+    )
     parser.add_argument("--seed", type=int, default=101)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -171,21 +234,47 @@ def main(argv: list[str] | None = None) -> dict:
     task = "seq_class"
     public = load_model(args.model, task=task, seed=args.seed)
     results = {
-        "benchmark": "optimization", "model": args.model, "recipe": args.recipe, "batch_size": args.batch_size,
-        "preset": args.preset, "options": options, "skip": args.skip, "block": args.block, "known_lengths": not args.estimate_lengths,
-        "machine": {"platform": platform.platform(), "processor": cpu_name(),
-                    "cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
-                    "load_average": os.getloadavg()},
+        "benchmark": "optimization",
+        "model": args.model,
+        "recipe": args.recipe,
+        "batch_size": args.batch_size,
+        "preset": args.preset,
+        "options": options,
+        "skip": args.skip,
+        "block": args.block,
+        "known_lengths": not args.estimate_lengths,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": cpu_name(),
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
+            "load_average": os.getloadavg(),
+        },
         "datasets": {},
     }
     for dataset in args.datasets:
         source = load_texts(dataset, split="train")
-        batches = sample_batches(source, protocol="lamp", batch_size=args.batch_size, n_batches=args.skip + args.sentences,
-                                 seed=args.seed)[args.skip :]
+        batches = sample_batches(
+            source,
+            protocol="lamp",
+            batch_size=args.batch_size,
+            n_batches=args.skip + args.sentences,
+            seed=args.seed,
+        )[args.skip :]
         print(f"{dataset}: {len(batches)} batches of {args.batch_size}", file=sys.stderr)
-        results["datasets"][dataset] = [run_view(public, batches, view=v, block=args.block, recipe=args.recipe,
-                                                 options=options, known_lengths=not args.estimate_lengths)
-                                        for v in args.views]
+        results["datasets"][dataset] = [
+            run_view(
+                public,
+                batches,
+                view=v,
+                block=args.block,
+                recipe=args.recipe,
+                options=options,
+                known_lengths=not args.estimate_lengths,
+            )
+            for v in args.views
+        ]
     text = json.dumps(results, indent=1, default=float)
     if args.out:
         with open(args.out, "w") as handle:

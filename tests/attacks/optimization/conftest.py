@@ -18,14 +18,17 @@ def one_thread():
 
 @pytest.fixture
 def make_update():
-    """Returns ``make(public, texts, labels=None, expose="all", disclose_labels=False)`` -> ClientUpdate."""
+    """Returns ``make(public, texts, labels=None, *, expose="all", disclose_labels=False)``,
+    which builds a ClientUpdate."""
     from gradleak.client import Exposure, compute_update
     from gradleak.data import Batch
 
     def make(public, texts, labels=None, *, expose="all", disclose_labels=False):
         if labels is None and public.task == "seq_class":
             labels = tuple(i % 2 for i in range(len(texts)))
-        update = compute_update(public, Batch(texts=tuple(texts), labels=labels), exposure=Exposure.parse(expose))
+        update = compute_update(
+            public, Batch(texts=tuple(texts), labels=labels), exposure=Exposure.parse(expose)
+        )
         if disclose_labels:
             update = update.with_tensors(update.tensors, extra={"labels": list(labels)})
         return update

@@ -33,16 +33,26 @@ def lamp_grad_dist(grads1, grads2, loss, tag_factor=0.01):
 @pytest.fixture
 def tensors():
     g = torch.Generator().manual_seed(0)
-    targets = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)]
-    candidates = [torch.randn(6, 4, 3, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)]
+    targets = [
+        torch.randn(4, 3, generator=g, dtype=torch.float64),
+        torch.randn(5, generator=g, dtype=torch.float64),
+    ]
+    candidates = [
+        torch.randn(6, 4, 3, generator=g, dtype=torch.float64),
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+    ]
     return candidates, targets
 
 
-@pytest.mark.parametrize(("distance", "loss"), [(L2(), "dlg"), (TagDistance(0.01), "tag"), (CosinePerTensor(), "cos")])
+@pytest.mark.parametrize(
+    ("distance", "loss"), [(L2(), "dlg"), (TagDistance(0.01), "tag"), (CosinePerTensor(), "cos")]
+)
 def test_distances_match_the_lamp_code(tensors, distance, loss):
     candidates, targets = tensors
     got = distance(candidates, targets)
-    expected = torch.stack([lamp_grad_dist([c[k] for c in candidates], targets, loss) for k in range(6)])
+    expected = torch.stack(
+        [lamp_grad_dist([c[k] for c in candidates], targets, loss) for k in range(6)]
+    )
     torch.testing.assert_close(got, expected)
 
 

@@ -3,29 +3,41 @@
 from __future__ import annotations
 
 import pytest
+from helpers import TINY
 
 from gradleak.attacks.optimization import infer_labels
 from gradleak.attacks.optimization.shape import estimate_batch_size, estimate_total_tokens
 from gradleak.errors import GradleakError, InvalidUpdateError
 from gradleak.models import load_model
-from helpers import TINY
 
 
 def guess(public, update, batch_size, **kw):
-    return infer_labels(public.family, update.gradients(), task=public.task, num_labels=public.num_labels,
-                        batch_size=batch_size, extra=update.metadata.extra, **kw)
+    return infer_labels(
+        public.family,
+        update.gradients(),
+        task=public.task,
+        num_labels=public.num_labels,
+        batch_size=batch_size,
+        extra=update.metadata.extra,
+        **kw,
+    )
 
 
 def test_disclosed_labels_are_used_and_checked(tiny_models, make_update):
     public = tiny_models("gpt2")
     update = make_update(public, ["one text", "two texts"], (1, 1), disclose_labels=True)
-    assert guess(public, update, 2).hypotheses == ((1, 1),) and guess(public, update, 2).source == "disclosed"
+    assert (
+        guess(public, update, 2).hypotheses == ((1, 1),)
+        and guess(public, update, 2).source == "disclosed"
+    )
     with pytest.raises(InvalidUpdateError, match="do not fit"):
         guess(public, update, 3)
 
 
-@pytest.mark.parametrize(("labels", "expected"), [((1,), (1,)), ((0,), (0,)), ((1, 0, 1), (0, 1, 1)),
-                                                  ((1, 1, 1), (1, 1, 1))])
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [((1,), (1,)), ((0,), (0,)), ((1, 0, 1), (0, 1, 1)), ((1, 1, 1), (1, 1, 1))],
+)
 def test_labels_are_read_from_the_head_bias(tiny_models, make_update, labels, expected):
     public = tiny_models("bert")
     update = make_update(public, ["the cat", "a dog barked", "hello world"][: len(labels)], labels)
@@ -40,7 +52,9 @@ def test_three_classes_without_bias_read_the_odd_row():
 
     for label in range(3):
         update = compute_update(public, Batch(texts=("the cat sat",), labels=(label,)))
-        found = infer_labels(public.family, update.gradients(), task="seq_class", num_labels=3, batch_size=1)
+        found = infer_labels(
+            public.family, update.gradients(), task="seq_class", num_labels=3, batch_size=1
+        )
         assert found.hypotheses == ((label,),) and found.source == "head_weight"
 
 

@@ -31,13 +31,16 @@ class FixedDraws(random.Random):
         return self.values.pop(0)
 
 
-@pytest.mark.parametrize(("kind", "draws", "expected"), [
-    (0, (1, 3), [0, 3, 2, 1, 4]),      # swap tokens 1 and 3
-    (1, (1, 4), [0, 2, 3, 1, 4]),      # move token 1 before position 4
-    (1, (3, 0), [3, 0, 1, 2, 4]),      # move token 3 to the front
-    (2, (1, 3, 2), [0, 3, 1, 2, 4]),   # move the span [1, 3) behind token 3
-    (3, (2,), [2, 3, 4, 0, 1]),        # put the prefix [0, 2) at the end
-])
+@pytest.mark.parametrize(
+    ("kind", "draws", "expected"),
+    [
+        (0, (1, 3), [0, 3, 2, 1, 4]),  # swap tokens 1 and 3
+        (1, (1, 4), [0, 2, 3, 1, 4]),  # move token 1 before position 4
+        (1, (3, 0), [3, 0, 1, 2, 4]),  # move token 3 to the front
+        (2, (1, 3, 2), [0, 3, 1, 2, 4]),  # move the span [1, 3) behind token 3
+        (3, (2,), [2, 3, 4, 0, 1]),  # put the prefix [0, 2) at the end
+    ],
+)
 def test_moves_follow_lamp(kind, draws, expected):
     assert MOVES[kind]
     assert propose(5, kind, FixedDraws(*draws)) == expected

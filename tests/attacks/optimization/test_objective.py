@@ -12,24 +12,43 @@ from gradleak.attacks.optimization.objective import GradientObjective, attack_mo
 from gradleak.attacks.optimization.selector import drop_null, select_targets
 
 TEXTS = ("the cat sat on the mat", "a dog barked")
-CASES = [("bert", "seq_class"), ("gpt2", "seq_class"), ("llama", "seq_class"), ("gpt2", "next_token"),
-         ("llama", "next_token")]
+CASES = [
+    ("bert", "seq_class"),
+    ("gpt2", "seq_class"),
+    ("llama", "seq_class"),
+    ("gpt2", "next_token"),
+    ("llama", "next_token"),
+]
 
 
 def build(public, update, texts, distance="cos", selection="exposed"):
-    """Returns (objective, true free embeddings, class tensor), in attack mode (caller's context)."""
+    """Returns (objective, true free embeddings, classes, views); call it in attack mode."""
     gradients = update.gradients()
     views = GradientSelection.parse(selection).views(public.family, gradients.keys())
     views, targets, _ = drop_null(views, select_targets(views, gradients))
     prefix, suffix = special_frame(public.tokenizer)
     ids = [public.tokenizer(t)["input_ids"] for t in texts]
-    layout = SequenceLayout(tuple(len(i) for i in ids), prefix, suffix, pad_id=public.tokenizer.pad_token_id,
-                            left_pad=public.family.causal)
+    layout = SequenceLayout(
+        tuple(len(i) for i in ids),
+        prefix,
+        suffix,
+        pad_id=public.tokenizer.pad_token_id,
+        left_pad=public.family.causal,
+    )
     embedding = public.family.embedding()
-    decoder = NearestTokens(embedding.weight, allowed_tokens(public.tokenizer, embedding.num_embeddings))
+    decoder = NearestTokens(
+        embedding.weight, allowed_tokens(public.tokenizer, embedding.num_embeddings)
+    )
     inputs = DummyInputs(layout, embedding)
-    objective = GradientObjective(public.model, views, targets, make_distance(distance), inputs,
-                                  task=public.task, decoder=decoder)
+    objective = GradientObjective(
+        public.model,
+        views,
+        targets,
+        make_distance(distance),
+        inputs,
+        task=public.task,
+        decoder=decoder,
+    )
     free = torch.zeros(inputs.free_shape)
     for row, seq in enumerate(ids):
         core = seq[len(prefix) : len(seq) - len(suffix)]
@@ -55,7 +74,9 @@ def test_batched_scoring_equals_the_single_path(tiny_models, make_update, distan
     update = make_update(public, TEXTS[:1])
     with attack_mode(public.model, update.names):
         objective, free, classes, _ = build(public, update, TEXTS[:1], distance=distance)
-        candidates = free + 0.5 * torch.randn((5, *free.shape), generator=torch.Generator().manual_seed(0))
+        candidates = free + 0.5 * torch.randn(
+            (5, *free.shape), generator=torch.Generator().manual_seed(0)
+        )
         single = torch.stack([objective(c, classes).detach() for c in candidates])
         vmapped = objective.batch(candidates, classes)
         objective.chunk = 1  # one by one, as for large selections
@@ -67,11 +88,19 @@ def test_batched_scoring_equals_the_single_path(tiny_models, make_update, distan
 def test_attack_mode_restores_the_model(tiny_models):
     public = tiny_models("llama")
     model = public.model
-    before = ({n: p.requires_grad for n, p in model.named_parameters()}, model.config._attn_implementation)
+    before = (
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        model.config._attn_implementation,
+    )
     with attack_mode(model, [public.family.linear_layer(0, "q").weight_name]):
-        assert model.config._attn_implementation == "eager"  # fused CPU attention has no double backward
+        assert (
+            model.config._attn_implementation == "eager"
+        )  # fused CPU attention has no double backward
         assert sum(p.requires_grad for p in model.parameters()) == 1
-    assert ({n: p.requires_grad for n, p in model.named_parameters()}, model.config._attn_implementation) == before
+    assert (
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        model.config._attn_implementation,
+    ) == before
 
 
 def test_layout_places_special_tokens_and_padding(tiny_models):

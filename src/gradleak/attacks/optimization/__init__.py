@@ -43,6 +43,7 @@ __all__ = [
     "OptimizationConfig",
     "PartialConfig",
     "TagConfig",
+    "TagDistance",
     "TensorView",
     "distance_names",
     "infer_labels",

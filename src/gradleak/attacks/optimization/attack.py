@@ -21,11 +21,22 @@ from gradleak.attacks.optimization.decoding import NearestTokens, allowed_tokens
 from gradleak.attacks.optimization.distances import make_distance
 from gradleak.attacks.optimization.engine import choose_start, optimise
 from gradleak.attacks.optimization.labels import LabelGuess, infer_labels
-from gradleak.attacks.optimization.layout import DummyInputs, SequenceLayout, as_lengths, special_frame, split_total
+from gradleak.attacks.optimization.layout import (
+    DummyInputs,
+    SequenceLayout,
+    as_lengths,
+    special_frame,
+    split_total,
+)
 from gradleak.attacks.optimization.objective import GradientObjective, attack_mode
 from gradleak.attacks.optimization.prior import LanguageModelPrior
 from gradleak.attacks.optimization.recipes import LampCosConfig
-from gradleak.attacks.optimization.selector import GradientSelection, TensorView, drop_null, select_targets
+from gradleak.attacks.optimization.selector import (
+    GradientSelection,
+    TensorView,
+    drop_null,
+    select_targets,
+)
 from gradleak.attacks.optimization.shape import Estimate, estimate_batch_size, estimate_total_tokens
 from gradleak.errors import GradleakError
 from gradleak.models.loading import PublicModel
@@ -33,7 +44,9 @@ from gradleak.update import ClientUpdate
 
 logger = logging.getLogger(__name__)
 
-REASON = "optimisation attacks return the nearest tokens to a best fit, a guess that no test certifies."
+REASON = (
+    "optimisation attacks return the nearest tokens to a best fit, a guess that no test certifies."
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,9 @@ class GradientInversion(Attack):
 
     name = "optimization"
 
-    def __init__(self, config: OptimizationConfig | None = None, *, prior: LanguageModelPrior | None = None) -> None:
+    def __init__(
+        self, config: OptimizationConfig | None = None, *, prior: LanguageModelPrior | None = None
+    ) -> None:
         self.config = config or LampCosConfig()
         self.name = self.config.recipe
         self._prior = prior
@@ -97,39 +112,81 @@ class GradientInversion(Attack):
         began = time.perf_counter()
         plan = self.plan(public, update)
         cfg, embedding = self.config, public.family.embedding()
-        decoder = NearestTokens(embedding.weight, allowed_tokens(public.tokenizer, embedding.num_embeddings))
+        decoder = NearestTokens(
+            embedding.weight, allowed_tokens(public.tokenizer, embedding.num_embeddings)
+        )
         norm = decoder.mean_norm if cfg.init_size in (None, "auto") else float(cfg.init_size)
-        prior = self._load_prior(embedding.weight.device) if cfg.swaps and cfg.coeff_perplexity > 0 else None
+        prior = (
+            self._load_prior(embedding.weight.device)
+            if cfg.swaps and cfg.coeff_perplexity > 0
+            else None
+        )
         seconds: dict[str, float] = {"setup": time.perf_counter() - began}
         with attack_mode(public.model, [v.name for v in plan.views]):
             objective = GradientObjective(
-                public.model, plan.views, plan.targets, make_distance(cfg.distance, alpha=cfg.tag_alpha),
-                DummyInputs(plan.layout, embedding), task=public.task, decoder=decoder,
-                memory_mb=cfg.memory_mb, max_chunk=cfg.max_chunk,
+                public.model,
+                plan.views,
+                plan.targets,
+                make_distance(cfg.distance, alpha=cfg.tag_alpha),
+                DummyInputs(plan.layout, embedding),
+                task=public.task,
+                decoder=decoder,
+                memory_mb=cfg.memory_mb,
+                max_chunk=cfg.max_chunk,
             )
-            hypotheses = [torch.tensor(h, dtype=torch.long, device=embedding.weight.device) for h in plan.labels.hypotheses]
+            hypotheses = [
+                torch.tensor(h, dtype=torch.long, device=embedding.weight.device)
+                for h in plan.labels.hypotheses
+            ]
             began = time.perf_counter()
-            start, probes = choose_start(objective, hypotheses, cfg, init_size=None if cfg.init_size is None else norm,
-                                         norm_target=norm, generator=torch.Generator().manual_seed(cfg.seed))
+            start, probes = choose_start(
+                objective,
+                hypotheses,
+                cfg,
+                init_size=None if cfg.init_size is None else norm,
+                norm_target=norm,
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )
             seconds["init"] = time.perf_counter() - began
-            trajectory = optimise(objective, start, cfg, norm_target=norm, decoder=decoder,
-                                  decode_text=public.tokenizer.decode, prior=prior, rng=random.Random(cfg.seed))
+            trajectory = optimise(
+                objective,
+                start,
+                cfg,
+                norm_target=norm,
+                decoder=decoder,
+                decode_text=public.tokenizer.decode,
+                prior=prior,
+                rng=random.Random(cfg.seed),
+            )
             seconds.update(trajectory.seconds)
             began = time.perf_counter()
             tokens = decoder(trajectory.free)
             ids = objective.inputs.sequences(objective.inputs.full_ids(tokens))
             token_distance = float(objective.batch(embedding(tokens)[None], start.classes)[0])
             seconds["decode"] = time.perf_counter() - began
-        sequences = tuple(RecoveredSequence(token_ids=tuple(seq), text=public.tokenizer.decode(seq), certified=False)
-                          for seq in ids)
+        sequences = tuple(
+            RecoveredSequence(
+                token_ids=tuple(seq), text=public.tokenizer.decode(seq), certified=False
+            )
+            for seq in ids
+        )
         diagnostics = {
-            **plan.describe(), "config": cfg.to_dict(),
-            "labels": {**plan.describe()["labels"], "value": list(plan.labels.hypotheses[start.hypothesis]),
-                       "probe_losses": probes},
-            "matched_elements": objective.matched_elements, "start_distance": start.distance,
-            "final_loss": trajectory.loss, "token_distance": token_distance, "history": trajectory.history,
-            "moves": trajectory.moves, "gradient_evaluations": objective.evaluations,
-            "seconds_per_step": trajectory.seconds["continuous"] / max(cfg.steps, 1), "seconds": seconds,
+            **plan.describe(),
+            "config": cfg.to_dict(),
+            "labels": {
+                **plan.describe()["labels"],
+                "value": list(plan.labels.hypotheses[start.hypothesis]),
+                "probe_losses": probes,
+            },
+            "matched_elements": objective.matched_elements,
+            "start_distance": start.distance,
+            "final_loss": trajectory.loss,
+            "token_distance": token_distance,
+            "history": trajectory.history,
+            "moves": trajectory.moves,
+            "gradient_evaluations": objective.evaluations,
+            "seconds_per_step": trajectory.seconds["continuous"] / max(cfg.steps, 1),
+            "seconds": seconds,
         }
         return Reconstruction(self.name, sequences, reason=REASON, diagnostics=diagnostics)
 
@@ -145,12 +202,20 @@ class GradientInversion(Attack):
         views = selection.views(public.family, gradients.keys())
         views, targets, dropped = drop_null(views, select_targets(views, gradients))
         if not views:
-            raise GradleakError("every selected gradient is zero, so there is nothing to match; check the update.")
+            raise GradleakError(
+                "every selected gradient is zero, so there is nothing to match; check the update."
+            )
         batch = self._batch_size(public, update, gradients)
         layout, lengths_source = self._layout(public, gradients, batch.value)
-        labels = infer_labels(public.family, gradients, task=public.task, num_labels=public.num_labels,
-                              batch_size=batch.value, extra=update.metadata.extra,
-                              max_hypotheses=self.config.max_label_hypotheses)
+        labels = infer_labels(
+            public.family,
+            gradients,
+            task=public.task,
+            num_labels=public.num_labels,
+            batch_size=batch.value,
+            extra=update.metadata.extra,
+            max_hypotheses=self.config.max_label_hypotheses,
+        )
         return AttackPlan(selection, views, targets, dropped, batch, layout, lengths_source, labels)
 
     def _batch_size(self, public: PublicModel, update: ClientUpdate, gradients) -> Estimate:
@@ -163,7 +228,9 @@ class GradientInversion(Attack):
         found = estimate_batch_size(public.family, gradients, task=public.task)
         return found if found is not None else Estimate(1, "assumed")
 
-    def _layout(self, public: PublicModel, gradients, batch_size: int) -> tuple[SequenceLayout, str]:
+    def _layout(
+        self, public: PublicModel, gradients, batch_size: int
+    ) -> tuple[SequenceLayout, str]:
         prefix, suffix = special_frame(public.tokenizer)
         if self.config.lengths is not None:
             lengths, source = as_lengths(self.config.lengths, batch_size), "option"
@@ -171,17 +238,28 @@ class GradientInversion(Attack):
             total = estimate_total_tokens(public.family, gradients, task=public.task)
             if public.task == "next_token" and public.family.causal:
                 # A sequence's last token predicts nothing, so no gradient row shows it.
-                total = Estimate(total.value + batch_size, f"{total.source} + {batch_size} last token(s)")
+                total = Estimate(
+                    total.value + batch_size, f"{total.source} + {batch_size} last token(s)"
+                )
             if total.value < batch_size * (len(prefix) + len(suffix) + 1):
-                raise GradleakError(f"the update shows {total.value} tokens, too few for {batch_size} sequences; "
-                                    f"pass lengths= or batch_size=.")
+                raise GradleakError(
+                    f"the update shows {total.value} tokens, too few for {batch_size} sequences; "
+                    f"pass lengths= or batch_size=."
+                )
             lengths, source = split_total(total.value, batch_size), total.source
         pad = public.tokenizer.pad_token_id
-        layout = SequenceLayout(lengths, prefix, suffix, pad_id=pad if pad is not None else 0,
-                                left_pad=public.family.causal)
+        layout = SequenceLayout(
+            lengths,
+            prefix,
+            suffix,
+            pad_id=pad if pad is not None else 0,
+            left_pad=public.family.causal,
+        )
         return layout, source
 
     def _load_prior(self, device: torch.device) -> LanguageModelPrior | None:
         if self._prior is None and self.config.prior is not None:
-            self._prior = LanguageModelPrior.load(self.config.prior, prefix=self.config.prior_prefix, device=device)
+            self._prior = LanguageModelPrior.load(
+                self.config.prior, prefix=self.config.prior_prefix, device=device
+            )
         return self._prior

@@ -1,7 +1,8 @@
 """Settings of the optimisation engine; the recipes in :mod:`.recipes` only change the defaults.
 
 The base defaults are LAMP_cos's (``lamp_cos.sh`` and ``args_factory.py`` of eth-sri/lamp).
-Every field is an attack option: ``gradleak attack --attack lamp_cos -o steps=500 -o select="blocks=0 roles=q"``.
+Every field is an attack option, e.g.
+``gradleak attack --attack lamp_cos -o steps=500 -o select="blocks=0 roles=q"``.
 """
 
 from __future__ import annotations
@@ -92,9 +93,20 @@ class OptimizationConfig:
         _coerce(self)
         problems = []
         if self.distance not in distance_names():
-            problems.append(f"distance={self.distance!r} is not one of {', '.join(distance_names())}")
-        for name in ("steps", "init_candidates", "lr_decay_every", "swap_every", "swap_candidates",
-                     "max_label_hypotheses", "max_chunk", "log_every", "label_probe_steps"):
+            problems.append(
+                f"distance={self.distance!r} is not one of {', '.join(distance_names())}"
+            )
+        for name in (
+            "steps",
+            "init_candidates",
+            "lr_decay_every",
+            "swap_every",
+            "swap_candidates",
+            "max_label_hypotheses",
+            "max_chunk",
+            "log_every",
+            "label_probe_steps",
+        ):
             value = getattr(self, name)
             if value < (0 if name == "steps" else 1):
                 problems.append(f"{name}={value} must be positive")
@@ -125,16 +137,24 @@ class OptimizationConfig:
     def to_dict(self) -> dict[str, Any]:
         """Returns the settings as plain JSON values, with the recipe's name."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {"recipe": self.recipe, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
+        return {
+            "recipe": self.recipe,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
+        }
 
 
 def _coerce(config: OptimizationConfig) -> None:
     """Normalises values that arrive as strings from the command line or YAML."""
+
     def put(name: str, value: Any) -> None:
         object.__setattr__(config, name, value)
 
     for name in ("prior", "prior_prefix", "init_size", "grad_clip"):
-        if isinstance(getattr(config, name), str) and getattr(config, name).lower() in ("none", "null", ""):
+        if isinstance(getattr(config, name), str) and getattr(config, name).lower() in (
+            "none",
+            "null",
+            "",
+        ):
             put(name, None)
     if isinstance(config.init_size, str) and config.init_size != "auto":
         try:

@@ -31,7 +31,9 @@ def allowed_tokens(tokenizer: Any, vocab_size: int) -> torch.Tensor:
 class NearestTokens:
     """Cosine nearest-token decoding over the allowed part of an embedding table."""
 
-    def __init__(self, embedding: torch.Tensor, allowed: torch.Tensor, *, chunk_rows: int = 4096) -> None:
+    def __init__(
+        self, embedding: torch.Tensor, allowed: torch.Tensor, *, chunk_rows: int = 4096
+    ) -> None:
         weight = embedding.detach()
         self.ids = torch.nonzero(allowed.to(weight.device)).flatten()
         self.unit = torch.nn.functional.normalize(weight[self.ids], dim=-1)
@@ -41,7 +43,9 @@ class NearestTokens:
     @torch.no_grad()
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
         """Returns the token id nearest (by cosine) to each vector of (..., d)."""
-        flat = torch.nn.functional.normalize(vectors.detach().reshape(-1, vectors.shape[-1]), dim=-1)
+        flat = torch.nn.functional.normalize(
+            vectors.detach().reshape(-1, vectors.shape[-1]), dim=-1
+        )
         out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         for start in range(0, flat.shape[0], self.chunk_rows):
             chunk = flat[start : start + self.chunk_rows].to(self.unit.dtype)

@@ -30,7 +30,9 @@ class GradientDistance(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def __call__(self, grads: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    def __call__(
+        self, grads: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
         """Returns the (K,) distances of ``grads`` (each (K, ...)) to ``targets`` (each (...))."""
 
 
@@ -119,7 +121,9 @@ def make_distance(name: str, **params: Any) -> GradientDistance:
         UnknownSpecError: no distance has that name.
     """
     if name not in _DISTANCES:
-        raise UnknownSpecError(f"unknown gradient distance {name!r}; choose one of {', '.join(distance_names())}.")
+        raise UnknownSpecError(
+            f"unknown gradient distance {name!r}; choose one of {', '.join(distance_names())}."
+        )
     cls = _DISTANCES[name]
     accepted = {k: v for k, v in params.items() if k in getattr(cls, "__dataclass_fields__", {})}
     return cls(**accepted)

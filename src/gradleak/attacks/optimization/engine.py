@@ -78,16 +78,33 @@ def choose_start(
     """
     starts = []
     for index, classes in enumerate(hypotheses):
-        start = random_start(objective, [classes], candidates=config.init_candidates,
-                             permutations=config.permutations, init_size=init_size, generator=generator)
+        start = random_start(
+            objective,
+            [classes],
+            candidates=config.init_candidates,
+            permutations=config.permutations,
+            init_size=init_size,
+            generator=generator,
+        )
         start.hypothesis = index
         starts.append(start)
     if len(starts) == 1:
         return starts[0], []
     steps = max(1, min(config.label_probe_steps, config.steps))  # never longer than the run itself
     probe = replace(config, steps=steps, swaps=False, log_every=steps)
-    losses = [optimise(objective, start, probe, norm_target=norm_target, decoder=None, decode_text=str,
-                       prior=None, rng=random.Random(0)).loss for start in starts]
+    losses = [
+        optimise(
+            objective,
+            start,
+            probe,
+            norm_target=norm_target,
+            decoder=None,
+            decode_text=str,
+            prior=None,
+            rng=random.Random(0),
+        ).loss
+        for start in starts
+    ]
     return starts[min(range(len(starts)), key=losses.__getitem__)], losses
 
 
@@ -104,7 +121,9 @@ def random_start(
     ``permutations`` reorderings of it, rescaled to ``init_size`` per token (LAMP ``init.py``)."""
     device = objective.inputs.template.device
     shape = objective.inputs.free_shape
-    draws = torch.randn((candidates, *shape), generator=generator).to(device, objective.targets[0].dtype)
+    draws = torch.randn((candidates, *shape), generator=generator).to(
+        device, objective.targets[0].dtype
+    )
     best: Start | None = None
     for h, classes in enumerate(hypotheses):
         scores = objective.batch(draws, classes)
@@ -147,7 +166,9 @@ def optimise(
     """Returns the best iterate of Adam on the free embeddings from ``start``."""
     free = start.free.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([free], lr=config.lr)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay)
+    schedule = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay
+    )
     mask = free_mask(objective).to(free.dtype)
     best = Trajectory(free.detach().clone(), math.inf)
     moves: Counter[str] = Counter()
@@ -171,11 +192,25 @@ def optimise(
         optimizer.step()
         schedule.step()
         continuous += time.perf_counter() - began
-        if config.swaps and step >= config.swap_burnin * config.steps and step % config.swap_every == 1:
+        if (
+            config.swaps
+            and step >= config.swap_burnin * config.steps
+            and step % config.swap_every == 1
+        ):
             began = time.perf_counter()
-            moves.update(reorder_step(objective, free, start.classes, decoder=decoder, decode_text=decode_text,
-                                      prior=prior, coeff=config.coeff_perplexity,
-                                      count=config.swap_candidates, rng=rng))
+            moves.update(
+                reorder_step(
+                    objective,
+                    free,
+                    start.classes,
+                    decoder=decoder,
+                    decode_text=decode_text,
+                    prior=prior,
+                    coeff=config.coeff_perplexity,
+                    count=config.swap_candidates,
+                    rng=rng,
+                )
+            )
             discrete += time.perf_counter() - began
     if config.steps == 0:
         best.loss = start.distance

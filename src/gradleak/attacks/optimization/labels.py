@@ -16,7 +16,6 @@ others, which needs at least three classes.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +83,9 @@ def _head_linear(family: ArchitectureFamily, num_labels: int) -> nn.Linear | Non
     head = family.classification_head()
     if head is None:
         return None
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    linears = [
+        m for m in head.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels
+    ]
     return linears[-1] if linears else None
 
 
@@ -98,18 +99,23 @@ def _from_bias(grad: torch.Tensor, batch_size: int) -> tuple[int, ...]:
         best = max(range(len(counts)), key=lambda i: expected[i] - counts[i])
         counts[best] += 1
     while sum(counts) > batch_size:
-        spare = [i for i in range(len(counts)) if counts[i] > int(present[i])] or \
-            [i for i in range(len(counts)) if counts[i] > 0]
+        spare = [i for i in range(len(counts)) if counts[i] > int(present[i])] or [
+            i for i in range(len(counts)) if counts[i] > 0
+        ]
         counts[min(spare, key=lambda i: expected[i] - counts[i])] -= 1
     return tuple(label for label, n in enumerate(counts) for _ in range(n))
 
 
 def _odd_row(weight: torch.Tensor) -> int:
-    """Returns the class whose row points against the others (one sequence, three or more classes)."""
+    """Returns the class whose row points against the others (one sequence, three+ classes)."""
     reference = weight[int(weight.norm(dim=1).argmax())]
     positive = (weight @ reference) > 0
     minority = positive if int(positive.sum()) * 2 < len(positive) else ~positive
-    return int(torch.nonzero(minority)[0]) if bool(minority.any()) else int(weight.norm(dim=1).argmax())
+    return (
+        int(torch.nonzero(minority)[0])
+        if bool(minority.any())
+        else int(weight.norm(dim=1).argmax())
+    )
 
 
 def _enumerate(num_labels: int, batch_size: int, limit: int) -> tuple[tuple[int, ...], ...]:
@@ -123,8 +129,3 @@ def _enumerate(num_labels: int, batch_size: int, limit: int) -> tuple[tuple[int,
 
         multisets = sorted(multisets, key=imbalance)[:limit]
     return tuple(multisets) if multisets else ((0,) * batch_size,)
-
-
-def hypothesis_count(num_labels: int, batch_size: int) -> int:
-    """Returns how many label multisets a batch has (for diagnostics)."""
-    return math.comb(num_labels + batch_size - 1, batch_size)

@@ -72,7 +72,7 @@ class SequenceLayout:
         return tuple(n - fixed for n in self.lengths)
 
     def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (fixed ids with -1 at free positions, free-slot index, attention mask), each (B, T)."""
+        """Returns (fixed ids with -1 where free, free-slot index, attention mask), each (B, T)."""
         b, t = self.batch_size, self.width
         ids = torch.full((b, t), self.pad_id, dtype=torch.long)
         slot = torch.zeros((b, t), dtype=torch.long)
@@ -133,7 +133,7 @@ class DummyInputs:
         return torch.where(self.free[..., None], placed, self.template)
 
     def full_ids(self, free_ids: torch.Tensor) -> torch.Tensor:
-        """Returns (..., B, T) token ids: fixed ids with ``free_ids`` (..., B, F) at free positions."""
+        """Returns (..., B, T) token ids: the fixed ids, and ``free_ids`` (..., B, F) where free."""
         lead = free_ids.shape[:-2]
         placed = free_ids.gather(-1, self.slot.expand(*lead, *self.slot.shape))
         return torch.where(self.free, placed, self.fixed_ids)
@@ -168,5 +168,7 @@ def as_lengths(value: int | Sequence[int], batch_size: int) -> tuple[int, ...]:
         return (value,) * batch_size
     lengths = tuple(int(v) for v in value)
     if len(lengths) != batch_size:
-        raise GradleakError(f"got {len(lengths)} sequence lengths for a batch of {batch_size}; give one per sequence.")
+        raise GradleakError(
+            f"got {len(lengths)} sequence lengths for a batch of {batch_size}; give one per sequence."
+        )
     return lengths

@@ -76,7 +76,9 @@ def reorder_step(
     ids = decoder(free)
     prior_terms = [0.0] * len(lengths)
     if use_prior:
-        prior_terms = prior.nll([decode_text(ids[s, :n].tolist()) for s, n in enumerate(lengths)]).tolist()
+        prior_terms = prior.nll(
+            [decode_text(ids[s, :n].tolist()) for s, n in enumerate(lengths)]
+        ).tolist()
     winners = []
     for s, n in enumerate(lengths):
         orders = candidate_orders(n, count, rng)

@@ -1,4 +1,4 @@
-"""The gradient-matching objective: the task loss's gradient at dummy inputs, against the observed one.
+"""The gradient-matching objective: the loss gradient at dummy inputs against the observed one.
 
 Two paths share one definition of the loss:
 
@@ -89,7 +89,7 @@ class GradientObjective:
         self.slot = [self.names.index(v.name) for v in self.views]
         self.targets = [t.to(self.params[0].device, self.params[0].dtype) for t in targets]
         self.task, self.decoder = task, decoder
-        per_candidate = sum(p.numel() for p in self.params) * p_bytes(self.params[0]) * 3
+        per_candidate = sum(p.numel() for p in self.params) * self.params[0].element_size() * 3
         self.chunk = int(max(1, min(max_chunk, memory_mb * 2**20 // max(per_candidate, 1))))
         self._vmap_ok = True
         self.evaluations = 0
@@ -97,7 +97,9 @@ class GradientObjective:
     @property
     def matched_elements(self) -> int:
         """Returns the number of gradient entries matched."""
-        return sum(v.take(p).numel() for v, p in zip(self.views, (self.params[i] for i in self.slot)))
+        return sum(
+            v.take(p).numel() for v, p in zip(self.views, (self.params[i] for i in self.slot))
+        )
 
     def labels(self, free: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Returns the model's ``labels`` for free embeddings (..., B, F, d).
@@ -112,11 +114,16 @@ class GradientObjective:
 
     def __call__(self, free: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Returns the distance for one dummy batch (B, F, d), differentiable in ``free``."""
-        out = self.model(inputs_embeds=self.inputs.assemble(free), labels=self.labels(free, classes),
-                         **self.inputs.model_kwargs())
+        out = self.model(
+            inputs_embeds=self.inputs.assemble(free),
+            labels=self.labels(free, classes),
+            **self.inputs.model_kwargs(),
+        )
         grads = torch.autograd.grad(out.loss, self.params, create_graph=True)
         self.evaluations += 1
-        return self.distance([v.take(grads[i])[None] for v, i in zip(self.views, self.slot)], self.targets)[0]
+        return self.distance(
+            [v.take(grads[i])[None] for v, i in zip(self.views, self.slot)], self.targets
+        )[0]
 
     @torch.no_grad()
     def batch(self, free: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -125,15 +132,27 @@ class GradientObjective:
         out = []
         for start in range(0, free.shape[0], self.chunk):
             part, part_labels = free[start : start + self.chunk], labels[start : start + self.chunk]
-            grads = self._batched_grads(part, part_labels) if self.chunk > 1 and self._vmap_ok else None
+            grads = (
+                self._batched_grads(part, part_labels) if self.chunk > 1 and self._vmap_ok else None
+            )
             if grads is None:
                 grads = self._looped_grads(part, part_labels)
-            out.append(self.distance([v.take(grads[i]) for v, i in zip(self.views, self.slot)], self.targets))
+            out.append(
+                self.distance(
+                    [v.take(grads[i]) for v, i in zip(self.views, self.slot)], self.targets
+                )
+            )
             self.evaluations += part.shape[0]
         return torch.cat(out)
 
-    def _loss(self, selected: dict[str, torch.Tensor], free: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        kwargs = {"inputs_embeds": self.inputs.assemble(free), "labels": labels, **self.inputs.model_kwargs()}
+    def _loss(
+        self, selected: dict[str, torch.Tensor], free: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        kwargs = {
+            "inputs_embeds": self.inputs.assemble(free),
+            "labels": labels,
+            **self.inputs.model_kwargs(),
+        }
         return functional_call(self.model, selected, args=(), kwargs=kwargs).loss
 
     def _batched_grads(self, free: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor] | None:
@@ -150,12 +169,10 @@ class GradientObjective:
         per_candidate = []
         with torch.enable_grad():
             for one, one_labels in zip(free, labels):
-                out = self.model(inputs_embeds=self.inputs.assemble(one), labels=one_labels,
-                                 **self.inputs.model_kwargs())
+                out = self.model(
+                    inputs_embeds=self.inputs.assemble(one),
+                    labels=one_labels,
+                    **self.inputs.model_kwargs(),
+                )
                 per_candidate.append(torch.autograd.grad(out.loss, self.params))
         return [torch.stack([g[i] for g in per_candidate]) for i in range(len(self.params))]
-
-
-def p_bytes(param: torch.Tensor) -> int:
-    """Returns the bytes of one element of ``param``."""
-    return param.element_size()

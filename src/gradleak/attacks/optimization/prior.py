@@ -28,8 +28,14 @@ class LanguageModelPrior:
         cache_size: texts remembered.
     """
 
-    def __init__(self, public: PublicModel, *, prefix: str | None = None, chunk_size: int = 64,
-                 cache_size: int = 200_000) -> None:
+    def __init__(
+        self,
+        public: PublicModel,
+        *,
+        prefix: str | None = None,
+        chunk_size: int = 64,
+        cache_size: int = 200_000,
+    ) -> None:
         if public.task != "next_token":
             raise ValueError(f"the prior {public.spec!r} must be loaded with task='next_token'")
         self.public, self.prefix, self.chunk_size = public, prefix or "", chunk_size
@@ -37,7 +43,9 @@ class LanguageModelPrior:
         self.cache_size = cache_size
 
     @classmethod
-    def load(cls, spec: str, *, prefix: str | None = None, device: torch.device | str = "cpu") -> LanguageModelPrior:
+    def load(
+        cls, spec: str, *, prefix: str | None = None, device: torch.device | str = "cpu"
+    ) -> LanguageModelPrior:
         """Returns the prior built on the causal LM ``spec`` (cached per spec and device)."""
         return cls(_load_lm(spec, str(device)), prefix=prefix)
 
@@ -63,7 +71,9 @@ class LanguageModelPrior:
         encoded = tokenizer([self.prefix + t for t in texts], padding=True, return_tensors="pt")
         ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), ids[:, 1:], reduction="none"
+        )
         counted = mask[:, 1:].clone()
         if self.prefix:
             prefix_len = len(tokenizer(self.prefix, add_special_tokens=False)["input_ids"])

@@ -35,7 +35,11 @@ PAPER_GRAD_TYPES: dict[str, tuple[str, ...] | None] = {
     "attn_query": ("attention.self.query.weight",),
     "attn_key": ("attention.self.key.weight",),
     "attn_value": ("attention.self.value.weight",),
-    "attn_qkv": ("attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight"),
+    "attn_qkv": (
+        "attention.self.query.weight",
+        "attention.self.key.weight",
+        "attention.self.value.weight",
+    ),
     "attn_output": ("attention.output.dense.weight",),
     "ffn_fc": ("intermediate.dense.weight",),
     # The original matches the substring "output.dense.weight", which also hits
@@ -101,7 +105,9 @@ class GradientSelection:
         if unknown:
             problems.append(f"unknown role(s) {', '.join(unknown)} (roles are {', '.join(ROLES)})")
         if self.mode == "paper" and self.paper not in PAPER_GRAD_TYPES:
-            problems.append(f"unknown paper grad type {self.paper!r} (one of {', '.join(PAPER_GRAD_TYPES)})")
+            problems.append(
+                f"unknown paper grad type {self.paper!r} (one of {', '.join(PAPER_GRAD_TYPES)})"
+            )
         if self.mode == "names" and not self.names:
             problems.append("names= lists no parameter")
         if problems:
@@ -170,8 +176,10 @@ class GradientSelection:
         elif self.mode == "names":
             missing = [n for n in self.names or () if n not in params]
             if missing:
-                raise UnknownSpecError(f"the model has no parameter(s) {', '.join(missing)}; "
-                                       f"names come from model.named_parameters().")
+                raise UnknownSpecError(
+                    f"the model has no parameter(s) {', '.join(missing)}; "
+                    f"names come from model.named_parameters()."
+                )
             views = [_whole(n, params[n]) for n in params if n in self.names and n not in skip]
         elif self.mode == "paper":
             views = [_whole(n, params[n]) for n in self._paper_names(family) if n not in skip]
@@ -180,8 +188,12 @@ class GradientSelection:
         if not views:
             raise UnknownSpecError(
                 f"gradient selection '{self}' picks no matchable tensor of this {family.name} model"
-                + (" (paper= matches BERT parameter names only; use roles= for other families)"
-                   if self.mode == "paper" else "") + "."
+                + (
+                    " (paper= matches BERT parameter names only; use roles= for other families)"
+                    if self.mode == "paper"
+                    else ""
+                )
+                + "."
             )
         _check_exposed(self, views, available)
         return views
@@ -196,20 +208,40 @@ class GradientSelection:
         return {b % n for b in self.blocks}
 
     def _role_views(self, family: ArchitectureFamily, skip: set[str]) -> list[TensorView]:
-        blocks, roles = self._blocks(family), set(self.roles) if self.roles is not None else set(ROLES)
+        blocks, roles = (
+            self._blocks(family),
+            set(self.roles) if self.roles is not None else set(ROLES),
+        )
         params = dict(family.model.named_parameters())
         views = []
         for layer in family.linear_layers():
             if layer.role not in roles or (blocks is not None and layer.block not in blocks):
                 continue
             out_axis = 1 if layer.transposed else 0
-            views.append(TensorView(layer.weight_name, _label(layer.weight_name, layer), 2, out_axis, layer.out_slice))
+            views.append(
+                TensorView(
+                    layer.weight_name,
+                    _label(layer.weight_name, layer),
+                    2,
+                    out_axis,
+                    layer.out_slice,
+                )
+            )
             if self.biases and layer.bias_name is not None:
-                views.append(TensorView(layer.bias_name, _label(layer.bias_name, layer), 1, 0, layer.out_slice))
+                views.append(
+                    TensorView(
+                        layer.bias_name, _label(layer.bias_name, layer), 1, 0, layer.out_slice
+                    )
+                )
         for name, (block, param_roles) in family.parameter_roles().items():
             other = param_roles - set(LINEAR_ROLES)
             in_blocks = block in blocks if blocks is not None else True
-            if other & roles and in_blocks and name not in skip and not param_roles & set(LINEAR_ROLES):
+            if (
+                other & roles
+                and in_blocks
+                and name not in skip
+                and not param_roles & set(LINEAR_ROLES)
+            ):
                 views.append(_whole(name, params[name]))
         order = {n: i for i, n in enumerate(params)}
         return sorted(views, key=lambda v: (order[v.name], v.out_slice or (0, 0)))
@@ -227,7 +259,9 @@ class GradientSelection:
         return names
 
 
-def select_targets(views: list[TensorView], gradients: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+def select_targets(
+    views: list[TensorView], gradients: Mapping[str, torch.Tensor]
+) -> list[torch.Tensor]:
     """Returns the observed tensor of each view, detached."""
     return [view.take(gradients[view.name]).detach() for view in views]
 
@@ -236,7 +270,9 @@ def select_targets(views: list[TensorView], gradients: Mapping[str, torch.Tensor
 NULL_RATIO = 1e-7
 
 
-def drop_null(views: list[TensorView], targets: list[torch.Tensor]) -> tuple[list[TensorView], list[torch.Tensor], list[str]]:
+def drop_null(
+    views: list[TensorView], targets: list[torch.Tensor]
+) -> tuple[list[TensorView], list[torch.Tensor], list[str]]:
     """Returns the views and targets without tensors that are numerically zero, and their labels.
 
     Some gradients vanish for every input: a softmax ignores a shift of all scores, so the key
@@ -268,7 +304,9 @@ def _label(name: str, layer) -> str:
     return f"{name}[{layer.role}]" if layer.out_slice is not None else name
 
 
-def _check_exposed(selection: GradientSelection, views: list[TensorView], available: Collection[str]) -> None:
+def _check_exposed(
+    selection: GradientSelection, views: list[TensorView], available: Collection[str]
+) -> None:
     missing = list(dict.fromkeys(v.name for v in views if v.name not in available))
     if not missing:
         return

@@ -31,7 +31,8 @@ from gradleak.attacks.span import estimate_rank
 from gradleak.errors import GradleakError
 from gradleak.models.families import ArchitectureFamily, LinearLayer
 
-#: Roles tried for the token count, most reliable first (a causal model's first query gradient is zero).
+#: Roles tried for the token count, most reliable first (a causal model's first query gradient
+#: is zero).
 _TOKEN_ROLES = ("mlp_in", "mlp_gate", "v", "k", "o", "mlp_out", "q")
 _MLP_ROLES = ("mlp_in", "mlp_gate", "mlp_out")
 
@@ -53,7 +54,9 @@ def gradient_rank(layer: LinearLayer, gradients: Mapping[str, torch.Tensor]) -> 
     return estimate_rank(singular)
 
 
-def estimate_batch_size(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str) -> Estimate | None:
+def estimate_batch_size(
+    family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str
+) -> Estimate | None:
     """Returns the batch size read from the last block's MLP gradient of a classifier, or None."""
     if task != "seq_class":
         return None
@@ -67,8 +70,9 @@ def estimate_batch_size(family: ArchitectureFamily, gradients: Mapping[str, torc
     return None
 
 
-def estimate_total_tokens(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *,
-                          task: str = "seq_class") -> Estimate:
+def estimate_total_tokens(
+    family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str = "seq_class"
+) -> Estimate:
     """Returns the number of (non-padding) tokens in the batch, from an exposed linear gradient.
 
     Raises:
@@ -87,14 +91,24 @@ def estimate_total_tokens(family: ArchitectureFamily, gradients: Mapping[str, to
     )
 
 
-def _token_layers(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str) -> list[LinearLayer]:
+def _token_layers(
+    family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str
+) -> list[LinearLayer]:
     last = family.num_blocks - 1 if task == "seq_class" else family.num_blocks
     rotary = family.positions == "rotary"
-    layers = [layer for layer in family.linear_layers() if layer.weight_name in gradients and layer.block < last]
+    layers = [
+        layer
+        for layer in family.linear_layers()
+        if layer.weight_name in gradients and layer.block < last
+    ]
 
     def preference(layer: LinearLayer) -> tuple:
         # With rotary positions block 0 sees a bag of tokens: repeated tokens share a row.
-        return (rotary and layer.block == 0, _TOKEN_ROLES.index(layer.role), -min(layer.in_features, layer.out_features))
+        return (
+            rotary and layer.block == 0,
+            _TOKEN_ROLES.index(layer.role),
+            -min(layer.in_features, layer.out_features),
+        )
 
     return sorted(layers, key=preference)[:4]
 
