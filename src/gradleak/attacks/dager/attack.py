@@ -57,7 +57,6 @@ class Dager(Attack):
 
     def __init__(self, config: DagerConfig | None = None) -> None:
         self.config = config or DagerConfig()
-        self._min_gap = MIN_GAP_DECADES
 
     def __repr__(self) -> str:
         return f"Dager({self.config})"
@@ -69,10 +68,10 @@ class Dager(Attack):
         started = time.perf_counter()
         gradients = update.gradients()
         drift = _drift_reason(update)
-        self._min_gap = DRIFT_MIN_GAP if drift else MIN_GAP_DECADES
+        min_gap = DRIFT_MIN_GAP if drift else MIN_GAP_DECADES
         vocab = self._vocabulary(public)
-        token_oracle = self._oracle(public, gradients, 0, vocab)
-        sequence_oracle = self._oracle(public, gradients, cfg.sequence_block, vocab)
+        token_oracle = self._oracle(public, gradients, 0, vocab, min_gap=min_gap)
+        sequence_oracle = self._oracle(public, gradients, cfg.sequence_block, vocab, min_gap=min_gap)
         timings["svd"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -110,7 +109,7 @@ class Dager(Attack):
             reason = _no_gap_reason(cfg.sequence_block)
         diagnostics["tau2"] = tau2
         if family.causal:
-            gates = [*self._screens(public, gradients, vocab, scan), Gate(sequence_oracle, tau2)]
+            gates = [*self._screens(public, gradients, vocab, scan, min_gap=min_gap), Gate(sequence_oracle, tau2)]
             diagnostics["gates"] = [f"{g.oracle.block}.{g.oracle.layer.role}" for g in gates]
             search = search_prefixes(
                 gates,
@@ -143,29 +142,29 @@ class Dager(Attack):
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
-    def _oracle(self, public: PublicModel, gradients, block: int, vocab: torch.Tensor,
-                roles: tuple[str, ...] = ATTENTION_INPUT_ROLES) -> SpanOracle:
+    def _oracle(self, public: PublicModel, gradients, block: int, vocab: torch.Tensor, *,
+                min_gap: float, roles: tuple[str, ...] = ATTENTION_INPUT_ROLES) -> SpanOracle:
         cfg = self.config
         oracle = build_oracle(public.family, gradients, block, roles=roles, rank=cfg.rank, rank_tol=cfg.rank_tol,
-                              min_gap=self._min_gap)
+                              min_gap=min_gap)
         # Single-token rows show the room of an attention *input*; an attention output's room
         # (mixtures of values) is larger than they show, so only its spectrum is checked.
         capacity = row_space_rank(oracle, vocab, seed=cfg.seed) if roles == ATTENTION_INPUT_ROLES \
             else oracle.basis.in_features
         if capacity < oracle.basis.in_features and cfg.rank is None:
             oracle = build_oracle(public.family, gradients, block, roles=roles, rank_tol=cfg.rank_tol,
-                                  min_gap=self._min_gap, capacity=capacity)
+                                  min_gap=min_gap, capacity=capacity)
         if oracle.basis.rank >= capacity or oracle.basis.saturated:
             rank = min(oracle.basis.rank, max(1, capacity - cfg.rank_cutoff))
             oracle = build_oracle(public.family, gradients, block, roles=roles, rank=rank)
             oracle.basis = replace(oracle.basis, saturated=True)
         return oracle
 
-    def _screens(self, public: PublicModel, gradients, vocab: torch.Tensor, scan) -> list[Gate]:
+    def _screens(self, public: PublicModel, gradients, vocab: torch.Tensor, scan, *, min_gap: float) -> list[Gate]:
         """Returns the cheap screening gate (block 0's attention output) when the update exposes it."""
         if not self.config.screen or public.family.linear_layer(0, "o").weight_name not in gradients:
             return []
-        oracle = self._oracle(public, gradients, 0, vocab, roles=("o",))
+        oracle = self._oracle(public, gradients, 0, vocab, min_gap=min_gap, roles=("o",))
         if oracle.basis.saturated:
             return []
         tau, clean = self._sequence_threshold(oracle, scan, vocab)
