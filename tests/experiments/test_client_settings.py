@@ -22,7 +22,8 @@ from gradleak.experiments import (
     run_experiment,
 )
 from gradleak.experiments.client_config import client_keys, default_client
-from gradleak.experiments.runner import dp_entries, split_batch
+from gradleak.experiments.records import dp_entries
+from gradleak.experiments.runner import split_batch
 
 GPT2 = "random:gpt2?n_layer=3&n_embd=64&n_head=2&n_positions=64"
 

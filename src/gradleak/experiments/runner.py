@@ -16,20 +16,25 @@ Per batch the three parties of the threat model act in turn, and only these line
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradleak.attacks import Attack, Reconstruction, create_attack
+from gradleak.attacks import Attack, create_attack
 from gradleak.client import prepare_model, simulate_update
 from gradleak.client.defences import secure_aggregate
 from gradleak.data import Batch, load_texts, sample_batches
 from gradleak.errors import GradleakError, UnknownSpecError
 from gradleak.experiments.config import RunConfig
 from gradleak.experiments.environment import environment
+from gradleak.experiments.records import (
+    describe_update,
+    jsonable,
+    reconstruction_fields,
+    score_fields,
+)
 from gradleak.experiments.rundir import (
     SUMMARY_FILE,
     append_record,
@@ -39,7 +44,6 @@ from gradleak.experiments.rundir import (
 )
 from gradleak.experiments.summary import summarize_run
 from gradleak.models import PublicModel, load_model
-from gradleak.scoring import BatchScore, score_batch
 from gradleak.update import ClientUpdate
 
 __all__ = ["RunEvent", "run_experiment"]
@@ -142,7 +146,14 @@ def run_batch(
     reconstruction = attack.reconstruct(public, update)
     attacked = time.perf_counter()
     # 3. Scoring: the only place where the ground truth meets the reconstruction.
-    reference_ids, score = _score(batch, reconstruction, public, config)
+    scoring = score_fields(
+        batch.texts,
+        reconstruction,
+        public.tokenizer,
+        max_length=config.max_length,
+        matching=config.matching,
+        keep_special_tokens=config.keep_special_tokens,
+    )
     scored = time.perf_counter()
     stages = dict(reconstruction.diagnostics.get("seconds", {}))
     return {
@@ -151,47 +162,16 @@ def run_batch(
         "source": batch.source,
         "indices": list(batch.indices) if batch.indices is not None else None,
         "labels": list(batch.labels) if batch.labels is not None else None,
-        "references": list(batch.texts),
-        "reference_token_ids": reference_ids,
-        "reconstructions": [
-            {
-                "text": s.text,
-                "token_ids": list(s.token_ids),
-                "certified": s.certified,
-                "max_residual": _finite(max(s.residuals)) if s.residuals else None,
-            }
-            for s in reconstruction.sequences
-        ],
-        "certified": [s.certified for s in reconstruction.sequences],
-        "reason": reconstruction.reason,
-        "metrics": {**score.metrics(), "certified_rate": _certified_rate(score, reconstruction)},
-        "matching": score.matching,
-        "pairs": [
-            {
-                "reference": p.reference,
-                "reconstruction_index": p.reconstruction_index,
-                "reconstruction": p.reconstruction,
-                "rouge1": p.rouge1,
-                "rouge2": p.rouge2,
-                "rougeL": p.rougeL,
-                "exact": p.exact,
-                "token_accuracy": p.token_accuracy,
-                "certified": p.reconstruction_index is not None
-                and reconstruction.sequences[p.reconstruction_index].certified,
-            }
-            for p in score.pairs
-        ],
-        "diagnostics": _jsonable(
-            {k: v for k, v in reconstruction.diagnostics.items() if k != "seconds"}
-        ),
+        **scoring,
+        **reconstruction_fields(reconstruction),
         "client": dict(config.client),
-        "update": _describe_update(update, noise_seeds),
+        "update": describe_update(update, noise_seeds),
         "seconds": {
             "update": shared - started,
             "attack": attacked - shared,
             "score": scored - attacked,
             "total": scored - started,
-            "attack_stages": _jsonable(stages),
+            "attack_stages": jsonable(stages),
         },
     }
 
@@ -234,72 +214,6 @@ def split_batch(batch: Batch, parts: int) -> list[Batch]:
     return out
 
 
-def _describe_update(update: ClientUpdate, noise_seeds: list[int]) -> dict[str, Any]:
-    """Returns what the record keeps of the update: its kind, size, defences and DP epsilon."""
-    meta = update.metadata
-    dp = dp_entries(meta.defence)
-    return {
-        "kind": meta.kind,
-        "exposure": meta.exposure,
-        "tensors": len(update.tensors),
-        "values": sum(t.numel() for t in update.tensors.values()),
-        "batch_size": meta.batch_size,
-        "local_steps": meta.local_steps,
-        "defence": _jsonable(meta.defence),
-        "dp_epsilon": max((e["epsilon"] for e in dp if e.get("epsilon") is not None), default=None),
-        "dp_delta": dp[0].get("delta") if dp else None,
-        "noise_seeds": noise_seeds,
-    }
-
-
-def dp_entries(defence: Any) -> list[dict[str, Any]]:
-    """Returns every DP-SGD entry in an update's defence record (chains and aggregates searched)."""
-    if isinstance(defence, (list, tuple)):
-        return [e for item in defence for e in dp_entries(item)]
-    if not isinstance(defence, Mapping):
-        return []
-    found = [dict(defence)] if defence.get("name") == "dp-sgd" else []
-    for key in ("steps", "client_defence"):
-        found += dp_entries(defence.get(key))
-    return found
-
-
-def _score(
-    batch: Batch, reconstruction: Reconstruction, public: PublicModel, config: RunConfig
-) -> tuple[list[list[int]], BatchScore]:
-    """Returns the references' token ids and the batch's scores.
-
-    References are scored as the tokenizer's decoding of the ids the client trained on, the form
-    an attack can recover at best: an uncased model cannot return capitals, and truncation
-    (``max_length``) removes what the client never used. DAGER's code scores the same way.
-    """
-    tokenizer = public.tokenizer
-    truncate = {"truncation": True, "max_length": config.max_length} if config.max_length else {}
-    reference_ids = [list(tokenizer(text, **truncate)["input_ids"]) for text in batch.texts]
-    references = [tokenizer.decode(ids) for ids in reference_ids]
-    score = score_batch(
-        references,
-        reconstruction.texts,
-        matching=config.matching,
-        special_tokens=tokenizer.all_special_tokens,
-        special_token_ids=tokenizer.all_special_ids,
-        keep_special_tokens=config.keep_special_tokens,
-        reference_tokens=reference_ids,
-        reconstruction_tokens=[list(s.token_ids) for s in reconstruction.sequences],
-    )
-    return reference_ids, score
-
-
-def _certified_rate(score: BatchScore, reconstruction: Reconstruction) -> float:
-    """Returns the fraction of references matched to a certified reconstruction."""
-    certified = [
-        p.reconstruction_index is not None
-        and reconstruction.sequences[p.reconstruction_index].certified
-        for p in score.pairs
-    ]
-    return sum(certified) / len(certified)
-
-
 def _sample(config: RunConfig) -> list[Batch]:
     source = load_texts(config.dataset, split=config.split, text_field=config.text_field)
     return sample_batches(
@@ -338,22 +252,3 @@ def _create_attack(config: RunConfig) -> Attack:
         ) from None
 
 
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _jsonable(value: Any) -> Any:
-    """Returns ``value`` as plain JSON values: tuples to lists, numpy and torch scalars to floats."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return _finite(value)
-    try:
-        return _jsonable(value.item())
-    except (AttributeError, ValueError):
-        return str(value)

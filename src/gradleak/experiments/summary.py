@@ -26,7 +26,8 @@ def summarize_run(
     ``m_stderr`` (sample standard deviation over sqrt(batches)); the papers print mean ± 2
     standard errors. ``seconds_per_batch`` is the median wall time of a whole batch (client
     update, attack and scoring), ``attack_seconds_per_batch`` the median time of the attack alone.
-    All are None while no batch is done. ``dp_epsilon`` is the largest epsilon (at ``dp_delta``)
+    All are None while no batch is done; metrics are None when no record was scored (an audit
+    that was not given the clients' texts). ``dp_epsilon`` is the largest epsilon (at ``dp_delta``)
     of the batches' DP-SGD updates, None when no DP-SGD ran; the client settings are in
     ``config["client"]``.
     """
@@ -37,13 +38,14 @@ def summarize_run(
         "batches": len(records),
         "batches_planned": config.batches,
         "complete": len(records) == config.batches,
-        "references": sum(len(r["references"]) for r in records),
+        "references": sum(len(r.get("references", ())) for r in records),
         "sequences_recovered": sum(len(r["reconstructions"]) for r in records),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    scored = [r for r in records if r.get("metrics")]  # an audit without ground truth has none
     for name in SUMMARY_METRICS:
-        if records:
-            result = summarize(r["metrics"][name] for r in records)
+        if scored:
+            result = summarize(r["metrics"][name] for r in scored)
             summary[name], summary[f"{name}_stderr"] = result.mean, result.stderr
         else:
             summary[name] = summary[f"{name}_stderr"] = None
