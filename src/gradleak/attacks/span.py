@@ -59,6 +59,14 @@ class SpanBasis:
         s = self.singular_values
         return float(s[self.rank] / max(float(s[self.rank - 1]), _TINY))
 
+    def truncated(self, rank: int) -> SpanBasis:
+        """Returns this basis cut to its ``rank`` strongest directions (the rest join the complement)."""
+        rank = max(0, min(rank, self.rank))
+        complement = None if self.complement is None else torch.cat([self.basis[rank:], self.complement])
+        return SpanBasis(basis=self.basis[:rank].contiguous(), rank=rank, in_features=self.in_features,
+                         singular_values=self.singular_values, gap_decades=_gap_at(self.singular_values, rank),
+                         saturated=self.saturated, complement=complement)
+
     def residuals(self, rows: torch.Tensor, *, chunk_size: int = 8192) -> torch.Tensor:
         """Returns each row's relative distance to the span, ``|v - P v| / |v|``, in [0, 1].
 

@@ -34,7 +34,13 @@ from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.encoder import search_sentences
-from gradleak.attacks.dager.oracle import ATTENTION_INPUT_ROLES, SpanOracle, build_oracle, row_space_rank
+from gradleak.attacks.dager.noisy import NOISE_REASON, noisy_defence, reconstruct_noisy
+from gradleak.attacks.dager.oracle import (
+    ATTENTION_INPUT_ROLES,
+    SpanOracle,
+    build_oracle,
+    row_space_rank,
+)
 from gradleak.attacks.dager.tokens import scan_tokens
 from gradleak.attacks.span import MIN_GAP_DECADES
 from gradleak.attacks.thresholds import largest_gap_split
@@ -66,10 +72,14 @@ class Dager(Attack):
         cfg, family = self.config, public.family
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        vocab = self._vocabulary(public)
+        noise_mode, why = self._noise_mode(update)
+        if noise_mode != "off":
+            return reconstruct_noisy(public, update, cfg, mode=noise_mode, vocab=vocab, why=why,
+                                     max_length=min(cfg.max_length, _max_positions(public)))
         gradients = update.gradients()
         drift = _drift_reason(update)
         min_gap = DRIFT_MIN_GAP if drift else MIN_GAP_DECADES
-        vocab = self._vocabulary(public)
         token_oracle = self._oracle(public, gradients, 0, vocab, min_gap=min_gap)
         sequence_oracle = self._oracle(public, gradients, cfg.sequence_block, vocab, min_gap=min_gap)
         timings["svd"] = time.perf_counter() - started
@@ -82,7 +92,7 @@ class Dager(Attack):
             reason = ("the weight delta's spectrum shows no gap: over several local steps in float32 the small "
                       "per-step changes are lost to rounding of the weights; let the client train in float64 "
                       "(as the DAGER paper does) or attack a one-step update. Results are best-effort.")
-        reason = reason or drift
+        reason = NOISE_REASON.format(why) if why else reason or drift
         fallback = token_oracle.basis.rank if reason and not drift else 0
         scan = scan_tokens(token_oracle, vocab, per_position=per_position, max_length=max_length,
                            tau=cfg.tau1, chunk_size=cfg.chunk_size, fallback_count=fallback)
@@ -141,6 +151,15 @@ class Dager(Attack):
         if not sequences:
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
+
+    def _noise_mode(self, update: ClientUpdate) -> tuple[str, str]:
+        """Returns the noise search to run (``off``, ``filter`` or ``beam``) and the defence that noised the
+        update ("" when the metadata records none)."""
+        defence = noisy_defence(update.metadata.defence)
+        mode = self.config.noise
+        if mode == "auto":
+            mode = "beam" if defence else "off"
+        return mode, (f"{defence} defence" if defence else "")
 
     def _oracle(self, public: PublicModel, gradients, block: int, vocab: torch.Tensor, *,
                 min_gap: float, roles: tuple[str, ...] = ATTENTION_INPUT_ROLES) -> SpanOracle:

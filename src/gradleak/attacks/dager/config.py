@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Treatments of a noised update (see ``DagerConfig.noise``).
+NOISE_MODES = ("auto", "off", "filter", "beam")
+
 
 @dataclass(frozen=True)
 class DagerConfig:
@@ -26,6 +29,16 @@ class DagerConfig:
             the certifying block-1 test, when the update exposes it; much faster, same certificate.
         encoder_restarts: random restarts of the encoder search per sequence length.
         seed: seeds the encoder search's restarts.
+        noise: how to treat a noised update (Gaussian noise or DP-SGD): ``off`` (the exact span
+            test), ``filter`` (the paper's statistical filter, App. C.4), ``beam`` (gradleak's soft
+            beam search) or ``auto`` (``beam`` when the update's metadata records such a defence,
+            else ``off``). Results under noise are never certified.
+        noise_rank: rank of every basis under noise (paper: 100); None reads it from the spectrum
+            (singular values above the noise bulk, Gavish-Donoho threshold).
+        noise_blocks: the deepest block whose span scores prefixes under noise (blocks 1..L).
+        noise_z: z-score a candidate must reach below the mean to count as an outlier (paper: 5).
+        noise_beam: beam width per recovered sequence (``beam`` only).
+        noise_patience: steps without an outlier a beam prefix may take before it ends (``beam``).
     """
 
     sequence_block: int = 1
@@ -40,10 +53,18 @@ class DagerConfig:
     screen: bool = True
     encoder_restarts: int = 16
     seed: int = 0
+    noise: str = "auto"
+    noise_rank: int | None = 100
+    noise_blocks: int = 4
+    noise_z: float = 5.0
+    noise_beam: int = 4
+    noise_patience: int = 2
 
     def __post_init__(self) -> None:
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"DagerConfig: noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         if self.sequence_block < 1:
             raise ValueError(f"DagerConfig: sequence_block must be 1 or deeper, got {self.sequence_block}")
-        for name in ("chunk_size", "max_frontier", "max_length"):
+        for name in ("chunk_size", "max_frontier", "max_length", "noise_blocks", "noise_beam"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DagerConfig: {name} must be positive, got {getattr(self, name)}")

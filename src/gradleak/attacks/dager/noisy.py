@@ -1,0 +1,310 @@
+"""DAGER under Gaussian noise: rank candidates statistically instead of testing span membership.
+
+Noise added to the shared gradient (DAGER App. C.4, or DP-SGD's) fills every direction of the
+span, so no residual is ever zero and nothing can be certified. What survives is a ranking: true
+rows still lie closer to the strong directions of the gradient than wrong ones. Two searches:
+
+- ``filter``: the paper's statistical filter. Bases of fixed rank r (100), the score of a row is
+  the logit of its residual, ``log d - log(1 - d)``, averaged over blocks 1..L (causal masks keep
+  all of them prefix-only); at position 0 the candidates are the k closest tokens by block 0 that
+  are also z-score outliers (z < -5), later positions take the k closest; a prefix extension is
+  kept if it is among the B best of its step and a z < -5 outlier among all of the step's
+  extensions; k = max(50 B, 5 % of the vocabulary).
+- ``beam``: gradleak's variant. The new token's own block-0 residual joins the score (one more
+  independent view of the noise), prefixes compete on their summed z-scores in a beam of width W,
+  and a step with no outlier does not end a sentence at once: up to ``patience`` such steps are
+  tolerated and trimmed off the end if nothing follows.
+
+B is the disclosed batch size, else the number of z-outliers among first tokens. Every result is
+best-effort: no threshold separates true from false rows under noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.attacks.base import Reconstruction, RecoveredSequence
+from gradleak.attacks.dager.config import DagerConfig
+from gradleak.attacks.dager.oracle import SpanOracle, build_oracle, input_side_gradient
+from gradleak.attacks.dager.tokens import vocabulary_residuals
+from gradleak.models.families import ArchitectureFamily
+from gradleak.models.probe import LinearInputProbe, PrefixState
+
+#: Defences whose noise breaks the exact span test (names as the client records them).
+NOISY_DEFENCES = ("noise", "dp-sgd")
+NOISE_REASON = ("the update carries Gaussian noise ({}), so no span test can certify: every sequence is a "
+                "best-effort ranking of candidates.")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a step's extensions are kept: ``width`` per step, ranked by the step's score (the paper) or
+    by the prefix's summed z-scores (beam); ``patience`` steps without an outlier are tolerated."""
+
+    width: int
+    patience: int
+    cumulative: bool
+    z_threshold: float
+    token_evidence: bool
+
+
+@dataclass
+class NoisyOracles:
+    """Fixed-rank bases of block 0 (tokens) and blocks 1..L (prefixes), and a probe of the latter."""
+
+    token: SpanOracle
+    layers: list[SpanOracle]
+    probe: LinearInputProbe
+
+
+@dataclass
+class _Beam:
+    prefixes: list[tuple[int, ...]]
+    zs: list[tuple[float, ...]]
+    quiet: torch.Tensor
+    state: PrefixState
+
+
+def noisy_defence(defence: Mapping | list | None) -> str | None:
+    """Returns the name of a noise-adding defence in an update's defence record, or None."""
+    if isinstance(defence, (list, tuple)):
+        return next((n for n in map(noisy_defence, defence) if n), None)
+    if not isinstance(defence, Mapping):
+        return None
+    if defence.get("name") in NOISY_DEFENCES:
+        return str(defence["name"])
+    return noisy_defence(defence.get("steps")) or noisy_defence(defence.get("client_defence"))
+
+
+def logit(residuals: torch.Tensor) -> torch.Tensor:
+    """Returns ``log d - log(1 - d)`` of relative residuals d, clamped away from 0 and 1."""
+    d = residuals.double().clamp(1e-12, 1 - 1e-9)
+    return torch.log(d) - torch.log1p(-d)
+
+
+def zscores(scores: torch.Tensor) -> torch.Tensor:
+    """Returns each score's distance from the mean, in standard deviations (0 when all are equal)."""
+    std = scores.std() if scores.numel() > 1 else scores.new_tensor(0.0)
+    return (scores - scores.mean()) / std if float(std) > 0 else torch.zeros_like(scores)
+
+
+def edge_rank(singular_values: torch.Tensor, rows: int) -> int:
+    """Returns how many singular values stand above the noise bulk (Gavish and Donoho's optimal hard
+    threshold for unknown noise: ``omega(beta) * median``, beta the aspect ratio)."""
+    s = singular_values.double()
+    beta = min(len(s), rows) / max(len(s), rows)
+    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+    return max(1, int((s > omega * s.median()).sum()))
+
+
+def noisy_oracles(family: ArchitectureFamily, gradients, cfg: DagerConfig) -> NoisyOracles:
+    """Returns block 0's and blocks 1..``noise_blocks``'s bases, each cut to the noise rank."""
+    last = min(cfg.noise_blocks, family.num_blocks - 1)
+    oracles = [_fixed_rank(family, gradients, block, cfg) for block in range(last + 1)]
+    layers = oracles[1:]
+    return NoisyOracles(token=oracles[0], layers=layers, probe=LinearInputProbe(family, [o.layer for o in layers]))
+
+
+def _fixed_rank(family: ArchitectureFamily, gradients, block: int, cfg: DagerConfig) -> SpanOracle:
+    first = build_oracle(family, gradients, block, rank_tol=0.0)
+    basis = first.basis
+    rows = sum(g.shape[0] for g in _stacked(first, gradients))
+    rank = cfg.noise_rank if cfg.noise_rank is not None else edge_rank(basis.singular_values, rows)
+    first.basis = basis.truncated(min(rank, basis.in_features - cfg.rank_cutoff))
+    return first
+
+
+def _stacked(oracle: SpanOracle, gradients) -> list[torch.Tensor]:
+    unique = {id(g): g for g in (input_side_gradient(layer, gradients) for layer in oracle.layers)}
+    return list(unique.values())
+
+
+class TokenCandidates:
+    """The k tokens closest to block 0's span at each position (computed once per position)."""
+
+    def __init__(self, oracle: SpanOracle, vocab: torch.Tensor, *, k: int, per_position: bool, chunk_size: int):
+        self.oracle, self.vocab, self.k = oracle, vocab, min(k, len(vocab))
+        self.per_position, self.chunk_size = per_position, chunk_size
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def full(self, position: int) -> torch.Tensor:
+        """Returns the logit residual of every vocabulary token at ``position``."""
+        p = position if self.per_position else 0
+        return logit(vocabulary_residuals(self.oracle, self.vocab, position=p, chunk_size=self.chunk_size))
+
+    def at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (token ids, block-0 logit scores) of the k closest tokens at ``position``."""
+        p = position if self.per_position else 0
+        if p not in self._cache:
+            scores = self.full(p)
+            order = torch.argsort(scores)[: self.k]
+            self._cache[p] = (self.vocab[order], scores[order])
+        return self._cache[p]
+
+
+def layer_scores(oracles: list[SpanOracle], rows: dict) -> torch.Tensor:
+    """Returns the mean logit residual of probed rows over the blocks' bases."""
+    return torch.stack([logit(o.basis.residuals(rows[o.layer]).cpu()) for o in oracles]).mean(0)
+
+
+def search(
+    oracles: NoisyOracles,
+    candidates: TokenCandidates,
+    policy: Policy,
+    *,
+    first: torch.Tensor | None,
+    max_length: int,
+    chunk_size: int,
+) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Returns (token ids, per-position z-score) of every sequence the search ends, best first."""
+    finished: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
+    beam = _start(oracles, candidates, policy, first, chunk_size)
+    for position in range(1, max_length):
+        if beam is None:
+            break
+        beam = _step(oracles, candidates, policy, beam, position, chunk_size, finished)
+    if beam is not None:
+        finished.extend(_trim(p, z, policy.z_threshold) for p, z in zip(beam.prefixes, beam.zs))
+    finished = [(p, z) for p, z in finished if p]
+    return sorted(finished, key=lambda item: sum(item[1]))
+
+
+def _start(oracles, candidates, policy, first, chunk_size) -> _Beam | None:
+    ids, token_scores = candidates.at(0)
+    if first is not None:
+        inside = torch.isin(ids, first)
+        ids, token_scores = ids[inside], token_scores[inside]
+    if ids.numel() == 0:
+        return None
+    scores = torch.cat([layer_scores(oracles.layers, {k: v[:, 0] for k, v in oracles.probe.start(c[:, None])[0].items()})
+                        for c in ids.split(chunk_size)])
+    z = zscores(_combine(scores, token_scores, policy, len(oracles.layers)))
+    keep = torch.argsort(z)[: policy.width]
+    _, state = oracles.probe.start(ids[keep][:, None])
+    quiet = (z[keep] > -policy.z_threshold).long()
+    return _Beam([(int(t),) for t in ids[keep]], [(float(v),) for v in z[keep]], quiet, state)
+
+
+def _combine(scores: torch.Tensor, token_scores: torch.Tensor, policy: Policy, layers: int) -> torch.Tensor:
+    """Returns the step's score: the mean over blocks 1..L, with the new token's block-0 view for the beam."""
+    if not policy.token_evidence:
+        return scores
+    return (scores * layers + token_scores) / (layers + 1)
+
+
+def _step(oracles, candidates, policy, beam: _Beam, position: int, chunk_size: int, finished) -> _Beam | None:
+    ids, token_scores = candidates.at(position)
+    n_prefix = len(beam.prefixes)
+    parts = []
+    for chunk in torch.arange(len(ids)).split(max(1, chunk_size // n_prefix)):
+        rows = oracles.probe.branch(beam.state, ids[chunk])
+        parts.append(layer_scores(oracles.layers, rows))
+    scores = _combine(torch.cat(parts, dim=1), token_scores[None, :], policy, len(oracles.layers))  # (prefixes, tokens)
+    z = zscores(scores.flatten()).reshape(scores.shape)
+    quiet = beam.quiet[:, None] + 1
+    quiet = torch.where(z <= -policy.z_threshold, torch.zeros_like(quiet), quiet.expand_as(z))
+    allowed = quiet <= policy.patience
+    rank = z + torch.tensor([sum(zs) for zs in beam.zs], dtype=z.dtype)[:, None] if policy.cumulative else z
+    rank = torch.where(allowed, rank, torch.full_like(rank, math.inf)).flatten()
+    keep = torch.argsort(rank)[: policy.width]
+    keep = keep[torch.isfinite(rank[keep])]
+    parent, column = keep // len(ids), keep % len(ids)
+    for i in set(range(n_prefix)) - set(parent.tolist()):
+        finished.append(_trim(beam.prefixes[i], beam.zs[i], policy.z_threshold))
+    if keep.numel() == 0:
+        return None
+    _, state = oracles.probe.extend(beam.state.select(parent), ids[column])
+    return _Beam(
+        prefixes=[beam.prefixes[p] + (int(ids[c]),) for p, c in zip(parent.tolist(), column.tolist())],
+        zs=[beam.zs[p] + (float(z[p, c]),) for p, c in zip(parent.tolist(), column.tolist())],
+        quiet=quiet[parent, column],
+        state=state,
+    )
+
+
+def _trim(prefix: tuple[int, ...], zs: tuple[float, ...], threshold: float):
+    """Returns the prefix without its trailing steps that were no outlier (tolerated, then unconfirmed)."""
+    end = len(zs)
+    while end > 1 and zs[end - 1] > -threshold:
+        end -= 1
+    return prefix[:end], zs[:end]
+
+
+def choose(found, count: int, *, overlap: float = 0.7) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Returns up to ``count`` best sequences, skipping any that agrees with a chosen one at ``overlap`` of
+    the shorter's positions (the paper's ``distinct_thresh``)."""
+    chosen: list = []
+    for ids, zs in found:
+        if any(_agreement(ids, other) >= overlap for other, _ in chosen):
+            continue
+        chosen.append((ids, zs))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _agreement(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    n = min(len(a), len(b))
+    return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
+
+
+def first_tokens(candidates: TokenCandidates, z_threshold: float) -> tuple[torch.Tensor, int]:
+    """Returns the first-token candidates that are z-outliers over the whole vocabulary at position 0
+    (always at least the closest one), and how many there are (the batch-size estimate)."""
+    scores = candidates.full(0)
+    outliers = torch.nonzero(zscores(scores) < -z_threshold).flatten()
+    count = int(outliers.numel())
+    if count == 0:
+        outliers = torch.argsort(scores)[:1]
+    return candidates.vocab[outliers], max(1, count)
+
+
+def policy_for(cfg: DagerConfig, mode: str, batch: int) -> Policy:
+    """Returns the paper's filter policy, or the beam's."""
+    if mode == "filter":
+        return Policy(width=batch, patience=0, cumulative=False, z_threshold=cfg.noise_z, token_evidence=False)
+    return Policy(width=cfg.noise_beam * batch, patience=cfg.noise_patience, cumulative=True,
+                  z_threshold=cfg.noise_z, token_evidence=True)
+
+
+def candidate_count(batch: int, vocab: int) -> int:
+    """Returns k = max(50 B, 5 % of the vocabulary) (the paper's candidate count per position)."""
+    return max(50 * batch, math.ceil(0.05 * vocab))
+
+
+
+def reconstruct_noisy(public, update, cfg: DagerConfig, *, mode: str, vocab: torch.Tensor, why: str,
+                      max_length: int) -> Reconstruction:
+    """Returns DAGER's best-effort reconstruction of a noised update with the ``filter`` or ``beam`` search.
+
+    Each sequence's ``residuals`` are its per-position z-scores (lower is surer), not span residuals.
+    """
+    family = public.family
+    reason = NOISE_REASON.format(why or "the noise search was asked for")
+    if not family.causal:
+        return Reconstruction("dager", (), reason=(
+            "DAGER's noise search needs a causal model (prefixes are scored block by block); encoders under "
+            "noise are not supported, as in the paper."), diagnostics={"noise": mode})
+    oracles = noisy_oracles(family, update.gradients(), cfg)
+    per_position = family.positions == "learned"
+    probe_candidates = TokenCandidates(oracles.token, vocab, k=1, per_position=per_position,
+                                       chunk_size=cfg.chunk_size)
+    first, outliers = first_tokens(probe_candidates, cfg.noise_z)
+    batch = update.metadata.batch_size or outliers
+    candidates = TokenCandidates(oracles.token, vocab, k=candidate_count(batch, len(vocab)),
+                                 per_position=per_position, chunk_size=cfg.chunk_size)
+    policy = policy_for(cfg, mode, batch)
+    found = search(oracles, candidates, policy, first=first if mode == "filter" else None,
+                   max_length=max_length, chunk_size=cfg.chunk_size)
+    chosen = choose(found, batch)
+    sequences = tuple(RecoveredSequence(token_ids=ids, text=public.tokenizer.decode(list(ids)), certified=False,
+                                        residuals=zs) for ids, zs in chosen)
+    diagnostics = {"noise": mode, "batch_estimate": batch, "first_token_outliers": outliers,
+                   "rank": {o.block: o.basis.rank for o in [oracles.token, *oracles.layers]},
+                   "candidates_per_position": candidates.k, "ended": len(found)}
+    return Reconstruction("dager", sequences, reason=reason, diagnostics=diagnostics)
+
