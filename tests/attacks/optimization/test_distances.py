@@ -77,3 +77,38 @@ def test_registry_builds_by_name_and_lists_the_choices():
     assert make_distance("cos", alpha=0.5) == CosinePerTensor()
     with pytest.raises(UnknownSpecError, match="cos, global_cos, l2, tag"):
         make_distance("l3")
+
+
+@pytest.mark.parametrize(
+    ("distance", "loss"),
+    [
+        (L2(), "dlg"),
+        (TagDistance(0.5), "tag"),
+        (CosinePerTensor(), "cos"),
+        (GlobalCosine(), None),
+    ],
+)
+def test_fused_distances_have_the_plain_formulas_gradient(tensors, distance, loss):
+    candidates, targets = tensors
+    ours = [c[:1].clone().requires_grad_(True) for c in candidates]
+    plain = [c[0].clone().requires_grad_(True) for c in candidates]
+    (2.5 * distance(ours, targets)[0]).backward()  # an outer factor reaches the gradient too
+    if loss is None:
+        flat = torch.cat([p.reshape(-1) for p in plain])
+        expected = 1 - torch.nn.functional.cosine_similarity(
+            flat, torch.cat([t.reshape(-1) for t in targets]), dim=0
+        )
+    else:
+        expected = lamp_grad_dist(plain, targets, loss, tag_factor=0.5)
+    (2.5 * expected).backward()
+    for got, want in zip(ours, plain):
+        torch.testing.assert_close(got.grad[0], want.grad)
+
+
+def test_fused_distance_refuses_a_second_backward_pass(tensors):
+    candidates, targets = tensors
+    ours = [c[:1].clone().requires_grad_(True) for c in candidates]
+    value = 3.0 * TagDistance(0.01)(ours, targets)[0]
+    value.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        value.backward()
