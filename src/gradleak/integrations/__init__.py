@@ -1,0 +1,1 @@
+"""Bridges from federated-learning frameworks to gradleak (each an optional extra)."""
