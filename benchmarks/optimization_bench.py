@@ -15,6 +15,12 @@ exposes only the view's parameters, so the attack could not use more even by mis
     # time per step on SmolLM2:
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
         --views all --preset smoke
+    # TAG, LAMP and DAGER on the same SmolLM2 batches (B = 4):
+    .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe dager \\
+        --views all --batch-size 4 --sentences 2 --datasets rotten_tomatoes
+
+``--recipe dager`` runs DAGER (exact, span-based) on the same batches for comparison; it takes
+the ``all`` view only, and the presets do not apply to it (``-o`` passes DAGER's own options).
 
 Views: ``all``; ``layerN`` (every tensor of block N, the paper's layer_encoder); ``q k v o mlp_in
 mlp_out`` (one weight of block --block, the paper's component views); ``ffn_output_paper`` (the
@@ -91,9 +97,12 @@ def run_view(
         lengths = [len(public.tokenizer(t)["input_ids"]) for t in batch.texts]
         # The papers' attacker knows the lengths (LAMP's know_padding); without them the attack reads
         # them from the update, which a last-block view of a classifier does not show.
-        attack = create_attack(
-            recipe, select=select, **options, **({"lengths": lengths} if known_lengths else {})
-        )
+        if recipe == "dager":  # reads lengths and labels from the update itself
+            attack = create_attack(recipe, **options)
+        else:
+            attack = create_attack(
+                recipe, select=select, **options, **({"lengths": lengths} if known_lengths else {})
+            )
         update = compute_update(public, batch, exposure=Exposure.parse(expose))
         if batch.labels is not None:  # the papers' attacker knows the labels
             update = update.with_tensors(update.tensors, extra={"labels": list(batch.labels)})
@@ -106,28 +115,36 @@ def run_view(
             references, result.texts, special_tokens=public.tokenizer.all_special_tokens
         )
         d = result.diagnostics
+        history = d.get("history") or []
         records.append(
             {
                 "sentence": index,
+                "indices": list(batch.indices or ()),
                 "rouge1": score.rouge1,
                 "rouge2": score.rouge2,
+                "exact_rate": score.exact_rate,
+                "certified": sum(s.certified for s in result.sequences),
                 "seconds": seconds,
-                "seconds_per_step": d["seconds_per_step"],
-                "stages": d["seconds"],
-                "final_distance": d["history"][-1][1] if d["history"] else None,
-                "lengths": d["lengths"],
-                "matched_tensors": len(d["matched_tensors"]),
-                "matched_elements": d["matched_elements"],
+                "seconds_per_step": d.get("seconds_per_step"),
+                "stages": d.get("seconds"),
+                "start_distance": d.get("start_distance"),
+                "final_distance": history[-1][1] if history else None,
+                "token_distance": d.get("token_distance"),
+                "lengths": d.get("lengths", {"value": lengths, "source": "tokenizer"}),
+                "matched_tensors": len(d["matched_tensors"]) if "matched_tensors" in d else None,
+                "matched_elements": d.get("matched_elements"),
                 "reference": references,
                 "reconstruction": result.texts,
             }
         )
         print(
-            f"  {view:>16} #{index}: R1 {score.rouge1:5.1f} R2 {score.rouge2:5.1f} {seconds:6.1f} s | "
-            f"{result.texts[0][:70]}",
+            f"  {view:>16} #{index}: R1 {score.rouge1:5.1f} R2 {score.rouge2:5.1f} "
+            f"exact {score.exact_rate:4.2f} {seconds:6.1f} s | {' || '.join(result.texts)[:90]}",
             file=sys.stderr,
         )
-    share = records[0]["matched_elements"] / sum(p.numel() for p in public.model.parameters())
+    matched = records[0]["matched_elements"]
+    total = sum(p.numel() for p in public.model.parameters())
+    share = matched / total if matched is not None else None
     return summarise(
         {"view": view, "exposure": expose, "selection": select, "share_of_parameters": share},
         records,
@@ -143,8 +160,13 @@ def summarise(head: dict, records: list[dict]) -> dict:
         "median_rouge2": statistics.median(r["rouge2"] for r in records),
         "mean_rouge1": statistics.fmean(r["rouge1"] for r in records),
         "mean_rouge2": statistics.fmean(r["rouge2"] for r in records),
+        "exact_rate": statistics.fmean(r.get("exact_rate", 0.0) for r in records),
         "median_seconds_per_sentence": statistics.median(r["seconds"] for r in records),
-        "median_seconds_per_step": statistics.median(r["seconds_per_step"] for r in records),
+        "median_seconds_per_step": (
+            statistics.median(steps)
+            if (steps := [r["seconds_per_step"] for r in records if r.get("seconds_per_step")])
+            else None
+        ),
         "per_sentence": records,
     }
 
@@ -181,9 +203,16 @@ def merge(paths: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--recipe", default="partial", help="tag, lamp_cos, lamp_l1l2 or partial")
-    parser.add_argument("--datasets", nargs="+", default=["cola", "rotten_tomatoes"])
+    parser.add_argument("--model", default="minilm", help="victim model spec (default: minilm)")
+    parser.add_argument(
+        "--recipe",
+        default="partial",
+        choices=["tag", "lamp_cos", "lamp_l1l2", "partial", "dager"],
+        help="the optimisation recipe, or dager for the exact attack on the same batches",
+    )
+    parser.add_argument(
+        "--datasets", nargs="+", default=["cola", "rotten_tomatoes"], help="bundled text sources"
+    )
     parser.add_argument(
         "--sentences", type=int, default=20, help="batches per dataset (the issue asks 20)"
     )
@@ -196,16 +225,24 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="JSON",
         help="merge earlier outputs and print them; run nothing",
     )
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1, help="sentences per batch (B)")
     parser.add_argument(
         "--views",
         nargs="+",
         default=["all", *(f"layer{i}" for i in range(6)), *COMPONENTS, "ffn_output_paper"],
+        help="all, layerN, " + ", ".join(COMPONENTS) + ", ffn_output_paper (default: every one)",
     )
     parser.add_argument(
         "--block", type=int, default=0, help="block of the component views (paper default: 0)"
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="paper: the recipe's own settings; cpu: "
+        + ", ".join(f"{k}={v}" for k, v in PRESETS["cpu"].items())
+        + "; smoke: a few steps, to time a step (ignored by dager)",
+    )
     parser.add_argument(
         "-o",
         "--option",
@@ -221,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="let the attack read the lengths from the update (default: known, as in the papers)",
     )
-    parser.add_argument("--seed", type=int, default=101)
+    parser.add_argument("--seed", type=int, default=101, help="sampling seed (the papers: 101)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.merge:
@@ -230,7 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
         return json.loads(text)
     torch.set_num_threads(args.threads)
 
-    options = {**PRESETS[args.preset], **(parse_options(args.option) or {})}
+    if args.recipe == "dager" and args.views != ["all"]:
+        raise SystemExit("--recipe dager reads the full update; pass --views all")
+    preset = {} if args.recipe == "dager" else PRESETS[args.preset]
+    options = {**preset, **(parse_options(args.option) or {})}
     task = "seq_class"
     public = load_model(args.model, task=task, seed=args.seed)
     results = {
