@@ -135,13 +135,14 @@ class GradientObjective:
             grads = (
                 self._batched_grads(part, part_labels) if self.chunk > 1 and self._vmap_ok else None
             )
-            if grads is None:
-                grads = self._looped_grads(part, part_labels)
-            out.append(
-                self.distance(
-                    [v.take(grads[i]) for v, i in zip(self.views, self.slot)], self.targets
+            if grads is None:  # one candidate at a time, each scored as soon as it is computed
+                out.extend(self._one(one, one_labels) for one, one_labels in zip(part, part_labels))
+            else:
+                out.append(
+                    self.distance(
+                        [v.take(grads[i]) for v, i in zip(self.views, self.slot)], self.targets
+                    )
                 )
-            )
             self.evaluations += part.shape[0]
         return torch.cat(out)
 
@@ -165,14 +166,16 @@ class GradientObjective:
             return None
         return [grads[n] for n in self.names]
 
-    def _looped_grads(self, free: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        per_candidate = []
+    def _one(self, free: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Returns the (1,) distance of one candidate (B, F, d), without stacking its gradient
+        with others' (on a 100 M-parameter model each gradient is as large as the model)."""
         with torch.enable_grad():
-            for one, one_labels in zip(free, labels):
-                out = self.model(
-                    inputs_embeds=self.inputs.assemble(one),
-                    labels=one_labels,
-                    **self.inputs.model_kwargs(),
-                )
-                per_candidate.append(torch.autograd.grad(out.loss, self.params))
-        return [torch.stack([g[i] for g in per_candidate]) for i in range(len(self.params))]
+            out = self.model(
+                inputs_embeds=self.inputs.assemble(free),
+                labels=labels,
+                **self.inputs.model_kwargs(),
+            )
+            grads = torch.autograd.grad(out.loss, self.params)
+        return self.distance(
+            [v.take(grads[i])[None] for v, i in zip(self.views, self.slot)], self.targets
+        )
