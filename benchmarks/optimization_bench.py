@@ -26,7 +26,8 @@ Views: ``all``; ``layerN`` (every tensor of block N, the paper's layer_encoder);
 mlp_out`` (one weight of block --block, the paper's component views); ``ffn_output_paper`` (the
 original code's substring selection, which also matches the attention output).
 
-Output: one JSON document on stdout (and in --out); a table on stderr as it goes.
+Output: one JSON document on stdout (and in --out); on stderr a line per batch as it goes and a
+markdown table of the medians at the end (also for --merge).
 """
 
 from __future__ import annotations
@@ -160,7 +161,11 @@ def summarise(head: dict, records: list[dict]) -> dict:
         "median_rouge2": statistics.median(r["rouge2"] for r in records),
         "mean_rouge1": statistics.fmean(r["rouge1"] for r in records),
         "mean_rouge2": statistics.fmean(r["rouge2"] for r in records),
-        "exact_rate": statistics.fmean(r.get("exact_rate", 0.0) for r in records),
+        "exact_rate": (  # None for runs recorded before the rate was
+            statistics.fmean(r["exact_rate"] for r in records)
+            if all("exact_rate" in r for r in records)
+            else None
+        ),
         "median_seconds_per_sentence": statistics.median(r["seconds"] for r in records),
         "median_seconds_per_step": (
             statistics.median(steps)
@@ -173,7 +178,14 @@ def summarise(head: dict, records: list[dict]) -> dict:
 
 def merge(paths: list[str]) -> dict:
     """Returns the results of several runs (e.g. different --skip) as one, summaries recomputed."""
-    runs = [json.load(open(path)) for path in paths]
+    runs = []
+    for path in paths:
+        with open(path) as handle:
+            runs.append(json.load(handle))
+    for key in ("model", "recipe", "batch_size"):
+        values = {str(run.get(key)) for run in runs}
+        if len(values) > 1:
+            raise SystemExit(f"cannot merge runs of different {key}: {', '.join(sorted(values))}")
     merged = {**runs[0], "merged_from": paths, "datasets": {}}
     for run in runs:
         for dataset, views in run["datasets"].items():
@@ -199,6 +211,26 @@ def merge(paths: list[str]) -> dict:
         for ds, table in merged["datasets"].items()
     }
     return merged
+
+
+def markdown(results: dict) -> str:
+    """Returns the summaries of a run (or a merge) as a markdown table, one row per view."""
+    rows = [
+        "| dataset | view | batches | median R-1 | median R-2 | mean R-1 | exact % "
+        "| s / batch | s / step |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for dataset, views in results["datasets"].items():
+        for v in views:
+            step, exact = v.get("median_seconds_per_step"), v.get("exact_rate")
+            rows.append(
+                f"| {dataset} | {v['view']} | {v['sentences']} | {v['median_rouge1']:.1f} "
+                f"| {v['median_rouge2']:.1f} | {v['mean_rouge1']:.1f} "
+                f"| {'-' if exact is None else f'{100 * exact:.0f}'} "
+                f"| {v['median_seconds_per_sentence']:.0f} "
+                f"| {'-' if step is None else f'{step:.2f}'} |"
+            )
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -262,7 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.merge:
-        text = json.dumps(merge(args.merge), indent=1)
+        merged = merge(args.merge)
+        print(markdown(merged), file=sys.stderr)
+        text = json.dumps(merged, indent=1)
         print(text)
         return json.loads(text)
     torch.set_num_threads(args.threads)
@@ -315,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             for v in args.views
         ]
+    print(markdown(results), file=sys.stderr)
     text = json.dumps(results, indent=1, default=float)
     if args.out:
         with open(args.out, "w") as handle:
