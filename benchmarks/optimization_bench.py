@@ -216,8 +216,10 @@ def merge(paths: list[str]) -> dict:
 def markdown(results: dict) -> str:
     """Returns the summaries of a run (or a merge) as a markdown table, one row per view."""
     rows = [
-        "| dataset | view | batches | median R-1 | median R-2 | mean R-1 | exact % "
-        "| s / batch | s / step |",
+        (
+            "| dataset | view | batches | median R-1 | median R-2 | mean R-1 | exact % "
+            "| s / batch | s / step |"
+        ),
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for dataset, views in results["datasets"].items():
