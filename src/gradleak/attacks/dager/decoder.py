@@ -96,7 +96,10 @@ def _first_tokens(gates, tokens, *, chunk_size, result) -> _Frontier | None:
     if tokens is None or tokens.numel() == 0:
         return None
     keep = torch.arange(len(tokens))
+    residuals = torch.zeros(0)
     for gate in gates:
+        if keep.numel() == 0:  # an earlier gate rejected every candidate
+            break
         residuals = torch.cat([
             gate.oracle.residuals(gate.oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
             for chunk in tokens[keep].split(chunk_size)

@@ -57,15 +57,20 @@ class ClientReply:
 
     Attributes:
         node_id: The client's Flower node id.
-        state: The returned weights, by ``state_dict`` name.
+        state: The returned weights, by ``state_dict`` name, or a function returning them (so a
+            round's replies are converted one at a time: a model's weights per client add up).
         num_examples: The ``num-examples`` the client reported, if any.
         config: The training config the server sent it (learning rate, local steps, ...).
     """
 
     node_id: int
-    state: Mapping[str, torch.Tensor]
+    state: Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]]
     num_examples: int | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+
+    def weights(self) -> Mapping[str, torch.Tensor]:
+        """Returns the returned weights, converting them now if ``state`` is a loader."""
+        return self.state() if callable(self.state) else self.state
 
 
 class FlowerAuditor:
@@ -150,8 +155,9 @@ class FlowerAuditor:
                        "num_examples": reply.num_examples},
         }
         started = time.perf_counter()
+        weights = reply.weights()
         try:
-            update = self._update(global_state, reply)
+            update = self._update(global_state, weights, reply)
         except InvalidUpdateError as err:
             logger.warning("Round %d, node %d: %s", server_round, reply.node_id, err)
             return {**record, "reconstructions": [], "certified": [], "reason": str(err),
@@ -162,10 +168,10 @@ class FlowerAuditor:
         reconstruction = self.attack.reconstruct(self.public, update)
         attacked = time.perf_counter()
         record.update(reconstruction_fields(reconstruction))
-        noise = rounding_noise(reply.state, update)
+        noise = rounding_noise(weights, update)
         record["update"] = {**describe_update(update), "rounding_noise": noise}
         if noise is not None and noise > ROUNDING_WARNING and not reconstruction.certified:
-            record["reason"] = _rounding_reason(record["reason"], noise, reply.state)
+            record["reason"] = _rounding_reason(record["reason"], noise, weights)
         texts = self._texts(server_round, reply.node_id)
         if texts is not None:
             record.update(score_fields(texts, reconstruction, self.public.tokenizer))
@@ -180,13 +186,13 @@ class FlowerAuditor:
                     sum(s.certified for s in reconstruction.sequences), attacked - converted)
         return record
 
-    def _update(self, global_state, reply: ClientReply) -> ClientUpdate:
+    def _update(self, global_state, weights, reply: ClientReply) -> ClientUpdate:
         lr = reply.config.get(self.lr_key)
         steps = reply.config.get(self.steps_key)
         return update_from_weights(
             self.public,
             global_state,
-            reply.state,
+            weights,
             learning_rate=float(lr) if lr is not None else None,
             local_steps=int(steps) if steps is not None else None,
             batch_size=reply.num_examples,

@@ -114,7 +114,7 @@ class AuditingStrategy(Strategy):
             audited.append(
                 ClientReply(
                     node_id=node,
-                    state=reply.content[self.arrays_key].to_torch_state_dict(),
+                    state=reply.content[self.arrays_key].to_torch_state_dict,  # one at a time
                     num_examples=_num_examples(reply, self.metrics_key),
                     config=dict(config),
                 )

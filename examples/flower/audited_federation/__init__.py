@@ -1,0 +1,1 @@
+"""A Flower app whose server audits every client update with gradleak."""
