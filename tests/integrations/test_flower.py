@@ -92,7 +92,7 @@ def test_audit_recovers_each_client_exactly_and_leaves_aggregation_unchanged(tmp
 
 
 def test_audit_report_reads_the_rounds(tmp_path):
-    from gradleak.report import load_runs
+    from gradleak.report import load_runs, render_html
 
     auditor = FlowerAuditor(SPEC, tmp_path / "audit")  # no ground truth: unscored records
     federation(AuditingStrategy(FedAvg(fraction_evaluate=0.0), auditor),
@@ -100,6 +100,8 @@ def test_audit_report_reads_the_rounds(tmp_path):
     (run,) = load_runs([tmp_path / "audit"])
     assert run.summary["rouge1"] is None and run.summary["sequences_recovered"] == 4
     assert all("metrics" not in r for r in run.records)
+    page = render_html([run])
+    assert run.records[0]["reconstructions"][0]["text"] in page
 
 
 def test_a_failing_client_is_skipped_and_the_round_goes_on(tmp_path):
