@@ -57,7 +57,7 @@ class DagerConfig:
     noise_rank: int | None = 100
     noise_blocks: int = 4
     noise_z: float = 5.0
-    noise_beam: int = 4
+    noise_beam: int = 2
     noise_patience: int = 2
 
     def __post_init__(self) -> None:

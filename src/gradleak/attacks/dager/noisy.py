@@ -15,7 +15,8 @@ rows still lie closer to the strong directions of the gradient than wrong ones. 
   and a step with no outlier does not end a sentence at once: up to ``patience`` such steps are
   tolerated and trimmed off the end if nothing follows.
 
-B is the disclosed batch size, else the number of z-outliers among first tokens. Every result is
+B is the disclosed batch size, else the number of first-token candidates that are z-outliers over
+blocks 1..L. Every result is
 best-effort: no threshold separates true from false rows under noise.
 """
 
@@ -180,13 +181,28 @@ def _start(oracles, candidates, policy, first, chunk_size) -> _Beam | None:
         ids, token_scores = ids[inside], token_scores[inside]
     if ids.numel() == 0:
         return None
-    scores = torch.cat([layer_scores(oracles.layers, {k: v[:, 0] for k, v in oracles.probe.start(c[:, None])[0].items()})
-                        for c in ids.split(chunk_size)])
+    scores = first_scores(oracles, ids, chunk_size)
     z = zscores(_combine(scores, token_scores, policy, len(oracles.layers)))
     keep = torch.argsort(z)[: policy.width]
     _, state = oracles.probe.start(ids[keep][:, None])
     quiet = (z[keep] > -policy.z_threshold).long()
     return _Beam([(int(t),) for t in ids[keep]], [(float(v),) for v in z[keep]], quiet, state)
+
+
+def first_scores(oracles: NoisyOracles, ids: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Returns the mean logit residual over blocks 1..L of each token placed first."""
+    return torch.cat([layer_scores(oracles.layers, {k: v[:, 0] for k, v in oracles.probe.start(c[:, None])[0].items()})
+                      for c in ids.split(chunk_size)])
+
+
+def estimate_batch(oracles: NoisyOracles, candidates: TokenCandidates, z_threshold: float, chunk_size: int) -> int:
+    """Returns how many of the first-token candidates are z-outliers over blocks 1..L (at least 1).
+
+    Block 0 alone overcounts: with a fixed rank of 100 its vocabulary residuals are heavy-tailed,
+    and dozens of tokens lie five deviations below the mean.
+    """
+    ids, _ = candidates.at(0)
+    return max(1, int((zscores(first_scores(oracles, ids, chunk_size)) < -z_threshold).sum()))
 
 
 def _combine(scores: torch.Tensor, token_scores: torch.Tensor, policy: Policy, layers: int) -> torch.Tensor:
@@ -294,9 +310,10 @@ def reconstruct_noisy(public, update, cfg: DagerConfig, *, mode: str, vocab: tor
     probe_candidates = TokenCandidates(oracles.token, vocab, k=1, per_position=per_position,
                                        chunk_size=cfg.chunk_size)
     first, outliers = first_tokens(probe_candidates, cfg.noise_z)
-    batch = update.metadata.batch_size or outliers
-    candidates = TokenCandidates(oracles.token, vocab, k=candidate_count(batch, len(vocab)),
+    disclosed = update.metadata.batch_size
+    candidates = TokenCandidates(oracles.token, vocab, k=candidate_count(disclosed or 1, len(vocab)),
                                  per_position=per_position, chunk_size=cfg.chunk_size)
+    batch = disclosed or estimate_batch(oracles, candidates, cfg.noise_z, cfg.chunk_size)
     policy = policy_for(cfg, mode, batch)
     found = search(oracles, candidates, policy, first=first if mode == "filter" else None,
                    max_length=max_length, chunk_size=cfg.chunk_size)
