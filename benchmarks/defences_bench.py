@@ -9,8 +9,7 @@ and 10, App. B.4) are printed beside each cell where it reports one.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only gpt2-noise-1e-05-filter
     .venv/bin/python benchmarks/defences_bench.py --list
 
-Runs go to ``--runs`` (one directory per cell); rerunning a command resumes them, and asking for
-more ``--batches`` extends them. Output: a table on stderr and one JSON document on stdout (and
+Runs go to ``--runs`` (one directory per cell and batch count); rerunning a command resumes them. Output: a table on stderr and one JSON document on stdout (and
 in ``--out``).
 """
 
@@ -108,12 +107,13 @@ def run_cell(cell: Cell, *, batches: int, runs: Path, seed: int) -> dict[str, An
     config = RunConfig(model=cell.model, dataset="rotten_tomatoes", batch_size=cell.batch_size, batches=batches,
                        sampler="dager", seed=seed, attack="dager", attack_options=cell.attack_options,
                        client=cell.client, dtype=cell.dtype).resolved()
-    summary = run_experiment(config, runs / cell.name)
+    run_dir = runs / f"{cell.name}-n{batches}"
+    summary = run_experiment(config, run_dir)
     row = {key: summary.get(key) for key in ("batches", "rouge1", "rouge1_stderr", "rouge2", "rouge2_stderr",
                                               "exact_rate", "certified_rate", "dp_epsilon", "dp_delta",
                                               "attack_seconds_per_batch", "seconds_per_batch")}
     row.update(name=cell.name, group=cell.group, model=cell.model, batch_size=cell.batch_size, note=cell.note,
-               paper_rouge1_rouge2=cell.paper, run_dir=str(runs / cell.name))
+               paper_rouge1_rouge2=cell.paper, run_dir=str(run_dir))
     print(format_row(row), file=sys.stderr, flush=True)
     return row
 
