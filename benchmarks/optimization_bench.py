@@ -15,6 +15,9 @@ exposes only the view's parameters, so the attack could not use more even by mis
     # time per step on SmolLM2:
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
         --views all --preset smoke
+    # one step's parts and the scoring of 4 candidates, medians of 5 (no attack):
+    .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
+        --datasets rotten_tomatoes --time-step 5
     # TAG, LAMP and DAGER on the same SmolLM2 batches (B = 4):
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe dager \\
         --views all --batch-size 4 --sentences 2 --datasets rotten_tomatoes
@@ -213,6 +216,83 @@ def merge(paths: list[str]) -> dict:
     return merged
 
 
+def time_step(public, batch, *, recipe: str, options: dict, repeats: int, candidates: int) -> dict:
+    """Returns the medians of ``repeats`` optimisation steps, split into their parts, and of
+    scoring ``candidates`` dummy batches at once, on ``batch`` with every parameter exposed.
+
+    The parts are the forward pass, the selected gradients (``create_graph=True``), the
+    distance, and the backward pass to the dummy embeddings; the engine's step is their sum.
+    """
+    from gradleak.attacks.optimization.distances import make_distance
+    from gradleak.attacks.optimization.layout import DummyInputs
+    from gradleak.attacks.optimization.objective import GradientObjective, attack_mode
+
+    lengths = [len(public.tokenizer(t)["input_ids"]) for t in batch.texts]
+    attack = create_attack(recipe, **{**options, "lengths": lengths})
+    update = compute_update(public, batch, exposure=Exposure.parse("all"))
+    if batch.labels is not None:
+        update = update.with_tensors(update.tensors, extra={"labels": list(batch.labels)})
+    plan, cfg = attack.plan(public, update), attack.config
+    embedding = public.family.embedding()
+    parts: dict[str, list[float]] = {"forward": [], "gradients": [], "distance": [], "backward": []}
+    steps, scoring = [], []
+    with attack_mode(public.model, [v.name for v in plan.views]):
+        objective = GradientObjective(
+            public.model,
+            plan.views,
+            plan.targets,
+            make_distance(cfg.distance, alpha=cfg.tag_alpha),
+            DummyInputs(plan.layout, embedding),
+            task=public.task,
+            memory_mb=cfg.memory_mb,
+            max_chunk=cfg.max_chunk,
+        )
+        classes = torch.tensor(plan.labels.hypotheses[0], device=embedding.weight.device)
+        generator = torch.Generator().manual_seed(0)
+        start = torch.randn(objective.inputs.free_shape, generator=generator)
+        for repeat in range(repeats + 1):  # the first one warms up
+            free = start.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            out = objective.model(
+                inputs_embeds=objective.inputs.assemble(free),
+                labels=objective.labels(free, classes),
+                **objective.inputs.model_kwargs(),
+            )
+            t1 = time.perf_counter()
+            grads = torch.autograd.grad(out.loss, objective.params, create_graph=True)
+            t2 = time.perf_counter()
+            distance = objective.distance(
+                [v.take(grads[i])[None] for v, i in zip(objective.views, objective.slot)],
+                objective.targets,
+            )[0]
+            t3 = time.perf_counter()
+            distance.backward()
+            t4 = time.perf_counter()
+            del out, grads, distance
+            if repeat:
+                for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    parts[key].append(value)
+                steps.append(t4 - t0)
+        if candidates:
+            draws = torch.randn((candidates, *objective.inputs.free_shape), generator=generator)
+            for _ in range(max(1, repeats // 2)):
+                t0 = time.perf_counter()
+                objective.batch(draws, classes)
+                scoring.append((time.perf_counter() - t0) / candidates)
+    return {
+        "lengths": lengths,
+        "matched_tensors": len(plan.views),
+        "matched_elements": objective.matched_elements,
+        "distance": cfg.distance,
+        "scoring_chunk": objective.chunk,
+        "median_seconds_per_step": statistics.median(steps),
+        "seconds_per_step": steps,
+        "median_parts": {k: statistics.median(v) for k, v in parts.items()},
+        "median_seconds_per_candidate": statistics.median(scoring) if scoring else None,
+        "seconds_per_candidate": scoring,
+    }
+
+
 def markdown(results: dict) -> str:
     """Returns the summaries of a run (or a merge) as a markdown table, one row per view."""
     rows = [
@@ -293,6 +373,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="let the attack read the lengths from the update (default: known, as in the papers)",
     )
     parser.add_argument("--seed", type=int, default=101, help="sampling seed (the papers: 101)")
+    parser.add_argument(
+        "--time-step",
+        type=int,
+        metavar="N",
+        help="time N optimisation steps (split into forward, gradients, distance, backward) and "
+        "the scoring of --candidates dummy batches on the first batch of each dataset, with "
+        "every parameter exposed; run no attack",
+    )
+    parser.add_argument(
+        "--candidates", type=int, default=4, help="dummy batches scored at once by --time-step"
+    )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.merge:
@@ -303,6 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
         return json.loads(text)
     torch.set_num_threads(args.threads)
 
+    if args.time_step and args.recipe == "dager":
+        raise SystemExit("--time-step times the optimisation engine; pick an optimisation recipe")
     if args.recipe == "dager" and args.views != ["all"]:
         raise SystemExit("--recipe dager reads the full update; pass --views all")
     preset = {} if args.recipe == "dager" else PRESETS[args.preset]
@@ -339,6 +432,23 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
         )[args.skip :]
         print(f"{dataset}: {len(batches)} batches of {args.batch_size}", file=sys.stderr)
+        if args.time_step:
+            timing = time_step(
+                public,
+                batches[0],
+                recipe=args.recipe,
+                options=options,
+                repeats=args.time_step,
+                candidates=args.candidates,
+            )
+            results.setdefault("timing", {})[dataset] = timing
+            print(
+                f"  s / step {timing['median_seconds_per_step']:.3f} "
+                + " ".join(f"{k} {v:.3f}" for k, v in timing["median_parts"].items())
+                + f" | s / candidate {timing['median_seconds_per_candidate'] or 0:.3f}",
+                file=sys.stderr,
+            )
+            continue
         results["datasets"][dataset] = [
             run_view(
                 public,
@@ -351,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
             for v in args.views
         ]
-    print(markdown(results), file=sys.stderr)
+    if results["datasets"]:
+        print(markdown(results), file=sys.stderr)
     text = json.dumps(results, indent=1, default=float)
     if args.out:
         with open(args.out, "w") as handle:
