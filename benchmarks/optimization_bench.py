@@ -15,9 +15,11 @@ exposes only the view's parameters, so the attack could not use more even by mis
     # time per step on SmolLM2:
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
         --views all --preset smoke
-    # one step's parts and the scoring of 4 candidates, medians of 5 (no attack):
+    # one step's parts and the scoring of 4 candidates, medians of 5 (no attack), against an
+    # older engine in the same process:
+    git archive REV src | tar -x -C /tmp/old
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
-        --datasets rotten_tomatoes --time-step 5
+        --datasets rotten_tomatoes --time-step 5 --baseline-src /tmp/old/src
     # TAG, LAMP and DAGER on the same SmolLM2 batches (B = 4):
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe dager \\
         --views all --batch-size 4 --sentences 2 --datasets rotten_tomatoes
@@ -216,12 +218,39 @@ def merge(paths: list[str]) -> dict:
     return merged
 
 
-def time_step(public, batch, *, recipe: str, options: dict, repeats: int, candidates: int) -> dict:
+def baseline_engine(root: str):
+    """Returns (GradientObjective, make_distance) of another source tree (e.g. an older commit
+    unpacked with ``git archive REV src | tar -x -C DIR``), loaded beside the current ones."""
+    import importlib.util
+
+    modules = {}
+    for name in ("distances", "objective"):
+        path = os.path.join(root, "gradleak", "attacks", "optimization", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"_baseline_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        modules[name] = module
+    return modules["objective"].GradientObjective, modules["distances"].make_distance
+
+
+def time_step(
+    public,
+    batch,
+    *,
+    recipe: str,
+    options: dict,
+    repeats: int,
+    candidates: int,
+    baseline: str | None = None,
+) -> dict:
     """Returns the medians of ``repeats`` optimisation steps, split into their parts, and of
     scoring ``candidates`` dummy batches at once, on ``batch`` with every parameter exposed.
 
     The parts are the forward pass, the selected gradients (``create_graph=True``), the
     distance, and the backward pass to the dummy embeddings; the engine's step is their sum.
+    With ``baseline`` (a source tree), its objective and distances are timed too, alternating
+    with the current ones step by step in the same process, so both see the same load.
     """
     from gradleak.attacks.optimization.distances import make_distance
     from gradleak.attacks.optimization.layout import DummyInputs
@@ -234,63 +263,80 @@ def time_step(public, batch, *, recipe: str, options: dict, repeats: int, candid
         update = update.with_tensors(update.tensors, extra={"labels": list(batch.labels)})
     plan, cfg = attack.plan(public, update), attack.config
     embedding = public.family.embedding()
-    parts: dict[str, list[float]] = {"forward": [], "gradients": [], "distance": [], "backward": []}
-    steps, scoring = [], []
+    engines = {"current": (GradientObjective, make_distance)}
+    if baseline:
+        engines["baseline"] = baseline_engine(baseline)
+    keys = ("forward", "gradients", "distance", "backward")
+    times = {v: {k: [] for k in (*keys, "step", "candidate")} for v in engines}
     with attack_mode(public.model, [v.name for v in plan.views]):
-        objective = GradientObjective(
-            public.model,
-            plan.views,
-            plan.targets,
-            make_distance(cfg.distance, alpha=cfg.tag_alpha),
-            DummyInputs(plan.layout, embedding),
-            task=public.task,
-            memory_mb=cfg.memory_mb,
-            max_chunk=cfg.max_chunk,
-        )
+        objectives = {
+            version: objective_cls(
+                public.model,
+                plan.views,
+                plan.targets,
+                distance_fn(cfg.distance, alpha=cfg.tag_alpha),
+                DummyInputs(plan.layout, embedding),
+                task=public.task,
+                memory_mb=cfg.memory_mb,
+                max_chunk=cfg.max_chunk,
+            )
+            for version, (objective_cls, distance_fn) in engines.items()
+        }
         classes = torch.tensor(plan.labels.hypotheses[0], device=embedding.weight.device)
         generator = torch.Generator().manual_seed(0)
-        start = torch.randn(objective.inputs.free_shape, generator=generator)
-        for repeat in range(repeats + 1):  # the first one warms up
-            free = start.clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            out = objective.model(
-                inputs_embeds=objective.inputs.assemble(free),
-                labels=objective.labels(free, classes),
-                **objective.inputs.model_kwargs(),
-            )
-            t1 = time.perf_counter()
-            grads = torch.autograd.grad(out.loss, objective.params, create_graph=True)
-            t2 = time.perf_counter()
-            distance = objective.distance(
-                [v.take(grads[i])[None] for v, i in zip(objective.views, objective.slot)],
-                objective.targets,
-            )[0]
-            t3 = time.perf_counter()
-            distance.backward()
-            t4 = time.perf_counter()
-            del out, grads, distance
-            if repeat:
-                for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    parts[key].append(value)
-                steps.append(t4 - t0)
-        if candidates:
-            draws = torch.randn((candidates, *objective.inputs.free_shape), generator=generator)
-            for _ in range(max(1, repeats // 2)):
+        shape = objectives["current"].inputs.free_shape
+        start = torch.randn(shape, generator=generator)
+        draws = torch.randn((candidates, *shape), generator=generator) if candidates else None
+        order = list(engines)
+        for repeat in range(repeats + 1):  # the first round warms up
+            order.reverse()
+            for version in order:
+                objective = objectives[version]
+                free = start.clone().requires_grad_(True)
                 t0 = time.perf_counter()
-                objective.batch(draws, classes)
-                scoring.append((time.perf_counter() - t0) / candidates)
-    return {
+                out = objective.model(
+                    inputs_embeds=objective.inputs.assemble(free),
+                    labels=objective.labels(free, classes),
+                    **objective.inputs.model_kwargs(),
+                )
+                t1 = time.perf_counter()
+                grads = torch.autograd.grad(out.loss, objective.params, create_graph=True)
+                t2 = time.perf_counter()
+                distance = objective.distance(
+                    [v.take(grads[i])[None] for v, i in zip(objective.views, objective.slot)],
+                    objective.targets,
+                )[0]
+                t3 = time.perf_counter()
+                distance.backward()
+                t4 = time.perf_counter()
+                del out, grads, distance
+                if draws is not None and repeat % 2 == 0:
+                    t5 = time.perf_counter()
+                    objective.batch(draws, classes)
+                    if repeat:
+                        times[version]["candidate"].append((time.perf_counter() - t5) / candidates)
+                if repeat:
+                    for key, value in zip(
+                        (*keys, "step"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+                    ):
+                        times[version][key].append(value)
+    result = {
         "lengths": lengths,
         "matched_tensors": len(plan.views),
-        "matched_elements": objective.matched_elements,
+        "matched_elements": objectives["current"].matched_elements,
         "distance": cfg.distance,
-        "scoring_chunk": objective.chunk,
-        "median_seconds_per_step": statistics.median(steps),
-        "seconds_per_step": steps,
-        "median_parts": {k: statistics.median(v) for k, v in parts.items()},
-        "median_seconds_per_candidate": statistics.median(scoring) if scoring else None,
-        "seconds_per_candidate": scoring,
+        "scoring_chunk": objectives["current"].chunk,
     }
+    for version, measured in times.items():
+        result[version] = {
+            "median_seconds_per_step": statistics.median(measured["step"]),
+            "median_parts": {k: statistics.median(measured[k]) for k in keys},
+            "median_seconds_per_candidate": (
+                statistics.median(measured["candidate"]) if measured["candidate"] else None
+            ),
+            "seconds": measured,
+        }
+    return result
 
 
 def markdown(results: dict) -> str:
@@ -382,7 +428,16 @@ def main(argv: list[str] | None = None) -> dict:
         "every parameter exposed; run no attack",
     )
     parser.add_argument(
-        "--candidates", type=int, default=4, help="dummy batches scored at once by --time-step"
+        "--candidates",
+        type=int,
+        default=4,
+        help="dummy batches scored at once by --time-step (every other round)",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="with --time-step: also time the objective and distances of this source tree "
+        "(e.g. git archive REV src | tar -x -C DIR, then DIR/src), alternating in one process",
     )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -440,14 +495,18 @@ def main(argv: list[str] | None = None) -> dict:
                 options=options,
                 repeats=args.time_step,
                 candidates=args.candidates,
+                baseline=args.baseline_src,
             )
             results.setdefault("timing", {})[dataset] = timing
-            print(
-                f"  s / step {timing['median_seconds_per_step']:.3f} "
-                + " ".join(f"{k} {v:.3f}" for k, v in timing["median_parts"].items())
-                + f" | s / candidate {timing['median_seconds_per_candidate'] or 0:.3f}",
-                file=sys.stderr,
-            )
+            for version in ("current", "baseline"):
+                if version in timing:
+                    t = timing[version]
+                    print(
+                        f"  {version:>8}: s / step {t['median_seconds_per_step']:.3f} ("
+                        + ", ".join(f"{k} {v:.3f}" for k, v in t["median_parts"].items())
+                        + f") | s / candidate {t['median_seconds_per_candidate'] or 0:.3f}",
+                        file=sys.stderr,
+                    )
             continue
         results["datasets"][dataset] = [
             run_view(
