@@ -61,6 +61,8 @@ class DagerConfig:
     noise_patience: int = 2
 
     def __post_init__(self) -> None:
+        if self.noise is False:  # YAML and ``-o noise=off`` read a bare "off" as false
+            object.__setattr__(self, "noise", "off")
         if self.noise not in NOISE_MODES:
             raise ValueError(f"DagerConfig: noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         if self.sequence_block < 1:
