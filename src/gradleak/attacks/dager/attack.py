@@ -88,7 +88,9 @@ class Dager(Attack):
         per_position = family.positions == "learned"
         max_length = min(cfg.max_length, _max_positions(public))
         reason = self._saturation_reason(token_oracle, sequence_oracle)
-        if reason and drift:
+        if reason and drift and update.metadata.dtype != "float32":
+            reason = drift
+        elif reason and drift:
             reason = ("the weight delta's spectrum shows no gap: over several local steps in float32 the small "
                       "per-step changes are lost to rounding of the weights; let the client train in float64 "
                       "(as the DAGER paper does) or attack a one-step update. Results are best-effort.")
