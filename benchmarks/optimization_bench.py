@@ -6,7 +6,9 @@ d = 384, 6 blocks) for CoLA and Rotten Tomatoes at B = 1, and prints ROUGE-1/2 a
 sentence for each view. Sentences come from the LAMP/partial-gradient protocol (train split,
 seed 101, first shuffled indices); the client discloses its labels and the attacker knows the
 lengths (the papers' setting; --estimate-lengths reads them from the update instead). The client
-exposes only the view's parameters, so the attack could not use more even by mistake.
+exposes only the view's parameters, so the attack could not use more even by mistake. Any
+recipe (--recipe) runs on any bundled model (--model) and batch size, and --recipe dager runs
+the exact attack on the very same batches, so TAG, LAMP and DAGER can be compared row by row.
 
     # the full grid, 20 sentences, the paper's settings:
     .venv/bin/python benchmarks/optimization_bench.py
@@ -17,12 +19,14 @@ exposes only the view's parameters, so the attack could not use more even by mis
         --views all --preset smoke
     # one step's parts and the scoring of 4 candidates, medians of 5 (no attack), against an
     # older engine in the same process:
-    git archive REV src | tar -x -C /tmp/old
+    mkdir -p /tmp/old && git archive REV src | tar -x -C /tmp/old
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
         --datasets rotten_tomatoes --time-step 5 --baseline-src /tmp/old/src
-    # TAG, LAMP and DAGER on the same SmolLM2 batches (B = 4):
+    # TAG, then DAGER, on the same SmolLM2 batches (B = 4):
+    .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe tag \\
+        -o steps=100 --views all --batch-size 4 --sentences 1 --datasets rotten_tomatoes
     .venv/bin/python benchmarks/optimization_bench.py --model smollm2-135m --recipe dager \\
-        --views all --batch-size 4 --sentences 2 --datasets rotten_tomatoes
+        --views all --batch-size 4 --sentences 1 --datasets rotten_tomatoes
 
 ``--recipe dager`` runs DAGER (exact, span-based) on the same batches for comparison; it takes
 the ``all`` view only, and the presets do not apply to it (``-o`` passes DAGER's own options).
