@@ -112,3 +112,16 @@ def test_fused_distance_refuses_a_second_backward_pass(tensors):
     value.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         value.backward()
+
+
+@pytest.mark.parametrize("distance", [L2(), TagDistance(0.5), CosinePerTensor(), GlobalCosine()])
+def test_fused_distances_differentiate_several_candidates_at_once(tensors, distance):
+    candidates, targets = tensors
+    batched = [c.clone().requires_grad_(True) for c in candidates]
+    weights = torch.arange(1.0, 7.0, dtype=torch.float64)  # a different factor per candidate
+    (weights * distance(batched, targets)).sum().backward()
+    for k in range(6):
+        single = [c[k : k + 1].clone().requires_grad_(True) for c in candidates]
+        (weights[k] * distance(single, targets)[0]).backward()
+        for got, want in zip(batched, single):
+            torch.testing.assert_close(got.grad[k], want.grad[0])
