@@ -72,6 +72,22 @@ def test_minilm(minilm, texts):
     assert_exact(minilm, texts, attack(minilm, texts))
 
 
+def test_encoder_search_stops_once_the_disclosed_batch_is_found(minilm, monkeypatch):
+    from gradleak.attacks.dager import encoder
+
+    texts = SENTENCES[:2]
+    update = compute_update(minilm, Batch(texts=texts, labels=(0, 1)), disclose_batch_size=True)
+    assert update.metadata.batch_size == 2
+    calls = []
+    search = encoder._coordinate_search
+    monkeypatch.setattr(encoder, "_coordinate_search", lambda *a: calls.append(1) or search(*a))
+    assert_exact(minilm, texts, Dager().reconstruct(minilm, update))
+    disclosed = len(calls)
+    hidden = update.with_tensors(update.tensors, batch_size=None)
+    assert_exact(minilm, texts, Dager().reconstruct(minilm, hidden))
+    assert disclosed < len(calls) - disclosed
+
+
 def test_next_token_task_misses_only_each_last_token(gpt2):
     public = load_model(GPT2_SMALL, task="next_token")
     texts = SENTENCES[:2]

@@ -137,6 +137,7 @@ class Dager(Attack):
             found, gave_up = search_sentences(
                 sequence_oracle, scan.sets, tokenizer=public.tokenizer, threshold=tau2,
                 restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
+                batch_size=update.metadata.batch_size,
             )
         timings["search"] = time.perf_counter() - started
 

@@ -26,19 +26,29 @@ def search_sentences(
     restarts: int,
     seed: int,
     chunk_size: int,
+    batch_size: int | None = None,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
-    """Returns (sentences with per-position residuals, whether the search had to give up early)."""
+    """Returns (sentences with per-position residuals, whether the search had to give up early).
+
+    ``batch_size``, when the client disclosed it, ends the search once that many sentences are
+    certified; when it equals the number of distinct lengths, each length holds one sentence and
+    its restarts stop at the first one found. Without it, each length is searched until
+    ``restarts`` restarts in a row find nothing new.
+    """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
     found: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
     gave_up = False
     lengths = [p + 1 for p, tokens in enumerate(sets) if p >= 1 and bool((tokens == sep_id).any())]
+    one_each = batch_size is not None and batch_size == len(lengths)
     for length in lengths:
+        if _all_found(found, batch_size):
+            break
         options = [_options(sets[p], cls_id, sep_id) for p in range(1, length - 1)]
         if any(len(o) == 0 for o in options):
             continue
-        misses = 0
-        while misses < restarts:
+        misses, before = 0, len(found)
+        while misses < restarts and not (one_each and len(found) > before) and not _all_found(found, batch_size):
             start = [o[0] if not found and misses == 0 else o[torch.randint(len(o), (1,), generator=generator)]
                      for o in options]
             ids, residuals = _coordinate_search(oracle, cls_id, sep_id, options, start, chunk_size)
@@ -50,6 +60,10 @@ def search_sentences(
                 misses += 1
         gave_up = gave_up or not any(len(f[0]) == length for f in found)
     return found, gave_up
+
+
+def _all_found(found: list, batch_size: int | None) -> bool:
+    return batch_size is not None and len(found) >= batch_size
 
 
 def _options(tokens: torch.Tensor, cls_id: int, sep_id: int) -> torch.Tensor:
