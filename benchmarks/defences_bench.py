@@ -35,7 +35,7 @@ from gradleak.experiments.config import RunConfig
 MODELS = {"gpt2": "random:gpt2", "smollm2": "smollm2-135m"}  # random-init GPT-2 small, real tokenizer
 
 #: DAGER paper, GPT-2 on RT: Table 4 (FedAvg, B = 16, b = 4; one factor varied from E = 10, lr = 1e-4),
-#: Table 10 (Gaussian noise, B = 1), Table 11 (LoRA r = 256 on LLaMA-3.1-8B, B = 16), as (R-1, R-2).
+#: Table 10 (Gaussian noise, B = 1), Table 11 (LoRA r = 256 on LLaMA-3.1-8B, not GPT-2, B = 16), as (R-1, R-2).
 PAPER_FEDAVG_E = {2: (98.4, 98.0), 5: (97.3, 96.8), 10: (95.4, 94.7)}
 PAPER_FEDAVG_LR = {1e-5: (100.0, 99.8), 1e-4: (95.4, 94.7), 5e-4: (84.2, 82.2)}
 PAPER_NOISE = {1e-5: (74.0, 70.8), 5e-5: (46.9, 32.5), 1e-4: (20.7, 11.6), 5e-4: (5.6, 0.9)}
@@ -94,9 +94,10 @@ def dpsgd_cells() -> list[Cell]:
 
 def lora_cells() -> list[Cell]:
     return [
-        Cell(f"{m}-lora-r{r}", "lora", MODELS[m], 16, {"lora_rank": r, "lora_warmup_steps": 3},
-             paper=PAPER_LORA.get(r) if m == "gpt2" else None, note=f"rank={r} q,v adapters, 3 warm-up steps")
-        for m in MODELS for r in (8, 64, 256)
+        Cell(f"{m}-lora-r{r}" + ("" if b == 16 else f"-b{b}"), "lora", MODELS[m], b,
+             {"lora_rank": r, "lora_warmup_steps": 3},
+             paper=PAPER_LORA.get(r) if b == 16 else None, note=f"rank={r} q,v adapters, 3 warm-up steps")
+        for m in MODELS for b in (16, 4) for r in (8, 64, 256)
     ]
 
 
