@@ -10,6 +10,7 @@ import torch
 import gradleak
 from gradleak.client.exposure import Exposure
 from gradleak.client.tasks import encode, task_loss
+from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate, UpdateMetadata
 
@@ -56,7 +57,7 @@ def batch_gradient(
     """Returns d(loss)/d(parameter) on ``batch`` for the named parameters (zeros where unused)."""
     params = dict(public.model.named_parameters())
     inputs = encode(public, batch.texts, max_length=max_length)
-    with _only_grad_for(public.model, set(names)), _mode(public.model, train=train_mode):
+    with only_grad_for(public.model, set(names)), _mode(public.model, train=train_mode):
         public.model.zero_grad(set_to_none=True)
         task_loss(public, inputs, batch.labels).backward()
         grads = {n: _grad_or_zeros(params[n]) for n in names}
@@ -66,19 +67,6 @@ def batch_gradient(
 
 def _grad_or_zeros(param: torch.nn.Parameter) -> torch.Tensor:
     return param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param)
-
-
-@contextmanager
-def _only_grad_for(model: torch.nn.Module, names: set[str]):
-    # Autograd then skips whatever only unexposed parameters need, e.g. the embedding gradient.
-    saved = {n: p.requires_grad for n, p in model.named_parameters()}
-    try:
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in names)
-        yield
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(saved[n])
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from gradleak.attacks.optimization.decoding import NearestTokens
 from gradleak.attacks.optimization.distances import GradientDistance
 from gradleak.attacks.optimization.layout import DummyInputs
 from gradleak.attacks.optimization.selector import TensorView
+from gradleak.models.grad_scope import only_grad_for
 
 logger = logging.getLogger(__name__)
 
@@ -34,21 +35,16 @@ def attack_mode(model: torch.nn.Module, selected: Sequence[str]) -> Iterator[Non
     Eval mode; eager attention (PyTorch's fused CPU attention has no double backward); only the
     selected parameters require gradients, so autograd builds nothing for the others.
     """
-    saved_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     attention = getattr(model.config, "_attn_implementation", None)
     switch = attention not in (None, "eager") and hasattr(model, "set_attn_implementation")
-    chosen = set(selected)
     try:
         model.eval()
         if switch:
             model.set_attn_implementation("eager")
-        for name, param in model.named_parameters():
-            param.requires_grad_(name in chosen)
-        yield
+        with only_grad_for(model, selected):
+            yield
     finally:
-        for name, param in model.named_parameters():
-            param.requires_grad_(saved_grad[name])
         if switch:
             model.set_attn_implementation(attention)
         model.train(was_training)

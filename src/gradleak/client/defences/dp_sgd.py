@@ -24,8 +24,8 @@ from torch import nn
 
 from gradleak.client._optional import require
 from gradleak.client.defences.base import TrainingDefence, seeded_generator
-from gradleak.client.fedsgd import _only_grad_for
 from gradleak.client.tasks import encode, example_losses
+from gradleak.models.grad_scope import only_grad_for
 
 if TYPE_CHECKING:
     from gradleak.client.settings import ClientSettings
@@ -89,7 +89,7 @@ class DPSGD(TrainingDefence):
         optimizers = require("opacus.optimizers")
         model = public.model
         params = dict(model.named_parameters())
-        with _only_grad_for(model, set(names)), _opacus_mode(model, train=train_mode):
+        with only_grad_for(model, set(names)), _opacus_mode(model, train=train_mode):
             gsm = opacus.GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=False)
             try:
                 optimizer = optimizers.DPOptimizer(

@@ -28,10 +28,9 @@ from gradleak.experiments.records import (
     score_fields,
 )
 from gradleak.experiments.rundir import (
-    CONFIG_FILE,
-    RECORDS_FILE,
     SUMMARY_FILE,
     append_record,
+    open_run_dir,
     write_json_atomic,
 )
 from gradleak.integrations.flower.weights import rounding_noise, update_from_weights
@@ -236,12 +235,7 @@ class FlowerAuditor:
 
     def _open_round(self, server_round: int, config: RunConfig) -> Path:
         run_dir = self.out / f"round-{server_round:03d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RECORDS_FILE).unlink(missing_ok=True)  # a round is audited once, in one go
-        (run_dir / CONFIG_FILE).write_text(
-            "# gradleak Flower audit, one round (records: one per client reply).\n" + config.to_yaml(),
-            encoding="utf-8",
-        )
+        open_run_dir(run_dir, config, overwrite=True)  # a round is audited once, in one go
         return run_dir
 
     def _texts(self, server_round: int, node_id: int) -> Sequence[str] | None:
