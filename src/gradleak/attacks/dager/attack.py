@@ -41,10 +41,12 @@ from gradleak.attacks.dager.oracle import (
     build_oracle,
     row_space_rank,
 )
-from gradleak.attacks.dager.tokens import scan_tokens
-from gradleak.attacks.span import MIN_GAP_DECADES
+from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
+from gradleak.attacks.dager.tokens import embedding_bag, scan_tokens
+from gradleak.attacks.span import MIN_GAP_DECADES, span_basis
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
+from gradleak.models.probe import LinearInputProbe
 from gradleak.update import ClientUpdate
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,10 @@ class Dager(Attack):
                       "per-step changes are lost to rounding of the weights; let the client train in float64 "
                       "(as the DAGER paper does) or attack a one-step update. Results are best-effort.")
         reason = NOISE_REASON.format(why) if why else reason or drift
+        evidence = self._ranking_evidence(public, gradients, sequence_oracle) if not drift else None
+        if evidence is not None:
+            return self._reconstruct_ranked(public, gradients, token_oracle, evidence, vocab,
+                                            reason=reason, max_length=max_length, timings=timings)
         fallback = token_oracle.basis.rank if reason and not drift else 0
         scan = scan_tokens(token_oracle, vocab, per_position=per_position, max_length=max_length,
                            tau=cfg.tau1, chunk_size=cfg.chunk_size, fallback_count=fallback)
@@ -153,6 +159,67 @@ class Dager(Attack):
                       "sentences may be missing (raise encoder_restarts to search longer).")
         if not sequences:
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
+        return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
+
+    def _ranking_evidence(self, public: PublicModel, gradients, sequence_oracle: SpanOracle) -> RankingEvidence | None:
+        """Returns the MLP down-projection spans that rank candidates where the sequence block is saturated.
+
+        None when the ranked search does not apply: an encoder, an unsaturated span, ``saturated=cap``,
+        or no exposed down-projection among the first ``rank_blocks`` blocks.
+        """
+        cfg, family = self.config, public.family
+        if not family.causal or not sequence_oracle.basis.saturated or cfg.saturated != "rank":
+            return None
+        layers = tuple(layer for block in range(min(cfg.rank_blocks, family.num_blocks))
+                       if (layer := family.linear_layer(block, "mlp_out")).weight_name in gradients)
+        if not layers:
+            return None
+        # Every direction the gradient has counts: the span is a strict subspace of the 4d-wide input.
+        bases = tuple(span_basis([layer.weight_gradient(gradients)], min_gap=0.0) for layer in layers)
+        return RankingEvidence(layers=layers, bases=bases, probe=LinearInputProbe(family, list(layers)))
+
+    def _reconstruct_ranked(self, public: PublicModel, gradients, token_oracle: SpanOracle,
+                            evidence: RankingEvidence, vocab: torch.Tensor, *, reason: str,
+                            max_length: int, timings: dict[str, float]) -> Reconstruction:
+        """Returns the best-effort sequences of a saturated decoder batch, ranked by ``evidence``."""
+        cfg = self.config
+        started = time.perf_counter()
+        # One candidate set for every position: first tokens are told apart by how far they stand out
+        # from the others, which needs the others in the scan.
+        candidates = embedding_bag(public.family, gradients)
+        source = "embedding gradient"
+        if candidates is None:
+            scan = scan_tokens(token_oracle, vocab, per_position=public.family.positions == "learned",
+                               max_length=max_length, tau=cfg.tau1, chunk_size=cfg.chunk_size,
+                               fallback_count=token_oracle.basis.rank if token_oracle.basis.saturated else 0)
+            candidates, source = torch.unique(torch.cat([vocab[:0], *scan.sets])), "block-0 scan"
+        timings["token_scan"] = time.perf_counter() - started
+        started = time.perf_counter()
+        search = search_ranked(
+            evidence,
+            tokens_at=lambda p: candidates,
+            max_length=max_length, chunk_size=cfg.chunk_size, max_frontier=cfg.max_frontier,
+            z_accept=cfg.rank_z, per_prefix=cfg.rank_branches,
+        )
+        timings["search"] = time.perf_counter() - started
+        diagnostics: dict[str, Any] = {
+            "search": "rank",
+            "rank": {"token_block": token_oracle.basis.rank,
+                     "ranking_layers": [f"{layer.block}.{layer.role}" for layer in evidence.layers]},
+            "tokens": source,
+            "candidate_tokens": len(candidates),
+            "prefix_candidates": search.candidates,
+            "prefix_accepted": search.accepted,
+            "seconds": timings,
+        }
+        sequences = tuple(
+            RecoveredSequence(token_ids=ids, text=public.tokenizer.decode(list(ids)), certified=False,
+                              residuals=scores)
+            for ids, scores in search.sequences
+        )
+        reason = (f"{reason} The sequences were grown by gradleak's ranked search: each step keeps the "
+                  f"candidates that the MLP down-projection spans of blocks "
+                  f"{', '.join(str(layer.block) for layer in evidence.layers)} rank far above the rest.")
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
     def _noise_mode(self, update: ClientUpdate) -> tuple[str, str]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 #: Treatments of a noised update (see ``DagerConfig.noise``).
 NOISE_MODES = ("auto", "off", "filter", "beam")
+#: Searches for a saturated span (see ``DagerConfig.saturated``).
+SATURATED_SEARCHES = ("rank", "cap")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ class DagerConfig:
         noise_z: z-score a candidate must reach below the mean to count as an outlier (paper: 5).
         noise_beam: beam width per recovered sequence (``beam`` only).
         noise_patience: steps without an outlier a beam prefix may take before it ends (``beam``).
+        saturated: the search for a decoder batch with more distinct rows than the hidden size:
+            ``rank`` (gradleak's: candidates ranked by the MLP down-projections' spans, see
+            :mod:`gradleak.attacks.dager.ranked`) or ``cap`` (the paper's: block 1's span cut to
+            ``d - rank_cutoff``). ``rank`` needs a down-projection gradient among the first
+            ``rank_blocks`` blocks and falls back to ``cap`` without one. Both are best-effort.
+        rank_blocks: how many blocks' MLP down-projections score candidates (``rank``).
+        rank_z: robust z-score below the step's median that a candidate must reach (``rank``).
+        rank_branches: most extensions kept per prefix and step (``rank``).
     """
 
     sequence_block: int = 1
@@ -59,14 +69,22 @@ class DagerConfig:
     noise_z: float = 5.0
     noise_beam: int = 2
     noise_patience: int = 2
+    saturated: str = "rank"
+    rank_blocks: int = 1
+    rank_z: float = 6.0
+    rank_branches: int = 32
 
     def __post_init__(self) -> None:
         if self.noise is False:  # YAML and ``-o noise=off`` read a bare "off" as false
             object.__setattr__(self, "noise", "off")
         if self.noise not in NOISE_MODES:
             raise ValueError(f"DagerConfig: noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+        if self.saturated not in SATURATED_SEARCHES:
+            raise ValueError(f"DagerConfig: saturated must be one of {', '.join(SATURATED_SEARCHES)}, "
+                             f"got {self.saturated!r}")
         if self.sequence_block < 1:
             raise ValueError(f"DagerConfig: sequence_block must be 1 or deeper, got {self.sequence_block}")
-        for name in ("chunk_size", "max_frontier", "max_length", "noise_blocks", "noise_beam"):
+        for name in ("chunk_size", "max_frontier", "max_length", "noise_blocks", "noise_beam",
+                     "rank_blocks", "rank_branches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DagerConfig: {name} must be positive, got {getattr(self, name)}")

@@ -1,13 +1,16 @@
-"""Stage 1: which tokens pass block 0's span test, per position (learned positions) or once (RoPE)."""
+"""Stage 1: which tokens pass block 0's span test, per position (learned positions) or once (RoPE);
+and, past the hidden-size limit, the bag of tokens that the embedding gradient gives away."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from gradleak.attacks.dager.oracle import SpanOracle
 from gradleak.attacks.thresholds import ResidualSplit, largest_gap_split
+from gradleak.models.families import ArchitectureFamily
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,18 @@ def scan_tokens(
             break
         res = vocabulary_residuals(oracle, vocab, position=position, chunk_size=chunk_size)
     return TokenScan(sets=tuple(sets), residuals=tuple(residuals), threshold=threshold, split=split)
+
+
+def embedding_bag(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """Returns the ids whose token-embedding gradient rows are non-zero, or None if that gradient is not shared.
+
+    A lookup table's gradient is zero on every row the batch did not use, so where the update
+    shares it, it is the batch's bag of tokens, exactly and whatever the batch size. (A tied
+    language-model head makes every row non-zero; the bag is then useless and None is returned.)
+    """
+    name = f"{family.module_name(family.embedding())}.weight"
+    gradient = gradients.get(name)
+    if gradient is None:
+        return None
+    used = torch.nonzero(gradient.detach().abs().amax(dim=1) > 0).flatten().cpu()
+    return used if 0 < len(used) < gradient.shape[0] // 2 else None
