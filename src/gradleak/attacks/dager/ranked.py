@@ -106,10 +106,10 @@ def search_ranked(
         if tokens is None or tokens.numel() == 0:
             break
         step = _step_scores(evidence, state, tokens, chunk_size=chunk_size)
-        parent, column, z = _select(step, z_accept=z_accept, per_prefix=per_prefix, max_frontier=max_frontier)
+        parent, column, z, cut = _select(step, z_accept=z_accept, per_prefix=per_prefix, max_frontier=max_frontier)
         result.candidates.append(step.numel())
         result.accepted.append(len(parent))
-        result.truncated |= bool(len(parent) == max_frontier)
+        result.truncated |= cut
         extended = set(parent.tolist())
         result.sequences.extend((prefixes[i], scores[i]) for i in range(len(prefixes)) if i not in extended)
         if len(parent) == 0:
@@ -125,11 +125,11 @@ def search_ranked(
 
 
 def _tidy(sequences):
-    """Returns the sequences with weak trailing tokens trimmed, without duplicates or prefixes of others, surest first.
+    """Returns the sequences with weak last tokens trimmed, minus duplicates and prefixes of others, surest first.
 
-    A false extension of a finished sentence scores weakly and has no strong continuation, so
-    it shows up as a weak last token; what remains is then a prefix of the kept branch or the
-    sentence itself.
+    A finished sentence's prefix still gets extended now and then by a false token that passes
+    the step's threshold, but such a token scores far weaker than the sentence's own (and under a
+    classification loss the true last token, whose row is pooled, scores strongest of all).
     """
     trimmed = {}
     for ids, z in sequences:
@@ -171,14 +171,15 @@ def _step_scores(evidence, state: PrefixState, tokens: torch.Tensor, *, chunk_si
 
 
 def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int, max_frontier: int):
-    """Returns (parent, column, score) of the kept extensions, best first."""
+    """Returns (parent, column, score) of the kept extensions, best first, and whether the frontier was cut."""
     k = min(per_prefix, z.shape[1])
     best, column = torch.topk(z, k, dim=1, largest=False)
     parent = torch.arange(z.shape[0])[:, None].expand_as(column)
     passed = best < -z_accept
-    # A runner-up is kept only when it stands out nearly as far as the best: true branches
-    # (one prefix shared by several sentences) score alike, a near miss scores far weaker.
+    # A prefix shared by many sentences has many true extensions, all standing out; a near miss
+    # beside a strong true one stands out far less.
     passed &= best <= best[:, :1] * _RUNNER_UP_FRACTION
     parent, column, score = parent[passed], column[passed], best[passed]
-    order = torch.argsort(score)[:max_frontier]
-    return parent[order], column[order], score[order]
+    order = torch.argsort(score)
+    return parent[order[:max_frontier]], column[order[:max_frontier]], score[order[:max_frontier]], \
+        len(order) > max_frontier
