@@ -217,9 +217,9 @@ class Dager(Attack):
                               residuals=scores)
             for ids, scores in search.sequences
         )
+        blocks = ", ".join(str(layer.block) for layer in evidence.layers)
         reason = (f"{reason} The sequences were grown by gradleak's ranked search: each step keeps the "
-                  f"candidates that the MLP down-projection spans of blocks "
-                  f"{', '.join(str(layer.block) for layer in evidence.layers)} rank far above the rest.")
+                  f"candidates that the MLP down-projection span of block(s) {blocks} ranks far above the rest.")
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
     def _noise_mode(self, update: ClientUpdate) -> tuple[str, str]:
