@@ -19,10 +19,9 @@ Nothing here is ever certified.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-
 import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
