@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gradleak.attacks.dager import Dager, DagerConfig
+from gradleak.attacks.dager import ranked
 from gradleak.attacks.dager.ranked import robust_z
 from gradleak.attacks.dager.tokens import embedding_bag
 from gradleak.client import Exposure, compute_update
@@ -45,6 +46,23 @@ def test_robust_z_ignores_outliers():
     values = torch.tensor([0.0, 1.0, -1.0, 0.5, -0.5, -100.0])
     z = robust_z(values)
     assert z[-1] < -50 and z[:-1].abs().max() < 3
+
+
+def test_weak_last_tokens_and_prefixes_of_kept_sequences_are_dropped():
+    sequences = [
+        ((1, 2, 3), (-20.0, -18.0, -60.0)),        # a finished sentence, its pooled last token strongest
+        ((1, 2, 3, 9), (-20.0, -18.0, -60.0, -6.5)),  # a false token after its end
+        ((1, 2), (-20.0, -18.0)),                   # a prefix of the sentence
+        ((4, 5), (-12.0, -11.0)),
+    ]
+    assert [ids for ids, _ in ranked._tidy(sequences)] == [(1, 2, 3), (4, 5)]
+
+
+def test_a_full_frontier_keeps_the_best_mean_scores():
+    scores = [(-20.0, -20.0), (-20.0, -7.0)]  # the second prefix took a weak token
+    parent, column, z = torch.tensor([1, 0]), torch.tensor([5, 6]), torch.tensor([-12.0, -10.0])
+    kept = ranked._surest(parent, column, z, scores, 1)
+    assert kept[0].tolist() == [0] and kept[1].tolist() == [6]
 
 
 @pytest.mark.parametrize("options", [{}, {"saturated": "cap"}], ids=["rank", "cap"])

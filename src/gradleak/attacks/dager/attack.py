@@ -198,7 +198,7 @@ class Dager(Attack):
         search = search_ranked(
             evidence,
             tokens_at=lambda p: candidates,
-            max_length=max_length, chunk_size=cfg.chunk_size, max_frontier=cfg.max_frontier,
+            max_length=max_length, chunk_size=cfg.chunk_size, max_frontier=cfg.rank_frontier,
             z_accept=cfg.rank_z, per_prefix=cfg.rank_branches,
         )
         timings["search"] = time.perf_counter() - started
@@ -210,6 +210,7 @@ class Dager(Attack):
             "candidate_tokens": len(candidates),
             "prefix_candidates": search.candidates,
             "prefix_accepted": search.accepted,
+            "frontier_cut": search.truncated,
             "seconds": timings,
         }
         sequences = tuple(

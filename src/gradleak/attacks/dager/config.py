@@ -49,6 +49,8 @@ class DagerConfig:
         rank_blocks: how many blocks' MLP down-projections score candidates (``rank``).
         rank_z: robust z-score below the step's median that a candidate must reach (``rank``).
         rank_branches: most extensions kept per prefix and step (``rank``).
+        rank_frontier: most prefixes kept per step (``rank``), those with the best mean score;
+            false branches multiply once sentences run past a few dozen tokens.
     """
 
     sequence_block: int = 1
@@ -73,6 +75,7 @@ class DagerConfig:
     rank_blocks: int = 1
     rank_z: float = 6.0
     rank_branches: int = 32
+    rank_frontier: int = 256
 
     def __post_init__(self) -> None:
         if self.noise is False:  # YAML and ``-o noise=off`` read a bare "off" as false
@@ -85,6 +88,6 @@ class DagerConfig:
         if self.sequence_block < 1:
             raise ValueError(f"DagerConfig: sequence_block must be 1 or deeper, got {self.sequence_block}")
         for name in ("chunk_size", "max_frontier", "max_length", "noise_blocks", "noise_beam",
-                     "rank_blocks", "rank_branches"):
+                     "rank_blocks", "rank_branches", "rank_frontier"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DagerConfig: {name} must be positive, got {getattr(self, name)}")

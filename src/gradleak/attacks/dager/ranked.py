@@ -19,7 +19,9 @@ Nothing here is ever certified.
 
 from __future__ import annotations
 
+import logging
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +31,8 @@ from gradleak.attacks.dager.decoder import DecoderSearch
 from gradleak.attacks.span import SpanBasis
 from gradleak.models.families import LinearLayer
 from gradleak.models.probe import LinearInputProbe, PrefixState
+
+logger = logging.getLogger(__name__)
 
 #: Fewest live prefixes for which a token's mean over them is a fair baseline; below it each
 #: prefix's own median is used.
@@ -113,11 +117,16 @@ def search_ranked(
         tokens = tokens_at(position)
         if tokens is None or tokens.numel() == 0:
             break
+        started = time.perf_counter()
         step = _step_scores(evidence, state, tokens, chunk_size=chunk_size)
-        parent, column, z, cut = _select(step, z_accept=z_accept, per_prefix=per_prefix, max_frontier=max_frontier)
+        parent, column, z = _select(step, z_accept=z_accept, per_prefix=per_prefix)
+        if len(parent) > max_frontier:
+            parent, column, z = _surest(parent, column, z, scores, max_frontier)
+            result.truncated = True
         result.candidates.append(step.numel())
         result.accepted.append(len(parent))
-        result.truncated |= cut
+        logger.info("ranked search: position %d, %d prefixes x %d tokens, %d kept, %.1f s",
+                    position, step.shape[0], step.shape[1], len(parent), time.perf_counter() - started)
         extended = set(parent.tolist())
         result.sequences.extend((prefixes[i], scores[i]) for i in range(len(prefixes)) if i not in extended)
         if len(parent) == 0:
@@ -178,8 +187,8 @@ def _step_scores(evidence, state: PrefixState, tokens: torch.Tensor, *, chunk_si
     return robust_z(values)
 
 
-def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int, max_frontier: int):
-    """Returns (parent, column, score) of the kept extensions, best first, and whether the frontier was cut."""
+def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int):
+    """Returns (parent, column, score) of the extensions that stand out, best first."""
     k = min(per_prefix, z.shape[1])
     best, column = torch.topk(z, k, dim=1, largest=False)
     parent = torch.arange(z.shape[0])[:, None].expand_as(column)
@@ -189,5 +198,16 @@ def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int, max_frontier: 
     passed &= best <= best[:, :1] * _RUNNER_UP_FRACTION
     parent, column, score = parent[passed], column[passed], best[passed]
     order = torch.argsort(score)
-    return parent[order[:max_frontier]], column[order[:max_frontier]], score[order[:max_frontier]], \
-        len(order) > max_frontier
+    return parent[order], column[order], score[order]
+
+
+def _surest(parent, column, z, scores, keep: int):
+    """Returns the ``keep`` extensions with the lowest mean score over the whole extended prefix.
+
+    A false branch usually took one weak token somewhere, so its mean trails the true
+    branches' even where its newest token happens to score well.
+    """
+    totals = torch.tensor([sum(scores[p]) for p in parent.tolist()], dtype=z.dtype)
+    lengths = torch.tensor([len(scores[p]) + 1 for p in parent.tolist()], dtype=z.dtype)
+    order = torch.argsort((totals + z) / lengths)[:keep]
+    return parent[order], column[order], z[order]
