@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks.dager import Dager, DagerConfig
-from gradleak.attacks.dager import ranked
+from gradleak.attacks.dager import Dager, DagerConfig, ranked
 from gradleak.attacks.dager.ranked import robust_z
 from gradleak.attacks.dager.tokens import embedding_bag
 from gradleak.client import Exposure, compute_update
