@@ -72,19 +72,44 @@ def test_minilm(minilm, texts):
     assert_exact(minilm, texts, attack(minilm, texts))
 
 
-def test_encoder_search_stops_once_the_disclosed_batch_is_found(minilm, monkeypatch):
+def test_encoder_search_stops_once_every_block1_row_is_accounted_for(minilm, monkeypatch):
+    """Each encoder row depends on its whole sentence, so block 1's rank is the batch's total length."""
+    from gradleak.attacks.dager import attack as dager_attack
+    from gradleak.attacks.dager import encoder
+
+    texts = SENTENCES[:2]
+    update = compute_update(minilm, Batch(texts=texts, labels=(0, 1)))
+    assert update.metadata.batch_size is None
+    calls, seen_rows = [], []
+    descend, search = encoder._descend, dager_attack.search_sentences
+    monkeypatch.setattr(encoder, "_descend", lambda *a: calls.append(1) or descend(*a))
+
+    def spy(*args, **kwargs):
+        seen_rows.append(kwargs["rows"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(dager_attack, "search_sentences", spy)
+    assert_exact(minilm, texts, Dager().reconstruct(minilm, update))
+    assert seen_rows == [sum(len(ids) for ids in token_ids(minilm, texts))]
+    counted = len(calls)
+    monkeypatch.setattr(dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None}))
+    assert_exact(minilm, texts, Dager().reconstruct(minilm, update))
+    assert counted < len(calls) - counted
+
+
+def test_disclosed_batch_size_ends_the_encoder_search(minilm, monkeypatch):
+    from gradleak.attacks.dager import attack as dager_attack
     from gradleak.attacks.dager import encoder
 
     texts = SENTENCES[:2]
     update = compute_update(minilm, Batch(texts=texts, labels=(0, 1)), disclose_batch_size=True)
-    assert update.metadata.batch_size == 2
     calls = []
-    search = encoder._coordinate_search
-    monkeypatch.setattr(encoder, "_coordinate_search", lambda *a: calls.append(1) or search(*a))
+    descend, search = encoder._descend, dager_attack.search_sentences
+    monkeypatch.setattr(encoder, "_descend", lambda *a: calls.append(1) or descend(*a))
+    monkeypatch.setattr(dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None}))
     assert_exact(minilm, texts, Dager().reconstruct(minilm, update))
     disclosed = len(calls)
-    hidden = update.with_tensors(update.tensors, batch_size=None)
-    assert_exact(minilm, texts, Dager().reconstruct(minilm, hidden))
+    assert_exact(minilm, texts, Dager().reconstruct(minilm, update.with_tensors(update.tensors, batch_size=None)))
     assert disclosed < len(calls) - disclosed
 
 

@@ -77,15 +77,23 @@ class SpanBasis:
         """
         shape = rows.shape[:-1]
         flat = rows.reshape(-1, rows.shape[-1])
-        use_complement = self.complement is not None and self.complement.shape[0] < 2 * self.rank
-        basis = (self.complement if use_complement else self.basis).to(device=flat.device)
         out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
         for start in range(0, flat.shape[0], chunk_size):
-            chunk = flat[start : start + chunk_size].to(torch.float32)
-            chunk = chunk / chunk.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-            residual = chunk @ basis.T if use_complement else chunk - (chunk @ basis.T) @ basis
-            out[start : start + chunk_size] = residual.norm(dim=-1)
+            out[start : start + chunk_size] = self.off_span(flat[start : start + chunk_size]).norm(dim=-1)
         return out.reshape(shape)
+
+    def off_span(self, rows: torch.Tensor) -> torch.Tensor:
+        """Returns the part of each unit-scaled row outside the span (float32).
+
+        Its norm is the row's residual. It is expressed in the complement's coordinates where that
+        is the cheaper product, else in the input's own; either way distances between such vectors
+        are those of the input space, so they can be compared and combined within one call.
+        """
+        use_complement = self.complement is not None and self.complement.shape[0] < 2 * self.rank
+        basis = (self.complement if use_complement else self.basis).to(device=rows.device)
+        rows = rows.to(torch.float32)
+        rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        return rows @ basis.T if use_complement else rows - (rows @ basis.T) @ basis
 
 
 def estimate_rank(singular_values: torch.Tensor, *, min_gap: float = MIN_GAP_DECADES) -> tuple[int, float]:

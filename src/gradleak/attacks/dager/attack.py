@@ -42,7 +42,7 @@ from gradleak.attacks.dager.oracle import (
     row_space_rank,
 )
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
-from gradleak.attacks.dager.tokens import embedding_bag, scan_tokens
+from gradleak.attacks.dager.tokens import embedding_bag, likely_sets, position_weights, scan_tokens
 from gradleak.attacks.span import MIN_GAP_DECADES, span_basis
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
@@ -144,6 +144,8 @@ class Dager(Attack):
                 sequence_oracle, scan.sets, tokenizer=public.tokenizer, threshold=tau2,
                 restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
                 batch_size=update.metadata.batch_size,
+                rows=sequence_oracle.basis.rank if reason is None and clean else None,
+                likely=self._likely_sets(public, gradients, scan),
             )
         timings["search"] = time.perf_counter() - started
 
@@ -222,6 +224,12 @@ class Dager(Attack):
         reason = (f"{reason} The sequences were grown by gradleak's ranked search: each step keeps the "
                   f"candidates that the MLP down-projection span of block(s) {blocks} ranks far above the rest.")
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
+
+    @staticmethod
+    def _likely_sets(public: PublicModel, gradients, scan) -> tuple[torch.Tensor, ...] | None:
+        """Returns the scan's sets cut to the tokens the embedding gradients place there, if shared."""
+        placed = position_weights(public.family, gradients, len(scan.sets))
+        return likely_sets(scan.sets, *placed) if placed is not None else None
 
     def _noise_mode(self, update: ClientUpdate) -> tuple[str, str]:
         """Returns the noise search to run (``off``, ``filter`` or ``beam``) and the defence that noised the

@@ -1,20 +1,27 @@
 """Stage 2 for encoders: whole sentences, since every block-1 input depends on every token.
 
 Lengths come from the positions where the separator token passes block 0. For each length a
-coordinate search fills the positions from their candidate sets, scoring a sentence by the mean
-log residual of its block-1 inputs; random restarts look for further sentences of that length.
-The paper's exhaustive product grows as B^P; this search is linear in the candidates per sweep.
+local search fills the positions from their candidate sets, scoring a sentence by the mean log
+residual of its block-1 inputs, and moving by single changes or by a least-squares combination of
+them; random restarts look for further sentences of that length. The paper's exhaustive product
+grows as B^P; a round of this search is linear in the candidates.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from gradleak.attacks.dager.oracle import SpanOracle
 
-_MAX_SWEEPS = 8
+#: Rounds of the local search from one start.
+_MAX_ROUNDS = 30
+#: Ridge of the joint step, relative to the mean squared effect of a single change.
+_RIDGE = 1e-3
+
+_log = logging.getLogger(__name__)
 
 
 def search_sentences(
@@ -27,75 +34,158 @@ def search_sentences(
     seed: int,
     chunk_size: int,
     batch_size: int | None = None,
+    rows: int | None = None,
+    likely: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
-    """Returns (sentences with per-position residuals, whether the search had to give up early).
+    """Returns (sentences with per-position residuals, whether some sentence may be missing).
 
-    ``batch_size``, when the client disclosed it, ends the search once that many sentences are
-    certified; when it equals the number of distinct lengths, each length holds one sentence and
-    its restarts stop at the first one found. Without it, each length is searched until
-    ``restarts`` restarts in a row find nothing new.
+    ``rows``, the number of distinct block-1 rows (the span's rank where it is not saturated),
+    is the batch's total length, since every encoder row depends on its whole sentence: the
+    search skips lengths longer than what is left and ends once the found sentences account for
+    every row. ``batch_size``, when the client disclosed it, also ends the search once that many
+    sentences are found. Each length is searched until ``restarts`` restarts in a row find
+    nothing new, in passes of 1, 2, 4, ... restarts per length, so that lengths where [SEP]
+    passed block 0 by chance do not hold up the true ones.
+
+    ``likely``, per position a subset of ``sets`` (the tokens the embedding gradients place
+    there, see :func:`gradleak.attacks.dager.tokens.likely_sets`), is searched first from each
+    start; the full sets then polish the result, since ``likely`` may miss a repeated token.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
     found: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
-    gave_up = False
-    lengths = [p + 1 for p, tokens in enumerate(sets) if p >= 1 and bool((tokens == sep_id).any())]
-    one_each = batch_size is not None and batch_size == len(lengths)
-    for length in lengths:
-        if _all_found(found, batch_size):
+    options, first = {}, {}
+    for p, tokens in enumerate(sets):
+        if p >= 1 and bool((tokens == sep_id).any()):
+            full = [_options(sets[q], cls_id, sep_id) for q in range(1, p)]
+            if all(len(o) for o in full):
+                options[p + 1] = full
+                first[p + 1] = full if likely is None else [
+                    cut if len(cut := _options(likely[q], cls_id, sep_id)) else o for q, o in enumerate(full, start=1)]
+    misses = dict.fromkeys(options, 0)
+
+    def left() -> int:
+        return rows - sum(len(f[0]) for f in found) if rows is not None else 0
+
+    def done() -> bool:
+        return (batch_size is not None and len(found) >= batch_size) or (rows is not None and left() <= 0)
+
+    per_pass = 1
+    while not done():
+        live = [n for n in options if misses[n] < restarts and (rows is None or n <= left())]
+        if not live:
             break
-        options = [_options(sets[p], cls_id, sep_id) for p in range(1, length - 1)]
-        if any(len(o) == 0 for o in options):
-            continue
-        misses, before = 0, len(found)
-        while misses < restarts and not (one_each and len(found) > before) and not _all_found(found, batch_size):
-            start = [o[0] if not found and misses == 0 else o[torch.randint(len(o), (1,), generator=generator)]
-                     for o in options]
-            ids, residuals = _coordinate_search(oracle, cls_id, sep_id, options, start, chunk_size)
-            new = ids not in {f[0] for f in found}
-            if max(residuals) < threshold and new:
-                found.append((ids, residuals))
-                misses = 0
-            else:
-                misses += 1
-        gave_up = gave_up or not any(len(f[0]) == length for f in found)
+        for length in live:
+            for _ in range(min(per_pass, restarts - misses[length])):
+                if done() or (rows is not None and length > left()):
+                    break
+                guess = _unclaimed(first[length], found)
+                fresh = misses[length] == 0 and not any(len(f[0]) == length for f in found)
+                start = [o[0] if fresh else o[torch.randint(len(o), (1,), generator=generator)] for o in guess]
+                ids, residuals = _descend(oracle, cls_id, sep_id, guess, start, chunk_size)
+                if max(residuals) >= threshold and any(len(g) < len(o) for g, o in zip(guess, options[length])):
+                    ids, residuals = _descend(oracle, cls_id, sep_id, options[length], ids[1:-1], chunk_size)
+                if max(residuals) < threshold and ids not in {f[0] for f in found}:
+                    found.append((ids, residuals))
+                    misses[length] = 0
+                    _log.info("encoder search: a sentence of length %d found", length)
+                else:
+                    misses[length] += 1
+        per_pass *= 2
+    lengths = {len(f[0]) for f in found}
+    gave_up = left() > 0 if rows is not None else any(n not in lengths for n in options)
     return found, gave_up
 
 
-def _all_found(found: list, batch_size: int | None) -> bool:
-    return batch_size is not None and len(found) >= batch_size
+def _unclaimed(options: list[torch.Tensor], found: list) -> list[torch.Tensor]:
+    """Returns ``options`` without the tokens that found sentences hold at the same positions.
+
+    Two sentences can share a token at a position, so this is a first guess; where nothing is
+    left the position keeps its options.
+    """
+    out = []
+    for position, choices in enumerate(options, start=1):
+        claimed = torch.tensor([f[0][position] for f in found if len(f[0]) > position + 1], dtype=choices.dtype)
+        rest = choices[~torch.isin(choices, claimed)]
+        out.append(rest if len(rest) else choices)
+    return out
 
 
 def _options(tokens: torch.Tensor, cls_id: int, sep_id: int) -> torch.Tensor:
     return tokens[(tokens != cls_id) & (tokens != sep_id)]
 
 
-def _coordinate_search(oracle, cls_id, sep_id, options, start, chunk_size):
+def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
+    """Returns the local optimum reached from ``start``, and its per-row residuals.
+
+    A round scores every single-token change. One wrong token pushes every block-1 row off the
+    span (attention mixes it into all of them), so far from the truth single changes barely differ
+    in score and a one-at-a-time search stalls in mixtures of the batch's sentences. The rows'
+    off-span parts are, however, close to additive in the changes, so a least-squares combination
+    of the single changes' effects (a Gauss-Newton step over discrete choices) points at many right
+    tokens at once; the round keeps whichever of it and the best single change scores better.
+    """
     current = torch.tensor([cls_id, *[int(t) for t in start], sep_id])
-    best = _scores(oracle, current[None], chunk_size)[0]
-    for _ in range(_MAX_SWEEPS):
-        changed = False
-        for offset, choices in enumerate(options):
-            position = offset + 1
-            if len(choices) == 1:
-                current[position] = choices[0]
-                continue
-            variants = current.repeat(len(choices), 1)
-            variants[:, position] = choices
-            scores = _scores(oracle, variants, chunk_size)
-            pick = int(torch.argmin(scores))
-            if scores[pick] < best - 1e-9:
-                best, current, changed = float(scores[pick]), variants[pick].clone(), True
-        if not changed:
+    off = _off_span(oracle, current[None], chunk_size)[0]
+    for _ in range(_MAX_ROUNDS):
+        variants, positions = _single_changes(current, options)
+        if not len(variants):
             break
-    residuals = oracle.residuals(oracle.probe(current[None]))[0]
-    return tuple(int(t) for t in current), tuple(float(r) for r in residuals)
+        effects = _off_span(oracle, variants, chunk_size)
+        scores = _score(effects)
+        joint = _joint_change(current, off, effects, variants, positions)
+        joint_off = _off_span(oracle, joint[None], chunk_size)[0]
+        single = int(torch.argmin(scores))
+        best, best_off, best_score = (joint, joint_off, float(_score(joint_off[None])[0]))
+        if float(scores[single]) < best_score:
+            best, best_off, best_score = variants[single], effects[single], float(scores[single])
+        if best_score >= float(_score(off[None])[0]) - 1e-9:
+            break
+        current, off = best.clone(), best_off
+    return tuple(int(t) for t in current), tuple(float(r) for r in off.norm(dim=-1))
 
 
-def _scores(oracle, sentences: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def _single_changes(current: torch.Tensor, options: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns every sentence one token away from ``current`` within ``options``, and the changed positions."""
+    variants, positions = [], []
+    for offset, choices in enumerate(options):
+        position = offset + 1
+        others = choices[choices != current[position]]
+        block = current.repeat(len(others), 1)
+        block[:, position] = others
+        variants.append(block)
+        positions.append(torch.full((len(others),), position))
+    if not variants:
+        return current[None, :0].repeat(0, 1), torch.empty(0, dtype=torch.long)
+    return torch.cat(variants), torch.cat(positions)
+
+
+def _joint_change(current, off, effects, variants, positions) -> torch.Tensor:
+    """Returns ``current`` with the single changes that jointly best cancel its off-span part.
+
+    Solves ``min_w |off + sum_i w_i (effect_i - off)|^2`` (lightly ridged) and applies, at each
+    position, the change with the largest weight if that weight exceeds one half.
+    """
+    deltas = (effects - off).flatten(1).double()
+    gram = deltas @ deltas.T
+    gram.diagonal().add_(_RIDGE * float(gram.diagonal().mean()) + 1e-30)
+    weights = torch.linalg.solve(gram, -(deltas @ off.flatten().double()))
+    joint = current.clone()
+    for position in positions.unique():
+        mine = torch.nonzero(positions == position).flatten()
+        pick = mine[int(torch.argmax(weights[mine]))]
+        if weights[pick] > 0.5:
+            joint[position] = variants[pick, position]
+    return joint
+
+
+def _off_span(oracle, sentences: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Returns the off-span parts of the sentences' block-1 rows, (sentences, length, m)."""
     rows_per_batch = max(1, chunk_size // sentences.shape[1])
-    out = []
-    for chunk in sentences.split(rows_per_batch):
-        residuals = oracle.residuals(oracle.probe(chunk)).cpu().double()
-        out.append(torch.log10(residuals.clamp_min(1e-12)).mean(dim=1))
-    return torch.cat(out) if out else torch.empty(0)
+    out = [oracle.basis.off_span(oracle.probe(chunk)[oracle.layer]).cpu() for chunk in sentences.split(rows_per_batch)]
+    return torch.cat(out)
+
+
+def _score(off: torch.Tensor) -> torch.Tensor:
+    """Returns each sentence's mean log10 residual over its rows."""
+    return torch.log10(off.norm(dim=-1).double().clamp_min(1e-12)).mean(dim=-1)

@@ -123,6 +123,10 @@ class ArchitectureFamily(ABC):
     def embedding(self) -> nn.Embedding:
         """Returns the token embedding table."""
 
+    def position_embedding(self) -> nn.Embedding | None:
+        """Returns the learned position embedding table, or None (rotary positions)."""
+        return None
+
     def hidden_size(self) -> int:
         """Returns the model's hidden size d."""
         return self.embedding().embedding_dim

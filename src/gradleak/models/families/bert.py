@@ -37,5 +37,8 @@ class BertFamily(ArchitectureFamily):
     def embedding(self) -> nn.Embedding:
         return self.base.embeddings.word_embeddings
 
+    def position_embedding(self) -> nn.Embedding:
+        return self.base.embeddings.position_embeddings
+
     def _embedding_modules_params(self) -> list[nn.Parameter]:
         return list(self.base.embeddings.parameters())

@@ -37,5 +37,8 @@ class GPT2Family(ArchitectureFamily):
     def embedding(self) -> nn.Embedding:
         return self.base.wte
 
+    def position_embedding(self) -> nn.Embedding:
+        return self.base.wpe
+
     def _embedding_modules_params(self) -> list[nn.Parameter]:
         return [*self.base.wte.parameters(), *self.base.wpe.parameters()]
