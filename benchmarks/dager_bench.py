@@ -55,7 +55,7 @@ CONFIGS = [
     *(Config(f"smollm2-{short}-{b}", "smollm2-135m", ds, b)
       for short, ds in (("rt", "rotten_tomatoes"), ("cola", "cola")) for b in (1, 4, 16)),
     *(Config(f"gpt2-rt-{b}", GPT2_FULL, "rotten_tomatoes", b) for b in (1, 8, 32)),
-    *(Config(f"minilm-rt-{b}", "minilm", "rotten_tomatoes", b) for b in (1, 2, 4)),
+    *(Config(f"minilm-rt-{b}", "minilm", "rotten_tomatoes", b) for b in (1, 2, 4, 8)),
     Config("gpt2-cola-128", GPT2_FULL, "cola", 128),
     Config("gpt2-rt-64", GPT2_FULL, "rotten_tomatoes", 64),
 ]

@@ -67,3 +67,10 @@ def test_largest_gap_split():
     assert split.low == pytest.approx(1e-6) and split.high == pytest.approx(0.02)
     assert 1e-6 < split.threshold() <= 1e-4
     assert largest_gap_split(torch.tensor([0.1, 0.2, 0.3])) is None
+
+
+def test_off_span_parts_have_the_residuals_as_norms():
+    x, grad = low_rank_gradient(6, 16, 20)
+    basis = span_basis([grad])
+    rows = torch.cat([x, torch.randn(4, 16, dtype=torch.float64)])
+    torch.testing.assert_close(basis.off_span(rows).norm(dim=-1), basis.residuals(rows))
