@@ -48,8 +48,9 @@ def search_sentences(
     passed block 0 by chance do not hold up the true ones.
 
     ``likely``, per position a subset of ``sets`` (the tokens the embedding gradients place
-    there, see :func:`gradleak.attacks.dager.tokens.likely_sets`), is searched first from each
-    start; the full sets then polish the result, since ``likely`` may miss a repeated token.
+    there, see :func:`gradleak.attacks.dager.tokens.likely_sets`), is searched from each start;
+    after each pass the full sets polish the unfinished results, closest first, since ``likely``
+    may miss a repeated token.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
@@ -70,27 +71,39 @@ def search_sentences(
     def done() -> bool:
         return (batch_size is not None and len(found) >= batch_size) or (rows is not None and left() <= 0)
 
+    def keep(ids: tuple[int, ...], residuals: tuple[float, ...]) -> bool:
+        if max(residuals) >= threshold or ids in {f[0] for f in found}:
+            return False
+        found.append((ids, residuals))
+        misses[len(ids)] = 0
+        _log.info("encoder search: a sentence of length %d found", len(ids))
+        return True
+
+    def fits(length: int) -> bool:
+        return not done() and (rows is None or length <= left())
+
     per_pass = 1
     while not done():
-        live = [n for n in options if misses[n] < restarts and (rows is None or n <= left())]
+        live = [n for n in options if misses[n] < restarts and fits(n)]
         if not live:
             break
+        unpolished = []
         for length in live:
             for _ in range(min(per_pass, restarts - misses[length])):
-                if done() or (rows is not None and length > left()):
+                if not fits(length):
                     break
                 guess = _unclaimed(first[length], found)
                 fresh = misses[length] == 0 and not any(len(f[0]) == length for f in found)
                 start = [o[0] if fresh else o[torch.randint(len(o), (1,), generator=generator)] for o in guess]
                 ids, residuals = _descend(oracle, cls_id, sep_id, guess, start, chunk_size)
-                if max(residuals) >= threshold and any(len(g) < len(o) for g, o in zip(guess, options[length])):
-                    ids, residuals = _descend(oracle, cls_id, sep_id, options[length], ids[1:-1], chunk_size)
-                if max(residuals) < threshold and ids not in {f[0] for f in found}:
-                    found.append((ids, residuals))
-                    misses[length] = 0
-                    _log.info("encoder search: a sentence of length %d found", length)
-                else:
+                if not keep(ids, residuals):
                     misses[length] += 1
+                    if any(len(g) < len(o) for g, o in zip(guess, options[length])):
+                        unpolished.append((_mean_log(residuals), ids))
+        # Polishing with the full sets costs most, so the closest results go first.
+        for _, ids in sorted(unpolished):
+            if fits(len(ids)):
+                keep(*_descend(oracle, cls_id, sep_id, options[len(ids)], ids[1:-1], chunk_size))
         per_pass *= 2
     lengths = {len(f[0]) for f in found}
     gave_up = left() > 0 if rows is not None else any(n not in lengths for n in options)
@@ -166,10 +179,10 @@ def _joint_change(current, off, effects, variants, positions) -> torch.Tensor:
     Solves ``min_w |off + sum_i w_i (effect_i - off)|^2`` (lightly ridged) and applies, at each
     position, the change with the largest weight if that weight exceeds one half.
     """
-    deltas = (effects - off).flatten(1).double()
-    gram = deltas @ deltas.T
+    deltas = (effects - off).flatten(1)
+    gram = (deltas @ deltas.T).double()
     gram.diagonal().add_(_RIDGE * float(gram.diagonal().mean()) + 1e-30)
-    weights = torch.linalg.solve(gram, -(deltas @ off.flatten().double()))
+    weights = torch.linalg.solve(gram, -(deltas @ off.flatten()).double())
     joint = current.clone()
     for position in positions.unique():
         mine = torch.nonzero(positions == position).flatten()
@@ -184,6 +197,10 @@ def _off_span(oracle, sentences: torch.Tensor, chunk_size: int) -> torch.Tensor:
     rows_per_batch = max(1, chunk_size // sentences.shape[1])
     out = [oracle.basis.off_span(oracle.probe(chunk)[oracle.layer]).cpu() for chunk in sentences.split(rows_per_batch)]
     return torch.cat(out)
+
+
+def _mean_log(residuals: tuple[float, ...]) -> float:
+    return float(torch.log10(torch.tensor(residuals, dtype=torch.float64).clamp_min(1e-12)).mean())
 
 
 def _score(off: torch.Tensor) -> torch.Tensor:
