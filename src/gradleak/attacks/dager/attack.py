@@ -157,8 +157,9 @@ class Dager(Attack):
             for ids, res in found
         )
         if reason is None and gave_up:  # what was found is certified, but something may be missing
-            reason = ("the encoder search found no sentence for some length where [SEP] passed block 0; "
-                      "sentences may be missing (raise encoder_restarts to search longer).")
+            reason = ("the encoder search ended before its sentences accounted for every row of block 1's span "
+                      "(or, where that span gives no count, before every length where [SEP] passed block 0 "
+                      "yielded one); sentences may be missing (raise encoder_restarts to search longer).")
         if not sequences:
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
