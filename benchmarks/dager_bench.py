@@ -100,13 +100,15 @@ def distinct_rows(public, texts) -> int:
     return max(layer1, layer2)
 
 
-def run_config(config: Config, *, batches: int, seed: int, options: dict) -> dict:
+def run_config(config: Config, *, batches: int, seed: int, options: dict, skip: tuple[int, ...] = ()) -> dict:
     public = load_model(config.model)
     source = load_texts(config.dataset, split="train")
     attack = Dager(DagerConfig(**options))
     records = []
     for index, batch in enumerate(sample_batches(source, protocol="dager", batch_size=config.batch_size,
                                                  n_batches=batches, seed=seed)):
+        if index in skip:
+            continue
         update = compute_update(public, batch)
         with PeakMemory() as memory:
             started = time.perf_counter()
@@ -196,6 +198,8 @@ def main() -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                         help="DagerConfig setting, repeatable (e.g. -o saturated=cap)")
+    parser.add_argument("--skip", type=int, nargs="*", default=[], metavar="INDEX",
+                        help="batch indices to leave out (the draw of the others is unchanged)")
     parser.add_argument("--no-scan-timing", action="store_true", help="skip the scan-versus-matmul timing")
     args = parser.parse_args()
     options = {}
@@ -214,7 +218,8 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "options": options,
-        "configs": [run_config(c, batches=batches, seed=args.seed, options=options) for c in chosen],
+        "configs": [run_config(c, batches=batches, seed=args.seed, options=options, skip=tuple(args.skip))
+                    for c in chosen],
     }
     if not args.no_scan_timing:
         report["scan_vs_matmul"] = [scan_versus_matmul("smollm2-135m", rank=335),
