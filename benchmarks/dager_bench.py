@@ -135,8 +135,8 @@ def run_config(config: Config, *, batches: int, seed: int, options: dict, skip: 
             "hidden_size": public.family.hidden_size(),
             "reason": result.reason,
         })
-        print(f"{config.name} batch {index}: {exact}/{len(truth)} exact, ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s",
-              file=sys.stderr)
+        print(f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} certified, "
+              f"ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s", file=sys.stderr)
     return summarise(config, records)
 
 

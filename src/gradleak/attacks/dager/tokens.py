@@ -113,8 +113,9 @@ def position_weights(family: ArchitectureFamily, gradients: Mapping[str, torch.T
     each position's row as a combination of the token rows (least squares; the token rows are
     independent while the bag is smaller than d) weighs a token that occurs once at 1 where it
     stands and 0 elsewhere. A repeated token's row mixes its occurrences, so it gets fractions.
-    This places tokens where block 0's span cannot: its basis spans every (token, position)
-    pairing of the batch's tokens and positions once they number fewer than d.
+    This places tokens where block 0's span cannot: after its LayerNorm every row lies in the
+    span of the batch's token and position embeddings (plus two directions), so once the rows
+    are about as many as those tokens and positions, the span holds false pairings of them too.
 
     Returns None unless both tables' gradients are shared, the bag is smaller than d and the
     result is finite; the weights are (bag, positions), float64.
