@@ -99,7 +99,7 @@ def search_sentences(
                 if not keep(ids, residuals):
                     misses[length] += 1
                     if any(len(g) < len(o) for g, o in zip(guess, options[length])):
-                        unpolished.append((_mean_log(residuals), ids))
+                        unpolished.append((float(_mean_log10(torch.tensor(residuals))), ids))
         # Polishing with the full sets costs most, so the closest results go first.
         for _, ids in sorted(unpolished):
             if fits(len(ids)):
@@ -199,10 +199,10 @@ def _off_span(oracle, sentences: torch.Tensor, chunk_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _mean_log(residuals: tuple[float, ...]) -> float:
-    return float(torch.log10(torch.tensor(residuals, dtype=torch.float64).clamp_min(1e-12)).mean())
-
-
 def _score(off: torch.Tensor) -> torch.Tensor:
     """Returns each sentence's mean log10 residual over its rows."""
-    return torch.log10(off.norm(dim=-1).double().clamp_min(1e-12)).mean(dim=-1)
+    return _mean_log10(off.norm(dim=-1))
+
+
+def _mean_log10(residuals: torch.Tensor) -> torch.Tensor:
+    return torch.log10(residuals.double().clamp_min(1e-12)).mean(dim=-1)

@@ -95,8 +95,7 @@ def embedding_bag(family: ArchitectureFamily, gradients: Mapping[str, torch.Tens
     shares it, it is the batch's bag of tokens, exactly and whatever the batch size. (A tied
     language-model head makes every row non-zero; the bag is then useless and None is returned.)
     """
-    name = f"{family.module_name(family.embedding())}.weight"
-    gradient = gradients.get(name)
+    gradient = _table_gradient(family, family.embedding(), gradients)
     if gradient is None:
         return None
     used = torch.nonzero(gradient.detach().abs().amax(dim=1) > 0).flatten().cpu()
@@ -124,13 +123,18 @@ def position_weights(family: ArchitectureFamily, gradients: Mapping[str, torch.T
     bag = embedding_bag(family, gradients)
     if table is None or bag is None:
         return None
-    position_rows = gradients.get(f"{family.module_name(table)}.weight")
+    position_rows = _table_gradient(family, table, gradients)
     if position_rows is None or len(bag) >= family.hidden_size():
         return None
-    token_rows = gradients[f"{family.module_name(family.embedding())}.weight"][bag].double().cpu()
+    token_rows = _table_gradient(family, family.embedding(), gradients)[bag].double().cpu()
     targets = position_rows[:positions].double().cpu()
     weights = torch.linalg.lstsq(token_rows.T, targets.T).solution
     return (bag, weights) if bool(torch.isfinite(weights).all()) else None
+
+
+def _table_gradient(family: ArchitectureFamily, table: torch.nn.Embedding,
+                    gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    return gradients.get(f"{family.module_name(table)}.weight")
 
 
 def likely_sets(sets: tuple[torch.Tensor, ...], bag: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
