@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradleak.attacks import create_attack
-from gradleak.attacks.dager import Dager
+from gradleak.attacks.dager import Dager, DagerConfig
 from gradleak.client import Exposure, compute_update
 from gradleak.data import Batch
 from gradleak.errors import GradientNotExposedError
@@ -89,12 +89,34 @@ def test_encoder_search_stops_once_every_block1_row_is_accounted_for(minilm, mon
         return search(*args, **kwargs)
 
     monkeypatch.setattr(dager_attack, "search_sentences", spy)
-    assert_exact(minilm, texts, Dager().reconstruct(minilm, update))
+    unpeeled = Dager(DagerConfig(peel=False))
+    assert_exact(minilm, texts, unpeeled.reconstruct(minilm, update))
     assert seen_rows == [sum(len(ids) for ids in token_ids(minilm, texts))]
     counted = len(calls)
     monkeypatch.setattr(dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None}))
-    assert_exact(minilm, texts, Dager().reconstruct(minilm, update))
+    assert_exact(minilm, texts, unpeeled.reconstruct(minilm, update))
     assert counted < len(calls) - counted
+
+
+def test_encoder_search_peels_each_sentence_it_finds(minilm, monkeypatch):
+    """After a find, the search goes on against the gradient of the rest: block 1's rank drops by its length."""
+    from gradleak.attacks.dager import attack as dager_attack
+
+    texts = SENTENCES[:2]
+    lengths = [len(ids) for ids in token_ids(minilm, texts)]
+    seen_rows = []
+    search = dager_attack.search_sentences
+
+    def spy(*args, **kwargs):
+        seen_rows.append(kwargs["rows"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(dager_attack, "search_sentences", spy)
+    result = Dager().reconstruct(minilm, compute_update(minilm, Batch(texts=texts, labels=(0, 1))))
+    assert_exact(minilm, texts, result)
+    assert result.certified and result.reason is None
+    assert seen_rows[0] == sum(lengths) and seen_rows[1] in lengths
+    assert result.diagnostics["peeled_rank_left"] == seen_rows[1:]
 
 
 def test_disclosed_batch_size_ends_the_encoder_search(minilm, monkeypatch):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,14 @@ from gradleak.attacks.dager.oracle import (
     row_space_rank,
 )
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
-from gradleak.attacks.dager.tokens import embedding_bag, likely_sets, position_weights, scan_tokens
+from gradleak.attacks.dager.tokens import (
+    TokenScan,
+    embedding_bag,
+    likely_sets,
+    position_weights,
+    scan_tokens,
+)
+from gradleak.attacks.peel import peel
 from gradleak.attacks.span import MIN_GAP_DECADES, span_basis
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
@@ -136,16 +143,14 @@ class Dager(Attack):
                 max_length=max_length, chunk_size=cfg.chunk_size,
                 max_frontier=min(cfg.max_frontier, BEST_EFFORT_FRONTIER) if reason else cfg.max_frontier,
             )
-            found, truncated, gave_up = search.sequences, search.truncated, False
+            found = [(ids, res, tau2) for ids, res in search.sequences]
+            truncated, gave_up = search.truncated, False
             diagnostics["prefix_candidates"], diagnostics["prefix_accepted"] = search.candidates, search.accepted
         else:
             truncated = False
-            found, gave_up = search_sentences(
-                sequence_oracle, scan.sets, tokenizer=public.tokenizer, threshold=tau2,
-                restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
-                batch_size=update.metadata.batch_size,
-                rows=sequence_oracle.basis.rank if reason is None and clean else None,
-                likely=self._likely_sets(public, gradients, scan),
+            found, gave_up = self._search_encoder(
+                public, update, gradients, _EncoderSpans(token_oracle, sequence_oracle, scan, tau2),
+                exact=reason is None and clean, vocab=vocab, min_gap=min_gap, diagnostics=diagnostics,
             )
         timings["search"] = time.perf_counter() - started
 
@@ -153,8 +158,8 @@ class Dager(Attack):
             reason = "the search kept only its best candidates (max_frontier reached); results are best-effort."
         sequences = tuple(
             RecoveredSequence(token_ids=ids, text=public.tokenizer.decode(list(ids)),
-                              certified=reason is None and max(res) < tau2, residuals=res)
-            for ids, res in found
+                              certified=reason is None and max(res) < tau, residuals=res)
+            for ids, res, tau in found
         )
         if reason is None and gave_up:  # what was found is certified, but something may be missing
             reason = ("the encoder search ended before its sentences accounted for every row of block 1's span "
@@ -226,11 +231,79 @@ class Dager(Attack):
                   f"candidates that the MLP down-projection span of block(s) {blocks} ranks far above the rest.")
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
+    def _search_encoder(self, public: PublicModel, update: ClientUpdate, gradients, spans: _EncoderSpans, *,
+                        exact: bool, vocab: torch.Tensor, min_gap: float, diagnostics: dict[str, Any]):
+        """Returns ([(ids, residuals, threshold that certifies them)], whether sentences may be missing).
+
+        On exact spans (clean gaps, block 1's rank counting the batch's rows) each sentence found
+        is peeled off the gradient (:mod:`gradleak.attacks.peel`) and the search goes on with
+        block 0 and block 1's spans rebuilt from the rest, which are smaller and test tokens
+        cleanly again. A peel is kept only if block 1's rank then drops by exactly the sentence's
+        length; otherwise the search goes on where it was.
+        """
+        cfg = self.config
+        found, held, peeled = [], [], []
+        peeling = exact and cfg.peel
+        while True:
+            likely, ends = self._placement(public, gradients, spans.scan)
+            disclosed = update.metadata.batch_size
+            results, gave_up = search_sentences(
+                spans.sequence, spans.scan.sets, tokenizer=public.tokenizer,
+                threshold=spans.tau2, restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
+                batch_size=None if disclosed is None else disclosed - len(found) + len(held),
+                rows=spans.sequence.basis.rank if exact else None,
+                likely=likely, end_weights=ends, first_find=peeling, known=held,
+            )
+            new = results[len(held):]
+            found += [(ids, res, spans.tau2) for ids, res in new]
+            held = results
+            if not (gave_up and new and peeling):
+                break
+            rest = self._peeled_spans(public, gradients, spans, [ids for ids, _ in new], vocab=vocab,
+                                      min_gap=min_gap)
+            if rest is None:
+                peeling = False
+                continue
+            gradients, spans = rest
+            peeled.append(spans.sequence.basis.rank)
+            held = []
+        if peeled:
+            diagnostics["peeled_rank_left"] = peeled
+        return found, gave_up
+
+    def _peeled_spans(self, public: PublicModel, gradients, spans: _EncoderSpans, sentences, *,
+                      vocab: torch.Tensor, min_gap: float):
+        """Returns (the gradient without ``sentences``, its spans), or None unless the peel is exact."""
+        left = spans.sequence.basis.rank - sum(map(len, sentences))
+        peeled = peel(public, gradients, sentences) if left > 0 else None
+        if peeled is None:
+            return None
+        rest = peeled[0]
+        sequence = self._oracle(public, rest, self.config.sequence_block, vocab, min_gap=min_gap)
+        if sequence.basis.saturated or sequence.basis.rank != left:
+            return None
+        # Block 0 has no more distinct rows than block 1 has rows; the largest gap of a peeled
+        # spectrum can fall short of that, leaving weak true directions out.
+        token = build_oracle(public.family, rest, 0, rank=sequence.basis.rank)
+        scan = scan_tokens(token, vocab, per_position=True, max_length=len(spans.scan.sets), tau=self.config.tau1,
+                           chunk_size=self.config.chunk_size)
+        tau2, clean = self._sequence_threshold(sequence, scan, vocab)
+        if token.basis.saturated or scan.split is None or not clean or not scan.sets:
+            return None
+        return rest, _EncoderSpans(token, sequence, scan, self.config.tau2 or tau2)
+
     @staticmethod
-    def _likely_sets(public: PublicModel, gradients, scan) -> tuple[torch.Tensor, ...] | None:
-        """Returns the scan's sets cut to the tokens the embedding gradients place there, if shared."""
+    def _placement(public: PublicModel, gradients, scan) -> tuple[tuple[torch.Tensor, ...] | None,
+                                                                  torch.Tensor | None]:
+        """Returns the scan's sets cut to the tokens the embedding gradients place there, and the
+        separator's weight per position; (None, None) unless both embedding tables' gradients are shared."""
         placed = position_weights(public.family, gradients, len(scan.sets))
-        return likely_sets(scan.sets, *placed) if placed is not None else None
+        if placed is None:
+            return None, None
+        bag, weights = placed
+        separator = torch.nonzero(bag == public.tokenizer.sep_token_id).flatten()
+        ends = weights[int(separator[0])] if len(separator) else None
+        return likely_sets(scan.sets, bag, weights), ends
 
     def _noise_mode(self, update: ClientUpdate) -> tuple[str, str]:
         """Returns the noise search to run (``off``, ``filter`` or ``beam``) and the defence that noised the
@@ -308,6 +381,16 @@ class Dager(Attack):
                         f"dimension {oracle.basis.in_features}): the batch has more distinct rows than the "
                         f"hidden size, so no span test can certify; results are best-effort.")
         return None
+
+
+@dataclass(frozen=True)
+class _EncoderSpans:
+    """What the encoder search tests against: block 0's span and scan, block 1's span and threshold."""
+
+    token: SpanOracle
+    sequence: SpanOracle
+    scan: TokenScan
+    tau2: float
 
 
 def _drift_reason(update: ClientUpdate) -> str | None:

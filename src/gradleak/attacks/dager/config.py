@@ -31,6 +31,9 @@ class DagerConfig:
             the certifying block-1 test, when the update exposes it; much faster, same certificate.
         encoder_restarts: random restarts of the encoder search per sequence length.
         seed: seeds the encoder search's restarts.
+        peel: once the encoder search finds a sentence (on clean spans), take its share out of
+            the gradient and search the rest of the batch on spans rebuilt from what is left
+            (see :mod:`gradleak.attacks.peel`); off searches the whole batch on the first spans.
         noise: how to treat a noised update (Gaussian noise or DP-SGD): ``off`` (the exact span
             test), ``filter`` (the paper's statistical filter, App. C.4), ``beam`` (gradleak's soft
             beam search) or ``auto`` (``beam`` when the update's metadata records such a defence,
@@ -65,6 +68,7 @@ class DagerConfig:
     screen: bool = True
     encoder_restarts: int = 16
     seed: int = 0
+    peel: bool = True
     noise: str = "auto"
     noise_rank: int | None = 100
     noise_blocks: int = 4

@@ -18,6 +18,8 @@ from gradleak.attacks.dager.oracle import SpanOracle
 
 #: Rounds of the local search from one start.
 _MAX_ROUNDS = 30
+#: Deterministic starts per length (see :func:`_start`), all tried in the search's first pass.
+_FIRST_GUESSES = 2
 #: Ridge of the joint step, relative to the mean squared effect of a single change.
 _RIDGE = 1e-3
 
@@ -36,6 +38,9 @@ def search_sentences(
     batch_size: int | None = None,
     rows: int | None = None,
     likely: tuple[torch.Tensor, ...] | None = None,
+    end_weights: torch.Tensor | None = None,
+    first_find: bool = False,
+    known: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
     """Returns (sentences with per-position residuals, whether some sentence may be missing).
 
@@ -51,10 +56,15 @@ def search_sentences(
     there, see :func:`gradleak.attacks.dager.tokens.likely_sets`), is searched from each start;
     after each pass the full sets polish the unfinished results, closest first, since ``likely``
     may miss a repeated token.
+
+    ``end_weights``, per position how much of [SEP] the embedding gradients place there, orders
+    the lengths (the most likely first). ``first_find`` ends the search at the first new
+    sentence, for a caller that peels it off the gradient before searching on; ``known`` holds
+    sentences already found on these spans, which the returned list starts with.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
-    found: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
+    found: list[tuple[tuple[int, ...], tuple[float, ...]]] = list(known or ())
     options, first = {}, {}
     for p, tokens in enumerate(sets):
         if p >= 1 and bool((tokens == sep_id).any()):
@@ -63,13 +73,19 @@ def search_sentences(
                 options[p + 1] = full
                 first[p + 1] = full if likely is None else [
                     cut if len(cut := _options(likely[q], cls_id, sep_id)) else o for q, o in enumerate(full, start=1)]
+    if end_weights is not None:
+        options = dict(sorted(options.items(), key=lambda item: -float(end_weights[item[0] - 1])
+                              if item[0] <= len(end_weights) else 0.0))
     misses = dict.fromkeys(options, 0)
 
     def left() -> int:
         return rows - sum(len(f[0]) for f in found) if rows is not None else 0
 
+    def disclosed_all() -> bool:
+        return batch_size is not None and len(found) >= batch_size
+
     def done() -> bool:
-        return (batch_size is not None and len(found) >= batch_size) or (rows is not None and left() <= 0)
+        return disclosed_all() or (rows is not None and left() <= 0) or (first_find and len(found) > len(known or ()))
 
     def keep(ids: tuple[int, ...], residuals: tuple[float, ...]) -> bool:
         if max(residuals) >= threshold or ids in {f[0] for f in found}:
@@ -82,7 +98,7 @@ def search_sentences(
     def fits(length: int) -> bool:
         return not done() and (rows is None or length <= left())
 
-    per_pass = 1
+    per_pass = _FIRST_GUESSES
     while not done():
         live = [n for n in options if misses[n] < restarts and fits(n)]
         if not live:
@@ -93,8 +109,8 @@ def search_sentences(
                 if not fits(length):
                     break
                 guess = _unclaimed(first[length], found)
-                fresh = misses[length] == 0 and not any(len(f[0]) == length for f in found)
-                start = [o[0] if fresh else o[torch.randint(len(o), (1,), generator=generator)] for o in guess]
+                start = _start(guess, options[length], attempt=misses[length], generator=generator,
+                               fresh=not any(len(f[0]) == length for f in found))
                 ids, residuals = _descend(oracle, cls_id, sep_id, guess, start, chunk_size)
                 if not keep(ids, residuals):
                     misses[length] += 1
@@ -105,9 +121,27 @@ def search_sentences(
             if fits(len(ids)):
                 keep(*_descend(oracle, cls_id, sep_id, options[len(ids)], ids[1:-1], chunk_size))
         per_pass *= 2
-    lengths = {len(f[0]) for f in found}
-    gave_up = left() > 0 if rows is not None else any(n not in lengths for n in options)
-    return found, gave_up
+    if rows is not None:
+        return found, left() > 0
+    cut_short = first_find and len(found) > len(known or ()) and not disclosed_all()
+    return found, cut_short or any(n not in {len(f[0]) for f in found} for n in options)
+
+
+def _start(guess: list[torch.Tensor], full: list[torch.Tensor], *, attempt: int, generator: torch.Generator,
+           fresh: bool) -> list[torch.Tensor]:
+    """Returns where the ``attempt``-th descent at a length starts.
+
+    The first two starts take, per position, the guess's first token (the one the embedding
+    gradients place most strongly) and the guess's token that passed block 0 with the lowest
+    residual (``full`` is in that order); they often hold different sentences' tokens, and one
+    of them is often near enough to a true sentence. Later starts, and any start at a length
+    where a sentence was found already, are random.
+    """
+    if fresh and attempt == 0:
+        return [choices[0] for choices in guess]
+    if fresh and attempt == 1:
+        return [ordered[torch.isin(ordered, choices)][0] for choices, ordered in zip(guess, full)]
+    return [choices[torch.randint(len(choices), (1,), generator=generator)] for choices in guess]
 
 
 def _unclaimed(options: list[torch.Tensor], found: list) -> list[torch.Tensor]:

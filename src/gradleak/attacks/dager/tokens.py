@@ -144,13 +144,17 @@ def likely_sets(sets: tuple[torch.Tensor, ...], bag: torch.Tensor, weights: torc
     if its weight never reaches ``_REPEATED_PEAK`` (a repeated token, whose occurrences share
     its row and so get fractions). Small weights are noise from those repeated tokens, which the
     least squares cannot model; a true token can still be cut, so searches must treat these sets
-    as a first guess, not a test.
+    as a first guess, not a test. Each set is ordered by weight, the most strongly placed first.
     """
     peaks = weights.max(dim=1).values
     repeated = bag[peaks < _REPEATED_PEAK]
     out = []
     for position, tokens in enumerate(sets):
-        placed = bag[weights[:, position] > _WEIGHT_FLOOR] if position < weights.shape[1] else bag[:0]
-        keep = torch.isin(tokens, placed) | torch.isin(tokens, repeated)
-        out.append(tokens[keep])
+        if position >= weights.shape[1]:
+            out.append(tokens[torch.isin(tokens, repeated)])
+            continue
+        placed = bag[weights[:, position] > _WEIGHT_FLOOR]
+        kept = tokens[torch.isin(tokens, placed) | torch.isin(tokens, repeated)]
+        rows = torch.searchsorted(bag, kept)  # the bag is sorted, and holds every kept token
+        out.append(kept[torch.argsort(weights[rows, position], descending=True)])
     return tuple(out)

@@ -1,0 +1,66 @@
+"""Peeling a recovered sentence's share off an update leaves the gradient of the rest of the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks.peel import peel
+from gradleak.client import Exposure, compute_update
+from gradleak.data import Batch
+from gradleak.models import load_model
+
+TEXTS = ("Call Maria at noon.", "The rent is due on Friday.", "A quiet film about loss.")
+LABELS = (1, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("minilm")
+
+
+def flat(gradients):
+    return torch.cat([gradients[name].flatten() for name in sorted(gradients)])
+
+
+def ids_of(public, text):
+    return tuple(public.tokenizer(text)["input_ids"])
+
+
+def test_the_rest_is_the_gradient_of_the_other_sentences(minilm):
+    whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
+    rest_alone = compute_update(minilm, Batch(texts=TEXTS[1:], labels=LABELS[1:])).gradients()
+    peeled = peel(minilm, whole, [ids_of(minilm, TEXTS[0])])
+    assert peeled is not None
+    rest, (share,) = peeled
+    # A mean loss over three sentences weighs each by 1/3; the other two make 2/3 of their own batch's mean.
+    assert share.weight == pytest.approx(1 / 3, rel=1e-4)
+    assert share.label == LABELS[0] and share.parallel_rows > 0
+    got, expected = flat(rest), flat(rest_alone) * 2 / 3
+    assert float((got - expected).norm()) <= 1e-5 * float(expected.norm())
+
+
+def test_every_sentence_peeled_leaves_nothing(minilm):
+    whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
+    rest, shares = peel(minilm, whole, [ids_of(minilm, t) for t in TEXTS])
+    assert [s.label for s in shares] == list(LABELS)
+    assert float(flat(rest).norm()) <= 1e-5 * float(flat(whole).norm())
+
+
+def test_a_sentence_one_token_off_does_not_peel(minilm):
+    whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
+    wrong = list(ids_of(minilm, TEXTS[0]))
+    wrong[2] = ids_of(minilm, TEXTS[1])[2]  # a token the batch uses, elsewhere
+    assert peel(minilm, whole, [wrong]) is None
+
+
+def test_no_peel_without_the_token_embedding_gradient(minilm):
+    blocks_only = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS), exposure=Exposure.parse("blocks=0,1"))
+    assert peel(minilm, blocks_only.gradients(), [ids_of(minilm, TEXTS[0])]) is None
+
+
+def test_a_token_the_batch_never_used_does_not_peel(minilm):
+    whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
+    wrong = list(ids_of(minilm, TEXTS[0]))
+    wrong[2] = ids_of(minilm, "Anna")[1]
+    assert peel(minilm, whole, [wrong]) is None
