@@ -150,7 +150,8 @@ class Dager(Attack):
             truncated = False
             found, gave_up = self._search_encoder(
                 public, update, gradients, _EncoderSpans(token_oracle, sequence_oracle, scan, tau2),
-                exact=reason is None and clean, vocab=vocab, min_gap=min_gap, diagnostics=diagnostics,
+                exact=reason is None and clean, vocab=vocab, min_gap=min_gap, max_length=max_length,
+                diagnostics=diagnostics,
             )
         timings["search"] = time.perf_counter() - started
 
@@ -232,7 +233,8 @@ class Dager(Attack):
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
     def _search_encoder(self, public: PublicModel, update: ClientUpdate, gradients, spans: _EncoderSpans, *,
-                        exact: bool, vocab: torch.Tensor, min_gap: float, diagnostics: dict[str, Any]):
+                        exact: bool, vocab: torch.Tensor, min_gap: float, max_length: int,
+                        diagnostics: dict[str, Any]):
         """Returns ([(ids, residuals, threshold that certifies them)], whether sentences may be missing).
 
         On exact spans (clean gaps, block 1's rank counting the batch's rows) each sentence found
@@ -260,7 +262,7 @@ class Dager(Attack):
             if not (gave_up and new and peeling):
                 break
             rest = self._peeled_spans(public, gradients, spans, [ids for ids, _ in new], vocab=vocab,
-                                      min_gap=min_gap)
+                                      min_gap=min_gap, max_length=max_length)
             if rest is None:
                 peeling = False
                 continue
@@ -272,7 +274,7 @@ class Dager(Attack):
         return found, gave_up
 
     def _peeled_spans(self, public: PublicModel, gradients, spans: _EncoderSpans, sentences, *,
-                      vocab: torch.Tensor, min_gap: float):
+                      vocab: torch.Tensor, min_gap: float, max_length: int):
         """Returns (the gradient without ``sentences``, its spans), or None unless the peel is exact."""
         left = spans.sequence.basis.rank - sum(map(len, sentences))
         peeled = peel(public, gradients, sentences) if left > 0 else None
@@ -285,7 +287,8 @@ class Dager(Attack):
         # Block 0 has no more distinct rows than block 1 has rows; the largest gap of a peeled
         # spectrum can fall short of that, leaving weak true directions out.
         token = build_oracle(public.family, rest, 0, rank=sequence.basis.rank)
-        scan = scan_tokens(token, vocab, per_position=True, max_length=len(spans.scan.sets), tau=self.config.tau1,
+        # Rescanned to the full length: a weak true token can end the first scan early.
+        scan = scan_tokens(token, vocab, per_position=True, max_length=max_length, tau=self.config.tau1,
                            chunk_size=self.config.chunk_size)
         tau2, clean = self._sequence_threshold(sequence, scan, vocab)
         if token.basis.saturated or scan.split is None or not clean or not scan.sets:
