@@ -98,6 +98,11 @@ def test_encoder_search_stops_once_every_block1_row_is_accounted_for(minilm, mon
     assert counted < len(calls) - counted
 
 
+def test_peel_option_must_be_a_boolean():
+    with pytest.raises(ValueError, match="peel must be true or false"):
+        DagerConfig(peel="maybe")
+
+
 def test_encoder_search_peels_each_sentence_it_finds(minilm, monkeypatch):
     """After a find, the search goes on against the gradient of the rest: block 1's rank drops by its length."""
     from gradleak.attacks.dager import attack as dager_attack
@@ -116,7 +121,7 @@ def test_encoder_search_peels_each_sentence_it_finds(minilm, monkeypatch):
     assert_exact(minilm, texts, result)
     assert result.certified and result.reason is None
     assert seen_rows[0] == sum(lengths) and seen_rows[1] in lengths
-    assert result.diagnostics["peeled_rank_left"] == seen_rows[1:]
+    assert [round_["rank_left"] for round_ in result.diagnostics["peeled"]] == seen_rows[1:]
 
 
 def test_disclosed_batch_size_ends_the_encoder_search(minilm, monkeypatch):

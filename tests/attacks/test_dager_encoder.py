@@ -1,4 +1,5 @@
-"""The encoder search: embedding gradients place tokens, joint moves escape mixtures, rows end the search."""
+"""The encoder search: embedding gradients place tokens, joint moves escape mixtures, rows end the search,
+peeling clears the way."""
 
 from __future__ import annotations
 
@@ -64,12 +65,14 @@ def test_joint_change_applies_the_changes_that_cancel_the_off_span_part():
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_rotten_tomatoes_batches_of_four_are_recovered_exactly(shared_dir, minilm):
-    """DAGER's first two Rotten Tomatoes batches of 4 (lengths 10 to 40); the paper's BERT scores 66.8."""
-    batches = sample_batches(load_texts("rotten_tomatoes", split="train"), protocol="dager", batch_size=4,
-                             n_batches=5)[:2]
-    for batch in batches:
-        result = Dager().reconstruct(minilm, compute_update(minilm, batch))
-        truth = sorted(tuple(minilm.tokenizer(t)["input_ids"]) for t in batch.texts)
-        assert sorted(s.token_ids for s in result.sequences) == truth
-        assert result.certified and result.reason is None
+@pytest.mark.parametrize(("n_batches", "index"), [(5, 0), (5, 1), (10, 3), (10, 4)])
+def test_rotten_tomatoes_batches_of_four_are_recovered_exactly(shared_dir, minilm, n_batches, index):
+    """DAGER's Rotten Tomatoes batches of 4 (the paper's BERT scores 66.8). Batches 3 and 4 of 10
+    (lengths 16 to 52) have about as many rows as distinct tokens plus positions, so block 0 places
+    tokens poorly; before each sentence found was peeled off, they did not finish in 20 minutes."""
+    batch = sample_batches(load_texts("rotten_tomatoes", split="train"), protocol="dager", batch_size=4,
+                           n_batches=n_batches)[index]
+    result = Dager().reconstruct(minilm, compute_update(minilm, batch))
+    truth = sorted(tuple(minilm.tokenizer(t)["input_ids"]) for t in batch.texts)
+    assert sorted(s.token_ids for s in result.sequences) == truth
+    assert result.certified and result.reason is None

@@ -267,10 +267,11 @@ class Dager(Attack):
                 peeling = False
                 continue
             gradients, spans = rest
-            peeled.append(spans.sequence.basis.rank)
+            peeled.append({"sentences": len(new), "rank_left": spans.sequence.basis.rank,
+                           "tokens_per_position": [len(s) for s in spans.scan.sets]})
             held = []
         if peeled:
-            diagnostics["peeled_rank_left"] = peeled
+            diagnostics["peeled"] = peeled
         return found, gave_up
 
     def _peeled_spans(self, public: PublicModel, gradients, spans: _EncoderSpans, sentences, *,

@@ -89,6 +89,9 @@ class DagerConfig:
         if self.saturated not in SATURATED_SEARCHES:
             raise ValueError(f"DagerConfig: saturated must be one of {', '.join(SATURATED_SEARCHES)}, "
                              f"got {self.saturated!r}")
+        for name in ("screen", "peel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DagerConfig: {name} must be true or false, got {getattr(self, name)!r}")
         if self.sequence_block < 1:
             raise ValueError(f"DagerConfig: sequence_block must be 1 or deeper, got {self.sequence_block}")
         for name in ("chunk_size", "max_frontier", "max_length", "noise_blocks", "noise_beam",
