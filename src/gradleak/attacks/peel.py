@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradleak.client.fedsgd import encoded_gradient
+from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
 
 #: Relative misfit below which an observed token row counts as parallel to the sentence's own row.
@@ -52,12 +52,23 @@ class Share:
 
 def own_gradient(public: PublicModel, token_ids: Sequence[int], label: int | None,
                  names: list[str]) -> dict[str, torch.Tensor]:
-    """Returns the gradient of one sentence's loss alone, for the named parameters."""
-    ids = torch.tensor([list(token_ids)])
+    """Returns the gradient of one sentence's training loss alone, for the named parameters.
+
+    The loss is the model's own (``labels=`` of the transformers head): the class for a
+    classifier, the sentence itself for next-token prediction.
+    """
+    device = public.family.embedding().weight.device
+    ids = torch.tensor([list(token_ids)], device=device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if "token_type_ids" in public.tokenizer.model_input_names:
         inputs["token_type_ids"] = torch.zeros_like(ids)
-    return encoded_gradient(public, inputs, None if label is None else [label], names=names)
+    targets = ids if label is None else torch.tensor([label], device=device)
+    params = dict(public.model.named_parameters())
+    with only_grad_for(public.model, set(names)), torch.enable_grad():
+        loss = public.model(**inputs, labels=targets).loss
+        grads = torch.autograd.grad(loss, [params[name] for name in names], allow_unused=True)
+    return {name: torch.zeros_like(params[name]) if g is None else g.detach()
+            for name, g in zip(names, grads)}
 
 
 def fit_share(public: PublicModel, gradients: Mapping[str, torch.Tensor],

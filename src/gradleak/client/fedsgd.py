@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -56,19 +55,11 @@ def batch_gradient(
     public: PublicModel, batch: Batch, *, names: list[str], train_mode: bool = False, max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Returns d(loss)/d(parameter) on ``batch`` for the named parameters (zeros where unused)."""
-    inputs = encode(public, batch.texts, max_length=max_length)
-    return encoded_gradient(public, inputs, batch.labels, names=names, train_mode=train_mode)
-
-
-def encoded_gradient(
-    public: PublicModel, inputs: dict[str, torch.Tensor], labels: Sequence[int] | None, *, names: list[str],
-    train_mode: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Returns d(loss)/d(parameter) on an already encoded batch, as :func:`batch_gradient` does."""
     params = dict(public.model.named_parameters())
+    inputs = encode(public, batch.texts, max_length=max_length)
     with only_grad_for(public.model, set(names)), _mode(public.model, train=train_mode):
         public.model.zero_grad(set_to_none=True)
-        task_loss(public, inputs, labels).backward()
+        task_loss(public, inputs, batch.labels).backward()
         grads = {n: _grad_or_zeros(params[n]) for n in names}
         public.model.zero_grad(set_to_none=True)
     return grads
