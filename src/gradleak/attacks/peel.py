@@ -27,8 +27,8 @@ import torch
 from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
 
-#: Relative misfit below which an observed token row counts as parallel to the sentence's own row.
-#: Float32 recomputation leaves about 1e-6 (MiniLM, Rotten Tomatoes batches of 4).
+#: Relative misfit below which an observed token row counts as parallel to the sentence's own row;
+#: recomputing a sentence's gradient in float32 stays well below it.
 PARALLEL_TOLERANCE = 1e-4
 
 
@@ -74,7 +74,7 @@ def own_gradient(public: PublicModel, token_ids: Sequence[int], label: int | Non
 def fit_share(public: PublicModel, gradients: Mapping[str, torch.Tensor],
               token_ids: Sequence[int]) -> tuple[Share, dict[str, torch.Tensor]] | None:
     """Returns the sentence's share of ``gradients`` and its own gradient, or None if none fits exactly."""
-    table = f"{public.family.module_name(public.family.embedding())}.weight"
+    table = public.family.weight_name(public.family.embedding())
     if table not in gradients:
         return None
     names = list(gradients)

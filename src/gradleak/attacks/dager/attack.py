@@ -149,7 +149,7 @@ class Dager(Attack):
         else:
             truncated = False
             found, gave_up = self._search_encoder(
-                public, update, gradients, _EncoderSpans(token_oracle, sequence_oracle, scan, tau2),
+                public, update, gradients, _EncoderSpans(sequence_oracle, scan, tau2),
                 exact=reason is None and clean, vocab=vocab, min_gap=min_gap, max_length=max_length,
                 diagnostics=diagnostics,
             )
@@ -246,9 +246,9 @@ class Dager(Attack):
         cfg = self.config
         found, held, peeled = [], [], []
         peeling = exact and cfg.peel
+        disclosed = update.metadata.batch_size
         while True:
             likely, ends = self._placement(public, gradients, spans.scan)
-            disclosed = update.metadata.batch_size
             results, gave_up = search_sentences(
                 spans.sequence, spans.scan.sets, tokenizer=public.tokenizer,
                 threshold=spans.tau2, restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
@@ -294,7 +294,7 @@ class Dager(Attack):
         tau2, clean = self._sequence_threshold(sequence, scan, vocab)
         if token.basis.saturated or scan.split is None or not clean or not scan.sets:
             return None
-        return rest, _EncoderSpans(token, sequence, scan, self.config.tau2 or tau2)
+        return rest, _EncoderSpans(sequence, scan, self.config.tau2 or tau2)
 
     @staticmethod
     def _placement(public: PublicModel, gradients, scan) -> tuple[tuple[torch.Tensor, ...] | None,
@@ -389,9 +389,8 @@ class Dager(Attack):
 
 @dataclass(frozen=True)
 class _EncoderSpans:
-    """What the encoder search tests against: block 0's span and scan, block 1's span and threshold."""
+    """What the encoder search tests against: block 1's span and threshold, block 0's scan."""
 
-    token: SpanOracle
     sequence: SpanOracle
     scan: TokenScan
     tau2: float

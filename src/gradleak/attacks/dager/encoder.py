@@ -49,7 +49,7 @@ def search_sentences(
     search skips lengths longer than what is left and ends once the found sentences account for
     every row. ``batch_size``, when the client disclosed it, also ends the search once that many
     sentences are found. Each length is searched until ``restarts`` restarts in a row find
-    nothing new, in passes of 1, 2, 4, ... restarts per length, so that lengths where [SEP]
+    nothing new, in passes of 2, 4, 8, ... restarts per length, so that lengths where [SEP]
     passed block 0 by chance do not hold up the true ones.
 
     ``likely``, per position a subset of ``sets`` (the tokens the embedding gradients place
@@ -65,6 +65,7 @@ def search_sentences(
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
     found: list[tuple[tuple[int, ...], tuple[float, ...]]] = list(known or ())
+    already = len(found)
     options, first = {}, {}
     for p, tokens in enumerate(sets):
         if p >= 1 and bool((tokens == sep_id).any()):
@@ -85,7 +86,7 @@ def search_sentences(
         return batch_size is not None and len(found) >= batch_size
 
     def done() -> bool:
-        return disclosed_all() or (rows is not None and left() <= 0) or (first_find and len(found) > len(known or ()))
+        return disclosed_all() or (rows is not None and left() <= 0) or (first_find and len(found) > already)
 
     def keep(ids: tuple[int, ...], residuals: tuple[float, ...]) -> bool:
         if max(residuals) >= threshold or ids in {f[0] for f in found}:
@@ -123,7 +124,7 @@ def search_sentences(
         per_pass *= 2
     if rows is not None:
         return found, left() > 0
-    cut_short = first_find and len(found) > len(known or ()) and not disclosed_all()
+    cut_short = first_find and len(found) > already and not disclosed_all()
     return found, cut_short or any(n not in {len(f[0]) for f in found} for n in options)
 
 

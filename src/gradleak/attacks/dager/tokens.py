@@ -134,7 +134,7 @@ def position_weights(family: ArchitectureFamily, gradients: Mapping[str, torch.T
 
 def _table_gradient(family: ArchitectureFamily, table: torch.nn.Embedding,
                     gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-    return gradients.get(f"{family.module_name(table)}.weight")
+    return gradients.get(family.weight_name(table))
 
 
 def likely_sets(sets: tuple[torch.Tensor, ...], bag: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:

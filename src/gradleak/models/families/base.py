@@ -162,6 +162,10 @@ class ArchitectureFamily(ABC):
         """Returns the dotted name of a submodule of the bound model."""
         return self._names[id(module)]
 
+    def weight_name(self, module: nn.Module) -> str:
+        """Returns the parameter name of a submodule's weight (the key of its gradient in an update)."""
+        return f"{self.module_name(module)}.weight"
+
     def parameter_roles(self) -> dict[str, tuple[int | None, frozenset[str]]]:
         """Returns, for every parameter name, its block (None outside blocks) and its roles."""
         roles: dict[str, tuple[int | None, frozenset[str]]] = {}
