@@ -134,10 +134,22 @@ def run_config(config: Config, *, batches: int, seed: int, options: dict, skip: 
             "distinct_rows": distinct_rows(public, batch.texts),
             "hidden_size": public.family.hidden_size(),
             "reason": result.reason,
+            "peels": _peels(result.diagnostics),
         })
+        peels = "".join(f"; peeled to rank {p['rank_left']}, {p['median_tokens_per_position']:g} tokens per position"
+                        for p in records[-1]["peels"])
+        if peels:
+            first = statistics.median(result.diagnostics["tokens_per_position"])
+            peels = f"; first scan {first:g} tokens per position{peels}"
         print(f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} certified, "
-              f"ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s", file=sys.stderr)
+              f"ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s{peels}", file=sys.stderr)
     return summarise(config, records)
+
+
+def _peels(diagnostics: dict) -> list[dict]:
+    """Returns, per peel of the encoder search, block 1's rank left and block 0's median tokens per position."""
+    return [{"rank_left": p["rank_left"], "median_tokens_per_position": statistics.median(p["tokens_per_position"])}
+            for p in diagnostics.get("peeled", [])]
 
 
 def summarise(config: Config, records: list[dict]) -> dict:
