@@ -136,9 +136,11 @@ def run_config(config: Config, *, batches: int, seed: int, options: dict, skip: 
             "reason": result.reason,
             "peels": _peels(result.diagnostics),
         })
-        peels = "".join(f"; peeled to rank {p['rank_left']}, {p['median_tokens_per_position']:g} tokens per position"
+        peels = "".join(f"; peeled {p['sentences']} to rank {p['rank_left']}, "
+                        f"{p['median_tokens_per_position']:g} tokens per position" if "rank_left" in p else
+                        f"; peeled {p['sentences']} ranked sentences (fits {p['seconds']:g} s)"
                         for p in records[-1]["peels"])
-        if peels:
+        if peels and "tokens_per_position" in result.diagnostics:
             first = statistics.median(result.diagnostics["tokens_per_position"])
             peels = f"; first scan {first:g} tokens per position{peels}"
         print(f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} certified, "
@@ -147,8 +149,11 @@ def run_config(config: Config, *, batches: int, seed: int, options: dict, skip: 
 
 
 def _peels(diagnostics: dict) -> list[dict]:
-    """Returns, per peel of the encoder search, block 1's rank left and block 0's median tokens per position."""
-    return [{"rank_left": p["rank_left"], "median_tokens_per_position": statistics.median(p["tokens_per_position"])}
+    """Returns each peel: for the encoder search, block 1's rank left and block 0's median tokens per
+    position; for the ranked search, the sentences that fitted and the seconds the fits took."""
+    return [{"sentences": p["sentences"], "rank_left": p["rank_left"],
+             "median_tokens_per_position": statistics.median(p["tokens_per_position"])} if "rank_left" in p
+            else {"sentences": p["sentences"], "seconds": p["seconds"]}
             for p in diagnostics.get("peeled", [])]
 
 

@@ -74,6 +74,39 @@ def test_saturated_decoder_is_never_certified(tiny_models, options):
         assert "ranked search" in result.reason and result.diagnostics["tokens"] == "embedding gradient"
 
 
+def test_ranked_sentences_that_fit_are_peeled_and_the_rest_goes_through_the_span_tests(tiny_models, monkeypatch):
+    public = tiny_models("gpt2")  # d = 32; the six sentences have 69 rows
+    truth = [tuple(public.tokenizer(s)["input_ids"]) for s in SENTENCES]
+    update = update_for(public, SENTENCES)
+    # The first round stands in for a ranked search that got four sentences exact and cut or
+    # garbled the other two; what follows (the fit, the peel, DAGER on the rest) is the real thing.
+    cut, wrong = truth[0][:-3], (*truth[3][:4], truth[2][5], *truth[3][5:])
+    exact = [truth[i] for i in (1, 2, 4, 5)]
+    first = ranked.DecoderSearch(sequences=[(ids, (-9.0,) * len(ids)) for ids in (cut, *exact, wrong)])
+    calls = []
+
+    def first_round_only(*args, **kwargs):
+        calls.append(1)
+        return first if len(calls) == 1 else ranked.DecoderSearch()
+
+    monkeypatch.setattr("gradleak.attacks.dager.attack.search_ranked", first_round_only)
+    result = Dager().reconstruct(public, update)
+    assert len(calls) == 1  # 21 rows are left: the rest is no longer saturated
+    assert [s.token_ids for s in result.sequences[:4]] == exact
+    assert sorted(s.token_ids for s in result.sequences[4:]) == sorted([truth[0], truth[3]])
+    assert result.diagnostics["peeled"][0]["sentences"] == 4 and "search" not in result.diagnostics["rest"]
+    assert not any(s.certified for s in result.sequences) and "peeled" in result.reason
+
+
+def test_without_peeling_the_ranked_search_is_the_answer(tiny_models, monkeypatch):
+    public = tiny_models("gpt2")
+    truth = [tuple(public.tokenizer(s)["input_ids"]) for s in SENTENCES]
+    found = ranked.DecoderSearch(sequences=[(truth[1], (-9.0,) * len(truth[1]))])
+    monkeypatch.setattr("gradleak.attacks.dager.attack.search_ranked", lambda *a, **k: found)
+    result = Dager(DagerConfig(peel=False)).reconstruct(public, update_for(public, SENTENCES))
+    assert [s.token_ids for s in result.sequences] == [truth[1]] and "peeled" not in result.diagnostics
+
+
 def test_ranked_search_needs_a_down_projection(tiny_models):
     public = tiny_models("gpt2")
     update = update_for(public, SENTENCES, exposure=Exposure(roles=("q", "k", "v")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks.peel import peel
+from gradleak.attacks.peel import peel, peel_fitting
 from gradleak.client import Exposure, compute_update
 from gradleak.data import Batch
 from gradleak.models import load_model
@@ -64,3 +64,28 @@ def test_a_token_the_batch_never_used_does_not_peel(minilm):
     wrong = list(ids_of(minilm, TEXTS[0]))
     wrong[2] = ids_of(minilm, "Anna")[1]
     assert peel(minilm, whole, [wrong]) is None
+
+
+def test_peel_fitting_takes_out_the_exact_candidates_and_skips_the_rest(minilm):
+    whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
+    truncated = ids_of(minilm, TEXTS[0])[:-2] + ids_of(minilm, TEXTS[0])[-1:]
+    wrong = list(ids_of(minilm, TEXTS[2]))
+    wrong[3] = ids_of(minilm, TEXTS[1])[3]
+    rest, shares = peel_fitting(minilm, whole, [truncated, tuple(wrong), ids_of(minilm, TEXTS[2]),
+                                                ids_of(minilm, TEXTS[0])])
+    assert [s.token_ids for s in shares] == [ids_of(minilm, TEXTS[2]), ids_of(minilm, TEXTS[0])]
+    rest_alone = compute_update(minilm, Batch(texts=TEXTS[1:2], labels=LABELS[1:2])).gradients()
+    got, expected = flat(rest), flat(rest_alone) / 3
+    assert float((got - expected).norm()) <= 1e-5 * float(expected.norm())
+    # The peeled sentences' own tokens leave the bag: their rows are zero, not rounding noise.
+    table = rest[minilm.family.weight_name(minilm.family.embedding())]
+    assert set(torch.nonzero(table.abs().amax(dim=1)).flatten().tolist()) == set(ids_of(minilm, TEXTS[1]))
+
+
+def test_peel_fitting_retries_a_sentence_once_its_tokens_are_its_own(minilm):
+    # Every token of the short sentence is also in the long one, so it only fits after the long one is out.
+    texts, labels = ("the film", "the film was good"), (0, 1)
+    whole = compute_update(minilm, Batch(texts=texts, labels=labels)).gradients()
+    rest, shares = peel_fitting(minilm, whole, [ids_of(minilm, t) for t in texts])
+    assert [s.token_ids for s in shares] == [ids_of(minilm, texts[1]), ids_of(minilm, texts[0])]
+    assert float(flat(rest).norm()) <= 1e-5 * float(flat(whole).norm())

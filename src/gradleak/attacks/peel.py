@@ -77,20 +77,23 @@ def fit_share(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     table = public.family.weight_name(public.family.embedding())
     if table not in gradients:
         return None
-    names = list(gradients)
     tokens = sorted(set(token_ids))
     observed = gradients[table][tokens].double()
     best = None
+    # The fit reads the table's rows only; the whole gradient is computed once, for the label that fits.
     for label in _labels(public):
-        own = own_gradient(public, token_ids, label, names)
-        fit = _parallel_weight(observed, own[table][tokens].double())
+        own = own_gradient(public, token_ids, label, [table])[table][tokens].double()
+        fit = _parallel_weight(observed, own)
         if fit is None:
             continue
         weight, rows = fit
         key = (rows, weight > 0)  # a mean loss weighs the true label positively
         if best is None or key > best[0]:
-            best = (key, Share(tuple(token_ids), label, weight, rows), own)
-    return None if best is None else best[1:]
+            best = (key, Share(tuple(token_ids), label, weight, rows))
+    if best is None:
+        return None
+    share = best[1]
+    return share, own_gradient(public, token_ids, share.label, list(gradients))
 
 
 def peel(public: PublicModel, gradients: Mapping[str, torch.Tensor],
@@ -100,17 +103,66 @@ def peel(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     Each sentence is fitted against what is left after the ones before it, so a token shared
     only with an earlier sentence becomes a parallel row for the later one.
     """
-    rest = {name: value.detach().clone() for name, value in gradients.items()}
+    rest = _copy(gradients)
     shares = []
     for ids in sentences:
         fitted = fit_share(public, rest, ids)
         if fitted is None:
             return None
-        share, own = fitted
-        for name, value in rest.items():
-            value -= share.weight * own[name].to(value.device, value.dtype)
-        shares.append(share)
+        _subtract(public, rest, *fitted)
+        shares.append(fitted[0])
     return rest, shares
+
+
+def peel_fitting(public: PublicModel, gradients: Mapping[str, torch.Tensor],
+                 candidates: Iterable[Sequence[int]]) -> tuple[dict[str, torch.Tensor], list[Share]]:
+    """Returns ``gradients`` minus the share of every candidate that fits exactly, and those shares.
+
+    For candidates of unknown worth (a best-effort search's output): one that does not fit is
+    skipped, and tried again once a sentence sharing one of its tokens has been peeled, since that
+    can leave the token's row to it alone.
+    """
+    rest = _copy(gradients)
+    shares: list[Share] = []
+    pending = [tuple(ids) for ids in dict.fromkeys(map(tuple, candidates))]
+    freed: set[int] | None = None  # tokens whose rows the last pass's peels changed; None: first pass
+    while pending:
+        left, peeled_tokens = [], set()
+        for ids in pending:
+            if freed is not None and freed.isdisjoint(ids):
+                left.append(ids)
+                continue
+            fitted = fit_share(public, rest, ids)
+            if fitted is None:
+                left.append(ids)
+                continue
+            _subtract(public, rest, *fitted)
+            shares.append(fitted[0])
+            peeled_tokens.update(ids)
+        if not peeled_tokens:
+            break
+        pending, freed = left, peeled_tokens
+    return rest, shares
+
+
+def _copy(gradients: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in gradients.items()}
+
+
+def _subtract(public: PublicModel, rest: dict[str, torch.Tensor], share: Share,
+              own: Mapping[str, torch.Tensor]) -> None:
+    """Takes ``share`` out of ``rest``, in place.
+
+    Token rows that the sentence alone accounted for are set to zero rather than left at
+    rounding level, so that the rest's bag of tokens (its non-zero rows) no longer holds them.
+    """
+    table = public.family.weight_name(public.family.embedding())
+    tokens = sorted(set(share.token_ids))
+    before = rest[table][tokens].norm(dim=1)
+    for name, value in rest.items():
+        value -= share.weight * own[name].to(value.device, value.dtype)
+    emptied = rest[table][tokens].norm(dim=1) <= PARALLEL_TOLERANCE * before
+    rest[table][torch.tensor(tokens, device=emptied.device)[emptied]] = 0
 
 
 def _labels(public: PublicModel) -> list[int | None]:

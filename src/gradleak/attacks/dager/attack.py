@@ -49,7 +49,7 @@ from gradleak.attacks.dager.tokens import (
     position_weights,
     scan_tokens,
 )
-from gradleak.attacks.peel import peel
+from gradleak.attacks.peel import peel, peel_fitting
 from gradleak.attacks.span import MIN_GAP_DECADES, span_basis
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
@@ -78,15 +78,24 @@ class Dager(Attack):
 
     def reconstruct(self, public: PublicModel, update: ClientUpdate) -> Reconstruction:
         """Returns the sequences recovered from ``update``, each certified or best-effort."""
-        cfg, family = self.config, public.family
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
+        cfg = self.config
         vocab = self._vocabulary(public)
         noise_mode, why = self._noise_mode(update)
         if noise_mode != "off":
             return reconstruct_noisy(public, update, cfg, mode=noise_mode, vocab=vocab, why=why,
                                      max_length=min(cfg.max_length, _max_positions(public)))
-        gradients = update.gradients()
+        result = self._reconstruct_clean(public, update, update.gradients(), vocab)
+        if result.diagnostics.get("search") == "rank" and cfg.peel:
+            return self._peel_ranked(public, update, result, vocab)
+        return result
+
+    def _reconstruct_clean(self, public: PublicModel, update: ClientUpdate, gradients,
+                           vocab: torch.Tensor) -> Reconstruction:
+        """Returns what DAGER recovers from ``gradients`` (the update's, or what peeling left of them)."""
+        cfg, family = self.config, public.family
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        why = self._noise_mode(update)[1]
         drift = _drift_reason(update)
         min_gap = DRIFT_MIN_GAP if drift else MIN_GAP_DECADES
         token_oracle = self._oracle(public, gradients, 0, vocab, min_gap=min_gap)
@@ -168,6 +177,42 @@ class Dager(Attack):
                       "yielded one); sentences may be missing (raise encoder_restarts to search longer).")
         if not sequences:
             reason = reason or "tokens passed block 0 but no sequence passed block 1's span test."
+        return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
+
+    def _peel_ranked(self, public: PublicModel, update: ClientUpdate, ranked: Reconstruction,
+                     vocab: torch.Tensor) -> Reconstruction:
+        """Returns the ranked search's exact sentences, peeled off the update, and what the rest yields.
+
+        Past the hidden-size limit nothing certifies a ranked sentence, but the fit of its own
+        gradient to the update's token rows (:func:`gradleak.attacks.peel.fit_share`) tells an
+        exact one from a cut or wrong one. Each round peels the exact ones off and attacks the
+        rest again: ranked while its spans stay saturated, with DAGER's span tests once the rest
+        holds fewer rows than the hidden size. Nothing is certified, since every span test on the
+        rest holds only as far as the peels before it were exact.
+        """
+        gradients, result, kept, rounds = update.gradients(), ranked, [], []
+        while result.diagnostics.get("search") == "rank":
+            started = time.perf_counter()
+            by_ids = {s.token_ids: s for s in result.sequences}
+            gradients, shares = peel_fitting(public, gradients, list(by_ids))
+            if not shares:
+                break
+            kept += [by_ids[share.token_ids] for share in shares]
+            rounds.append({"sentences": len(shares), "seconds": round(time.perf_counter() - started, 3),
+                           "search_seconds": result.diagnostics["seconds"].get("search", 0.0)})
+            result = self._reconstruct_clean(public, update, gradients, vocab)
+        if not rounds:
+            return ranked
+        peeled = sum(r["sentences"] for r in rounds)
+        rest = ("the rest was ranked in the same way" if result.diagnostics.get("search") == "rank" else
+                "the rest held fewer rows than the hidden size and went through DAGER's span tests, which "
+                "hold only as far as every peel was exact")
+        reason = (f"{ranked.reason} Then {peeled} of the sequences fitted the update's token-embedding rows "
+                  f"exactly and were peeled off it ({len(rounds)} round(s)); {rest}.")
+        if result.reason and result.diagnostics.get("search") != "rank":
+            reason += f" On the rest: {result.reason}"
+        sequences = (*kept, *(replace(s, certified=False) for s in result.sequences))
+        diagnostics = {**ranked.diagnostics, "peeled": rounds, "rest": result.diagnostics}
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
     def _ranking_evidence(self, public: PublicModel, gradients, sequence_oracle: SpanOracle) -> RankingEvidence | None:
