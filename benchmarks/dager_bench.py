@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -218,7 +219,10 @@ def main() -> None:
     parser.add_argument("--skip", type=int, nargs="*", default=[], metavar="INDEX",
                         help="batch indices to leave out (the draw of the others is unchanged)")
     parser.add_argument("--no-scan-timing", action="store_true", help="skip the scan-versus-matmul timing")
+    parser.add_argument("--log", action="store_true", help="print the attack's progress (searches, peels)")
     args = parser.parse_args()
+    if args.log:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     options = {}
     for pair in args.option:
         key, sep, value = pair.partition("=")

@@ -18,6 +18,7 @@ differs only by a negative factor) makes the rows parallel.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,13 @@ import torch
 from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
 
+_log = logging.getLogger(__name__)
+
 #: Relative misfit below which an observed token row counts as parallel to the sentence's own row;
 #: recomputing a sentence's gradient in float32 stays well below it.
 PARALLEL_TOLERANCE = 1e-4
+#: Candidates per forward pass of :func:`might_fit`.
+_SCREEN_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,7 @@ def own_gradient(public: PublicModel, token_ids: Sequence[int], label: int | Non
     The loss is the model's own (``labels=`` of the transformers head): the class for a
     classifier, the sentence itself for next-token prediction.
     """
-    device = public.family.embedding().weight.device
-    ids = torch.tensor([list(token_ids)], device=device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if "token_type_ids" in public.tokenizer.model_input_names:
-        inputs["token_type_ids"] = torch.zeros_like(ids)
-    targets = ids if label is None else torch.tensor([label], device=device)
+    inputs, targets = _model_inputs(public, [token_ids], label)
     params = dict(public.model.named_parameters())
     with only_grad_for(public.model, set(names)), torch.enable_grad():
         loss = public.model(**inputs, labels=targets).loss
@@ -115,34 +115,101 @@ def peel(public: PublicModel, gradients: Mapping[str, torch.Tensor],
 
 
 def peel_fitting(public: PublicModel, gradients: Mapping[str, torch.Tensor],
-                 candidates: Iterable[Sequence[int]]) -> tuple[dict[str, torch.Tensor], list[Share]]:
+                 candidates: Iterable[Sequence[int]], *,
+                 passes: int = 3) -> tuple[dict[str, torch.Tensor], list[Share]]:
     """Returns ``gradients`` minus the share of every candidate that fits exactly, and those shares.
 
     For candidates of unknown worth (a best-effort search's output): one that does not fit is
     skipped, and tried again once a sentence sharing one of its tokens has been peeled, since that
-    can leave the token's row to it alone.
+    can leave the token's row to it alone; ``passes`` bounds how often the candidates are gone
+    over (each pass costs a forward and backward pass per candidate tried).
     """
     rest = _copy(gradients)
     shares: list[Share] = []
     pending = [tuple(ids) for ids in dict.fromkeys(map(tuple, candidates))]
     freed: set[int] | None = None  # tokens whose rows the last pass's peels changed; None: first pass
-    while pending:
+    for _ in range(passes):
         left, peeled_tokens = [], set()
+        tried = [ids for ids in pending if freed is None or not freed.isdisjoint(ids)]
+        screened = {ids for ids, hit in zip(tried, might_fit(public, rest, tried)) if hit}
         for ids in pending:
-            if freed is not None and freed.isdisjoint(ids):
-                left.append(ids)
-                continue
-            fitted = fit_share(public, rest, ids)
+            fitted = fit_share(public, rest, ids) if ids in screened else None
             if fitted is None:
                 left.append(ids)
                 continue
             _subtract(public, rest, *fitted)
             shares.append(fitted[0])
             peeled_tokens.update(ids)
-        if not peeled_tokens:
+        _log.info("peel: %d of %d candidates fitted", len(pending) - len(left), len(pending))
+        if not peeled_tokens or not left:
             break
         pending, freed = left, peeled_tokens
     return rest, shares
+
+
+def might_fit(public: PublicModel, gradients: Mapping[str, torch.Tensor],
+              candidates: Sequence[Sequence[int]]) -> list[bool]:
+    """Returns, per candidate, whether some label makes one of its token rows parallel to ``gradients``'.
+
+    A screen for :func:`fit_share`, batched: one forward and backward pass per chunk of
+    candidates and label gives every candidate's own token rows up to a factor (the batch's
+    mean loss), which the parallel test does not see. The weight is left to :func:`fit_share`.
+    """
+    table = public.family.weight_name(public.family.embedding())
+    if table not in gradients:
+        return [False] * len(candidates)
+    out = []
+    for start in range(0, len(candidates), _SCREEN_CHUNK):
+        chunk = [tuple(ids) for ids in candidates[start:start + _SCREEN_CHUNK]]
+        hits = [False] * len(chunk)
+        for label in _screen_labels(public):
+            for i, (ids, own) in enumerate(zip(chunk, _own_token_rows(public, chunk, label))):
+                tokens = sorted(set(ids))
+                hits[i] = hits[i] or _parallel_weight(gradients[table][tokens].double(), own) is not None
+        out += hits
+    return out
+
+
+def _own_token_rows(public: PublicModel, batch: list[tuple[int, ...]], label: int | None) -> list[torch.Tensor]:
+    """Returns each sentence's own token-embedding gradient rows (its distinct tokens, sorted), each up
+    to the factor the batch's mean loss puts on it.
+
+    Sentences in a padded batch do not see each other, so the gradient at each sentence's
+    embedded positions is its own; it is read off the embedding's output, summed per token.
+    """
+    inputs, targets = _model_inputs(public, batch, label)
+    embedded = {}
+    hook = public.family.embedding().register_forward_hook(lambda m, a, out: embedded.setdefault("out", out))
+    try:
+        with only_grad_for(public.model, {public.family.weight_name(public.family.embedding())}), \
+                torch.enable_grad():
+            loss = public.model(**inputs, labels=targets).loss
+            (positions,) = torch.autograd.grad(loss, [embedded["out"]])
+    finally:
+        hook.remove()
+    rows = []
+    for ids, grad in zip(batch, positions.detach().double().cpu()):
+        tokens, where = torch.unique(torch.tensor(ids), return_inverse=True)
+        rows.append(torch.zeros(len(tokens), grad.shape[-1], dtype=grad.dtype).index_add_(0, where, grad[:len(ids)]))
+    return rows
+
+
+def _model_inputs(public: PublicModel, batch: Sequence[Sequence[int]],
+                  label: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Returns the right-padded inputs of ``batch`` and the targets of the model's own loss."""
+    device = public.family.embedding().weight.device
+    longest = max(len(ids) for ids in batch)
+    pad = public.tokenizer.pad_token_id if public.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(batch), longest), pad, device=device)
+    mask = torch.zeros_like(ids)
+    for row, sentence in enumerate(batch):
+        ids[row, :len(sentence)] = torch.tensor(list(sentence), device=device)
+        mask[row, :len(sentence)] = 1
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in public.tokenizer.model_input_names:
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    targets = ids.masked_fill(mask == 0, -100) if label is None else torch.full((len(batch),), label, device=device)
+    return inputs, targets
 
 
 def _copy(gradients: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -167,6 +234,15 @@ def _subtract(public: PublicModel, rest: dict[str, torch.Tensor], share: Share,
 
 def _labels(public: PublicModel) -> list[int | None]:
     return [None] if public.task == "next_token" else list(range(public.num_labels))
+
+
+def _screen_labels(public: PublicModel) -> list[int | None]:
+    """Returns the labels whose own gradients differ by more than a factor.
+
+    With two classes the loss gradient under one label is a negative multiple of the other's.
+    """
+    labels = _labels(public)
+    return labels[:1] if len(labels) == 2 else labels
 
 
 def _parallel_weight(observed: torch.Tensor, own: torch.Tensor) -> tuple[float, int] | None:

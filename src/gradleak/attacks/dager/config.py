@@ -33,7 +33,9 @@ class DagerConfig:
         seed: seeds the encoder search's restarts.
         peel: once the encoder search finds a sentence (on clean spans), take its share out of
             the gradient and search the rest of the batch on spans rebuilt from what is left
-            (see :mod:`gradleak.attacks.peel`); off searches the whole batch on the first spans.
+            (see :mod:`gradleak.attacks.peel`); past the hidden-size limit, take out every ranked
+            sentence whose own gradient fits the update exactly and attack the rest again. Off
+            searches the whole batch once, on the first spans.
         noise: how to treat a noised update (Gaussian noise or DP-SGD): ``off`` (the exact span
             test), ``filter`` (the paper's statistical filter, App. C.4), ``beam`` (gradleak's soft
             beam search) or ``auto`` (``beam`` when the update's metadata records such a defence,
