@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks.peel import peel, peel_fitting
+from gradleak.attacks.peel import might_fit, peel, peel_fitting
 from gradleak.client import Exposure, compute_update
 from gradleak.data import Batch
 from gradleak.models import load_model
@@ -89,3 +89,10 @@ def test_peel_fitting_retries_a_sentence_once_its_tokens_are_its_own(minilm):
     rest, shares = peel_fitting(minilm, whole, [ids_of(minilm, t) for t in texts])
     assert [s.token_ids for s in shares] == [ids_of(minilm, texts[1]), ids_of(minilm, texts[0])]
     assert float(flat(rest).norm()) <= 1e-5 * float(flat(whole).norm())
+
+
+def test_the_batched_screen_passes_the_exact_sentences_only(minilm):
+    whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
+    cut = ids_of(minilm, TEXTS[1])[:-2] + ids_of(minilm, TEXTS[1])[-1:]
+    candidates = [ids_of(minilm, TEXTS[0]), cut, ids_of(minilm, TEXTS[2]), ids_of(minilm, "A quiet film about love.")]
+    assert might_fit(minilm, whole, candidates) == [True, False, True, False]
