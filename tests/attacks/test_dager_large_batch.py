@@ -95,6 +95,7 @@ def test_ranked_sentences_that_fit_are_peeled_and_the_rest_goes_through_the_span
     assert [s.token_ids for s in result.sequences[:4]] == exact
     assert sorted(s.token_ids for s in result.sequences[4:]) == sorted([truth[0], truth[3]])
     assert result.diagnostics["peeled"][0]["sentences"] == 4 and "search" not in result.diagnostics["rest"]
+    assert result.diagnostics["seconds"]["peeling"] > 0
     assert not any(s.certified for s in result.sequences) and "peeled" in result.reason
 
 

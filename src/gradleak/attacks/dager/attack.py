@@ -190,6 +190,7 @@ class Dager(Attack):
         holds fewer rows than the hidden size. Nothing is certified, since every span test on the
         rest holds only as far as the peels before it were exact.
         """
+        began = time.perf_counter()
         gradients, result, kept, rounds = update.gradients(), ranked, [], []
         while result.diagnostics.get("search") == "rank":
             started = time.perf_counter()
@@ -213,6 +214,7 @@ class Dager(Attack):
             reason += f" On the rest: {result.reason}"
         sequences = (*kept, *(replace(s, certified=False) for s in result.sequences))
         diagnostics = {**ranked.diagnostics, "peeled": rounds, "rest": result.diagnostics}
+        diagnostics["seconds"] = {**ranked.diagnostics["seconds"], "peeling": time.perf_counter() - began}
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
     def _ranking_evidence(self, public: PublicModel, gradients, sequence_oracle: SpanOracle) -> RankingEvidence | None:
