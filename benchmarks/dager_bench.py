@@ -11,7 +11,9 @@ exactly; model loading and the client's own gradient are excluded from the timin
     .venv/bin/python benchmarks/dager_bench.py --only gpt2-cola-128 --batches 3 -o saturated=cap
 
 Past the hidden-size limit (gpt2-cola-128, gpt2-rt-64) nothing is certified and the ROUGE columns
-are what counts; ``-o saturated=cap`` runs the paper's search there instead of gradleak's ranked one.
+are what counts; ``-o saturated=cap`` runs the paper's search there instead of gradleak's ranked one,
+and ``-o peel=false`` the ranked search alone, without peeling the sentences that fit. ``--log``
+prints the attack's progress (each ranked step, each pass of the fits) to stderr.
 
 Output: one JSON document on stdout (and in --out).
 """
