@@ -74,7 +74,7 @@ def own_gradient(public: PublicModel, token_ids: Sequence[int], label: int | Non
 def fit_share(public: PublicModel, gradients: Mapping[str, torch.Tensor],
               token_ids: Sequence[int]) -> tuple[Share, dict[str, torch.Tensor]] | None:
     """Returns the sentence's share of ``gradients`` and its own gradient, or None if none fits exactly."""
-    table = public.family.weight_name(public.family.embedding())
+    table = _table_name(public)
     if table not in gradients:
         return None
     tokens = sorted(set(token_ids))
@@ -126,7 +126,7 @@ def peel_fitting(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     """
     rest = _copy(gradients)
     shares: list[Share] = []
-    pending = [tuple(ids) for ids in dict.fromkeys(map(tuple, candidates))]
+    pending = list(dict.fromkeys(map(tuple, candidates)))
     freed: set[int] | None = None  # tokens whose rows the last pass's peels changed; None: first pass
     for _ in range(passes):
         left, peeled_tokens = [], set()
@@ -155,7 +155,7 @@ def might_fit(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     candidates and label gives every candidate's own token rows up to a factor (the batch's
     mean loss), which the parallel test does not see. The weight is left to :func:`fit_share`.
     """
-    table = public.family.weight_name(public.family.embedding())
+    table = _table_name(public)
     if table not in gradients:
         return [False] * len(candidates)
     out = []
@@ -181,8 +181,7 @@ def _own_token_rows(public: PublicModel, batch: list[tuple[int, ...]], label: in
     embedded = {}
     hook = public.family.embedding().register_forward_hook(lambda m, a, out: embedded.setdefault("out", out))
     try:
-        with only_grad_for(public.model, {public.family.weight_name(public.family.embedding())}), \
-                torch.enable_grad():
+        with only_grad_for(public.model, {_table_name(public)}), torch.enable_grad():
             loss = public.model(**inputs, labels=targets).loss
             (positions,) = torch.autograd.grad(loss, [embedded["out"]])
     finally:
@@ -212,6 +211,11 @@ def _model_inputs(public: PublicModel, batch: Sequence[Sequence[int]],
     return inputs, targets
 
 
+def _table_name(public: PublicModel) -> str:
+    """Returns the update's key for the token-embedding table's gradient, where every fit is read."""
+    return public.family.weight_name(public.family.embedding())
+
+
 def _copy(gradients: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in gradients.items()}
 
@@ -223,7 +227,7 @@ def _subtract(public: PublicModel, rest: dict[str, torch.Tensor], share: Share,
     Token rows that the sentence alone accounted for are set to zero rather than left at
     rounding level, so that the rest's bag of tokens (its non-zero rows) no longer holds them.
     """
-    table = public.family.weight_name(public.family.embedding())
+    table = _table_name(public)
     tokens = sorted(set(share.token_ids))
     before = rest[table][tokens].norm(dim=1)
     for name, value in rest.items():

@@ -205,12 +205,13 @@ class Dager(Attack):
         if not rounds:
             return ranked
         peeled = sum(r["sentences"] for r in rounds)
-        rest = ("the rest was ranked in the same way" if result.diagnostics.get("search") == "rank" else
+        rest_ranked = result.diagnostics.get("search") == "rank"
+        rest = ("the rest was ranked in the same way" if rest_ranked else
                 "the rest held fewer rows than the hidden size and went through DAGER's span tests, which "
                 "hold only as far as every peel was exact")
         reason = (f"{ranked.reason} Then {peeled} of the sequences fitted the update's token-embedding rows "
                   f"exactly and were peeled off it ({len(rounds)} round(s)); {rest}.")
-        if result.reason and result.diagnostics.get("search") != "rank":
+        if result.reason and not rest_ranked:
             reason += f" On the rest: {result.reason}"
         sequences = (*kept, *(replace(s, certified=False) for s in result.sequences))
         diagnostics = {**ranked.diagnostics, "peeled": rounds, "rest": result.diagnostics}
