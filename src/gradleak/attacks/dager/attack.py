@@ -41,12 +41,11 @@ from gradleak.attacks.dager.oracle import (
     build_oracle,
     row_space_rank,
 )
+from gradleak.attacks.dager.placement import place_tokens
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
 from gradleak.attacks.dager.tokens import (
     TokenScan,
     embedding_bag,
-    likely_sets,
-    position_weights,
     scan_tokens,
 )
 from gradleak.attacks.peel import peel, peel_fitting
@@ -296,13 +295,13 @@ class Dager(Attack):
         peeling = exact and cfg.peel
         disclosed = update.metadata.batch_size
         while True:
-            likely, ends = self._placement(public, gradients, spans.scan)
+            likely, lengths = self._placement(public, gradients, spans.scan)
             results, gave_up = search_sentences(
                 spans.sequence, spans.scan.sets, tokenizer=public.tokenizer,
                 threshold=spans.tau2, restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
                 batch_size=None if disclosed is None else disclosed - len(found) + len(held),
                 rows=spans.sequence.basis.rank if exact else None,
-                likely=likely, end_weights=ends, first_find=peeling, known=held,
+                likely=likely, lengths=lengths, first_find=peeling, known=held,
             )
             new = results[len(held):]
             found += [(ids, res, spans.tau2) for ids, res in new]
@@ -346,16 +345,14 @@ class Dager(Attack):
 
     @staticmethod
     def _placement(public: PublicModel, gradients, scan) -> tuple[tuple[torch.Tensor, ...] | None,
-                                                                  torch.Tensor | None]:
-        """Returns the scan's sets cut to the tokens the embedding gradients place there, and the
-        separator's weight per position; (None, None) unless both embedding tables' gradients are shared."""
-        placed = position_weights(public.family, gradients, len(scan.sets))
-        if placed is None:
+                                                                  tuple[int, ...] | None]:
+        """Returns the scan's sets cut to the tokens the embedding gradients allow there, and the lengths
+        the separator allows, the most likely first; (None, None) where they tell nothing
+        (:func:`gradleak.attacks.dager.placement.place_tokens`)."""
+        placement = place_tokens(public.family, gradients, len(scan.sets))
+        if placement is None:
             return None, None
-        bag, weights = placed
-        separator = torch.nonzero(bag == public.tokenizer.sep_token_id).flatten()
-        ends = weights[int(separator[0])] if len(separator) else None
-        return likely_sets(scan.sets, bag, weights), ends
+        return placement.candidates(scan.sets), placement.lengths(public.tokenizer.sep_token_id)
 
     def _noise_mode(self, update: ClientUpdate) -> tuple[str, str]:
         """Returns the noise search to run (``off``, ``filter`` or ``beam``) and the defence that noised the

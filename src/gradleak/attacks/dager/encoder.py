@@ -38,7 +38,7 @@ def search_sentences(
     batch_size: int | None = None,
     rows: int | None = None,
     likely: tuple[torch.Tensor, ...] | None = None,
-    end_weights: torch.Tensor | None = None,
+    lengths: tuple[int, ...] | None = None,
     first_find: bool = False,
     known: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
@@ -52,13 +52,12 @@ def search_sentences(
     nothing new, in passes of 2, 4, 8, ... restarts per length, so that lengths where [SEP]
     passed block 0 by chance do not hold up the true ones.
 
-    ``likely``, per position a subset of ``sets`` (the tokens the embedding gradients place
-    there, see :func:`gradleak.attacks.dager.tokens.likely_sets`), is searched from each start;
-    after each pass the full sets polish the unfinished results, closest first, since ``likely``
-    may miss a repeated token.
+    ``likely``, per position a subset of ``sets`` (the tokens the embedding gradients allow
+    there, see :meth:`gradleak.attacks.dager.placement.TokenPlacement.candidates`), is searched
+    from each start; after each pass the full sets polish the unfinished results, closest first.
 
-    ``end_weights``, per position how much of [SEP] the embedding gradients place there, orders
-    the lengths (the most likely first). ``first_find`` ends the search at the first new
+    ``lengths``, the lengths where the embedding gradients allow [SEP] at the end, the most
+    likely first, restricts and orders the lengths tried. ``first_find`` ends the search at the first new
     sentence, for a caller that peels it off the gradient before searching on; ``known`` holds
     sentences already found on these spans, which the returned list starts with.
     """
@@ -74,9 +73,8 @@ def search_sentences(
                 options[p + 1] = full
                 first[p + 1] = full if likely is None else [
                     cut if len(cut := _options(likely[q], cls_id, sep_id)) else o for q, o in enumerate(full, start=1)]
-    if end_weights is not None:
-        options = dict(sorted(options.items(), key=lambda item: -float(end_weights[item[0] - 1])
-                              if item[0] <= len(end_weights) else 0.0))
+    if lengths is not None:
+        options = {n: options[n] for n in lengths if n in options}
     misses = dict.fromkeys(options, 0)
 
     def left() -> int:

@@ -12,11 +12,6 @@ from gradleak.attacks.dager.oracle import SpanOracle
 from gradleak.attacks.thresholds import ResidualSplit, largest_gap_split
 from gradleak.models.families import ArchitectureFamily
 
-#: Least-squares weight above which a token counts as placed at a position.
-_WEIGHT_FLOOR = 0.03
-#: A token whose weight peaks below this is taken to be repeated (its occurrences share its row).
-_REPEATED_PEAK = 0.7
-
 
 @dataclass(frozen=True)
 class TokenScan:
@@ -95,66 +90,9 @@ def embedding_bag(family: ArchitectureFamily, gradients: Mapping[str, torch.Tens
     shares it, it is the batch's bag of tokens, exactly and whatever the batch size. (A tied
     language-model head makes every row non-zero; the bag is then useless and None is returned.)
     """
-    gradient = _table_gradient(family, family.embedding(), gradients)
+    gradient = gradients.get(family.weight_name(family.embedding()))
     if gradient is None:
         return None
     used = torch.nonzero(gradient.detach().abs().amax(dim=1) > 0).flatten().cpu()
     return used if 0 < len(used) < gradient.shape[0] // 2 else None
 
-
-def position_weights(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor],
-                     positions: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Returns (the bag of tokens, how much of each bag token each position's gradient holds).
-
-    Token and position embeddings are summed before the first LayerNorm, so one vector per token
-    occurrence, the gradient at that row, makes up both tables' gradients: a token's row is the
-    sum over its occurrences, a position's row the sum over the batch's tokens there. Solving
-    each position's row as a combination of the token rows (least squares; the token rows are
-    independent while the bag is smaller than d) weighs a token that occurs once at 1 where it
-    stands and 0 elsewhere. A repeated token's row mixes its occurrences, so it gets fractions.
-    This places tokens where block 0's span cannot: after its LayerNorm every row lies in the
-    span of the batch's token and position embeddings (plus two directions), so once the rows
-    are about as many as those tokens and positions, the span holds false pairings of them too.
-
-    Returns None unless both tables' gradients are shared, the bag is smaller than d and the
-    result is finite; the weights are (bag, positions), float64.
-    """
-    table = family.position_embedding()
-    bag = embedding_bag(family, gradients)
-    if table is None or bag is None:
-        return None
-    position_rows = _table_gradient(family, table, gradients)
-    if position_rows is None or len(bag) >= family.hidden_size():
-        return None
-    token_rows = _table_gradient(family, family.embedding(), gradients)[bag].double().cpu()
-    targets = position_rows[:positions].double().cpu()
-    weights = torch.linalg.lstsq(token_rows.T, targets.T).solution
-    return (bag, weights) if bool(torch.isfinite(weights).all()) else None
-
-
-def _table_gradient(family: ArchitectureFamily, table: torch.nn.Embedding,
-                    gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-    return gradients.get(family.weight_name(table))
-
-
-def likely_sets(sets: tuple[torch.Tensor, ...], bag: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Returns each position's scan set cut to the tokens that :func:`position_weights` places there.
-
-    A token is kept where its weight exceeds ``_WEIGHT_FLOOR``, or everywhere it passed the scan
-    if its weight never reaches ``_REPEATED_PEAK`` (a repeated token, whose occurrences share
-    its row and so get fractions). Small weights are noise from those repeated tokens, which the
-    least squares cannot model; a true token can still be cut, so searches must treat these sets
-    as a first guess, not a test. Each set is ordered by weight, the most strongly placed first.
-    """
-    peaks = weights.max(dim=1).values
-    repeated = bag[peaks < _REPEATED_PEAK]
-    out = []
-    for position, tokens in enumerate(sets):
-        if position >= weights.shape[1]:
-            out.append(tokens[torch.isin(tokens, repeated)])
-            continue
-        placed = bag[weights[:, position] > _WEIGHT_FLOOR]
-        kept = tokens[torch.isin(tokens, placed) | torch.isin(tokens, repeated)]
-        rows = torch.searchsorted(bag, kept)  # the bag is sorted, and holds every kept token
-        out.append(kept[torch.argsort(weights[rows, position], descending=True)])
-    return tuple(out)

@@ -127,6 +127,16 @@ class ArchitectureFamily(ABC):
         """Returns the learned position embedding table, or None (rotary positions)."""
         return None
 
+    def embedding_norm(self) -> nn.Module | None:
+        """Returns the LayerNorm that normalises the embedding sum before block 0 with no residual
+        around it (BERT), or None."""
+        return None
+
+    def constant_embedding(self) -> torch.Tensor | None:
+        """Returns what every token's embedding sum holds besides its token and position rows (BERT's
+        first token type), or None."""
+        return None
+
     def hidden_size(self) -> int:
         """Returns the model's hidden size d."""
         return self.embedding().embedding_dim

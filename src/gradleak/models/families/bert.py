@@ -6,6 +6,7 @@ candidates are (token, token type) pairs per position.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from gradleak.models.families.base import ArchitectureFamily, ModuleSlot
@@ -39,6 +40,12 @@ class BertFamily(ArchitectureFamily):
 
     def position_embedding(self) -> nn.Embedding:
         return self.base.embeddings.position_embeddings
+
+    def embedding_norm(self) -> nn.Module:
+        return self.base.embeddings.LayerNorm
+
+    def constant_embedding(self) -> torch.Tensor:
+        return self.base.embeddings.token_type_embeddings.weight.detach()[0]
 
     def _embedding_modules_params(self) -> list[nn.Parameter]:
         return list(self.base.embeddings.parameters())
