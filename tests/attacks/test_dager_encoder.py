@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY
 
 from gradleak.attacks.dager import Dager, encoder
-from gradleak.attacks.dager.tokens import likely_sets, position_weights
+from gradleak.attacks.dager.placement import TokenPlacement, place_tokens
 from gradleak.client import Exposure, compute_update
 from gradleak.data import Batch, load_texts, sample_batches
 from gradleak.models import load_model
@@ -26,29 +27,61 @@ def update_for(public, texts, **client):
                           **client)
 
 
-def test_position_weights_place_each_token_where_it_stands(minilm):
-    ids = [minilm.tokenizer(t)["input_ids"] for t in SAME_LENGTH]
+def truth_sets(public, texts, positions):
+    ids = [public.tokenizer(t)["input_ids"] for t in texts]
+    return ids, [{sentence[p] for sentence in ids if p < len(sentence)} for p in range(positions)]
+
+
+def test_placement_places_each_token_where_it_stands(minilm):
+    ids, _ = truth_sets(minilm, SAME_LENGTH, 0)
     length = len(ids[0])
     assert all(len(i) == length for i in ids)
-    bag, weights = position_weights(minilm.family, update_for(minilm, SAME_LENGTH).gradients(), length)
-    expected = torch.zeros(len(bag), length, dtype=torch.float64)
+    placement = place_tokens(minilm.family, update_for(minilm, SAME_LENGTH).gradients(), length)
+    expected = torch.zeros(len(placement.bag), length, dtype=torch.bool)
     for sentence in ids:
         for position, token in enumerate(sentence):
-            expected[int(torch.nonzero(bag == token)[0, 0]), position] = 1.0
-    torch.testing.assert_close(weights, expected, atol=1e-3, rtol=0)
+            expected[int(torch.nonzero(placement.bag == token)[0, 0]), position] = True
+    assert torch.equal(placement.placed, expected)
+    assert not placement.open_tokens.any() and not placement.open_positions.any()
+    assert placement.lengths(minilm.tokenizer.sep_token_id) == (length,)
 
 
-def test_position_weights_need_both_embedding_gradients(minilm):
+def test_placement_leaves_tokens_in_cycles_open_and_never_misplaces(minilm):
+    """"the" and "a" stand at two positions each, in sentences of different lengths."""
+    texts = ("the cat saw a dog", "a dog saw the cat today", "one bird sang")
+    ids, truth = truth_sets(minilm, texts, 8)
+    placement = place_tokens(minilm.family, update_for(minilm, texts).gradients(), 8)
+    for token, position in torch.nonzero(placement.placed).tolist():
+        assert int(placement.bag[token]) in truth[position]
+    assert placement.open_tokens.any()  # the sums alone cannot place a cycle
+    candidates = placement.candidates(tuple(placement.bag for _ in range(8)))
+    for position, tokens in enumerate(truth):
+        assert tokens <= set(candidates[position].tolist())
+    lengths = placement.lengths(minilm.tokenizer.sep_token_id)
+    assert {len(i) for i in ids} <= set(lengths)
+    assert len(lengths) < 8
+
+
+def test_placement_needs_a_normalised_embedding_sum_and_both_gradients(minilm):
     blocks_only = update_for(minilm, SAME_LENGTH, exposure=Exposure.parse("blocks=0,1"))
-    assert position_weights(minilm.family, blocks_only.gradients(), 7) is None
+    assert place_tokens(minilm.family, blocks_only.gradients(), 7) is None
+    gpt2 = load_model(TINY["gpt2"])  # its embedding sum enters block 0 unnormalised, beside a residual
+    assert place_tokens(gpt2.family, update_for(gpt2, SAME_LENGTH).gradients(), 7) is None
 
 
-def test_likely_sets_keep_placed_and_repeated_tokens():
-    sets = (torch.tensor([10, 11, 12]), torch.tensor([10, 11, 12]))
-    bag = torch.tensor([10, 11, 12])
-    weights = torch.tensor([[1.0, 0.0], [0.0, 0.99], [0.3, 0.4]], dtype=torch.float64)  # 12 peaks at 0.4: repeated
-    first, second = likely_sets(sets, bag, weights)
-    assert first.tolist() == [10, 12] and second.tolist() == [11, 12]
+def test_candidates_put_placed_tokens_first_and_open_tokens_only_at_open_positions():
+    placement = TokenPlacement(
+        bag=torch.tensor([10, 11, 12]),
+        placed=torch.tensor([[True, False, False], [False, True, False], [False, False, False]]),
+        open_tokens=torch.tensor([False, False, True]),
+        open_positions=torch.tensor([False, True, True]),
+        weights=torch.zeros(3, 3, dtype=torch.float64),
+    )
+    sets = tuple(torch.tensor([12, 11, 10]) for _ in range(3))
+    assert [c.tolist() for c in placement.candidates(sets)] == [[10], [11, 12], [12]]
+    assert sorted(placement.lengths(12)) == [2, 3]
+    assert placement.lengths(11) == (2,)
+    assert placement.lengths(99) == ()
 
 
 def test_joint_change_applies_the_changes_that_cancel_the_off_span_part():
