@@ -54,11 +54,12 @@ def search_sentences(
 
     ``likely``, per position a subset of ``sets`` (the tokens the embedding gradients allow
     there, see :meth:`gradleak.attacks.dager.placement.TokenPlacement.candidates`), is searched
-    from each start; after each pass the full sets polish the unfinished results, closest first.
+    from each start; once that search is exhausted the full sets polish its results, closest first.
 
     ``lengths``, the lengths where the embedding gradients allow [SEP] at the end, the most
-    likely first, restricts and orders the lengths tried. ``first_find`` ends the search at the first new
-    sentence, for a caller that peels it off the gradient before searching on; ``known`` holds
+    likely first, restricts and orders the lengths tried: the passes try only the first 2, 4, 8,
+    ... live ones, so the likely lengths get more starts before the unlikely ones get any.
+    ``first_find`` ends the search at the first new sentence, for a caller that peels it off the gradient before searching on; ``known`` holds
     sentences already found on these spans, which the returned list starts with.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -97,12 +98,13 @@ def search_sentences(
     def fits(length: int) -> bool:
         return not done() and (rows is None or length <= left())
 
-    per_pass = _FIRST_GUESSES
+    per_pass, unpolished = _FIRST_GUESSES, []
     while not done():
         live = [n for n in options if misses[n] < restarts and fits(n)]
+        if lengths is not None:  # ordered, the likeliest first: widen the window pass by pass
+            live = live[:per_pass]
         if not live:
             break
-        unpolished = []
         for length in live:
             for _ in range(min(per_pass, restarts - misses[length])):
                 if not fits(length):
@@ -115,11 +117,11 @@ def search_sentences(
                     misses[length] += 1
                     if any(len(g) < len(o) for g, o in zip(guess, options[length])):
                         unpolished.append((float(_mean_log10(torch.tensor(residuals))), ids))
-        # Polishing with the full sets costs most, so the closest results go first.
-        for _, ids in sorted(unpolished):
-            if fits(len(ids)):
-                keep(*_descend(oracle, cls_id, sep_id, options[len(ids)], ids[1:-1], chunk_size))
         per_pass *= 2
+    # Polishing with the full sets costs most: only once the cut sets are exhausted, closest first.
+    for _, ids in sorted(unpolished):
+        if fits(len(ids)):
+            keep(*_descend(oracle, cls_id, sep_id, options[len(ids)], ids[1:-1], chunk_size))
     if rows is not None:
         return found, left() > 0
     cut_short = first_find and len(found) > already and not disclosed_all()
