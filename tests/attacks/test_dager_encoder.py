@@ -109,3 +109,17 @@ def test_rotten_tomatoes_batches_of_four_are_recovered_exactly(shared_dir, minil
     truth = sorted(tuple(minilm.tokenizer(t)["input_ids"]) for t in batch.texts)
     assert sorted(s.token_ids for s in result.sequences) == truth
     assert result.certified and result.reason is None
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_a_rotten_tomatoes_batch_of_eight_is_recovered_exactly(shared_dir, minilm):
+    """DAGER's first Rotten Tomatoes batch of 8 (lengths 9 to 50; the paper's BERT scores 37.1 at B = 8):
+    244 rows against 136 distinct tokens plus 50 positions, so block 0 passes 130 tokens at every
+    position and only the embedding LayerNorm's placement steers the search."""
+    batch = sample_batches(load_texts("rotten_tomatoes", split="train"), protocol="dager", batch_size=8,
+                           n_batches=10)[0]
+    result = Dager().reconstruct(minilm, compute_update(minilm, batch))
+    truth = sorted(tuple(minilm.tokenizer(t)["input_ids"]) for t in batch.texts)
+    assert sorted(s.token_ids for s in result.sequences) == truth
+    assert result.certified and result.reason is None
