@@ -93,8 +93,19 @@ def test_joint_change_applies_the_changes_that_cancel_the_off_span_part():
     assert positions.tolist() == [1, 2, 3]
     effects_alone = torch.randn(len(variants), 5, 12, generator=generator)
     off = -(effects_alone[0] + effects_alone[2])  # the truth changes positions 1 and 3
-    joint = encoder._joint_change(current, off, off + effects_alone, variants, positions)
+    weights = encoder._joint_weights(off, off + effects_alone)
+    joint = encoder._joint_change(current, weights, variants, positions)
     assert joint.tolist() == [1, 8, 6, 4, 2]
+
+
+def test_a_stalled_round_tries_the_heaviest_changes_in_pairs():
+    current = torch.tensor([1, 5, 6, 7, 2])
+    variants, positions = encoder._single_changes(current, [torch.tensor([5, 8]), torch.tensor([6, 9]),
+                                                            torch.tensor([7, 4])])
+    weights = torch.tensor([0.45, 0.1, 0.4], dtype=torch.float64)  # no single weight above one half
+    assert encoder._joint_change(current, weights, variants, positions).tolist() == current.tolist()
+    pairs = encoder._pair_changes(current, weights, variants, positions)
+    assert [1, 8, 6, 4, 2] in pairs.tolist() and len(pairs) == 3
 
 
 @pytest.mark.slow

@@ -22,6 +22,8 @@ _MAX_ROUNDS = 30
 _FIRST_GUESSES = 2
 #: Ridge of the joint step, relative to the mean squared effect of a single change.
 _RIDGE = 1e-3
+#: Changes of largest joint weight that a stalled round tries in pairs.
+_PAIRED = 16
 
 _log = logging.getLogger(__name__)
 
@@ -172,6 +174,9 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
     off-span parts are, however, close to additive in the changes, so a least-squares combination
     of the single changes' effects (a Gauss-Newton step over discrete choices) points at many right
     tokens at once; the round keeps whichever of it and the best single change scores better.
+    Near the truth, with two tokens wrong, neither helps: fixing one leaves every row off, and the
+    combination also applies spurious changes. So where both fail, the round tries every pair of
+    the changes the combination weighs most.
     """
     current = torch.tensor([cls_id, *[int(t) for t in start], sep_id])
     off = _off_span(oracle, current[None], chunk_size)[0]
@@ -181,14 +186,24 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
             break
         effects = _off_span(oracle, variants, chunk_size)
         scores = _score(effects)
-        joint = _joint_change(current, off, effects, variants, positions)
+        weights = _joint_weights(off, effects)
+        joint = _joint_change(current, weights, variants, positions)
         joint_off = _off_span(oracle, joint[None], chunk_size)[0]
         single = int(torch.argmin(scores))
         best, best_off, best_score = (joint, joint_off, float(_score(joint_off[None])[0]))
         if float(scores[single]) < best_score:
             best, best_off, best_score = variants[single], effects[single], float(scores[single])
-        if best_score >= float(_score(off[None])[0]) - 1e-9:
-            break
+        now = float(_score(off[None])[0]) - 1e-9
+        if best_score >= now:
+            pairs = _pair_changes(current, weights, variants, positions)
+            if not len(pairs):
+                break
+            pair_off = _off_span(oracle, pairs, chunk_size)
+            pair_scores = _score(pair_off)
+            pick = int(torch.argmin(pair_scores))
+            if float(pair_scores[pick]) >= now:
+                break
+            best, best_off = pairs[pick], pair_off[pick]
         current, off = best.clone(), best_off
     return tuple(int(t) for t in current), tuple(float(r) for r in off.norm(dim=-1))
 
@@ -208,16 +223,16 @@ def _single_changes(current: torch.Tensor, options: list[torch.Tensor]) -> tuple
     return torch.cat(variants), torch.cat(positions)
 
 
-def _joint_change(current, off, effects, variants, positions) -> torch.Tensor:
-    """Returns ``current`` with the single changes that jointly best cancel its off-span part.
-
-    Solves ``min_w |off + sum_i w_i (effect_i - off)|^2`` (lightly ridged) and applies, at each
-    position, the change with the largest weight if that weight exceeds one half.
-    """
+def _joint_weights(off: torch.Tensor, effects: torch.Tensor) -> torch.Tensor:
+    """Solves ``min_w |off + sum_i w_i (effect_i - off)|^2`` (lightly ridged) over the single changes."""
     deltas = (effects - off).flatten(1)
     gram = (deltas @ deltas.T).double()
     gram.diagonal().add_(_RIDGE * float(gram.diagonal().mean()) + 1e-30)
-    weights = torch.linalg.solve(gram, -(deltas @ off.flatten()).double())
+    return torch.linalg.solve(gram, -(deltas @ off.flatten()).double())
+
+
+def _joint_change(current, weights, variants, positions) -> torch.Tensor:
+    """Returns ``current`` with, at each position, the change of largest weight if that weight exceeds one half."""
     joint = current.clone()
     for position in positions.unique():
         mine = torch.nonzero(positions == position).flatten()
@@ -225,6 +240,20 @@ def _joint_change(current, off, effects, variants, positions) -> torch.Tensor:
         if weights[pick] > 0.5:
             joint[position] = variants[pick, position]
     return joint
+
+
+def _pair_changes(current, weights, variants, positions) -> torch.Tensor:
+    """Returns ``current`` with each pair, at two positions, of the ``_PAIRED`` changes of largest weight."""
+    top = torch.argsort(weights, descending=True)[:_PAIRED].tolist()
+    pairs = []
+    for i, first in enumerate(top):
+        for second in top[i + 1:]:
+            if positions[first] != positions[second]:
+                pair = current.clone()
+                pair[positions[first]] = variants[first, positions[first]]
+                pair[positions[second]] = variants[second, positions[second]]
+                pairs.append(pair)
+    return torch.stack(pairs) if pairs else current[None, :0].repeat(0, 1)
 
 
 def _off_span(oracle, sentences: torch.Tensor, chunk_size: int) -> torch.Tensor:
