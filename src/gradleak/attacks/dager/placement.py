@@ -17,7 +17,7 @@ those, and the sentence search has to.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -160,27 +160,30 @@ def _solve(sums: _EmbeddingSums, tokens: torch.Tensor, at: torch.Tensor, unit: f
 
     changed = True
     while changed:
-        changed = False
-        for token in torch.nonzero(open_tokens).flatten().tolist():
-            row, mass = token_left[token], float(token_mass[token])
-            if float(row.norm()) < _EMPTY * unit * mass:
-                open_tokens[token], changed = False, True
-                continue
-            position = _single(sums.at_positions(row, token) / (unit * mass), open_positions)
-            if position is not None:
-                place(token, position, row.clone())
-                open_tokens[token], changed = False, True
-        for position in torch.nonzero(open_positions).flatten().tolist():
-            row, mass = position_left[position], float(position_mass[position])
-            if float(row.norm()) < _EMPTY * unit * mass:
-                open_positions[position], changed = False, True
-                continue
-            token = _single(sums.of_tokens(row, position) / (unit * mass), open_tokens)
-            if token is not None:
-                place(token, position, row.clone())
-                open_positions[position], changed = False, True
+        by_token = _sweep(token_left, token_mass, open_tokens, open_positions, sums.at_positions, place, unit)
+        by_position = _sweep(position_left, position_mass, open_positions, open_tokens, sums.of_tokens,
+                             lambda position, token, row: place(token, position, row), unit)
+        changed = by_token or by_position
     return TokenPlacement(bag=bag, placed=placed, open_tokens=open_tokens, open_positions=open_positions,
                           weights=weights)
+
+
+def _sweep(left: torch.Tensor, mass: torch.Tensor, open_here: torch.Tensor, open_there: torch.Tensor,
+           scores: Callable[[torch.Tensor, int], torch.Tensor], place: Callable[[int, int, torch.Tensor], None],
+           unit: float) -> bool:
+    """One pass over one table's open rows (tokens or positions): closes those fully accounted for and
+    places those left with one occurrence. Returns whether anything changed."""
+    changed = False
+    for here in torch.nonzero(open_here).flatten().tolist():
+        row, scale = left[here], float(mass[here])
+        if float(row.norm()) < _EMPTY * unit * scale:
+            open_here[here], changed = False, True
+            continue
+        there = _single(scores(row, here) / (unit * scale), open_there)
+        if there is not None:
+            place(here, there, row.clone())
+            open_here[here], changed = False, True
+    return changed
 
 
 def _single(scores: torch.Tensor, allowed: torch.Tensor) -> int | None:
