@@ -295,7 +295,7 @@ class Dager(Attack):
         peeling = exact and cfg.peel
         disclosed = update.metadata.batch_size
         while True:
-            likely, lengths = self._placement(public, gradients, spans.scan, {len(f[0]) for f in found})
+            likely, lengths = self._placement(public, gradients, spans.scan)
             results, gave_up = search_sentences(
                 spans.sequence, spans.scan.sets, tokenizer=public.tokenizer,
                 threshold=spans.tau2, restarts=cfg.encoder_restarts, seed=cfg.seed, chunk_size=cfg.chunk_size,
@@ -344,15 +344,15 @@ class Dager(Attack):
         return rest, _EncoderSpans(sequence, scan, self.config.tau2 or tau2)
 
     @staticmethod
-    def _placement(public: PublicModel, gradients, scan, found: set[int]) -> tuple[tuple[torch.Tensor, ...] | None,
-                                                                               tuple[int, ...] | None]:
+    def _placement(public: PublicModel, gradients, scan) -> tuple[tuple[torch.Tensor, ...] | None,
+                                                                  tuple[int, ...] | None]:
         """Returns the scan's sets cut to the tokens the embedding gradients allow there, and the lengths
-        the separator allows, the most likely first and the ``found`` ones last; (None, None) where
-        they tell nothing (:func:`gradleak.attacks.dager.placement.place_tokens`)."""
+        the separator allows, the most likely first; (None, None) where they tell nothing
+        (:func:`gradleak.attacks.dager.placement.place_tokens`)."""
         placement = place_tokens(public.family, gradients, len(scan.sets))
         if placement is None:
             return None, None
-        return placement.candidates(scan.sets), placement.lengths(public.tokenizer.sep_token_id, found=found)
+        return placement.candidates(scan.sets), placement.lengths(public.tokenizer.sep_token_id)
 
     def _noise_mode(self, update: ClientUpdate) -> tuple[str, str]:
         """Returns the noise search to run (``off``, ``filter`` or ``beam``) and the defence that noised the

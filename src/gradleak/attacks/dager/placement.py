@@ -17,7 +17,7 @@ those, and the sentence search has to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -69,13 +69,11 @@ class TokenPlacement:
             out.append(torch.cat([first, second]))
         return tuple(out)
 
-    def lengths(self, end_id: int, *, found: Collection[int] = ()) -> tuple[int, ...]:
+    def lengths(self, end_id: int) -> tuple[int, ...]:
         """Returns the sentence lengths that ``end_id`` (the separator) allows, the most likely first.
 
         A sentence of length n ends with the separator at position n - 1: where it is placed, or
-        at an open position while it is open itself. The lengths of sentences already ``found`` go
-        last: another sentence of the same length is possible, but the separator's share of a
-        position says nothing about it once one such sentence is peeled off.
+        at an open position while it is open itself.
         """
         rows = torch.nonzero(self.bag == end_id).flatten()
         if not len(rows):
@@ -84,8 +82,7 @@ class TokenPlacement:
         possible = self.placed[row] | (self.open_positions & self.open_tokens[row])
         ends = torch.nonzero(possible).flatten()
         ends = ends[torch.argsort(self.weights[row, ends], descending=True)]
-        ordered = [int(p) + 1 for p in ends]
-        return tuple([n for n in ordered if n not in found] + [n for n in ordered if n in found])
+        return tuple(int(p) + 1 for p in ends)
 
 
 def place_tokens(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor],
