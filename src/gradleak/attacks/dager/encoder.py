@@ -61,8 +61,9 @@ def search_sentences(
     ``lengths``, the lengths where the embedding gradients allow [SEP] at the end, the most
     likely first, restricts and orders the lengths tried: the passes try only the first 2, 4, 8,
     ... live ones, so the likely lengths get more starts before the unlikely ones get any.
-    ``first_find`` ends the search at the first new sentence, for a caller that peels it off the gradient before searching on; ``known`` holds
-    sentences already found on these spans, which the returned list starts with.
+    ``first_find`` ends the search at the first new sentence, for a caller that peels it off the
+    gradient before searching on; ``known`` holds sentences already found on these spans, which
+    the returned list starts with.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
