@@ -96,13 +96,12 @@ def place_tokens(family: ArchitectureFamily, gradients: Mapping[str, torch.Tenso
     table = family.position_embedding()
     if family.embedding_norm() is None or table is None:
         return None
-    token_name, position_name = family.weight_name(family.embedding()), family.weight_name(table)
-    if token_name not in gradients or position_name not in gradients:
+    position_name = family.weight_name(table)
+    bag = embedding_bag(family, gradients)  # None where the token table's gradient is not shared
+    if position_name not in gradients or bag is None or len(bag) >= family.hidden_size():
         return None
-    bag = embedding_bag(family, gradients)
-    if bag is None or len(bag) >= family.hidden_size():
-        return None
-    token_rows, position_rows = gradients[token_name].detach(), gradients[position_name].detach()
+    token_rows = gradients[family.weight_name(family.embedding())].detach()
+    position_rows = gradients[position_name].detach()
     unit = torch.finfo(token_rows.dtype).eps / 2
     tokens = token_rows[bag].double().cpu()
     at = position_rows[:positions].double().cpu()
