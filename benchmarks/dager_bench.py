@@ -55,8 +55,11 @@ class Config:
 
 GPT2_FULL = "random:gpt2"  # GPT-2 small's 768-wide, 12-block config, random weights, real tokenizer
 CONFIGS = [
-    *(Config(f"smollm2-{short}-{b}", "smollm2-135m", ds, b)
-      for short, ds in (("rt", "rotten_tomatoes"), ("cola", "cola")) for b in (1, 4, 16)),
+    *(
+        Config(f"smollm2-{short}-{b}", "smollm2-135m", ds, b)
+        for short, ds in (("rt", "rotten_tomatoes"), ("cola", "cola"))
+        for b in (1, 4, 16)
+    ),
     *(Config(f"gpt2-rt-{b}", GPT2_FULL, "rotten_tomatoes", b) for b in (1, 8, 32)),
     *(Config(f"minilm-rt-{b}", "minilm", "rotten_tomatoes", b) for b in (1, 2, 4, 8)),
     Config("gpt2-cola-128", GPT2_FULL, "cola", 128),
@@ -103,13 +106,18 @@ def distinct_rows(public, texts) -> int:
     return max(layer1, layer2)
 
 
-def run_config(config: Config, *, batches: int, seed: int, options: dict, skip: tuple[int, ...] = ()) -> dict:
+def run_config(
+    config: Config, *, batches: int, seed: int, options: dict, skip: tuple[int, ...] = ()
+) -> dict:
     public = load_model(config.model)
     source = load_texts(config.dataset, split="train")
     attack = Dager(DagerConfig(**options))
     records = []
-    for index, batch in enumerate(sample_batches(source, protocol="dager", batch_size=config.batch_size,
-                                                 n_batches=batches, seed=seed)):
+    for index, batch in enumerate(
+        sample_batches(
+            source, protocol="dager", batch_size=config.batch_size, n_batches=batches, seed=seed
+        )
+    ):
         if index in skip:
             continue
         update = compute_update(public, batch)
@@ -120,44 +128,65 @@ def run_config(config: Config, *, batches: int, seed: int, options: dict, skip: 
         truth = [tuple(public.tokenizer(t)["input_ids"]) for t in batch.texts]
         got = {s.token_ids for s in result.sequences}
         exact = sum(t in got for t in truth)
-        score = score_batch(batch.texts, [s.text for s in result.sequences],
-                            special_tokens=public.tokenizer.all_special_tokens)
-        records.append({
-            "batch": index,
-            "seconds": round(seconds, 3),
-            "stages": {k: round(v, 3) for k, v in result.diagnostics.get("seconds", {}).items()},
-            "peak_mib": round(memory.added_mib, 1),
-            "exact": exact,
-            "sequences": len(truth),
-            "rouge1": round(score.rouge1, 2),
-            "rouge2": round(score.rouge2, 2),
-            "certified": sum(s.certified for s in result.sequences),
-            "certified_exact": sum(s.certified and s.token_ids in set(truth) for s in result.sequences),
-            "returned": len(result.sequences),
-            "distinct_rows": distinct_rows(public, batch.texts),
-            "hidden_size": public.family.hidden_size(),
-            "reason": result.reason,
-            "peels": _peels(result.diagnostics),
-        })
-        peels = "".join(f"; peeled {p['sentences']} to rank {p['rank_left']}, "
-                        f"{p['median_tokens_per_position']:g} tokens per position" if "rank_left" in p else
-                        f"; peeled {p['sentences']} ranked sentences (fits {p['seconds']:g} s)"
-                        for p in records[-1]["peels"])
+        score = score_batch(
+            batch.texts,
+            [s.text for s in result.sequences],
+            special_tokens=public.tokenizer.all_special_tokens,
+        )
+        records.append(
+            {
+                "batch": index,
+                "seconds": round(seconds, 3),
+                "stages": {
+                    k: round(v, 3) for k, v in result.diagnostics.get("seconds", {}).items()
+                },
+                "peak_mib": round(memory.added_mib, 1),
+                "exact": exact,
+                "sequences": len(truth),
+                "rouge1": round(score.rouge1, 2),
+                "rouge2": round(score.rouge2, 2),
+                "certified": sum(s.certified for s in result.sequences),
+                "certified_exact": sum(
+                    s.certified and s.token_ids in set(truth) for s in result.sequences
+                ),
+                "returned": len(result.sequences),
+                "distinct_rows": distinct_rows(public, batch.texts),
+                "hidden_size": public.family.hidden_size(),
+                "reason": result.reason,
+                "peels": _peels(result.diagnostics),
+            }
+        )
+        peels = "".join(
+            f"; peeled {p['sentences']} to rank {p['rank_left']}, "
+            f"{p['median_tokens_per_position']:g} tokens per position"
+            if "rank_left" in p
+            else f"; peeled {p['sentences']} ranked sentences (fits {p['seconds']:g} s)"
+            for p in records[-1]["peels"]
+        )
         if peels and "tokens_per_position" in result.diagnostics:
             first = statistics.median(result.diagnostics["tokens_per_position"])
             peels = f"; first scan {first:g} tokens per position{peels}"
-        print(f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} certified, "
-              f"ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s{peels}", file=sys.stderr)
+        print(
+            f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} certified, "
+            f"ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s{peels}",
+            file=sys.stderr,
+        )
     return summarise(config, records)
 
 
 def _peels(diagnostics: dict) -> list[dict]:
     """Returns each peel: for the encoder search, block 1's rank left and block 0's median tokens per
     position; for the ranked search, the sentences that fitted and the seconds the fits took."""
-    return [{"sentences": p["sentences"], "rank_left": p["rank_left"],
-             "median_tokens_per_position": statistics.median(p["tokens_per_position"])} if "rank_left" in p
-            else {"sentences": p["sentences"], "seconds": p["seconds"]}
-            for p in diagnostics.get("peeled", [])]
+    return [
+        {
+            "sentences": p["sentences"],
+            "rank_left": p["rank_left"],
+            "median_tokens_per_position": statistics.median(p["tokens_per_position"]),
+        }
+        if "rank_left" in p
+        else {"sentences": p["sentences"], "seconds": p["seconds"]}
+        for p in diagnostics.get("peeled", [])
+    ]
 
 
 def summarise(config: Config, records: list[dict]) -> dict:
@@ -167,9 +196,12 @@ def summarise(config: Config, records: list[dict]) -> dict:
         "config": config.__dict__,
         "batches": len(records),
         "median_seconds": statistics.median(r["seconds"] for r in records),
-        "median_stage_seconds": {k: statistics.median(r["stages"].get(k, 0.0) for r in records) for k in stages},
+        "median_stage_seconds": {
+            k: statistics.median(r["stages"].get(k, 0.0) for r in records) for k in stages
+        },
         "max_peak_mib": max(r["peak_mib"] for r in records),
-        "exact_sequence_rate": sum(r["exact"] for r in records) / sum(r["sequences"] for r in records),
+        "exact_sequence_rate": sum(r["exact"] for r in records)
+        / sum(r["sequences"] for r in records),
         "mean_rouge1": statistics.mean(r["rouge1"] for r in records),
         "mean_rouge2": statistics.mean(r["rouge2"] for r in records),
         "batches_all_exact": sum(r["exact"] == r["sequences"] for r in records),
@@ -204,27 +236,53 @@ def scan_versus_matmul(model: str, *, rank: int, repeats: int = 5) -> dict:
         started = time.perf_counter()
         table @ basis.T
         bare.append(time.perf_counter() - started)
-    return {"model": model, "vocab": len(vocab), "d": d, "rank": oracle.basis.rank,
-            "scan_seconds": statistics.median(scan), "bare_matmul_seconds": statistics.median(bare),
-            "ratio": statistics.median(scan) / statistics.median(bare)}
+    return {
+        "model": model,
+        "vocab": len(vocab),
+        "d": d,
+        "rank": oracle.basis.rank,
+        "scan_seconds": statistics.median(scan),
+        "bare_matmul_seconds": statistics.median(bare),
+        "ratio": statistics.median(scan) / statistics.median(bare),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="*", help="configuration names (default: all)", default=None)
+    parser.add_argument(
+        "--only", nargs="*", help="configuration names (default: all)", default=None
+    )
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 batches per configuration")
     parser.add_argument("--seed", type=int, default=101)
     parser.add_argument("--out", default="")
-    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="DagerConfig setting, repeatable (e.g. -o saturated=cap)")
-    parser.add_argument("--skip", type=int, nargs="*", default=[], metavar="INDEX",
-                        help="batch indices to leave out (the draw of the others is unchanged)")
-    parser.add_argument("--no-scan-timing", action="store_true", help="skip the scan-versus-matmul timing")
-    parser.add_argument("--log", action="store_true", help="print the attack's progress (searches, peels)")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DagerConfig setting, repeatable (e.g. -o saturated=cap)",
+    )
+    parser.add_argument(
+        "--skip",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="INDEX",
+        help="batch indices to leave out (the draw of the others is unchanged)",
+    )
+    parser.add_argument(
+        "--no-scan-timing", action="store_true", help="skip the scan-versus-matmul timing"
+    )
+    parser.add_argument(
+        "--log", action="store_true", help="print the attack's progress (searches, peels)"
+    )
     args = parser.parse_args()
     if args.log:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+        )
     options = {}
     for pair in args.option:
         key, sep, value = pair.partition("=")
@@ -235,18 +293,28 @@ def main() -> None:
     chosen = [c for c in CONFIGS if args.only is None or c.name in args.only]
     unknown = set(args.only or ()) - {c.name for c in CONFIGS}
     if unknown:
-        parser.error(f"unknown configurations {sorted(unknown)}; choose from {[c.name for c in CONFIGS]}")
+        parser.error(
+            f"unknown configurations {sorted(unknown)}; choose from {[c.name for c in CONFIGS]}"
+        )
     batches = 3 if args.quick else args.batches
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "options": options,
-        "configs": [run_config(c, batches=batches, seed=args.seed, options=options, skip=tuple(args.skip))
-                    for c in chosen],
+        "configs": [
+            run_config(c, batches=batches, seed=args.seed, options=options, skip=tuple(args.skip))
+            for c in chosen
+        ],
     }
     if not args.no_scan_timing:
-        report["scan_vs_matmul"] = [scan_versus_matmul("smollm2-135m", rank=335),
-                                    scan_versus_matmul(GPT2_FULL, rank=259)]
+        report["scan_vs_matmul"] = [
+            scan_versus_matmul("smollm2-135m", rank=335),
+            scan_versus_matmul(GPT2_FULL, rank=259),
+        ]
     text = json.dumps(report, indent=1)
     if args.out:
         with open(args.out, "w") as handle:

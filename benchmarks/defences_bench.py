@@ -32,7 +32,10 @@ import torch
 from gradleak.experiments import run_experiment
 from gradleak.experiments.config import RunConfig
 
-MODELS = {"gpt2": "random:gpt2", "smollm2": "smollm2-135m"}  # random-init GPT-2 small, real tokenizer
+MODELS = {
+    "gpt2": "random:gpt2",
+    "smollm2": "smollm2-135m",
+}  # random-init GPT-2 small, real tokenizer
 
 #: DAGER paper, GPT-2 on RT: Table 4 (FedAvg, B = 16, b = 4; one factor varied from E = 10, lr = 1e-4),
 #: Table 10 (Gaussian noise, B = 1), Table 11 (LoRA r = 256 on LLaMA-3.1-8B, not GPT-2, B = 16), as (R-1, R-2).
@@ -67,37 +70,71 @@ def _fedavg_paper(model: str, epochs: int, lr: float) -> tuple[float, float] | N
 
 def fedavg_cells() -> list[Cell]:
     return [
-        Cell(f"{m}-fedavg-e{e}-lr{lr:g}", "fedavg", MODELS[m], 16,
-             {"algo": "fedavg", "local_epochs": e, "lr": lr, "mini_batch": 4},
-             dtype="float64", paper=_fedavg_paper(m, e, lr), note=f"E={e} lr={lr:g} b=4 float64")
-        for m in MODELS for e in (2, 5, 10) for lr in (1e-5, 1e-4, 5e-4)
+        Cell(
+            f"{m}-fedavg-e{e}-lr{lr:g}",
+            "fedavg",
+            MODELS[m],
+            16,
+            {"algo": "fedavg", "local_epochs": e, "lr": lr, "mini_batch": 4},
+            dtype="float64",
+            paper=_fedavg_paper(m, e, lr),
+            note=f"E={e} lr={lr:g} b=4 float64",
+        )
+        for m in MODELS
+        for e in (2, 5, 10)
+        for lr in (1e-5, 1e-4, 5e-4)
     ]
 
 
 def noise_cells() -> list[Cell]:
     return [
-        Cell(f"{m}-noise-{s:g}-{mode}", "noise", MODELS[m], 1, {"defence": ["noise"], "sigma": s},
-             attack_options={"noise": mode}, paper=PAPER_NOISE[s] if m == "gpt2" else None,
-             note=f"sigma={s:g} attack={mode}")
-        for m in MODELS for s in (1e-5, 5e-5, 1e-4, 5e-4) for mode in NOISE_MODES
+        Cell(
+            f"{m}-noise-{s:g}-{mode}",
+            "noise",
+            MODELS[m],
+            1,
+            {"defence": ["noise"], "sigma": s},
+            attack_options={"noise": mode},
+            paper=PAPER_NOISE[s] if m == "gpt2" else None,
+            note=f"sigma={s:g} attack={mode}",
+        )
+        for m in MODELS
+        for s in (1e-5, 5e-5, 1e-4, 5e-4)
+        for mode in NOISE_MODES
     ]
 
 
 def dpsgd_cells() -> list[Cell]:
     return [
-        Cell(f"{m}-dpsgd-{z:g}-{mode}", "dpsgd", MODELS[m], 1,
-             {"defence": ["dp-sgd"], "clip": 1.0, "noise_multiplier": z},
-             attack_options={"noise": mode}, note=f"C=1 noise multiplier={z:g} attack={mode}")
-        for m in MODELS for z in (1e-4, 1e-3, 1e-2, 1e-1) for mode in NOISE_MODES
+        Cell(
+            f"{m}-dpsgd-{z:g}-{mode}",
+            "dpsgd",
+            MODELS[m],
+            1,
+            {"defence": ["dp-sgd"], "clip": 1.0, "noise_multiplier": z},
+            attack_options={"noise": mode},
+            note=f"C=1 noise multiplier={z:g} attack={mode}",
+        )
+        for m in MODELS
+        for z in (1e-4, 1e-3, 1e-2, 1e-1)
+        for mode in NOISE_MODES
     ]
 
 
 def lora_cells() -> list[Cell]:
     return [
-        Cell(f"{m}-lora-r{r}" + ("" if b == 16 else f"-b{b}"), "lora", MODELS[m], b,
-             {"lora_rank": r, "lora_warmup_steps": 3},
-             paper=PAPER_LORA.get(r) if b == 16 else None, note=f"rank={r} q,v adapters, 3 warm-up steps")
-        for m in MODELS for b in (16, 4) for r in (8, 64, 256)
+        Cell(
+            f"{m}-lora-r{r}" + ("" if b == 16 else f"-b{b}"),
+            "lora",
+            MODELS[m],
+            b,
+            {"lora_rank": r, "lora_warmup_steps": 3},
+            paper=PAPER_LORA.get(r) if b == 16 else None,
+            note=f"rank={r} q,v adapters, 3 warm-up steps",
+        )
+        for m in MODELS
+        for b in (16, 4)
+        for r in (8, 64, 256)
     ]
 
 
@@ -105,16 +142,45 @@ CELLS = [*fedavg_cells(), *noise_cells(), *dpsgd_cells(), *lora_cells()]
 
 
 def run_cell(cell: Cell, *, batches: int, runs: Path, seed: int) -> dict[str, Any]:
-    config = RunConfig(model=cell.model, dataset="rotten_tomatoes", batch_size=cell.batch_size, batches=batches,
-                       sampler="dager", seed=seed, attack="dager", attack_options=cell.attack_options,
-                       client=cell.client, dtype=cell.dtype).resolved()
+    config = RunConfig(
+        model=cell.model,
+        dataset="rotten_tomatoes",
+        batch_size=cell.batch_size,
+        batches=batches,
+        sampler="dager",
+        seed=seed,
+        attack="dager",
+        attack_options=cell.attack_options,
+        client=cell.client,
+        dtype=cell.dtype,
+    ).resolved()
     run_dir = runs / f"{cell.name}-n{batches}"
     summary = run_experiment(config, run_dir)
-    row = {key: summary.get(key) for key in ("batches", "rouge1", "rouge1_stderr", "rouge2", "rouge2_stderr",
-                                              "exact_rate", "certified_rate", "dp_epsilon", "dp_delta",
-                                              "attack_seconds_per_batch", "seconds_per_batch")}
-    row.update(name=cell.name, group=cell.group, model=cell.model, batch_size=cell.batch_size, note=cell.note,
-               paper_rouge1_rouge2=cell.paper, run_dir=str(run_dir))
+    row = {
+        key: summary.get(key)
+        for key in (
+            "batches",
+            "rouge1",
+            "rouge1_stderr",
+            "rouge2",
+            "rouge2_stderr",
+            "exact_rate",
+            "certified_rate",
+            "dp_epsilon",
+            "dp_delta",
+            "attack_seconds_per_batch",
+            "seconds_per_batch",
+        )
+    }
+    row.update(
+        name=cell.name,
+        group=cell.group,
+        model=cell.model,
+        batch_size=cell.batch_size,
+        note=cell.note,
+        paper_rouge1_rouge2=cell.paper,
+        run_dir=str(run_dir),
+    )
     print(format_row(row), file=sys.stderr, flush=True)
     return row
 
@@ -125,16 +191,24 @@ def format_row(row: dict[str, Any]) -> str:
         return "-" if mean is None else f"{mean:.1f} ± {2 * (err or 0):.1f}"
 
     eps = f"{row['dp_epsilon']:.3g}" if row["dp_epsilon"] is not None else "-"
-    paper = "/".join(f"{v:g}" for v in row["paper_rouge1_rouge2"]) if row["paper_rouge1_rouge2"] else "-"
-    return (f"| {row['name']} | {row['batches']} | {pm('rouge1')} | {pm('rouge2')} | "
-            f"{100 * (row['exact_rate'] or 0):.0f} | {100 * (row['certified_rate'] or 0):.0f} | {eps} | "
-            f"{row['attack_seconds_per_batch'] or 0:.1f} | {paper} |")
+    paper = (
+        "/".join(f"{v:g}" for v in row["paper_rouge1_rouge2"])
+        if row["paper_rouge1_rouge2"]
+        else "-"
+    )
+    return (
+        f"| {row['name']} | {row['batches']} | {pm('rouge1')} | {pm('rouge2')} | "
+        f"{100 * (row['exact_rate'] or 0):.0f} | {100 * (row['certified_rate'] or 0):.0f} | {eps} | "
+        f"{row['attack_seconds_per_batch'] or 0:.1f} | {paper} |"
+    )
 
 
 def choose(only: list[str] | None) -> list[Cell]:
     if not only:
         return list(CELLS)
-    chosen = [c for c in CELLS if c.name in only or c.group in only or any(o in c.name for o in only)]
+    chosen = [
+        c for c in CELLS if c.name in only or c.group in only or any(o in c.name for o in only)
+    ]
     if not chosen:
         raise SystemExit(f"no cell matches {only}; see --list")
     return chosen
@@ -142,11 +216,17 @@ def choose(only: list[str] | None) -> list[Cell]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="cell names, groups (fedavg, noise, dpsgd, lora) or substrings (default: all)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="cell names, groups (fedavg, noise, dpsgd, lora) or substrings (default: all)",
+    )
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--seed", type=int, default=101)
-    parser.add_argument("--runs", default="runs/defences-bench", help="directory of the cells' run directories")
+    parser.add_argument(
+        "--runs", default="runs/defences-bench", help="directory of the cells' run directories"
+    )
     parser.add_argument("--out", default="")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     args = parser.parse_args()
@@ -154,12 +234,18 @@ def main() -> None:
     if args.list:
         print("\n".join(f"{c.name:34s} {c.group:7s} B={c.batch_size:<3d} {c.note}" for c in chosen))
         return
-    print("| cell | batches | ROUGE-1 | ROUGE-2 | exact % | certified % | epsilon | attack s | paper R-1/R-2 |",
-          file=sys.stderr)
+    print(
+        "| cell | batches | ROUGE-1 | ROUGE-2 | exact % | certified % | epsilon | attack s | paper R-1/R-2 |",
+        file=sys.stderr,
+    )
     rows = [run_cell(c, batches=args.batches, runs=Path(args.runs), seed=args.seed) for c in chosen]
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "batches": args.batches,
         "cells": rows,
     }

@@ -41,8 +41,15 @@ def main() -> None:
     source = load_texts(args.dataset, split="train")
     end = public.tokenizer.sep_token_id
     wrong_total = missing_total = 0
-    for index, batch in enumerate(sample_batches(source, protocol="dager", batch_size=args.batch_size,
-                                                 n_batches=args.batches, seed=args.seed)):
+    for index, batch in enumerate(
+        sample_batches(
+            source,
+            protocol="dager",
+            batch_size=args.batch_size,
+            n_batches=args.batches,
+            seed=args.seed,
+        )
+    ):
         truth = [tuple(public.tokenizer(text)["input_ids"]) for text in batch.texts]
         longest = max(map(len, truth))
         placement = place_tokens(public.family, compute_update(public, batch).gradients(), longest)
@@ -50,18 +57,22 @@ def main() -> None:
             print(f"batch {index}: the embedding gradients place nothing here")
             continue
         at = [{sentence[p] for sentence in truth if p < len(sentence)} for p in range(longest)]
-        wrong = sum(int(placement.bag[t]) not in at[p] for t, p in torch.nonzero(placement.placed).tolist())
+        wrong = sum(
+            int(placement.bag[t]) not in at[p] for t, p in torch.nonzero(placement.placed).tolist()
+        )
         candidates = placement.candidates(tuple(placement.bag for _ in range(longest)))
         missing = sum(len(at[p] - set(candidates[p].tolist())) for p in range(longest))
         lengths = placement.lengths(end)
         ranks = sorted(lengths.index(len(s)) for s in truth if len(s) in lengths)
         lost = sum(len(s) not in lengths for s in truth)
         wrong_total, missing_total = wrong_total + wrong, missing_total + missing
-        print(f"batch {index}: {sum(map(len, truth))} rows, {len(placement.bag)} distinct tokens; open "
-              f"{int(placement.open_tokens.sum())} tokens, {int(placement.open_positions[:longest].sum())} of "
-              f"{longest} positions; wrongly placed {wrong}, true pairs missing {missing}; median candidates "
-              f"{statistics.median(map(len, candidates))}; {len(lengths)} lengths allowed, true ones at {ranks}"
-              + (f", {lost} true lengths ruled out" if lost else ""))
+        print(
+            f"batch {index}: {sum(map(len, truth))} rows, {len(placement.bag)} distinct tokens; open "
+            f"{int(placement.open_tokens.sum())} tokens, {int(placement.open_positions[:longest].sum())} of "
+            f"{longest} positions; wrongly placed {wrong}, true pairs missing {missing}; median candidates "
+            f"{statistics.median(map(len, candidates))}; {len(lengths)} lengths allowed, true ones at {ranks}"
+            + (f", {lost} true lengths ruled out" if lost else "")
+        )
     print(f"total: wrongly placed {wrong_total}, true pairs missing {missing_total}")
 
 

@@ -49,12 +49,19 @@ def main() -> None:
     args = parser.parse_args()
 
     public = load_model("random:gpt2")
-    batch = sample_batches(load_texts(args.dataset, split="train"), protocol="dager", batch_size=args.batch_size,
-                           n_batches=args.batches)[0]
+    batch = sample_batches(
+        load_texts(args.dataset, split="train"),
+        protocol="dager",
+        batch_size=args.batch_size,
+        n_batches=args.batches,
+    )[0]
     gradients = compute_update(public, batch).gradients()
     layer = public.family.linear_layer(0, "mlp_out")
-    evidence = RankingEvidence((layer,), (span_basis([layer.weight_gradient(gradients)], min_gap=0.0),),
-                               LinearInputProbe(public.family, [layer]))
+    evidence = RankingEvidence(
+        (layer,),
+        (span_basis([layer.weight_gradient(gradients)], min_gap=0.0),),
+        LinearInputProbe(public.family, [layer]),
+    )
     bag = embedding_bag(public.family, gradients)
     ids = [tuple(public.tokenizer(t)["input_ids"]) for t in batch.texts]
     print(f"{args.dataset} B={args.batch_size}: {sum(map(len, ids))} tokens, {len(bag)} distinct")
@@ -62,30 +69,50 @@ def main() -> None:
     first = evidence.log_residuals(evidence.probe.start(bag[:, None])[0]).flatten()
     z = robust_z(first)
     is_first = torch.isin(bag, torch.tensor(sorted({s[0] for s in ids})))
-    print(f"first tokens: {int(is_first.sum())} true; robust z of true ones <= {float(z[is_first].max()):.1f}, "
-          f"of the others >= {float(z[~is_first].min()):.1f}")
+    print(
+        f"first tokens: {int(is_first.sum())} true; robust z of true ones <= {float(z[is_first].max()):.1f}, "
+        f"of the others >= {float(z[~is_first].min()):.1f}"
+    )
 
     for position in args.positions:
         prefixes = sorted({s[:position] for s in ids if len(s) > position})
-        truth = torch.stack([torch.isin(bag, torch.tensor(sorted({s[position] for s in ids if s[:position] == p})))
-                             for p in prefixes])
+        truth = torch.stack(
+            [
+                torch.isin(
+                    bag, torch.tensor(sorted({s[position] for s in ids if s[:position] == p}))
+                )
+                for p in prefixes
+            ]
+        )
         _, state = evidence.probe.start(torch.tensor(prefixes))
-        raw = torch.cat([evidence.log_residuals(evidence.probe.branch(state, chunk)) for chunk in bag.split(64)], 1)
+        raw = torch.cat(
+            [
+                evidence.log_residuals(evidence.probe.branch(state, chunk))
+                for chunk in bag.split(64)
+            ],
+            1,
+        )
         rows = len(prefixes)
-        print(f"position {position}, {rows} true prefixes: true next token first by raw residual "
-              f"{first_in_row(raw, truth)}/{rows}, minus the token's mean "
-              f"{first_in_row(raw - raw.mean(0, keepdim=True), truth)}/{rows}, minus its median "
-              f"{first_in_row(raw - raw.median(0, keepdim=True).values, truth)}/{rows}")
+        print(
+            f"position {position}, {rows} true prefixes: true next token first by raw residual "
+            f"{first_in_row(raw, truth)}/{rows}, minus the token's mean "
+            f"{first_in_row(raw - raw.mean(0, keepdim=True), truth)}/{rows}, minus its median "
+            f"{first_in_row(raw - raw.median(0, keepdim=True).values, truth)}/{rows}"
+        )
 
     rows = evidence.probe.branch(state, bag[:32])
-    for name, score in (("SpanBasis.residuals (two products)", lambda: evidence.bases[0].residuals(rows[layer])),
-                        ("RankingEvidence.log_residuals (one)", lambda: evidence.log_residuals(rows))):
+    for name, score in (
+        ("SpanBasis.residuals (two products)", lambda: evidence.bases[0].residuals(rows[layer])),
+        ("RankingEvidence.log_residuals (one)", lambda: evidence.log_residuals(rows)),
+    ):
         times = []
         for _ in range(5):
             started = time.perf_counter()
             score()
             times.append(time.perf_counter() - started)
-        print(f"{name}: median {statistics.median(times):.3f} s for {rows[layer].shape[0] * 32} rows")
+        print(
+            f"{name}: median {statistics.median(times):.3f} s for {rows[layer].shape[0] * 32} rows"
+        )
 
 
 if __name__ == "__main__":

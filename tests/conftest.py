@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+
 @pytest.fixture(scope="session")
 def tiny_models():
     """Returns a loader of tiny random models by family name, cached per (family, task)."""

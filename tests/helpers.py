@@ -34,7 +34,9 @@ def probed_layers(family):
     return [layer for layer in family.linear_layers() if layer.block in (0, 1, deep)]
 
 
-def assert_rows_close(got: torch.Tensor, expected: torch.Tensor, *, rel: float = 1e-5, msg: str = "") -> None:
+def assert_rows_close(
+    got: torch.Tensor, expected: torch.Tensor, *, rel: float = 1e-5, msg: str = ""
+) -> None:
     """Asserts each row of ``got`` equals ``expected`` up to float error relative to the row's norm."""
     got, expected = got.double(), expected.double()
     error = (got - expected).norm(dim=-1) / expected.norm(dim=-1).clamp_min(1e-12)

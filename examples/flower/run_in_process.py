@@ -35,20 +35,34 @@ def main(argv: list[str] | None = None) -> int:
     config = tomllib.loads((HERE / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=config["model"], help="gradleak model spec.")
-    parser.add_argument("--dtype", default=config["dtype"], choices=["float32", "float64"],
-                        help="The clients' (and server's) weight dtype.")
+    parser.add_argument(
+        "--dtype",
+        default=config["dtype"],
+        choices=["float32", "float64"],
+        help="The clients' (and server's) weight dtype.",
+    )
     parser.add_argument("--clients", type=int, default=3, help="Number of client nodes.")
     parser.add_argument("--rounds", type=int, default=config["num-server-rounds"])
     parser.add_argument("--batch-size", type=int, default=config["batch-size"])
     parser.add_argument("--lr", type=float, default=config["lr"], help="Clients' SGD step size.")
-    parser.add_argument("--local-steps", type=int, default=config["local-steps"],
-                        help="Local SGD steps per round (1 = FedSGD, exactly attackable).")
+    parser.add_argument(
+        "--local-steps",
+        type=int,
+        default=config["local-steps"],
+        help="Local SGD steps per round (1 = FedSGD, exactly attackable).",
+    )
     parser.add_argument("--out", default=config["audit-out"], help="Audit folder.")
     args = parser.parse_args(argv)
 
-    run_config = {"model": args.model, "dtype": args.dtype, "num-server-rounds": args.rounds,
-                  "batch-size": args.batch_size, "lr": args.lr,
-                  "local-steps": args.local_steps, "audit-out": args.out}
+    run_config = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "num-server-rounds": args.rounds,
+        "batch-size": args.batch_size,
+        "lr": args.lr,
+        "local-steps": args.local_steps,
+        "audit-out": args.out,
+    }
     nodes = [101 + i for i in range(args.clients)]
     grid = InProcessGrid({node: client_app for node in nodes}, run_config=run_config)
 
@@ -68,9 +82,11 @@ def print_audit(out: Path) -> None:
         for line in (round_dir / "records.jsonl").read_text().splitlines():
             record = json.loads(line)
             metrics = record.get("metrics", {})
-            print(f"{record['flower']['round']:>5} {record['flower']['node_id']:>5} "
-                  f"{metrics.get('exact_rate', 0):>7.0%} {metrics.get('certified_rate', 0):>9.0%} "
-                  f"{metrics.get('rouge1', 0):>8.1f} {record['seconds']['total']:>8.1f}")
+            print(
+                f"{record['flower']['round']:>5} {record['flower']['node_id']:>5} "
+                f"{metrics.get('exact_rate', 0):>7.0%} {metrics.get('certified_rate', 0):>9.0%} "
+                f"{metrics.get('rouge1', 0):>8.1f} {record['seconds']['total']:>8.1f}"
+            )
             for sequence in record["reconstructions"][:8]:
                 mark = "certified" if sequence["certified"] else "guess"
                 print(f"{'':>13}[{mark}] {sequence['text']}")

@@ -22,8 +22,9 @@ GPT2_SMALL = "random:gpt2?n_layer=3&n_embd=128&n_head=4&n_positions=64"
 
 
 def attack(public, texts, **client):
-    update = compute_update(public, Batch(texts=tuple(texts), labels=tuple(i % 2 for i in range(len(texts)))),
-                            **client)
+    update = compute_update(
+        public, Batch(texts=tuple(texts), labels=tuple(i % 2 for i in range(len(texts)))), **client
+    )
     return Dager().reconstruct(public, update)
 
 
@@ -93,7 +94,9 @@ def test_encoder_search_stops_once_every_block1_row_is_accounted_for(minilm, mon
     assert_exact(minilm, texts, unpeeled.reconstruct(minilm, update))
     assert seen_rows == [sum(len(ids) for ids in token_ids(minilm, texts))]
     counted = len(calls)
-    monkeypatch.setattr(dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None}))
+    monkeypatch.setattr(
+        dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None})
+    )
     assert_exact(minilm, texts, unpeeled.reconstruct(minilm, update))
     assert counted < len(calls) - counted
 
@@ -133,10 +136,16 @@ def test_disclosed_batch_size_ends_the_encoder_search(minilm, monkeypatch):
     calls = []
     descend, search = encoder._descend, dager_attack.search_sentences
     monkeypatch.setattr(encoder, "_descend", lambda *a: calls.append(1) or descend(*a))
-    monkeypatch.setattr(dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None}))
+    monkeypatch.setattr(
+        dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None})
+    )
     assert_exact(minilm, texts, Dager().reconstruct(minilm, update))
     disclosed = len(calls)
-    assert_exact(minilm, texts, Dager().reconstruct(minilm, update.with_tensors(update.tensors, batch_size=None)))
+    assert_exact(
+        minilm,
+        texts,
+        Dager().reconstruct(minilm, update.with_tensors(update.tensors, batch_size=None)),
+    )
     assert disclosed < len(calls) - disclosed
 
 

@@ -23,8 +23,9 @@ def minilm():
 
 
 def update_for(public, texts, **client):
-    return compute_update(public, Batch(texts=tuple(texts), labels=tuple(i % 2 for i in range(len(texts)))),
-                          **client)
+    return compute_update(
+        public, Batch(texts=tuple(texts), labels=tuple(i % 2 for i in range(len(texts)))), **client
+    )
 
 
 def truth_sets(public, texts, positions):
@@ -47,7 +48,7 @@ def test_placement_places_each_token_where_it_stands(minilm):
 
 
 def test_placement_leaves_tokens_in_cycles_open_and_never_misplaces(minilm):
-    """"the" and "a" stand at two positions each, in sentences of different lengths."""
+    """ "the" and "a" stand at two positions each, in sentences of different lengths."""
     texts = ("the cat saw a dog", "a dog saw the cat today", "one bird sang")
     ids, truth = truth_sets(minilm, texts, 8)
     placement = place_tokens(minilm.family, update_for(minilm, texts).gradients(), 8)
@@ -65,7 +66,9 @@ def test_placement_leaves_tokens_in_cycles_open_and_never_misplaces(minilm):
 def test_placement_needs_a_normalised_embedding_sum_and_both_gradients(minilm):
     blocks_only = update_for(minilm, SAME_LENGTH, exposure=Exposure.parse("blocks=0,1"))
     assert place_tokens(minilm.family, blocks_only.gradients(), 7) is None
-    gpt2 = load_model(TINY["gpt2"])  # its embedding sum enters block 0 unnormalised, beside a residual
+    gpt2 = load_model(
+        TINY["gpt2"]
+    )  # its embedding sum enters block 0 unnormalised, beside a residual
     assert place_tokens(gpt2.family, update_for(gpt2, SAME_LENGTH).gradients(), 7) is None
 
 
@@ -87,8 +90,9 @@ def test_candidates_put_placed_tokens_first_and_open_tokens_only_at_open_positio
 def test_joint_change_applies_the_changes_that_cancel_the_off_span_part():
     generator = torch.Generator().manual_seed(0)
     current = torch.tensor([1, 5, 6, 7, 2])
-    variants, positions = encoder._single_changes(current, [torch.tensor([5, 8]), torch.tensor([6, 9]),
-                                                            torch.tensor([7, 4])])
+    variants, positions = encoder._single_changes(
+        current, [torch.tensor([5, 8]), torch.tensor([6, 9]), torch.tensor([7, 4])]
+    )
     assert positions.tolist() == [1, 2, 3]
     effects_alone = torch.randn(len(variants), 5, 12, generator=generator)
     off = -(effects_alone[0] + effects_alone[2])  # the truth changes positions 1 and 3
@@ -99,8 +103,9 @@ def test_joint_change_applies_the_changes_that_cancel_the_off_span_part():
 
 def test_a_stalled_round_tries_the_heaviest_changes_in_pairs():
     current = torch.tensor([1, 5, 6, 7, 2])
-    variants, positions = encoder._single_changes(current, [torch.tensor([5, 8]), torch.tensor([6, 9]),
-                                                            torch.tensor([7, 4])])
+    variants, positions = encoder._single_changes(
+        current, [torch.tensor([5, 8]), torch.tensor([6, 9]), torch.tensor([7, 4])]
+    )
     weights = torch.tensor([0.45, 0.1, 0.4], dtype=torch.float64)  # no single weight above one half
     assert encoder._joint_change(current, weights, variants, positions).tolist() == current.tolist()
     pairs = encoder._pair_changes(current, weights, variants, positions)
@@ -110,12 +115,18 @@ def test_a_stalled_round_tries_the_heaviest_changes_in_pairs():
 @pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.parametrize(("n_batches", "index"), [(5, 0), (5, 1), (10, 3), (10, 4)])
-def test_rotten_tomatoes_batches_of_four_are_recovered_exactly(shared_dir, minilm, n_batches, index):
+def test_rotten_tomatoes_batches_of_four_are_recovered_exactly(
+    shared_dir, minilm, n_batches, index
+):
     """DAGER's Rotten Tomatoes batches of 4 (the paper's BERT scores 66.8). Batches 3 and 4 of 10
     (lengths 16 to 52) have about as many rows as distinct tokens plus positions, so block 0 places
     tokens poorly; before each sentence found was peeled off, they did not finish in 20 minutes."""
-    batch = sample_batches(load_texts("rotten_tomatoes", split="train"), protocol="dager", batch_size=4,
-                           n_batches=n_batches)[index]
+    batch = sample_batches(
+        load_texts("rotten_tomatoes", split="train"),
+        protocol="dager",
+        batch_size=4,
+        n_batches=n_batches,
+    )[index]
     result = Dager().reconstruct(minilm, compute_update(minilm, batch))
     truth = sorted(tuple(minilm.tokenizer(t)["input_ids"]) for t in batch.texts)
     assert sorted(s.token_ids for s in result.sequences) == truth
@@ -128,8 +139,9 @@ def test_a_rotten_tomatoes_batch_of_eight_is_recovered_exactly(shared_dir, minil
     """DAGER's first Rotten Tomatoes batch of 8 (lengths 9 to 50; the paper's BERT scores 37.1 at B = 8):
     244 rows against 136 distinct tokens plus 50 positions, so block 0 passes 130 tokens at every
     position and only the embedding LayerNorm's placement steers the search."""
-    batch = sample_batches(load_texts("rotten_tomatoes", split="train"), protocol="dager", batch_size=8,
-                           n_batches=10)[0]
+    batch = sample_batches(
+        load_texts("rotten_tomatoes", split="train"), protocol="dager", batch_size=8, n_batches=10
+    )[0]
     result = Dager().reconstruct(minilm, compute_update(minilm, batch))
     truth = sorted(tuple(minilm.tokenizer(t)["input_ids"]) for t in batch.texts)
     assert sorted(s.token_ids for s in result.sequences) == truth

@@ -27,8 +27,10 @@ def recovered(public, update):
 
 def test_one_local_step_is_certified(gpt2_double):
     settings = ClientSettings(algo="fedavg", local_epochs=1, lr=1e-4)
-    result, exact = recovered(gpt2_double, simulate_update(gpt2_double, Batch(texts=TEXTS, labels=(0, 1)),
-                                                           settings=settings))
+    result, exact = recovered(
+        gpt2_double,
+        simulate_update(gpt2_double, Batch(texts=TEXTS, labels=(0, 1)), settings=settings),
+    )
     assert exact and result.certified
 
 

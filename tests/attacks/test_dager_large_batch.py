@@ -24,8 +24,9 @@ SENTENCES = (
 
 
 def update_for(public, texts, **client):
-    return compute_update(public, Batch(texts=tuple(texts), labels=tuple(i % 2 for i in range(len(texts)))),
-                          **client)
+    return compute_update(
+        public, Batch(texts=tuple(texts), labels=tuple(i % 2 for i in range(len(texts)))), **client
+    )
 
 
 def test_embedding_gradient_gives_the_bag_of_tokens(tiny_models):
@@ -49,9 +50,9 @@ def test_robust_z_ignores_outliers():
 
 def test_weak_last_tokens_and_prefixes_of_kept_sequences_are_dropped():
     sequences = [
-        ((1, 2, 3), (-20.0, -18.0, -60.0)),        # a finished sentence, its pooled last token strongest
+        ((1, 2, 3), (-20.0, -18.0, -60.0)),  # a finished sentence, its pooled last token strongest
         ((1, 2, 3, 9), (-20.0, -18.0, -60.0, -6.5)),  # a false token after its end
-        ((1, 2), (-20.0, -18.0)),                   # a prefix of the sentence
+        ((1, 2), (-20.0, -18.0)),  # a prefix of the sentence
         ((4, 5), (-12.0, -11.0)),
     ]
     assert [ids for ids, _ in ranked._tidy(sequences)] == [(1, 2, 3), (4, 5)]
@@ -71,10 +72,15 @@ def test_saturated_decoder_is_never_certified(tiny_models, options):
     assert "saturated" in result.reason and not any(s.certified for s in result.sequences)
     assert (result.diagnostics.get("search") == "rank") == (options == {})
     if not options:
-        assert "ranked search" in result.reason and result.diagnostics["tokens"] == "embedding gradient"
+        assert (
+            "ranked search" in result.reason
+            and result.diagnostics["tokens"] == "embedding gradient"
+        )
 
 
-def test_ranked_sentences_that_fit_are_peeled_and_the_rest_goes_through_the_span_tests(tiny_models, monkeypatch):
+def test_ranked_sentences_that_fit_are_peeled_and_the_rest_goes_through_the_span_tests(
+    tiny_models, monkeypatch
+):
     public = tiny_models("gpt2")  # d = 32; the six sentences have 69 rows
     truth = [tuple(public.tokenizer(s)["input_ids"]) for s in SENTENCES]
     update = update_for(public, SENTENCES)
@@ -82,7 +88,9 @@ def test_ranked_sentences_that_fit_are_peeled_and_the_rest_goes_through_the_span
     # garbled the other two; what follows (the fit, the peel, DAGER on the rest) is the real thing.
     cut, wrong = truth[0][:-3], (*truth[3][:4], truth[2][5], *truth[3][5:])
     exact = [truth[i] for i in (1, 2, 4, 5)]
-    first = ranked.DecoderSearch(sequences=[(ids, (-9.0,) * len(ids)) for ids in (cut, *exact, wrong)])
+    first = ranked.DecoderSearch(
+        sequences=[(ids, (-9.0,) * len(ids)) for ids in (cut, *exact, wrong)]
+    )
     calls = []
 
     def first_round_only(*args, **kwargs):
@@ -94,7 +102,10 @@ def test_ranked_sentences_that_fit_are_peeled_and_the_rest_goes_through_the_span
     assert len(calls) == 1  # 21 rows are left: the rest is no longer saturated
     assert [s.token_ids for s in result.sequences[:4]] == exact
     assert sorted(s.token_ids for s in result.sequences[4:]) == sorted([truth[0], truth[3]])
-    assert result.diagnostics["peeled"][0]["sentences"] == 4 and "search" not in result.diagnostics["rest"]
+    assert (
+        result.diagnostics["peeled"][0]["sentences"] == 4
+        and "search" not in result.diagnostics["rest"]
+    )
     assert result.diagnostics["seconds"]["peeling"] > 0
     assert not any(s.certified for s in result.sequences) and "peeled" in result.reason
 
@@ -105,7 +116,9 @@ def test_without_peeling_the_ranked_search_is_the_answer(tiny_models, monkeypatc
     found = ranked.DecoderSearch(sequences=[(truth[1], (-9.0,) * len(truth[1]))])
     monkeypatch.setattr("gradleak.attacks.dager.attack.search_ranked", lambda *a, **k: found)
     result = Dager(DagerConfig(peel=False)).reconstruct(public, update_for(public, SENTENCES))
-    assert [s.token_ids for s in result.sequences] == [truth[1]] and "peeled" not in result.diagnostics
+    assert [s.token_ids for s in result.sequences] == [
+        truth[1]
+    ] and "peeled" not in result.diagnostics
 
 
 def test_ranked_search_needs_a_down_projection(tiny_models):
@@ -125,7 +138,9 @@ def test_saturated_option_is_checked():
 def test_cola_128_sentences_past_the_hidden_size(shared_dir):
     """DAGER's first CoLA batch of 128 (1,175 tokens, 532 distinct) on a 768-wide GPT-2."""
     public = load_model("random:gpt2?n_layer=2")
-    batch = sample_batches(load_texts("cola", split="train"), protocol="dager", batch_size=128, n_batches=3)[0]
+    batch = sample_batches(
+        load_texts("cola", split="train"), protocol="dager", batch_size=128, n_batches=3
+    )[0]
     result = Dager().reconstruct(public, update_for(public, batch.texts))
     score = score_batch(batch.texts, result.texts)
     assert not any(s.certified for s in result.sequences)

@@ -34,7 +34,9 @@ def truth(public, text=TEXT):
 
 @pytest.mark.parametrize(("mode", "sigma"), [("filter", 1e-6), ("beam", 1e-6), ("beam", 5e-6)])
 def test_noise_search_recovers_one_sentence_uncertified(gpt2, mode, sigma):
-    result = Dager(DagerConfig(noise=mode, noise_rank=None)).reconstruct(gpt2, noised(gpt2, sigma=sigma))
+    result = Dager(DagerConfig(noise=mode, noise_rank=None)).reconstruct(
+        gpt2, noised(gpt2, sigma=sigma)
+    )
     assert truth(gpt2) in {s.token_ids for s in result.sequences}
     assert not any(s.certified for s in result.sequences)
     assert "Gaussian noise (noise defence)" in result.reason and result.diagnostics["noise"] == mode
@@ -43,13 +45,17 @@ def test_noise_search_recovers_one_sentence_uncertified(gpt2, mode, sigma):
 def test_the_beam_goes_on_where_the_filter_stops(gpt2):
     update = noised(gpt2, sigma=5e-6)
     paper = Dager(DagerConfig(noise="filter", noise_rank=None)).reconstruct(gpt2, update)
-    assert truth(gpt2) not in {s.token_ids for s in paper.sequences}  # stops after a few tokens here
+    assert truth(gpt2) not in {
+        s.token_ids for s in paper.sequences
+    }  # stops after a few tokens here
 
 
 @pytest.mark.slow
 def test_filter_with_the_full_vocabulary():
     public = load_model(GPT2_FULL_VOCAB)
-    result = Dager(DagerConfig(noise="filter", noise_rank=None)).reconstruct(public, noised(public, sigma=1e-6))
+    result = Dager(DagerConfig(noise="filter", noise_rank=None)).reconstruct(
+        public, noised(public, sigma=1e-6)
+    )
     assert truth(public) in {s.token_ids for s in result.sequences} and not result.certified
 
 
@@ -61,7 +67,9 @@ def test_noised_update_is_never_certified_even_by_the_exact_test(gpt2):
 
 
 def test_auto_uses_the_beam_on_dp_sgd_and_the_exact_test_on_a_clean_update(gpt2):
-    dp = Dager(DagerConfig(noise_rank=None)).reconstruct(gpt2, noised(gpt2, sigma=1e-6, defence="dp-sgd"))
+    dp = Dager(DagerConfig(noise_rank=None)).reconstruct(
+        gpt2, noised(gpt2, sigma=1e-6, defence="dp-sgd")
+    )
     assert dp.diagnostics["noise"] == "beam" and not any(s.certified for s in dp.sequences)
     assert "dp-sgd defence" in dp.reason
     clean = simulate_update(gpt2, Batch(texts=(TEXT,), labels=(1,)))
@@ -71,15 +79,22 @@ def test_auto_uses_the_beam_on_dp_sgd_and_the_exact_test_on_a_clean_update(gpt2)
 
 def test_noisy_defence_is_found_in_chains_and_aggregates():
     assert noisy_defence({"name": "noise", "sigma": 1e-4}) == "noise"
-    assert noisy_defence({"name": "chain", "steps": [{"name": "prune"}, {"name": "dp-sgd"}]}) == "dp-sgd"
-    assert noisy_defence({"name": "secure-aggregation", "client_defence": {"name": "noise"}}) == "noise"
+    assert (
+        noisy_defence({"name": "chain", "steps": [{"name": "prune"}, {"name": "dp-sgd"}]})
+        == "dp-sgd"
+    )
+    assert (
+        noisy_defence({"name": "secure-aggregation", "client_defence": {"name": "noise"}})
+        == "noise"
+    )
     assert noisy_defence({"name": "quantize"}) is None and noisy_defence(None) is None
 
 
 def test_edge_rank_finds_the_signal_above_the_noise_bulk():
     generator = torch.Generator().manual_seed(0)
     signal = torch.randn(300, 12, generator=generator, dtype=torch.float64) @ torch.randn(
-        12, 200, generator=generator, dtype=torch.float64)
+        12, 200, generator=generator, dtype=torch.float64
+    )
     noisy = signal + 0.05 * torch.randn(300, 200, generator=generator, dtype=torch.float64)
     assert edge_rank(torch.linalg.svdvals(noisy), 300) == 12
 

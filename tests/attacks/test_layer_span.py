@@ -25,10 +25,13 @@ def gpt2():
 
 
 def recovers_exactly(public, texts, exposure):
-    update = compute_update(public, Batch(texts=texts, labels=(1,)), exposure=Exposure.parse(exposure))
+    update = compute_update(
+        public, Batch(texts=texts, labels=(1,)), exposure=Exposure.parse(exposure)
+    )
     result = create_attack("layer-span").reconstruct(public, update)
-    return [s.token_ids for s in result.sequences] == [tuple(public.tokenizer(texts[0])["input_ids"])] \
-        and result.certified
+    return [s.token_ids for s in result.sequences] == [
+        tuple(public.tokenizer(texts[0])["input_ids"])
+    ] and result.certified
 
 
 @pytest.mark.parametrize("exposure", ["blocks=2 roles=q", "blocks=1 roles=mlp_out"])
@@ -56,6 +59,8 @@ def test_layer_choice_prefers_attention_inputs_before_the_last_block(gpt2):
 
 def test_encoders_are_refused(tiny_models):
     public = tiny_models("bert")
-    update = compute_update(public, Batch(texts=TEXT, labels=(1,)), exposure=Exposure.parse("blocks=1"))
+    update = compute_update(
+        public, Batch(texts=TEXT, labels=(1,)), exposure=Exposure.parse("blocks=1")
+    )
     with pytest.raises(UnsupportedFamilyError, match="use dager"):
         create_attack("layer-span").reconstruct(public, update)

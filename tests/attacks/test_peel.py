@@ -55,7 +55,9 @@ def test_a_sentence_one_token_off_does_not_peel(minilm):
 
 
 def test_no_peel_without_the_token_embedding_gradient(minilm):
-    blocks_only = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS), exposure=Exposure.parse("blocks=0,1"))
+    blocks_only = compute_update(
+        minilm, Batch(texts=TEXTS, labels=LABELS), exposure=Exposure.parse("blocks=0,1")
+    )
     assert peel(minilm, blocks_only.gradients(), [ids_of(minilm, TEXTS[0])]) is None
 
 
@@ -71,15 +73,18 @@ def test_peel_fitting_takes_out_the_exact_candidates_and_skips_the_rest(minilm):
     truncated = ids_of(minilm, TEXTS[0])[:-2] + ids_of(minilm, TEXTS[0])[-1:]
     wrong = list(ids_of(minilm, TEXTS[2]))
     wrong[3] = ids_of(minilm, TEXTS[1])[3]
-    rest, shares = peel_fitting(minilm, whole, [truncated, tuple(wrong), ids_of(minilm, TEXTS[2]),
-                                                ids_of(minilm, TEXTS[0])])
+    rest, shares = peel_fitting(
+        minilm, whole, [truncated, tuple(wrong), ids_of(minilm, TEXTS[2]), ids_of(minilm, TEXTS[0])]
+    )
     assert [s.token_ids for s in shares] == [ids_of(minilm, TEXTS[2]), ids_of(minilm, TEXTS[0])]
     rest_alone = compute_update(minilm, Batch(texts=TEXTS[1:2], labels=LABELS[1:2])).gradients()
     got, expected = flat(rest), flat(rest_alone) / 3
     assert float((got - expected).norm()) <= 1e-5 * float(expected.norm())
     # The peeled sentences' own tokens leave the bag: their rows are zero, not rounding noise.
     table = rest[minilm.family.weight_name(minilm.family.embedding())]
-    assert set(torch.nonzero(table.abs().amax(dim=1)).flatten().tolist()) == set(ids_of(minilm, TEXTS[1]))
+    assert set(torch.nonzero(table.abs().amax(dim=1)).flatten().tolist()) == set(
+        ids_of(minilm, TEXTS[1])
+    )
 
 
 def test_peel_fitting_retries_a_sentence_once_its_tokens_are_its_own(minilm):
@@ -94,5 +99,10 @@ def test_peel_fitting_retries_a_sentence_once_its_tokens_are_its_own(minilm):
 def test_the_batched_screen_passes_the_exact_sentences_only(minilm):
     whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
     cut = ids_of(minilm, TEXTS[1])[:-2] + ids_of(minilm, TEXTS[1])[-1:]
-    candidates = [ids_of(minilm, TEXTS[0]), cut, ids_of(minilm, TEXTS[2]), ids_of(minilm, "A quiet film about love.")]
+    candidates = [
+        ids_of(minilm, TEXTS[0]),
+        cut,
+        ids_of(minilm, TEXTS[2]),
+        ids_of(minilm, "A quiet film about love."),
+    ]
     assert might_fit(minilm, whole, candidates) == [True, False, True, False]

@@ -24,11 +24,25 @@ def test_every_client_key_has_one_option_with_the_settings_default():
 
 def test_attack_with_a_noise_defence_end_to_end(cli, gpt2_spec, tiny_texts, tmp_path):
     run = tmp_path / "run"
-    args = ["attack", "--model", gpt2_spec, "--dataset", tiny_texts, "--batch-size", 2, "--batches", 1,
-            "--out", run, "-q"]
+    args = [
+        "attack",
+        "--model",
+        gpt2_spec,
+        "--dataset",
+        tiny_texts,
+        "--batch-size",
+        2,
+        "--batches",
+        1,
+        "--out",
+        run,
+        "-q",
+    ]
     # Noise far below the gradients' scale: DAGER's exact search (noise=off; the default treats a
     # noised update with the noise search) still recovers the batch exactly.
-    code, out = cli(*args, "--defence", "noise", "--sigma", 1e-9, "--noise-seed", 3, "-o", "noise=off")
+    code, out = cli(
+        *args, "--defence", "noise", "--sigma", 1e-9, "--noise-seed", 3, "-o", "noise=off"
+    )
     assert code == 0, out
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["client"]["defence"] == ["noise"] and written["client"]["sigma"] == 1e-9
@@ -47,17 +61,39 @@ def test_attack_with_a_noise_defence_end_to_end(cli, gpt2_spec, tiny_texts, tmp_
 def test_attack_with_fedavg_end_to_end(cli, gpt2_spec, tiny_texts, tmp_path):
     run = tmp_path / "run"
     # float64: in float32, W_final - W_start at lr 1e-4 rounds away the span DAGER needs.
-    code, out = cli("attack", "--model", gpt2_spec, "--dataset", tiny_texts, "--batch-size", 2,
-                    "--batches", 1, "--algo", "fedavg", "--local-epochs", 2, "--mini-batch", 1,
-                    "--lr", 1e-4, "--dtype", "float64", "--out", run, "-q")
+    code, out = cli(
+        "attack",
+        "--model",
+        gpt2_spec,
+        "--dataset",
+        tiny_texts,
+        "--batch-size",
+        2,
+        "--batches",
+        1,
+        "--algo",
+        "fedavg",
+        "--local-epochs",
+        2,
+        "--mini-batch",
+        1,
+        "--lr",
+        1e-4,
+        "--dtype",
+        "float64",
+        "--out",
+        run,
+        "-q",
+    )
     assert code == 0, out
     (record,) = _records(run)
     assert record["update"]["kind"] == "weight_delta" and record["update"]["local_steps"] == 4
     assert record["client"]["algo"] == "fedavg" and record["metrics"]["exact_rate"] == 1.0
 
 
-def test_client_keys_in_a_config_file_and_command_line_overrides(cli, spy_attack, gpt2_spec, tiny_texts,
-                                                                 tmp_path):
+def test_client_keys_in_a_config_file_and_command_line_overrides(
+    cli, spy_attack, gpt2_spec, tiny_texts, tmp_path
+):
     config = tmp_path / "exp.yaml"
     config.write_text(
         f"model: '{gpt2_spec}'\ndataset: {tiny_texts}\nattack: spy\nbatch_size: 2\n"
@@ -67,11 +103,17 @@ def test_client_keys_in_a_config_file_and_command_line_overrides(cli, spy_attack
     assert code == 0, out
     client = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["client"]
     assert (client["defence"], client["sigma"], client["quant"], client["clients"]) == (
-        ["noise", "quantize"], 2e-5, "fp16", 2)
+        ["noise", "quantize"],
+        2e-5,
+        "fp16",
+        2,
+    )
     (record,) = _records(tmp_path / "run")
     assert record["update"]["defence"]["name"] == "secure-aggregation" and spy_attack.calls == 1
     # The written config.yaml reruns the same run: nothing left to do.
-    code, out = cli("attack", "--config", tmp_path / "run" / "config.yaml", "--out", tmp_path / "run", "-q")
+    code, out = cli(
+        "attack", "--config", tmp_path / "run" / "config.yaml", "--out", tmp_path / "run", "-q"
+    )
     assert code == 0 and spy_attack.calls == 1
 
 

@@ -30,7 +30,9 @@ def test_demo_recovers_the_messages(capsys):
 def test_simulate_then_invert(capsys, tmp_path):
     update = tmp_path / "update.safetensors"
     truth = tmp_path / "truth.json"
-    code, out = run(capsys, "simulate", str(update), "--model", GPT2, "--batch-size", "2", "--truth", str(truth))
+    code, out = run(
+        capsys, "simulate", str(update), "--model", GPT2, "--batch-size", "2", "--truth", str(truth)
+    )
     assert code == 0, out
     code, out = run(capsys, "invert", str(update), "--out", str(tmp_path / "inv"))
     assert code == 0, out

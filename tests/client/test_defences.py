@@ -25,7 +25,9 @@ from gradleak.data import Batch
 from gradleak.errors import InvalidUpdateError, UnknownSpecError
 from gradleak.update import ClientUpdate, UpdateMetadata, load_update, save_update
 
-BATCH = Batch(texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday."), labels=(1, 0))
+BATCH = Batch(
+    texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday."), labels=(1, 0)
+)
 
 
 def _update(tensors, **metadata):
@@ -42,8 +44,12 @@ def test_gaussian_noise_scale_and_seed():
     zeros = _update({"w": torch.zeros(200, 500)})
     noised = GaussianNoise(sigma=1e-3, seed=1).apply(zeros)
     assert noised.tensors["w"].std().item() == pytest.approx(1e-3, rel=0.02)
-    assert torch.equal(noised.tensors["w"], GaussianNoise(sigma=1e-3, seed=1).apply(zeros).tensors["w"])
-    assert not torch.equal(noised.tensors["w"], GaussianNoise(sigma=1e-3, seed=2).apply(zeros).tensors["w"])
+    assert torch.equal(
+        noised.tensors["w"], GaussianNoise(sigma=1e-3, seed=1).apply(zeros).tensors["w"]
+    )
+    assert not torch.equal(
+        noised.tensors["w"], GaussianNoise(sigma=1e-3, seed=2).apply(zeros).tensors["w"]
+    )
     assert noised.metadata.defence == {"name": "noise", "sigma": 1e-3}  # no seed: it is secret
 
 
@@ -53,11 +59,17 @@ def test_pruning_keeps_exactly_the_top_fraction(ratio):
     pruned = prune_tensors(tensors, ratio=ratio)
     for name, t in tensors.items():
         kept = pruned[name] != 0
-        assert int(kept.sum()) == kept_count(t.numel(), ratio) == max(1, round(t.numel() * (1 - ratio)))
+        assert (
+            int(kept.sum())
+            == kept_count(t.numel(), ratio)
+            == max(1, round(t.numel() * (1 - ratio)))
+        )
         assert torch.equal(pruned[name][kept], t[kept])  # kept values are untouched
         assert t[kept].abs().min() >= t[~kept].abs().max() if (~kept).any() else True
     flat = torch.cat([t.reshape(-1) for t in tensors.values()])
-    total = sum(int((p != 0).sum()) for p in prune_tensors(tensors, ratio=0.9, scope="global").values())
+    total = sum(
+        int((p != 0).sum()) for p in prune_tensors(tensors, ratio=0.9, scope="global").values()
+    )
     assert total == kept_count(flat.numel(), 0.9)
 
 
@@ -89,25 +101,39 @@ def test_secure_aggregation_sums():
 
 def test_chained_defences_record_in_order(tiny_models):
     public = tiny_models("gpt2")
-    settings = ClientSettings(defences=("noise", "prune", "quantize"), sigma=1e-3, prune_ratio=0.5, quant="fp16")
+    settings = ClientSettings(
+        defences=("noise", "prune", "quantize"), sigma=1e-3, prune_ratio=0.5, quant="fp16"
+    )
     update = simulate_update(public, BATCH, settings=settings)
     steps = update.metadata.defence["steps"]
     assert [s["name"] for s in steps] == ["noise", "prune", "quantize"]
     w = update.tensors["transformer.h.0.attn.c_attn.weight"]
     assert int((w != 0).sum()) == kept_count(w.numel(), 0.5)
-    assert record_defence({"name": "x"}, {"name": "y"}) == {"name": "chain", "steps": [{"name": "x"}, {"name": "y"}]}
+    assert record_defence({"name": "x"}, {"name": "y"}) == {
+        "name": "chain",
+        "steps": [{"name": "x"}, {"name": "y"}],
+    }
 
 
-@pytest.mark.parametrize("defence", [GaussianNoise(1e-4), TopKPruning(0.8, "global"), Quantization("int8"), "dp-sgd",
-                                     "secagg"])
+@pytest.mark.parametrize(
+    "defence",
+    [GaussianNoise(1e-4), TopKPruning(0.8, "global"), Quantization("int8"), "dp-sgd", "secagg"],
+)
 def test_defence_metadata_round_trips(tiny_models, tmp_path, defence):
     public = tiny_models("gpt2")
     if defence == "dp-sgd":
         pytest.importorskip("opacus")
-        update = simulate_update(public, BATCH, settings=ClientSettings(
-            algo="fedavg", mini_batch=1, defences=("dp-sgd", "quantize"), noise_multiplier=0.8))
+        update = simulate_update(
+            public,
+            BATCH,
+            settings=ClientSettings(
+                algo="fedavg", mini_batch=1, defences=("dp-sgd", "quantize"), noise_multiplier=0.8
+            ),
+        )
     elif defence == "secagg":
-        update = secure_aggregate([compute_update(public, BATCH), compute_update(public, Batch(texts=("Hi.",)))])
+        update = secure_aggregate(
+            [compute_update(public, BATCH), compute_update(public, Batch(texts=("Hi.",)))]
+        )
     else:
         update = defence.apply(compute_update(public, BATCH))
     back = load_update(save_update(update, tmp_path / "update"), model=public.model)
@@ -125,6 +151,8 @@ def test_registry():
         register_defence("noise", GaussianNoise)
     register_defence("noise2", GaussianNoise)
     try:
-        assert "noise2" in defence_names() and ClientSettings(defences=("noise2",)).defences == ("noise2",)
+        assert "noise2" in defence_names() and ClientSettings(defences=("noise2",)).defences == (
+            "noise2",
+        )
     finally:
         _DEFENCES.pop("noise2")

@@ -11,8 +11,15 @@ from gradleak.data import Batch
 
 pytest.importorskip("opacus")
 
-BATCH = Batch(texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday.",
-                     "My PIN is 4821.", "Meet me at the station."), labels=(1, 0, 1, 0))
+BATCH = Batch(
+    texts=(
+        "Call Maria at 555-0147 before noon.",
+        "The rent is due on Friday.",
+        "My PIN is 4821.",
+        "Meet me at the station.",
+    ),
+    labels=(1, 0, 1, 0),
+)
 
 
 def _dp(public, batch=BATCH, **options):
@@ -55,7 +62,9 @@ def test_noise_scale_seed_and_epsilon(tiny_models):
     assert all(torch.equal(noised.tensors[n], again.tensors[n]) for n in noised.tensors)
     assert not torch.equal(noised.tensors[name], other.tensors[name])
     record = noised.metadata.defence
-    assert record["name"] == "dp-sgd" and record["noise_std_mean_gradient"] == pytest.approx(expected)
+    assert record["name"] == "dp-sgd" and record["noise_std_mean_gradient"] == pytest.approx(
+        expected
+    )
     assert "seed" not in record  # the noise seed stays secret
     from opacus.accountants import RDPAccountant
 
@@ -67,13 +76,28 @@ def test_noise_scale_seed_and_epsilon(tiny_models):
 
 def test_fedavg_dp_steps_and_accounting(tiny_models):
     public = tiny_models("llama", "next_token")
-    update = simulate_update(public, BATCH, settings=ClientSettings(
-        algo="fedavg", local_epochs=2, mini_batch=2, lr=0.1, defences=("dp-sgd",), noise_multiplier=1.0,
-        dp_delta=1e-6, dp_steps=100, dp_sample_rate=0.01))
+    update = simulate_update(
+        public,
+        BATCH,
+        settings=ClientSettings(
+            algo="fedavg",
+            local_epochs=2,
+            mini_batch=2,
+            lr=0.1,
+            defences=("dp-sgd",),
+            noise_multiplier=1.0,
+            dp_delta=1e-6,
+            dp_steps=100,
+            dp_sample_rate=0.01,
+        ),
+    )
     record = update.metadata.defence
     assert update.metadata.kind == "weight_delta" and update.metadata.local_steps == 4
     assert record["steps"] == 100 and record["sample_rate"] == 0.01
-    assert record["epsilon"] == pytest.approx(dp_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=100,
-                                                         delta=1e-6))
-    assert not any(hasattr(p, "grad_sample") or hasattr(p, "summed_grad") for p in public.model.parameters())
+    assert record["epsilon"] == pytest.approx(
+        dp_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=100, delta=1e-6)
+    )
+    assert not any(
+        hasattr(p, "grad_sample") or hasattr(p, "summed_grad") for p in public.model.parameters()
+    )
     assert DPSGD().stage == "training"

@@ -19,8 +19,15 @@ from gradleak.client import (
 from gradleak.client.fedavg import sub_batch
 from gradleak.data import Batch
 
-BATCH = Batch(texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday.",
-                     "My PIN is 4821.", "Meet me at the station."), labels=(1, 0, 1, 0))
+BATCH = Batch(
+    texts=(
+        "Call Maria at 555-0147 before noon.",
+        "The rent is due on Friday.",
+        "My PIN is 4821.",
+        "Meet me at the station.",
+    ),
+    labels=(1, 0, 1, 0),
+)
 
 
 def _weights(public):
@@ -51,7 +58,9 @@ def test_one_step_equals_fedsgd_gradient_times_minus_lr(tiny_models, name):
 
 def test_multi_step_matches_hand_sgd_and_records_steps(tiny_models):
     public, lr = tiny_models("gpt2"), 0.5
-    update = simulate_update(public, BATCH, settings=ClientSettings(algo="fedavg", local_epochs=2, mini_batch=2, lr=lr))
+    update = simulate_update(
+        public, BATCH, settings=ClientSettings(algo="fedavg", local_epochs=2, mini_batch=2, lr=lr)
+    )
     assert update.metadata.local_steps == 4 and update.metadata.learning_rate == lr
     assert update.metadata.extra["local_epochs"] == 2 and update.metadata.extra["mini_batch"] == 2
     # The same four steps by hand on a copy.
@@ -69,7 +78,9 @@ def test_multi_step_matches_hand_sgd_and_records_steps(tiny_models):
     one_step = compute_update(public, BATCH)
     name = "transformer.h.0.attn.c_attn.weight"
     for n in names:
-        torch.testing.assert_close(update.tensors[n], params[n].detach() - start[n], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(
+            update.tensors[n], params[n].detach() - start[n], rtol=1e-4, atol=1e-7
+        )
     assert not torch.allclose(update.tensors[name], -4 * lr * one_step.tensors[name], rtol=1e-3)
 
 
@@ -78,9 +89,17 @@ def test_undisclosed_facts_are_none(tiny_models):
     update = compute_fedavg_update(public, BATCH, lr=0.1, epochs=2, mini_batch=2, disclose=())
     meta = update.metadata
     assert meta.learning_rate is None and meta.local_steps is None and meta.batch_size is None
-    assert meta.extra["local_epochs"] is None and meta.extra["mini_batch"] is None and meta.extra["disclosed"] == []
+    assert (
+        meta.extra["local_epochs"] is None
+        and meta.extra["mini_batch"] is None
+        and meta.extra["disclosed"] == []
+    )
     shown = compute_fedavg_update(public, BATCH, disclose=("batch_size", "local_steps"))
-    assert shown.metadata.batch_size == 4 and shown.metadata.local_steps == 1 and shown.metadata.learning_rate is None
+    assert (
+        shown.metadata.batch_size == 4
+        and shown.metadata.local_steps == 1
+        and shown.metadata.learning_rate is None
+    )
 
 
 def test_frozen_embeddings_and_blocks(tiny_models):
@@ -88,9 +107,14 @@ def test_frozen_embeddings_and_blocks(tiny_models):
     full = compute_update(public, BATCH)
     frozen = simulate_update(public, BATCH, settings=ClientSettings(freeze_embeddings=True))
     assert not {"transformer.wte.weight", "transformer.wpe.weight"} & set(frozen.tensors)
-    assert set(full.tensors) - set(frozen.tensors) == {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert set(full.tensors) - set(frozen.tensors) == {
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+    }
     name = "transformer.h.0.attn.c_attn.weight"
     torch.testing.assert_close(frozen.tensors[name], full.tensors[name])
     assert frozen.metadata.extra["frozen"] == ["embedding"]
-    blocks = compute_fedavg_update(public, BATCH, exposure=Exposure(blocks=(0, 1)), freeze_embeddings=True)
+    blocks = compute_fedavg_update(
+        public, BATCH, exposure=Exposure(blocks=(0, 1)), freeze_embeddings=True
+    )
     assert {n.split(".")[2] for n in blocks.tensors} == {"0", "1"}

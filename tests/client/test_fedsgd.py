@@ -12,7 +12,9 @@ from gradleak.errors import UnknownSpecError
 TEXTS = ("Call Maria at 555-0147 before noon.", "The rent is due on Friday.")
 
 
-@pytest.mark.parametrize("name,task", [("gpt2", "seq_class"), ("llama", "next_token"), ("bert", "seq_class")])
+@pytest.mark.parametrize(
+    "name,task", [("gpt2", "seq_class"), ("llama", "next_token"), ("bert", "seq_class")]
+)
 def test_update_equals_autograd(tiny_models, name, task):
     public = tiny_models(name, task)
     batch = Batch(texts=TEXTS, labels=(1, 0))
@@ -39,13 +41,18 @@ def test_partial_exposure_shares_only_the_chosen_parameters(tiny_models):
     gpt2, llama = tiny_models("gpt2"), tiny_models("llama")
     batch = Batch(texts=TEXTS, labels=(1, 0))
     update = compute_update(gpt2, batch, exposure=Exposure.parse("blocks=1 roles=q"))
-    assert set(update.tensors) == {"transformer.h.1.attn.c_attn.weight", "transformer.h.1.attn.c_attn.bias"}
+    assert set(update.tensors) == {
+        "transformer.h.1.attn.c_attn.weight",
+        "transformer.h.1.attn.c_attn.bias",
+    }
     update = compute_update(llama, batch, exposure=Exposure(blocks=(-1,), roles=("mlp_out",)))
     assert set(update.tensors) == {"model.layers.3.mlp.down_proj.weight"}
     assert update.metadata.exposure == "blocks=-1 roles=mlp_out"
     full = compute_update(llama, batch)
-    torch.testing.assert_close(update.tensors["model.layers.3.mlp.down_proj.weight"],
-                               full.tensors["model.layers.3.mlp.down_proj.weight"])
+    torch.testing.assert_close(
+        update.tensors["model.layers.3.mlp.down_proj.weight"],
+        full.tensors["model.layers.3.mlp.down_proj.weight"],
+    )
 
 
 def test_exposure_errors():

@@ -15,7 +15,9 @@ from gradleak.update import check_fits, load_update, save_update
 
 pytest.importorskip("peft")
 
-BATCH = Batch(texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday."), labels=(1, 0))
+BATCH = Batch(
+    texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday."), labels=(1, 0)
+)
 
 
 def _factor_norms(update, factor):
@@ -28,11 +30,14 @@ def test_only_adapters_are_shared_and_lora_a_needs_a_warm_start(tiny_models):
     start = prepare_model(public, settings)
     update = simulate_update(start, BATCH, settings=settings)
     wrapped = dict(start.model.named_parameters())
-    assert set(update.tensors) == set(lora_parameter_names(start)) and len(update.tensors) == 8  # 4 blocks x A, B
+    assert (
+        set(update.tensors) == set(lora_parameter_names(start)) and len(update.tensors) == 8
+    )  # 4 blocks x A, B
     assert all(n in wrapped and (".lora_A." in n or ".lora_B." in n) for n in update.tensors)
     check_fits(update, start.model)
     assert update.metadata.exposure == "lora" and update.metadata.extra["lora"]["modules"] == [
-        f"transformer.h.{b}.attn.c_attn" for b in range(4)]
+        f"transformer.h.{b}.attn.c_attn" for b in range(4)
+    ]
     assert max(_factor_norms(update, "lora_A")) == 0.0 and min(_factor_norms(update, "lora_B")) > 0
     warm = ClientSettings(lora_rank=4, lora_warmup_steps=2)
     warmed = simulate_update(public, BATCH, settings=warm)
@@ -42,7 +47,9 @@ def test_only_adapters_are_shared_and_lora_a_needs_a_warm_start(tiny_models):
     rebuilt = apply_lora(public, LoraSpec.from_dict(warmed.metadata.extra["lora"]))
     reference = dict(prepare_model(public, warm).model.named_parameters())
     assert all(torch.equal(p, reference[n]) for n, p in rebuilt.model.named_parameters())
-    plain = simulate_update(start, BATCH, settings=ClientSettings())  # a wrapped model shares adapters only
+    plain = simulate_update(
+        start, BATCH, settings=ClientSettings()
+    )  # a wrapped model shares adapters only
     assert set(plain.tensors) == set(update.tensors) and plain.metadata.extra["lora"]["rank"] == 4
 
 

@@ -8,7 +8,9 @@ import torch
 from gradleak.client import ClientSettings, ClientSettingsError, compute_update, simulate_update
 from gradleak.data import Batch
 
-BATCH = Batch(texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday."), labels=(1, 0))
+BATCH = Batch(
+    texts=("Call Maria at 555-0147 before noon.", "The rent is due on Friday."), labels=(1, 0)
+)
 
 
 def test_defaults_are_fedsgd(tiny_models):
@@ -19,21 +21,24 @@ def test_defaults_are_fedsgd(tiny_models):
         torch.testing.assert_close(update.tensors[n], t)
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"algo": "fedprox"}, "algo 'fedprox' is not one of fedsgd, fedavg"),
-    ({"local_epochs": 3}, "apply to algo fedavg only"),
-    ({"algo": "fedavg", "lr": 0}, "lr must be positive"),
-    ({"defences": ("noise", "dp-sgd")}, "must come first"),
-    ({"defences": ("blur",)}, "defences blur unknown"),
-    ({"disclose": ("labels",)}, "disclose labels unknown"),
-    ({"prune_ratio": 1.0}, "prune_ratio must lie in [0, 1)"),
-    ({"lora_targets": ("q",)}, "need lora_rank or lora_adapter"),
-    ({"lora_rank": 4, "expose": "roles=q"}, "not expose roles="),
-    ({"lora_rank": 4, "lora_targets": ("norm",)}, "not linear roles"),
-    ({"lora_adapter": "x", "lora_rank": 4}, "brings its own rank"),
-    ({"expose": "layers=1"}, "cannot read exposure"),
-    ({"mini_batch": "4"}, "mini_batch must be an integer"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"algo": "fedprox"}, "algo 'fedprox' is not one of fedsgd, fedavg"),
+        ({"local_epochs": 3}, "apply to algo fedavg only"),
+        ({"algo": "fedavg", "lr": 0}, "lr must be positive"),
+        ({"defences": ("noise", "dp-sgd")}, "must come first"),
+        ({"defences": ("blur",)}, "defences blur unknown"),
+        ({"disclose": ("labels",)}, "disclose labels unknown"),
+        ({"prune_ratio": 1.0}, "prune_ratio must lie in [0, 1)"),
+        ({"lora_targets": ("q",)}, "need lora_rank or lora_adapter"),
+        ({"lora_rank": 4, "expose": "roles=q"}, "not expose roles="),
+        ({"lora_rank": 4, "lora_targets": ("norm",)}, "not linear roles"),
+        ({"lora_adapter": "x", "lora_rank": 4}, "brings its own rank"),
+        ({"expose": "layers=1"}, "cannot read exposure"),
+        ({"mini_batch": "4"}, "mini_batch must be an integer"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(options, message):
     with pytest.raises(ClientSettingsError) as info:
         ClientSettings(**options)

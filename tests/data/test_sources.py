@@ -101,9 +101,16 @@ def test_demo_set_has_40_short_ascii_messages_labelled_by_digits():
 
 @pytest.mark.parametrize(
     ("alias", "name"),
-    [("cola", "cola"), ("glue/cola", "cola"), ("SST-2", "sst2"), ("glue/sst2", "sst2"),
-     ("rotten-tomatoes", "rotten_tomatoes"), ("cornell-movie-review-data/rotten_tomatoes",
-     "rotten_tomatoes"), ("imdb", None), ("my.jsonl", None)],
+    [
+        ("cola", "cola"),
+        ("glue/cola", "cola"),
+        ("SST-2", "sst2"),
+        ("glue/sst2", "sst2"),
+        ("rotten-tomatoes", "rotten_tomatoes"),
+        ("cornell-movie-review-data/rotten_tomatoes", "rotten_tomatoes"),
+        ("imdb", None),
+        ("my.jsonl", None),
+    ],
 )
 def test_aliases(alias, name):
     assert known_name(alias) == name
@@ -183,8 +190,13 @@ def test_text_source_validates_labels():
 @pytest.mark.shared
 @pytest.mark.parametrize(
     ("name", "split", "rows"),
-    [("cola", "train", 8551), ("cola", "validation", 1043), ("sst2", "train", 67349),
-     ("sst2", "test", 1821), ("rotten_tomatoes", "train", 8530)],
+    [
+        ("cola", "train", 8551),
+        ("cola", "validation", 1043),
+        ("sst2", "train", 67349),
+        ("sst2", "test", 1821),
+        ("rotten_tomatoes", "train", 8530),
+    ],
 )
 def test_shared_datasets_load_with_exact_row_counts(shared_dir, monkeypatch, name, split, rows):
     monkeypatch.setenv("GRADLEAK_SHARED_DIR", str(shared_dir))

@@ -49,9 +49,13 @@ def test_client_keys_come_from_a_mapping_dotted_keys_and_the_command_line(tmp_pa
     config = build_config(load_config_file(path), {"client": {"mini_batch": 2, "lr": 5e-4}})
     client = config.client
     assert (client["algo"], client["local_epochs"], client["mini_batch"]) == ("fedavg", 2, 2)
-    assert client["defence"] == ["noise", "prune"] and client["sigma"] == 1e-5  # YAML's "1e-5" string
+    assert (
+        client["defence"] == ["noise", "prune"] and client["sigma"] == 1e-5
+    )  # YAML's "1e-5" string
     assert client["lr"] == 5e-4  # the command line wins over the file's dotted key
-    assert list(client) == list(client_keys()) and client["clients"] == 1  # every key, defaults filled
+    assert (
+        list(client) == list(client_keys()) and client["clients"] == 1
+    )  # every key, defaults filled
     settings = config.client_settings()
     assert isinstance(settings, ClientSettings) and settings.defences == ("noise", "prune")
     assert (settings.expose, settings.max_length, settings.mini_batch) == ("all", None, 2)
@@ -64,7 +68,9 @@ def test_a_default_client_keeps_the_fingerprint_of_runs_made_before_it_existed()
     data = {k: v for k, v in config.to_dict().items() if k != "client"}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     assert config.fingerprint() == hashlib.sha256(text.encode()).hexdigest()[:12] == "e70c86836534"
-    explicit = build_config({"model": "m", "client": {"sigma": 1e-4, "defence": "none", "lr": 1e-4}})
+    explicit = build_config(
+        {"model": "m", "client": {"sigma": 1e-4, "defence": "none", "lr": 1e-4}}
+    )
     assert explicit == config and explicit.fingerprint() == config.fingerprint()
     noisy = build_config({"model": "m", "client.defence": ["noise"], "client.sigma": 1e-5})
     assert noisy.fingerprint() != config.fingerprint()
@@ -81,23 +87,38 @@ def test_default_run_dirs_name_the_client():
     assert default_run_dir(plain).name == f"dager-demo-m-b2-{plain.fingerprint()}"
     client = {"algo": "fedavg", "defence": "noise,prune", "clients": 2}
     defended = build_config({"model": "m", "batch_size": 2, "client": client})
-    assert default_run_dir(defended).name == f"dager-demo-m-b2-fedavg-noise+prune-k2-{defended.fingerprint()}"
+    assert (
+        default_run_dir(defended).name
+        == f"dager-demo-m-b2-fedavg-noise+prune-k2-{defended.fingerprint()}"
+    )
 
 
 def test_yaml_round_trip_with_a_client(tmp_path):
     config = build_config(
-        {"model": "m", "batch_size": 3, "client": {"defence": ["dp-sgd", "quantize"], "clients": 3,
-                                                     "disclose": "none", "dp_delta": "1e-6"}}
+        {
+            "model": "m",
+            "batch_size": 3,
+            "client": {
+                "defence": ["dp-sgd", "quantize"],
+                "clients": 3,
+                "disclose": "none",
+                "dp_delta": "1e-6",
+            },
+        }
     )
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     again = build_config(load_config_file(path))
     assert again == config and again.fingerprint() == config.fingerprint()
-    assert again.client["disclose"] == [] and again.client["dp_delta"] == 1e-6 and again.clients == 3
+    assert (
+        again.client["disclose"] == [] and again.client["dp_delta"] == 1e-6 and again.clients == 3
+    )
 
 
 def test_bad_client_settings_are_all_named_before_anything_runs():
-    with pytest.raises(ConfigError, match=r"sigma: client settings go under client:.*client\.sigma"):
+    with pytest.raises(
+        ConfigError, match=r"sigma: client settings go under client:.*client\.sigma"
+    ):
         build_config({"model": "m", "sigma": 1e-5})
     with pytest.raises(ConfigError, match="unknown key.*attack\\.x"):
         build_config({"model": "m", "attack.x": 1})
@@ -108,7 +129,9 @@ def test_bad_client_settings_are_all_named_before_anything_runs():
     with pytest.raises(ConfigError, match="set algo=fedavg"):
         build_config({"model": "m", "client": {"local_epochs": 2}})
     with pytest.raises(ConfigError) as err:
-        build_config({"model": "m", "client": {"defence": "noise,shred", "sigma": -1}, "batch_size": 0})
+        build_config(
+            {"model": "m", "client": {"defence": "noise,shred", "sigma": -1}, "batch_size": 0}
+        )
     assert "batch_size must be at least 1" in str(err.value)  # reported first, client checks wait
     with pytest.raises(ConfigError) as err:
         build_config({"model": "m", "client": {"defence": "noise,shred", "sigma": -1}})
@@ -169,12 +192,19 @@ def test_fedavg_updates_reach_the_attack(spy_attack, tiny_texts, tmp_path):
     run_experiment(_config(tiny_texts, client), tmp_path)
     ((args, _),) = spy_attack.calls
     meta = args[1].metadata
-    assert (meta.kind, meta.local_steps, meta.learning_rate, meta.batch_size) == ("weight_delta", 4, 1e-3, None)
+    assert (meta.kind, meta.local_steps, meta.learning_rate, meta.batch_size) == (
+        "weight_delta",
+        4,
+        1e-3,
+        None,
+    )
     (record,) = read_records(tmp_path)
     assert record["update"]["kind"] == "weight_delta" and record["update"]["local_steps"] == 4
 
 
-def test_secure_aggregation_splits_the_batch_and_the_server_sees_the_sum(spy_attack, tiny_texts, tmp_path):
+def test_secure_aggregation_splits_the_batch_and_the_server_sees_the_sum(
+    spy_attack, tiny_texts, tmp_path
+):
     run_experiment(_config(tiny_texts, {"clients": 3}, batch_size=5), tmp_path)
     ((args, _),) = spy_attack.calls
     update = args[1]
@@ -188,7 +218,10 @@ def test_secure_aggregation_splits_the_batch_and_the_server_sees_the_sum(spy_att
     config = _config(tiny_texts, {"clients": 3}, batch_size=5)
     public = prepare_model(load_model(GPT2, seed=config.seed), config.client_settings())
     batch = Batch(record["references"], labels=record["labels"])
-    parts = [simulate_update(public, part, settings=config.client_settings()) for part in split_batch(batch, 3)]
+    parts = [
+        simulate_update(public, part, settings=config.client_settings())
+        for part in split_batch(batch, 3)
+    ]
     name = next(iter(update.tensors))
     torch.testing.assert_close(update.tensors[name], sum(p.tensors[name] for p in parts))
 
@@ -224,9 +257,13 @@ def test_with_lora_the_attack_gets_the_wrapped_model(spy_attack, tiny_texts, tmp
     pytest.importorskip("peft")
     from gradleak.client.lora import is_lora
 
-    llama = ("random:llama?num_hidden_layers=2&hidden_size=32&intermediate_size=64"
-             "&num_attention_heads=4&num_key_value_heads=2")
-    config = _config(tiny_texts, {"lora_rank": 2, "lora_warmup_steps": 1}, model=llama, batch_size=1)
+    llama = (
+        "random:llama?num_hidden_layers=2&hidden_size=32&intermediate_size=64"
+        "&num_attention_heads=4&num_key_value_heads=2"
+    )
+    config = _config(
+        tiny_texts, {"lora_rank": 2, "lora_warmup_steps": 1}, model=llama, batch_size=1
+    )
     run_experiment(config, tmp_path)
     ((args, _),) = spy_attack.calls
     public, update = args
@@ -239,12 +276,20 @@ def test_with_lora_the_attack_gets_the_wrapped_model(spy_attack, tiny_texts, tmp
 
 
 def test_a_grid_sweeps_one_client_setting(tmp_path):
-    grid = {"model": "m", "client": {"defence": ["noise", "quantize"]}, "client.sigma": ["1e-5", 5e-5]}
+    grid = {
+        "model": "m",
+        "client": {"defence": ["noise", "quantize"]},
+        "client.sigma": ["1e-5", 5e-5],
+    }
     runs = expand_grid(grid, root=tmp_path)
     assert [r.name for r in runs] == ["client.sigma-1e-5", "client.sigma-5e-05"]
     assert [r.config.client["sigma"] for r in runs] == [1e-5, 5e-5]
-    assert all(r.config.client["defence"] == ["noise", "quantize"] for r in runs)  # a mapping is no axis
-    chains = expand_grid({"model": "m", "client.defence": ["none", "noise,prune", ["dp-sgd"]]}, root=tmp_path)
+    assert all(
+        r.config.client["defence"] == ["noise", "quantize"] for r in runs
+    )  # a mapping is no axis
+    chains = expand_grid(
+        {"model": "m", "client.defence": ["none", "noise,prune", ["dp-sgd"]]}, root=tmp_path
+    )
     assert [r.config.client["defence"] for r in chains] == [[], ["noise", "prune"], ["dp-sgd"]]
     with pytest.raises(ConfigError, match="client.sigma-0.*sigma must be positive"):
         expand_grid({"model": "m", "client.sigma": [1e-5, 0]}, root=tmp_path)

@@ -72,7 +72,10 @@ def test_records_without_a_config_are_refused(tmp_path):
 def test_a_directory_in_use_is_refused(tmp_path):
     from gradleak.experiments.rundir import lock_run_dir
 
-    with lock_run_dir(tmp_path / "run"), pytest.raises(RunDirError, match="in use by another gradleak"):
+    with (
+        lock_run_dir(tmp_path / "run"),
+        pytest.raises(RunDirError, match="in use by another gradleak"),
+    ):
         with lock_run_dir(tmp_path / "run"):  # noqa: SIM117 - the inner lock is what is tested
             pass
     with lock_run_dir(tmp_path / "run"):  # released

@@ -52,8 +52,10 @@ def client_app(texts: list[str], *, fail: bool = False) -> ClientApp:
             optimizer.zero_grad()
             model(**batch, labels=labels).loss.backward()
             optimizer.step()
-        content = {"arrays": ArrayRecord(model.state_dict()),
-                   "metrics": MetricRecord({"num-examples": len(texts)})}
+        content = {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"num-examples": len(texts)}),
+        }
         return Message(RecordDict(content), reply_to=msg)
 
     return app
@@ -61,8 +63,12 @@ def client_app(texts: list[str], *, fail: bool = False) -> ClientApp:
 
 def federation(strategy, apps, rounds=1):
     initial = ArrayRecord(load_model(SPEC).model.state_dict())
-    return strategy.start(grid=InProcessGrid(apps), initial_arrays=initial, num_rounds=rounds,
-                          train_config=ConfigRecord(dict(TRAIN)))
+    return strategy.start(
+        grid=InProcessGrid(apps),
+        initial_arrays=initial,
+        num_rounds=rounds,
+        train_config=ConfigRecord(dict(TRAIN)),
+    )
 
 
 def read_records(path):
@@ -73,8 +79,11 @@ def test_audit_recovers_each_client_exactly_and_leaves_aggregation_unchanged(tmp
     auditor = FlowerAuditor(SPEC, tmp_path / "audit", ground_truth=TEXTS)
     apps = {node: client_app(texts) for node, texts in TEXTS.items()}
     audited = federation(AuditingStrategy(FedAvg(fraction_evaluate=0.0), auditor), apps, rounds=2)
-    plain = federation(FedAvg(fraction_evaluate=0.0),
-                       {node: client_app(texts) for node, texts in TEXTS.items()}, rounds=2)
+    plain = federation(
+        FedAvg(fraction_evaluate=0.0),
+        {node: client_app(texts) for node, texts in TEXTS.items()},
+        rounds=2,
+    )
 
     for name, tensor in plain.arrays.to_torch_state_dict().items():
         assert torch.equal(audited.arrays.to_torch_state_dict()[name], tensor), name
@@ -82,10 +91,15 @@ def test_audit_recovers_each_client_exactly_and_leaves_aggregation_unchanged(tmp
         records = read_records(tmp_path / "audit" / round_dir / "records.jsonl")
         assert sorted(r["flower"]["node_id"] for r in records) == [101, 102]
         for record in records:
-            assert record["metrics"]["exact_rate"] == 1.0, (round_dir, record["reconstructions"], record["reason"])
+            assert record["metrics"]["exact_rate"] == 1.0, (
+                round_dir,
+                record["reconstructions"],
+                record["reason"],
+            )
             assert record["certified"] and all(record["certified"])
             assert sorted(s["text"] for s in record["reconstructions"]) == sorted(
-                TEXTS[record["flower"]["node_id"]])
+                TEXTS[record["flower"]["node_id"]]
+            )
             assert record["update"]["learning_rate"] == TRAIN["lr"]
         summary = json.loads((tmp_path / "audit" / round_dir / "summary.json").read_text())
         assert summary["exact_rate"] == 1.0 and summary["batches"] == 2
@@ -95,8 +109,10 @@ def test_audit_report_reads_the_rounds(tmp_path):
     from gradleak.report import load_runs, render_html
 
     auditor = FlowerAuditor(SPEC, tmp_path / "audit")  # no ground truth: unscored records
-    federation(AuditingStrategy(FedAvg(fraction_evaluate=0.0), auditor),
-               {node: client_app(texts) for node, texts in TEXTS.items()})
+    federation(
+        AuditingStrategy(FedAvg(fraction_evaluate=0.0), auditor),
+        {node: client_app(texts) for node, texts in TEXTS.items()},
+    )
     (run,) = load_runs([tmp_path / "audit"])
     assert run.summary["rouge1"] is None and run.summary["sequences_recovered"] == 4
     assert all("metrics" not in r for r in run.records)
@@ -118,8 +134,13 @@ def test_one_step_delta_over_lr_is_the_gradient():
     public = load_model(SPEC, dtype=torch.float64)
     start = {k: v.clone() for k, v in public.model.state_dict().items()}
     reply = run_client_app(client_app(TEXTS[101]), ArrayRecord(start), TRAIN)
-    update = update_from_weights(public, start, reply.content["arrays"].to_torch_state_dict(),
-                                 learning_rate=TRAIN["lr"], local_steps=1)
+    update = update_from_weights(
+        public,
+        start,
+        reply.content["arrays"].to_torch_state_dict(),
+        learning_rate=TRAIN["lr"],
+        local_steps=1,
+    )
 
     model = load_model(SPEC).model
     model.load_state_dict(start)
@@ -128,7 +149,9 @@ def test_one_step_delta_over_lr_is_the_gradient():
     gradients = update.gradients()
     for name, parameter in model.named_parameters():
         if name in gradients:
-            torch.testing.assert_close(gradients[name].float(), parameter.grad, rtol=2e-3, atol=2e-6)
+            torch.testing.assert_close(
+                gradients[name].float(), parameter.grad, rtol=2e-3, atol=2e-6
+            )
     assert update.metadata.kind == "weight_delta" and update.metadata.local_steps == 1
 
 

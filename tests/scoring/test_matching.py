@@ -72,8 +72,10 @@ def test_dager_matching_only_considers_the_first_batch_size_reconstructions():
 
 def test_dager_matching_uses_token_ids_when_given():
     assignment = dager_assignment(
-        ["one", "two"], ["uno", "dos"],
-        reference_tokens=[[5, 6, 7], [8, 9]], reconstruction_tokens=[[8, 9], [5, 6, 7]],
+        ["one", "two"],
+        ["uno", "dos"],
+        reference_tokens=[[5, 6, 7], [8, 9]],
+        reconstruction_tokens=[[8, 9], [5, 6, 7]],
     )
     assert assignment == (1, 0)
     with pytest.raises(GradleakError, match="token lists"):

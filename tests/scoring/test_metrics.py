@@ -53,8 +53,11 @@ def test_special_tokens_stripped_by_default_and_kept_on_request():
     custom = score_batch(["<bos>yes"], ["<bos>no"], special_tokens=["<bos>"])
     assert custom.rouge1 == 0.0
     ids = score_batch(
-        ["x"], ["y"], special_token_ids=[0],
-        reference_tokens=[[0, 5, 6]], reconstruction_tokens=[[0, 5, 7]],
+        ["x"],
+        ["y"],
+        special_token_ids=[0],
+        reference_tokens=[[0, 5, 6]],
+        reconstruction_tokens=[[0, 5, 7]],
     )
     assert ids.token_accuracy == pytest.approx(1 / 2)
 

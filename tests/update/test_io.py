@@ -16,7 +16,9 @@ from gradleak.update import ClientUpdate, load_update, save_update
 
 @pytest.fixture(scope="module")
 def update(tiny_models):
-    return compute_update(tiny_models("gpt2"), Batch(texts=("Meet me at 9 at Elm Street.",), labels=(1,)))
+    return compute_update(
+        tiny_models("gpt2"), Batch(texts=("Meet me at 9 at Elm Street.",), labels=(1,))
+    )
 
 
 def test_round_trip_is_bit_exact(update, tiny_models, tmp_path):
@@ -39,7 +41,9 @@ def test_metadata_is_plain_json_in_the_header(update, tmp_path):
 
 def test_update_for_another_model_is_refused(update, tiny_models, tmp_path):
     path = save_update(update, tmp_path / "u")
-    with pytest.raises(InvalidUpdateError, match="does not fit model .*load the model the update was made for"):
+    with pytest.raises(
+        InvalidUpdateError, match="does not fit model .*load the model the update was made for"
+    ):
         load_update(path, model=tiny_models("llama").model)
 
 
@@ -81,8 +85,12 @@ def test_missing_file(tmp_path):
 
 
 def test_weight_delta_converts_to_gradient(update):
-    delta = update.with_tensors({k: -0.1 * v for k, v in update.tensors.items()},
-                                kind="weight_delta", learning_rate=0.1, local_steps=1)
+    delta = update.with_tensors(
+        {k: -0.1 * v for k, v in update.tensors.items()},
+        kind="weight_delta",
+        learning_rate=0.1,
+        local_steps=1,
+    )
     name = next(iter(update.tensors))
     torch.testing.assert_close(delta.gradients()[name], update.tensors[name])
     assert isinstance(delta, ClientUpdate)

@@ -28,8 +28,15 @@ def train(msg: Message, context: Context) -> Message:
         int(config["server-round"]),
         int(context.run_config["batch-size"]),
     )
-    loss = task.train(model, tokenizer, texts, labels, lr=float(config["lr"]),
-                      local_steps=int(config["local-steps"]))
+    loss = task.train(
+        model,
+        tokenizer,
+        texts,
+        labels,
+        lr=float(config["lr"]),
+        local_steps=int(config["local-steps"]),
+    )
     metrics = MetricRecord({"num-examples": len(texts), "train-loss": loss})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg
+    )

@@ -19,15 +19,17 @@ def run_server(grid: Grid, run_config: Mapping, ground_truth: Callable | None = 
     spec = str(run_config["model"])
     dtype = str(run_config["dtype"])
     model, _ = task.load_model(spec, dtype)
-    auditor = FlowerAuditor(spec, str(run_config["audit-out"]), dtype=dtype,
-                            ground_truth=ground_truth)
+    auditor = FlowerAuditor(
+        spec, str(run_config["audit-out"]), dtype=dtype, ground_truth=ground_truth
+    )
     strategy = AuditingStrategy(FedAvg(fraction_evaluate=0.0), auditor)
     return strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=int(run_config["num-server-rounds"]),
-        train_config=ConfigRecord({"lr": float(run_config["lr"]),
-                                   "local-steps": int(run_config["local-steps"])}),
+        train_config=ConfigRecord(
+            {"lr": float(run_config["lr"]), "local-steps": int(run_config["local-steps"])}
+        ),
     )
 
 

@@ -17,8 +17,9 @@ DATASET = "demo"
 
 def load_model(spec: str, dtype: str = "float32"):
     """Returns (model, tokenizer): the same architecture and initial weights on every side."""
-    public = gradleak_load_model(spec, task="seq_class", num_labels=2, seed=0,
-                                 dtype=getattr(torch, dtype))
+    public = gradleak_load_model(
+        spec, task="seq_class", num_labels=2, seed=0, dtype=getattr(torch, dtype)
+    )
     return public.model, public.tokenizer
 
 

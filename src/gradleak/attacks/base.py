@@ -33,8 +33,12 @@ class RecoveredSequence:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the sequence as plain JSON values."""
-        return {"token_ids": list(self.token_ids), "text": self.text, "certified": self.certified,
-                "residuals": [float(r) for r in self.residuals]}
+        return {
+            "token_ids": list(self.token_ids),
+            "text": self.text,
+            "certified": self.certified,
+            "residuals": [float(r) for r in self.residuals],
+        }
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,13 @@ class Reconstruction:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the reconstruction as plain JSON values."""
-        return {"attack": self.attack, "sequences": [s.to_dict() for s in self.sequences],
-                "certified": self.certified, "reason": self.reason, "diagnostics": self.diagnostics}
+        return {
+            "attack": self.attack,
+            "sequences": [s.to_dict() for s in self.sequences],
+            "certified": self.certified,
+            "reason": self.reason,
+            "diagnostics": self.diagnostics,
+        }
 
 
 class Attack(ABC):

@@ -55,8 +55,9 @@ class Share:
     parallel_rows: int
 
 
-def own_gradient(public: PublicModel, token_ids: Sequence[int], label: int | None,
-                 names: list[str]) -> dict[str, torch.Tensor]:
+def own_gradient(
+    public: PublicModel, token_ids: Sequence[int], label: int | None, names: list[str]
+) -> dict[str, torch.Tensor]:
     """Returns the gradient of one sentence's training loss alone, for the named parameters.
 
     The loss is the model's own (``labels=`` of the transformers head): the class for a
@@ -67,12 +68,15 @@ def own_gradient(public: PublicModel, token_ids: Sequence[int], label: int | Non
     with only_grad_for(public.model, set(names)), torch.enable_grad():
         loss = public.model(**inputs, labels=targets).loss
         grads = torch.autograd.grad(loss, [params[name] for name in names], allow_unused=True)
-    return {name: torch.zeros_like(params[name]) if g is None else g.detach()
-            for name, g in zip(names, grads)}
+    return {
+        name: torch.zeros_like(params[name]) if g is None else g.detach()
+        for name, g in zip(names, grads)
+    }
 
 
-def fit_share(public: PublicModel, gradients: Mapping[str, torch.Tensor],
-              token_ids: Sequence[int]) -> tuple[Share, dict[str, torch.Tensor]] | None:
+def fit_share(
+    public: PublicModel, gradients: Mapping[str, torch.Tensor], token_ids: Sequence[int]
+) -> tuple[Share, dict[str, torch.Tensor]] | None:
     """Returns the sentence's share of ``gradients`` and its own gradient, or None if none fits exactly."""
     table = _table_name(public)
     if table not in gradients:
@@ -96,8 +100,9 @@ def fit_share(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     return share, own_gradient(public, token_ids, share.label, list(gradients))
 
 
-def peel(public: PublicModel, gradients: Mapping[str, torch.Tensor],
-         sentences: Iterable[Sequence[int]]) -> tuple[dict[str, torch.Tensor], list[Share]] | None:
+def peel(
+    public: PublicModel, gradients: Mapping[str, torch.Tensor], sentences: Iterable[Sequence[int]]
+) -> tuple[dict[str, torch.Tensor], list[Share]] | None:
     """Returns ``gradients`` minus every sentence's share, and the shares; None if one does not fit.
 
     Each sentence is fitted against what is left after the ones before it, so a token shared
@@ -114,9 +119,13 @@ def peel(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     return rest, shares
 
 
-def peel_fitting(public: PublicModel, gradients: Mapping[str, torch.Tensor],
-                 candidates: Iterable[Sequence[int]], *,
-                 passes: int = 3) -> tuple[dict[str, torch.Tensor], list[Share]]:
+def peel_fitting(
+    public: PublicModel,
+    gradients: Mapping[str, torch.Tensor],
+    candidates: Iterable[Sequence[int]],
+    *,
+    passes: int = 3,
+) -> tuple[dict[str, torch.Tensor], list[Share]]:
     """Returns ``gradients`` minus the share of every candidate that fits exactly, and those shares.
 
     For candidates of unknown worth (a best-effort search's output): one that does not fit is
@@ -127,7 +136,9 @@ def peel_fitting(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     rest = _copy(gradients)
     shares: list[Share] = []
     pending = list(dict.fromkeys(map(tuple, candidates)))
-    freed: set[int] | None = None  # tokens whose rows the last pass's peels changed; None: first pass
+    freed: set[int] | None = (
+        None  # tokens whose rows the last pass's peels changed; None: first pass
+    )
     for _ in range(passes):
         left, peeled_tokens = [], set()
         tried = [ids for ids in pending if freed is None or not freed.isdisjoint(ids)]
@@ -147,8 +158,9 @@ def peel_fitting(public: PublicModel, gradients: Mapping[str, torch.Tensor],
     return rest, shares
 
 
-def might_fit(public: PublicModel, gradients: Mapping[str, torch.Tensor],
-              candidates: Sequence[Sequence[int]]) -> list[bool]:
+def might_fit(
+    public: PublicModel, gradients: Mapping[str, torch.Tensor], candidates: Sequence[Sequence[int]]
+) -> list[bool]:
     """Returns, per candidate, whether some label makes one of its token rows parallel to ``gradients``'.
 
     A screen for :func:`fit_share`, batched: one forward and backward pass per chunk of
@@ -160,17 +172,21 @@ def might_fit(public: PublicModel, gradients: Mapping[str, torch.Tensor],
         return [False] * len(candidates)
     out = []
     for start in range(0, len(candidates), _SCREEN_CHUNK):
-        chunk = [tuple(ids) for ids in candidates[start:start + _SCREEN_CHUNK]]
+        chunk = [tuple(ids) for ids in candidates[start : start + _SCREEN_CHUNK]]
         hits = [False] * len(chunk)
         for label in _screen_labels(public):
             for i, (ids, own) in enumerate(zip(chunk, _own_token_rows(public, chunk, label))):
                 tokens = sorted(set(ids))
-                hits[i] = hits[i] or _parallel_weight(gradients[table][tokens].double(), own) is not None
+                hits[i] = (
+                    hits[i] or _parallel_weight(gradients[table][tokens].double(), own) is not None
+                )
         out += hits
     return out
 
 
-def _own_token_rows(public: PublicModel, batch: list[tuple[int, ...]], label: int | None) -> list[torch.Tensor]:
+def _own_token_rows(
+    public: PublicModel, batch: list[tuple[int, ...]], label: int | None
+) -> list[torch.Tensor]:
     """Returns each sentence's own token-embedding gradient rows (its distinct tokens, sorted), each up
     to the factor the batch's mean loss puts on it.
 
@@ -179,7 +195,9 @@ def _own_token_rows(public: PublicModel, batch: list[tuple[int, ...]], label: in
     """
     inputs, targets = _model_inputs(public, batch, label)
     embedded = {}
-    hook = public.family.embedding().register_forward_hook(lambda m, a, out: embedded.setdefault("out", out))
+    hook = public.family.embedding().register_forward_hook(
+        lambda m, a, out: embedded.setdefault("out", out)
+    )
     try:
         with only_grad_for(public.model, {_table_name(public)}), torch.enable_grad():
             loss = public.model(**inputs, labels=targets).loss
@@ -189,12 +207,17 @@ def _own_token_rows(public: PublicModel, batch: list[tuple[int, ...]], label: in
     rows = []
     for ids, grad in zip(batch, positions.detach().double().cpu()):
         tokens, where = torch.unique(torch.tensor(ids), return_inverse=True)
-        rows.append(torch.zeros(len(tokens), grad.shape[-1], dtype=grad.dtype).index_add_(0, where, grad[:len(ids)]))
+        rows.append(
+            torch.zeros(len(tokens), grad.shape[-1], dtype=grad.dtype).index_add_(
+                0, where, grad[: len(ids)]
+            )
+        )
     return rows
 
 
-def _model_inputs(public: PublicModel, batch: Sequence[Sequence[int]],
-                  label: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _model_inputs(
+    public: PublicModel, batch: Sequence[Sequence[int]], label: int | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Returns the right-padded inputs of ``batch`` and the targets of the model's own loss."""
     device = public.family.embedding().weight.device
     longest = max(len(ids) for ids in batch)
@@ -202,12 +225,16 @@ def _model_inputs(public: PublicModel, batch: Sequence[Sequence[int]],
     ids = torch.full((len(batch), longest), pad, device=device)
     mask = torch.zeros_like(ids)
     for row, sentence in enumerate(batch):
-        ids[row, :len(sentence)] = torch.tensor(list(sentence), device=device)
-        mask[row, :len(sentence)] = 1
+        ids[row, : len(sentence)] = torch.tensor(list(sentence), device=device)
+        mask[row, : len(sentence)] = 1
     inputs = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in public.tokenizer.model_input_names:
         inputs["token_type_ids"] = torch.zeros_like(ids)
-    targets = ids.masked_fill(mask == 0, -100) if label is None else torch.full((len(batch),), label, device=device)
+    targets = (
+        ids.masked_fill(mask == 0, -100)
+        if label is None
+        else torch.full((len(batch),), label, device=device)
+    )
     return inputs, targets
 
 
@@ -220,8 +247,12 @@ def _copy(gradients: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in gradients.items()}
 
 
-def _subtract(public: PublicModel, rest: dict[str, torch.Tensor], share: Share,
-              own: Mapping[str, torch.Tensor]) -> None:
+def _subtract(
+    public: PublicModel,
+    rest: dict[str, torch.Tensor],
+    share: Share,
+    own: Mapping[str, torch.Tensor],
+) -> None:
     """Takes ``share`` out of ``rest``, in place.
 
     Token rows that the sentence alone accounted for are set to zero rather than left at

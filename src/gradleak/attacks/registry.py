@@ -43,7 +43,9 @@ _ATTACKS: dict[str, Callable[..., Attack]] = {
 def register_attack(name: str, factory: Callable[..., Attack], *, force: bool = False) -> None:
     """Adds an attack factory under ``name``; refuses to replace one unless ``force``."""
     if name in _ATTACKS and not force:
-        raise ValueError(f"an attack named {name!r} is already registered; pass force=True to replace it")
+        raise ValueError(
+            f"an attack named {name!r} is already registered; pass force=True to replace it"
+        )
     _ATTACKS[name] = factory
 
 
@@ -59,7 +61,9 @@ def create_attack(name: str, **options: Any) -> Attack:
         UnknownSpecError: no attack has that name, or an option is unknown.
     """
     if name not in _ATTACKS:
-        raise UnknownSpecError(f"unknown attack {name!r}; choose one of {', '.join(attack_names())}.")
+        raise UnknownSpecError(
+            f"unknown attack {name!r}; choose one of {', '.join(attack_names())}."
+        )
     try:
         return _ATTACKS[name](**options)
     except TypeError as err:

@@ -62,10 +62,18 @@ class SpanBasis:
     def truncated(self, rank: int) -> SpanBasis:
         """Returns this basis cut to its ``rank`` strongest directions (the rest join the complement)."""
         rank = max(0, min(rank, self.rank))
-        complement = None if self.complement is None else torch.cat([self.basis[rank:], self.complement])
-        return SpanBasis(basis=self.basis[:rank].contiguous(), rank=rank, in_features=self.in_features,
-                         singular_values=self.singular_values, gap_decades=_gap_at(self.singular_values, rank),
-                         saturated=self.saturated, complement=complement)
+        complement = (
+            None if self.complement is None else torch.cat([self.basis[rank:], self.complement])
+        )
+        return SpanBasis(
+            basis=self.basis[:rank].contiguous(),
+            rank=rank,
+            in_features=self.in_features,
+            singular_values=self.singular_values,
+            gap_decades=_gap_at(self.singular_values, rank),
+            saturated=self.saturated,
+            complement=complement,
+        )
 
     def residuals(self, rows: torch.Tensor, *, chunk_size: int = 8192) -> torch.Tensor:
         """Returns each row's relative distance to the span, ``|v - P v| / |v|``, in [0, 1].
@@ -79,7 +87,9 @@ class SpanBasis:
         flat = rows.reshape(-1, rows.shape[-1])
         out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
         for start in range(0, flat.shape[0], chunk_size):
-            out[start : start + chunk_size] = self.off_span(flat[start : start + chunk_size]).norm(dim=-1)
+            out[start : start + chunk_size] = self.off_span(flat[start : start + chunk_size]).norm(
+                dim=-1
+            )
         return out.reshape(shape)
 
     def off_span(self, rows: torch.Tensor) -> torch.Tensor:
@@ -96,7 +106,9 @@ class SpanBasis:
         return rows @ basis.T if use_complement else rows - (rows @ basis.T) @ basis
 
 
-def estimate_rank(singular_values: torch.Tensor, *, min_gap: float = MIN_GAP_DECADES) -> tuple[int, float]:
+def estimate_rank(
+    singular_values: torch.Tensor, *, min_gap: float = MIN_GAP_DECADES
+) -> tuple[int, float]:
     """Returns (rank, gap in decades) at the largest drop of a descending spectrum.
 
     Returns the full length and a gap of 0 when no drop reaches ``min_gap`` decades.
@@ -138,7 +150,9 @@ def span_basis(
     if not gradients:
         raise ValueError("span_basis needs at least one gradient")
     in_features = gradients[0].shape[-1]
-    stacked = torch.cat([g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients])
+    stacked = torch.cat(
+        [g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients]
+    )
     _, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
     if rank is not None:
         chosen, gap = rank, _gap_at(s, rank)

@@ -44,7 +44,9 @@ class ResidualSplit:
         return min(midpoint, max(self.low, 1e-30) * 10**slack)
 
 
-def largest_gap_split(residuals: torch.Tensor, *, min_decades: float = MIN_SPLIT_DECADES) -> ResidualSplit | None:
+def largest_gap_split(
+    residuals: torch.Tensor, *, min_decades: float = MIN_SPLIT_DECADES
+) -> ResidualSplit | None:
     """Returns the split at the largest log-gap of ``residuals``, or None if no gap is wide enough."""
     values = torch.sort(residuals.flatten().double().clamp_min(1e-30)).values
     if values.numel() < 2:

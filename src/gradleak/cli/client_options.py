@@ -58,43 +58,83 @@ class ClientOption:
 
 _D = DEFENCES_PANEL
 OPTIONS: tuple[ClientOption, ...] = (
-    ClientOption("algo", str, "fedsgd (one gradient) or fedavg (local SGD, weight delta).", "fedsgd"),
+    ClientOption(
+        "algo", str, "fedsgd (one gradient) or fedavg (local SGD, weight delta).", "fedsgd"
+    ),
     ClientOption("local_epochs", int, "FedAvg local epochs E.", 1),
     ClientOption("mini_batch", int, "FedAvg mini-batch size b.", None, "the whole batch"),
     ClientOption("lr", float, "FedAvg learning rate.", 1e-4),
     ClientOption(
-        "disclose", str,
+        "disclose",
+        str,
         "Facts the server is told, comma-separated ('none' for nothing): batch_size, "
         "learning_rate, local_epochs, local_steps, mini_batch.",
         ("learning_rate", "local_epochs", "local_steps", "mini_batch"),
         "all but batch_size",
     ),
-    ClientOption("freeze_embeddings", bool, "Keep the embeddings frozen (not trained, not shared).",
-                 False, decls=("--freeze-embeddings/--no-freeze-embeddings",)),
-    ClientOption("lora_rank", int, "Train LoRA adapters of this rank (PEFT); only they are shared.",
-                 None, "no LoRA"),
+    ClientOption(
+        "freeze_embeddings",
+        bool,
+        "Keep the embeddings frozen (not trained, not shared).",
+        False,
+        decls=("--freeze-embeddings/--no-freeze-embeddings",),
+    ),
+    ClientOption(
+        "lora_rank",
+        int,
+        "Train LoRA adapters of this rank (PEFT); only they are shared.",
+        None,
+        "no LoRA",
+    ),
     ClientOption("lora_alpha", float, "LoRA alpha.", None, "the rank"),
     ClientOption("lora_targets", str, "Roles with adapters, e.g. q,v.", None, "the family's"),
-    ClientOption("lora_warmup_steps", int, "Warm the adapter up this many steps on seeded random tokens.", 0),
+    ClientOption(
+        "lora_warmup_steps", int, "Warm the adapter up this many steps on seeded random tokens.", 0
+    ),
     ClientOption("lora_warmup_lr", float, "Learning rate of the adapter warm-up.", 1e-2),
     ClientOption("lora_adapter", str, "A saved PEFT adapter folder to start from.", None, "none"),
-    ClientOption("lora_seed", int, "Seed of the adapter's initialisation (public: the server sent it).", 0),
+    ClientOption(
+        "lora_seed", int, "Seed of the adapter's initialisation (public: the server sent it).", 0
+    ),
     ClientOption("clients", int, "Secure aggregation over this many clients.", 1, extra={"min": 1}),
-    ClientOption("defence", list[str], "dp-sgd, noise, prune or quantize; repeat or comma-separate to chain.",
-                 (), "none", panel=_D),
+    ClientOption(
+        "defence",
+        list[str],
+        "dp-sgd, noise, prune or quantize; repeat or comma-separate to chain.",
+        (),
+        "none",
+        panel=_D,
+    ),
     ClientOption("noise_multiplier", float, "DP-SGD noise multiplier sigma.", 1.0, panel=_D),
     ClientOption("clip", float, "DP-SGD per-example clipping bound C.", 1.0, panel=_D),
     ClientOption("dp_delta", float, "DP delta for the reported epsilon.", 1e-5, panel=_D),
-    ClientOption("dp_sample_rate", float, "Sampling rate stated to the accountant.", None,
-                 "mini-batch / batch", panel=_D),
-    ClientOption("dp_steps", int, "Steps stated to the accountant.", None, "the update's steps", panel=_D),
+    ClientOption(
+        "dp_sample_rate",
+        float,
+        "Sampling rate stated to the accountant.",
+        None,
+        "mini-batch / batch",
+        panel=_D,
+    ),
+    ClientOption(
+        "dp_steps", int, "Steps stated to the accountant.", None, "the update's steps", panel=_D
+    ),
     ClientOption("dp_accountant", str, "Opacus accountant: rdp, prv or gdp.", "rdp", panel=_D),
     ClientOption("sigma", float, "Std of plain Gaussian noise (defence 'noise').", 1e-4, panel=_D),
-    ClientOption("prune_ratio", float, "Fraction of entries pruned (defence 'prune').", 0.9, panel=_D),
-    ClientOption("prune_scope", str, "Rank magnitudes per tensor or global (defence 'prune').", "tensor",
-                 panel=_D),
+    ClientOption(
+        "prune_ratio", float, "Fraction of entries pruned (defence 'prune').", 0.9, panel=_D
+    ),
+    ClientOption(
+        "prune_scope",
+        str,
+        "Rank magnitudes per tensor or global (defence 'prune').",
+        "tensor",
+        panel=_D,
+    ),
     ClientOption("quant", str, "int8 or fp16 (defence 'quantize').", "int8", panel=_D),
-    ClientOption("noise_seed", int, "Seed of the defences' noise (kept out of the update).", 0, panel=_D),
+    ClientOption(
+        "noise_seed", int, "Seed of the defences' noise (kept out of the update).", 0, panel=_D
+    ),
 )
 
 

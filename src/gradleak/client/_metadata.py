@@ -30,8 +30,11 @@ def training_metadata(
     known = {**facts, "batch_size": batch_size}
     shown = {k: (v if k in disclose else None) for k, v in known.items()}
     fields = ("learning_rate", "local_steps", "batch_size")
-    extra = {**(extra or {}), **{k: v for k, v in shown.items() if k not in fields},
-             "disclosed": sorted(d for d in disclose if d in known)}
+    extra = {
+        **(extra or {}),
+        **{k: v for k, v in shown.items() if k not in fields},
+        "disclosed": sorted(d for d in disclose if d in known),
+    }
     return UpdateMetadata(
         **public.describe(),
         kind=kind,

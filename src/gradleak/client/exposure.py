@@ -29,7 +29,9 @@ class Exposure:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.roles or ()) - set(ROLES))
         if unknown:
-            raise UnknownSpecError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}.")
+            raise UnknownSpecError(
+                f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}."
+            )
 
     @classmethod
     def parse(cls, text: str) -> Exposure:
@@ -48,7 +50,9 @@ class Exposure:
             try:
                 fields[key] = tuple(int(v) for v in items) if key == "blocks" else tuple(items)
             except ValueError:
-                raise UnknownSpecError(f"blocks must be integers, got {value!r} in exposure {text!r}.") from None
+                raise UnknownSpecError(
+                    f"blocks must be integers, got {value!r} in exposure {text!r}."
+                ) from None
         return cls(**fields)
 
     def __str__(self) -> str:
@@ -70,7 +74,9 @@ class Exposure:
         if self.blocks is not None:
             bad = [b for b in self.blocks if not -n <= b < n]
             if bad:
-                raise UnknownSpecError(f"block(s) {bad} out of range: the model has blocks 0..{n - 1}.")
+                raise UnknownSpecError(
+                    f"block(s) {bad} out of range: the model has blocks 0..{n - 1}."
+                )
             blocks = {b % n for b in self.blocks}
         roles = set(self.roles) if self.roles is not None else None
         chosen = [
@@ -79,6 +85,8 @@ class Exposure:
             if (blocks is None or block in blocks) and (roles is None or param_roles & roles)
         ]
         if not chosen:
-            raise UnknownSpecError(f"exposure {self} selects no parameter of this {family.name} model.")
+            raise UnknownSpecError(
+                f"exposure {self} selects no parameter of this {family.name} model."
+            )
         order = {name: i for i, (name, _) in enumerate(family.model.named_parameters())}
         return sorted(chosen, key=order.__getitem__)

@@ -79,11 +79,18 @@ def local_sgd(
     return delta, steps
 
 
-def plain_gradient_fn(public: PublicModel, names: Sequence[str], *, train_mode: bool = False,
-                      max_length: int | None = None) -> GradientFn:
+def plain_gradient_fn(
+    public: PublicModel,
+    names: Sequence[str],
+    *,
+    train_mode: bool = False,
+    max_length: int | None = None,
+) -> GradientFn:
     """Returns the non-private gradient function: the loss gradient of each mini-batch."""
     names = list(names)
-    return lambda part: batch_gradient(public, part, names=names, train_mode=train_mode, max_length=max_length)
+    return lambda part: batch_gradient(
+        public, part, names=names, train_mode=train_mode, max_length=max_length
+    )
 
 
 def compute_fedavg_update(
@@ -116,12 +123,28 @@ def compute_fedavg_update(
     exposure = exposure or Exposure()
     names = trainable_names(public.family, exposure=exposure, freeze_embeddings=freeze_embeddings)
     gradient_fn = plain_gradient_fn(public, names, train_mode=train_mode, max_length=max_length)
-    delta, steps = local_sgd(public, batch, names=names, gradient_fn=gradient_fn, lr=lr, epochs=epochs,
-                             mini_batch=mini_batch)
+    delta, steps = local_sgd(
+        public,
+        batch,
+        names=names,
+        gradient_fn=gradient_fn,
+        lr=lr,
+        epochs=epochs,
+        mini_batch=mini_batch,
+    )
     metadata = training_metadata(
-        public, kind="weight_delta", exposure=str(exposure), batch_size=len(batch), train_mode=train_mode,
+        public,
+        kind="weight_delta",
+        exposure=str(exposure),
+        batch_size=len(batch),
+        train_mode=train_mode,
         disclose=disclose,
-        facts={"learning_rate": lr, "local_steps": steps, "local_epochs": epochs, "mini_batch": mini_batch},
+        facts={
+            "learning_rate": lr,
+            "local_steps": steps,
+            "local_epochs": epochs,
+            "mini_batch": mini_batch,
+        },
         extra={"algo": "fedavg", "frozen": describe_frozen(freeze_embeddings)},
     )
     return ClientUpdate(tensors=delta, metadata=metadata)

@@ -52,7 +52,12 @@ def compute_update(
 
 
 def batch_gradient(
-    public: PublicModel, batch: Batch, *, names: list[str], train_mode: bool = False, max_length: int | None = None,
+    public: PublicModel,
+    batch: Batch,
+    *,
+    names: list[str],
+    train_mode: bool = False,
+    max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Returns d(loss)/d(parameter) on ``batch`` for the named parameters (zeros where unused)."""
     params = dict(public.model.named_parameters())

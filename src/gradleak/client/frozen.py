@@ -18,8 +18,9 @@ def embedding_names(family: ArchitectureFamily) -> list[str]:
     return [name for name, (_, roles) in family.parameter_roles().items() if "embedding" in roles]
 
 
-def trainable_names(family: ArchitectureFamily, *, exposure: Exposure | None = None,
-                    freeze_embeddings: bool = False) -> list[str]:
+def trainable_names(
+    family: ArchitectureFamily, *, exposure: Exposure | None = None, freeze_embeddings: bool = False
+) -> list[str]:
     """Returns the names of the parameters the client trains and shares, in the model's order.
 
     Raises:
@@ -30,7 +31,9 @@ def trainable_names(family: ArchitectureFamily, *, exposure: Exposure | None = N
         frozen = set(embedding_names(family))
         names = [n for n in names if n not in frozen]
         if not names:
-            raise UnknownSpecError(f"exposure {exposure} selects only embeddings, which are frozen; share more.")
+            raise UnknownSpecError(
+                f"exposure {exposure} selects only embeddings, which are frozen; share more."
+            )
     return names
 
 

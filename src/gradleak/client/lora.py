@@ -71,10 +71,16 @@ class LoraSpec:
         """Returns the spec the client settings describe."""
         from gradleak.client.exposure import Exposure
 
-        return cls(rank=settings.lora_rank, alpha=settings.lora_alpha, targets=settings.lora_targets,
-                   blocks=Exposure.parse(settings.expose).blocks, seed=settings.lora_seed,
-                   warmup_steps=settings.lora_warmup_steps, warmup_lr=settings.lora_warmup_lr,
-                   adapter=settings.lora_adapter)
+        return cls(
+            rank=settings.lora_rank,
+            alpha=settings.lora_alpha,
+            targets=settings.lora_targets,
+            blocks=Exposure.parse(settings.expose).blocks,
+            seed=settings.lora_seed,
+            warmup_steps=settings.lora_warmup_steps,
+            warmup_lr=settings.lora_warmup_lr,
+            adapter=settings.lora_adapter,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the spec as plain JSON values."""
@@ -90,7 +96,9 @@ class LoraSpec:
         return cls(**values)
 
 
-def lora_modules(family: ArchitectureFamily, roles: Sequence[str], blocks: Sequence[int] | None = None) -> list[str]:
+def lora_modules(
+    family: ArchitectureFamily, roles: Sequence[str], blocks: Sequence[int] | None = None
+) -> list[str]:
     """Returns the names of the linear modules with these roles, in model order, without repeats.
 
     GPT-2 fuses q, k and v in ``c_attn``: asking for q or v adapts the whole fused module.
@@ -103,7 +111,9 @@ def lora_modules(family: ArchitectureFamily, roles: Sequence[str], blocks: Seque
             try:
                 name = family.linear_layer(block, role).module_name
             except KeyError:
-                raise UnknownSpecError(f"{family.name} has no {role!r} layer in block {block} for LoRA.") from None
+                raise UnknownSpecError(
+                    f"{family.name} has no {role!r} layer in block {block} for LoRA."
+                ) from None
             if name not in names:
                 names.append(name)
     return names
@@ -130,12 +140,16 @@ def apply_lora(public: PublicModel, spec: LoraSpec) -> PublicModel:
     peft = require("peft")
     model = copy.deepcopy(public.model)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT's use of transformers 5 deprecations
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning
+        )  # PEFT's use of transformers 5 deprecations
         if spec.adapter is not None:
             model = peft.PeftModel.from_pretrained(model, spec.adapter, is_trainable=True)
         else:
             config = peft.LoraConfig(
-                r=spec.rank, lora_alpha=spec.alpha or spec.rank, lora_dropout=0.0,
+                r=spec.rank,
+                lora_alpha=spec.alpha or spec.rank,
+                lora_dropout=0.0,
                 target_modules=lora_modules(public.family, spec.roles(public.family), spec.blocks),
                 fan_in_fan_out=public.family.transposed_weights,
             )
@@ -146,12 +160,17 @@ def apply_lora(public: PublicModel, spec: LoraSpec) -> PublicModel:
     model.gradleak_lora_spec = spec  # what describe_lora records, whoever calls it later
     wrapped = replace(public, model=model, family=family_for(model))
     if spec.warmup_steps:
-        warm_start(wrapped, random_token_batches(wrapped, steps=spec.warmup_steps, seed=spec.seed),
-                   lr=spec.warmup_lr)
+        warm_start(
+            wrapped,
+            random_token_batches(wrapped, steps=spec.warmup_steps, seed=spec.seed),
+            lr=spec.warmup_lr,
+        )
     return wrapped
 
 
-def warm_start(public: PublicModel, batches: Sequence[Batch], *, lr: float, max_length: int | None = None) -> int:
+def warm_start(
+    public: PublicModel, batches: Sequence[Batch], *, lr: float, max_length: int | None = None
+) -> int:
     """Trains the adapters in place, one SGD step per batch; returns the number of steps."""
     names = lora_parameter_names(public)
     params = dict(public.model.named_parameters())
@@ -173,7 +192,9 @@ def random_token_batches(public: PublicModel, *, steps: int, seed: int) -> list[
         ids = torch.randint(0, vocab, (n, length), generator=generator)
         labels = torch.randint(0, public.num_labels, (n,), generator=generator).tolist()
         texts = public.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        batches.append(Batch(texts=tuple(t or "." for t in texts), labels=tuple(labels), source="lora-warmup"))
+        batches.append(
+            Batch(texts=tuple(t or "." for t in texts), labels=tuple(labels), source="lora-warmup")
+        )
     return batches
 
 

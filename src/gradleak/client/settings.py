@@ -24,7 +24,13 @@ __all__ = [
 
 ALGOS: tuple[str, ...] = ("fedsgd", "fedavg")
 #: Training facts the server may be told (the metadata field, or the ``extra`` key).
-DISCLOSABLE: tuple[str, ...] = ("batch_size", "learning_rate", "local_epochs", "local_steps", "mini_batch")
+DISCLOSABLE: tuple[str, ...] = (
+    "batch_size",
+    "learning_rate",
+    "local_epochs",
+    "local_steps",
+    "mini_batch",
+)
 #: DAGER's FedAvg setting: the server knows the client's hyper-parameters but not its batch size.
 DEFAULT_DISCLOSE: tuple[str, ...] = ("learning_rate", "local_epochs", "local_steps", "mini_batch")
 QUANT_SCHEMES: tuple[str, ...] = ("int8", "fp16")
@@ -82,25 +88,41 @@ class ClientSettings:
 
     algo: str = field(default="fedsgd", metadata=_help("fedsgd or fedavg."))
     local_epochs: int = field(default=1, metadata=_help("FedAvg local epochs (E)."))
-    mini_batch: int | None = field(default=None, metadata=_help("FedAvg mini-batch size (b); none: whole batch."))
+    mini_batch: int | None = field(
+        default=None, metadata=_help("FedAvg mini-batch size (b); none: whole batch.")
+    )
     lr: float = field(default=1e-4, metadata=_help("FedAvg learning rate."))
-    disclose: tuple[str, ...] = field(default=DEFAULT_DISCLOSE, metadata=_help("Facts the server is told."))
+    disclose: tuple[str, ...] = field(
+        default=DEFAULT_DISCLOSE, metadata=_help("Facts the server is told.")
+    )
     expose: str = field(default="all", metadata=_help("Trained and shared parameters."))
-    freeze_embeddings: bool = field(default=False, metadata=_help("Freeze token and position embeddings."))
+    freeze_embeddings: bool = field(
+        default=False, metadata=_help("Freeze token and position embeddings.")
+    )
     train_mode: bool = field(default=False, metadata=_help("Dropout on."))
     max_length: int | None = field(default=None, metadata=_help("Truncation in tokens."))
-    lora_rank: int | None = field(default=None, metadata=_help("LoRA rank; none: full fine-tuning."))
+    lora_rank: int | None = field(
+        default=None, metadata=_help("LoRA rank; none: full fine-tuning.")
+    )
     lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha; none: the rank."))
-    lora_targets: tuple[str, ...] | None = field(default=None, metadata=_help("Roles with adapters."))
-    lora_warmup_steps: int = field(default=0, metadata=_help("Adapter warm-up steps on random tokens."))
+    lora_targets: tuple[str, ...] | None = field(
+        default=None, metadata=_help("Roles with adapters.")
+    )
+    lora_warmup_steps: int = field(
+        default=0, metadata=_help("Adapter warm-up steps on random tokens.")
+    )
     lora_warmup_lr: float = field(default=1e-2, metadata=_help("Adapter warm-up learning rate."))
-    lora_adapter: str | None = field(default=None, metadata=_help("PEFT adapter folder to start from."))
+    lora_adapter: str | None = field(
+        default=None, metadata=_help("PEFT adapter folder to start from.")
+    )
     lora_seed: int = field(default=0, metadata=_help("Seed of the adapter init (public)."))
     defences: tuple[str, ...] = field(default=(), metadata=_help("Defences, in order."))
     noise_multiplier: float = field(default=1.0, metadata=_help("DP-SGD noise multiplier."))
     clip: float = field(default=1.0, metadata=_help("DP-SGD clipping bound C."))
     dp_delta: float = field(default=1e-5, metadata=_help("DP delta."))
-    dp_sample_rate: float | None = field(default=None, metadata=_help("Sampling rate for the accountant."))
+    dp_sample_rate: float | None = field(
+        default=None, metadata=_help("Sampling rate for the accountant.")
+    )
     dp_steps: int | None = field(default=None, metadata=_help("Steps for the accountant."))
     dp_accountant: str = field(default="rdp", metadata=_help("rdp, prv or gdp."))
     sigma: float = field(default=1e-4, metadata=_help("Plain Gaussian noise std."))
@@ -144,7 +166,15 @@ def _type_problems(s: ClientSettings) -> list[str]:
     problems = []
     ints = ("local_epochs", "lora_warmup_steps", "lora_seed", "seed")
     optional_ints = ("mini_batch", "max_length", "lora_rank", "dp_steps")
-    floats = ("lr", "lora_warmup_lr", "noise_multiplier", "clip", "dp_delta", "sigma", "prune_ratio")
+    floats = (
+        "lr",
+        "lora_warmup_lr",
+        "noise_multiplier",
+        "clip",
+        "dp_delta",
+        "sigma",
+        "prune_ratio",
+    )
     for name in ints + optional_ints:
         value = getattr(s, name)
         if value is None and name in optional_ints:
@@ -170,8 +200,12 @@ def _range_problems(s: ClientSettings) -> list[str]:
     from gradleak.client.defences.registry import defence_names
 
     problems = []
-    choices = {"algo": ALGOS, "quant": QUANT_SCHEMES, "prune_scope": PRUNE_SCOPES,
-               "dp_accountant": ("rdp", "prv", "gdp")}
+    choices = {
+        "algo": ALGOS,
+        "quant": QUANT_SCHEMES,
+        "prune_scope": PRUNE_SCOPES,
+        "dp_accountant": ("rdp", "prv", "gdp"),
+    }
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             problems.append(f"{name} {getattr(s, name)!r} is not one of {', '.join(allowed)}")
@@ -196,10 +230,14 @@ def _range_problems(s: ClientSettings) -> list[str]:
         problems.append(f"prune_ratio must lie in [0, 1), got {s.prune_ratio}")
     unknown = [d for d in s.disclose if d not in DISCLOSABLE]
     if unknown:
-        problems.append(f"disclose {', '.join(unknown)} unknown; choose from {', '.join(DISCLOSABLE)}")
+        problems.append(
+            f"disclose {', '.join(unknown)} unknown; choose from {', '.join(DISCLOSABLE)}"
+        )
     unknown = [d for d in s.defences if d not in defence_names()]
     if unknown:
-        problems.append(f"defences {', '.join(unknown)} unknown; choose from {', '.join(defence_names())}")
+        problems.append(
+            f"defences {', '.join(unknown)} unknown; choose from {', '.join(defence_names())}"
+        )
     if len(set(s.defences)) != len(s.defences):
         problems.append(f"defences {', '.join(s.defences)} name one defence twice")
     return problems
@@ -225,12 +263,16 @@ def _combination_problems(s: ClientSettings) -> list[str]:
         problems.append(f"{', '.join(lora_only)} need lora_rank or lora_adapter")
     if s.uses_lora:
         if s.lora_adapter is not None and (s.lora_rank is not None or lora_only):
-            problems.append("lora_adapter brings its own rank, targets and weights; drop the other lora_ options")
+            problems.append(
+                "lora_adapter brings its own rank, targets and weights; drop the other lora_ options"
+            )
         if exposure.roles is not None:
             problems.append("with LoRA choose roles with lora_targets, not expose roles=")
         if s.freeze_embeddings:
             problems.append("freeze_embeddings has no effect with LoRA (only adapters train)")
         bad = sorted(set(s.lora_targets or ()) - set(LINEAR_ROLES))
         if bad:
-            problems.append(f"lora_targets {', '.join(bad)} are not linear roles ({', '.join(LINEAR_ROLES)})")
+            problems.append(
+                f"lora_targets {', '.join(bad)} are not linear roles ({', '.join(LINEAR_ROLES)})"
+            )
     return problems

@@ -39,7 +39,9 @@ def prepare_model(public: PublicModel, settings: ClientSettings) -> PublicModel:
     return public
 
 
-def simulate_update(public: PublicModel, batch: Batch, *, settings: ClientSettings | None = None) -> ClientUpdate:
+def simulate_update(
+    public: PublicModel, batch: Batch, *, settings: ClientSettings | None = None
+) -> ClientUpdate:
     """Returns the update one client shares after training on ``batch`` as ``settings`` describe.
 
     Args:
@@ -61,21 +63,39 @@ def simulate_update(public: PublicModel, batch: Batch, *, settings: ClientSettin
     fedavg = settings.algo == "fedavg"
     with _gradient_fn(start, names, settings, training) as gradient_fn:
         if fedavg:
-            tensors, steps = local_sgd(start, batch, names=names, gradient_fn=gradient_fn, lr=settings.lr,
-                                       epochs=settings.local_epochs, mini_batch=settings.mini_batch)
+            tensors, steps = local_sgd(
+                start,
+                batch,
+                names=names,
+                gradient_fn=gradient_fn,
+                lr=settings.lr,
+                epochs=settings.local_epochs,
+                mini_batch=settings.mini_batch,
+            )
         else:
             tensors, steps = gradient_fn(batch), 1
-    facts: dict[str, Any] = {"learning_rate": settings.lr, "local_steps": steps,
-                             "local_epochs": settings.local_epochs, "mini_batch": settings.mini_batch}
+    facts: dict[str, Any] = {
+        "learning_rate": settings.lr,
+        "local_steps": steps,
+        "local_epochs": settings.local_epochs,
+        "mini_batch": settings.mini_batch,
+    }
     metadata = training_metadata(
-        start, kind="weight_delta" if fedavg else "gradient", exposure=exposure, batch_size=len(batch),
-        train_mode=settings.train_mode, disclose=settings.disclose,
-        facts=facts if fedavg else {}, extra={"algo": settings.algo, **extra},
+        start,
+        kind="weight_delta" if fedavg else "gradient",
+        exposure=exposure,
+        batch_size=len(batch),
+        train_mode=settings.train_mode,
+        disclose=settings.disclose,
+        facts=facts if fedavg else {},
+        extra={"algo": settings.algo, **extra},
     )
     if training is not None:
         mini_batch = min(settings.mini_batch or len(batch), len(batch))
-        metadata = replace(metadata, defence=training.record(steps=steps, mini_batch=mini_batch,
-                                                             batch_size=len(batch)))
+        metadata = replace(
+            metadata,
+            defence=training.record(steps=steps, mini_batch=mini_batch, batch_size=len(batch)),
+        )
     update = ClientUpdate(tensors=tensors, metadata=metadata)
     for defence in defences:
         if isinstance(defence, UpdateDefence):
@@ -83,21 +103,33 @@ def simulate_update(public: PublicModel, batch: Batch, *, settings: ClientSettin
     return update
 
 
-def _shared_parameters(public: PublicModel, settings: ClientSettings) -> tuple[list[str], str, dict[str, Any]]:
+def _shared_parameters(
+    public: PublicModel, settings: ClientSettings
+) -> tuple[list[str], str, dict[str, Any]]:
     """Returns the trained (and shared) parameter names, the exposure text and extra metadata."""
     if is_lora(public):
         spec = LoraSpec.from_settings(settings)
         return lora_parameter_names(public), "lora", {"lora": describe_lora(public, spec)}
     exposure = Exposure.parse(settings.expose)
-    names = trainable_names(public.family, exposure=exposure, freeze_embeddings=settings.freeze_embeddings)
+    names = trainable_names(
+        public.family, exposure=exposure, freeze_embeddings=settings.freeze_embeddings
+    )
     return names, str(exposure), {"frozen": describe_frozen(settings.freeze_embeddings)}
 
 
 @contextmanager
-def _gradient_fn(public: PublicModel, names: list[str], settings: ClientSettings,
-                 training: TrainingDefence | None) -> Iterator[Callable[[Batch], dict[str, torch.Tensor]]]:
+def _gradient_fn(
+    public: PublicModel,
+    names: list[str],
+    settings: ClientSettings,
+    training: TrainingDefence | None,
+) -> Iterator[Callable[[Batch], dict[str, torch.Tensor]]]:
     if training is None:
-        yield plain_gradient_fn(public, names, train_mode=settings.train_mode, max_length=settings.max_length)
+        yield plain_gradient_fn(
+            public, names, train_mode=settings.train_mode, max_length=settings.max_length
+        )
         return
-    with training.attach(public, names, train_mode=settings.train_mode, max_length=settings.max_length) as fn:
+    with training.attach(
+        public, names, train_mode=settings.train_mode, max_length=settings.max_length
+    ) as fn:
         yield fn

@@ -13,16 +13,28 @@ import torch
 from gradleak.models.loading import PublicModel
 
 
-def encode(public: PublicModel, texts: Sequence[str], *, max_length: int | None = None) -> dict[str, torch.Tensor]:
+def encode(
+    public: PublicModel, texts: Sequence[str], *, max_length: int | None = None
+) -> dict[str, torch.Tensor]:
     """Returns the tokenised, right-padded batch (input_ids, attention_mask, ...)."""
     if public.tokenizer is None:
-        raise ValueError(f"model {public.spec!r} has no tokenizer; give random models a tokenizer=PATH option")
-    return dict(public.tokenizer(
-        list(texts), padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt",
-    ))
+        raise ValueError(
+            f"model {public.spec!r} has no tokenizer; give random models a tokenizer=PATH option"
+        )
+    return dict(
+        public.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+    )
 
 
-def task_loss(public: PublicModel, inputs: dict[str, torch.Tensor], labels: Sequence[int] | None) -> torch.Tensor:
+def task_loss(
+    public: PublicModel, inputs: dict[str, torch.Tensor], labels: Sequence[int] | None
+) -> torch.Tensor:
     """Returns the client's training loss on one encoded batch."""
     device = public.family.embedding().weight.device
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -36,7 +48,9 @@ def task_loss(public: PublicModel, inputs: dict[str, torch.Tensor], labels: Sequ
     return public.model(**inputs, labels=label_tensor).loss
 
 
-def example_losses(public: PublicModel, inputs: dict[str, torch.Tensor], labels: Sequence[int] | None) -> torch.Tensor:
+def example_losses(
+    public: PublicModel, inputs: dict[str, torch.Tensor], labels: Sequence[int] | None
+) -> torch.Tensor:
     """Returns each sequence's own loss, shape (B,); their mean is the per-example-mean batch loss.
 
     DP-SGD clips per-example gradients, so each example's loss must not depend on the others.

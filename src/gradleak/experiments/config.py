@@ -122,7 +122,9 @@ class RunConfig:
     max_length: int | None = field(default=None, metadata=_help("Client truncation, in tokens."))
     client: Mapping[str, Any] = field(
         default_factory=dict,
-        metadata=_help("Client training and defences (keys as the options: algo, defence, sigma, ...)."),
+        metadata=_help(
+            "Client training and defences (keys as the options: algo, defence, sigma, ...)."
+        ),
     )
     dtype: str = field(default="float32", metadata=_help("Model dtype: " + ", ".join(DTYPES) + "."))
     device: str = field(default="cpu", metadata=_help("cpu, cuda or auto."))
@@ -138,7 +140,9 @@ class RunConfig:
             client, client_problems = normalise_client(self.client)
             object.__setattr__(self, "client", client)
         else:
-            client_problems = [f"client must be a mapping of client keys to values, got {self.client!r}"]
+            client_problems = [
+                f"client must be a mapping of client keys to values, got {self.client!r}"
+            ]
             object.__setattr__(self, "client", default_client())
         problems = client_problems + _problems(self, check_client=not client_problems)
         if problems:
@@ -370,7 +374,12 @@ def build_config(
     _check_keys(file_values, known, source)
     merged = {k: v for k, v in file_values.items() if k in known}
     for name in MAPPING_FIELDS:
-        layers = (merged.get(name), _dotted(file_values, name), cli.pop(name, None), _dotted(cli, name))
+        layers = (
+            merged.get(name),
+            _dotted(file_values, name),
+            cli.pop(name, None),
+            _dotted(cli, name),
+        )
         combined: dict[str, Any] = {}
         for layer in layers:
             if layer is None:

@@ -250,5 +250,3 @@ def _create_attack(config: RunConfig) -> Attack:
             f"attack {config.attack!r} cannot be configured with "
             f"{dict(config.attack_options)}: {err}"
         ) from None
-
-

@@ -107,15 +107,25 @@ def load_model(
         if parsed.kind == "random":
             model, tokenizer = _build_random(parsed, task=task, num_labels=num_labels)
         else:
-            model, tokenizer = _load_pretrained(parsed, task=task, num_labels=num_labels, dtype=dtype)
+            model, tokenizer = _load_pretrained(
+                parsed, task=task, num_labels=num_labels, dtype=dtype
+            )
     model = model.to(dtype).eval()
     family = family_for(model)
     std = _init_head(model, family, seed=seed, std=head_init_std) if task == "seq_class" else None
     _set_padding(model, tokenizer)
     revision = parsed.revision or getattr(model.config, "_commit_hash", None)
-    return PublicModel(spec=parsed.text, model=model, tokenizer=tokenizer, family=family, task=task,
-                       num_labels=num_labels, seed=seed, head_init_std=std,
-                       revision=revision if parsed.kind == "hub" else None)
+    return PublicModel(
+        spec=parsed.text,
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        task=task,
+        num_labels=num_labels,
+        seed=seed,
+        head_init_std=std,
+        revision=revision if parsed.kind == "hub" else None,
+    )
 
 
 def load_model_for(metadata: Any, *, spec: str | None = None) -> PublicModel:
@@ -198,17 +208,27 @@ def _build_random(parsed: ModelSpec, *, task: str, num_labels: int):
     return _task_class(config.model_type, task).from_config(config), tokenizer
 
 
-def _init_head(model: PreTrainedModel, family: ArchitectureFamily, *, seed: int, std: float | None) -> float:
+def _init_head(
+    model: PreTrainedModel, family: ArchitectureFamily, *, seed: int, std: float | None
+) -> float:
     head = family.classification_head()
     if head is None:
-        raise UnsupportedFamilyError(f"{type(model).__name__} has no classification head to initialise.")
+        raise UnsupportedFamilyError(
+            f"{type(model).__name__} has no classification head to initialise."
+        )
     if std is None:
-        std = DECODER_HEAD_STD if family.causal else float(getattr(model.config, "initializer_range", 0.02))
+        std = (
+            DECODER_HEAD_STD
+            if family.causal
+            else float(getattr(model.config, "initializer_range", 0.02))
+        )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in head.modules():
             if isinstance(module, torch.nn.Linear):
-                weight = torch.randn(module.weight.shape, generator=generator, dtype=torch.float64) * std
+                weight = (
+                    torch.randn(module.weight.shape, generator=generator, dtype=torch.float64) * std
+                )
                 module.weight.copy_(weight.to(module.weight.dtype))
                 if module.bias is not None:
                     module.bias.zero_()

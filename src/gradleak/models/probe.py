@@ -50,7 +50,12 @@ class PrefixState:
     def select(self, index: torch.Tensor | Sequence[int]) -> PrefixState:
         """Returns a new state holding the prefixes at ``index`` (repeats allowed); self is unchanged."""
         index = torch.as_tensor(index, dtype=torch.long)
-        tensors = [t for layer in self.cache.layers for t in vars(layer).values() if isinstance(t, torch.Tensor)]
+        tensors = [
+            t
+            for layer in self.cache.layers
+            for t in vars(layer).values()
+            if isinstance(t, torch.Tensor)
+        ]
         # Share tensors instead of copying them: selection below replaces them with new ones.
         cache = copy.deepcopy(self.cache, memo={id(t): t for t in tensors})
         cache.batch_select_indices(index.to(tensors[0].device) if tensors else index)
@@ -89,11 +94,18 @@ class LinearInputProbe:
         position_ids: torch.Tensor | None = None,
     ) -> dict[LinearLayer, torch.Tensor]:
         """Returns, per layer, its input rows for full sequences, shaped (batch, length, in_features)."""
-        return self._run(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         position_ids=position_ids, cache=None)
+        return self._run(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            cache=None,
+        )
 
     @torch.no_grad()
-    def token_rows(self, token_ids: torch.Tensor, *, position: int, token_type: int = 0) -> dict[LinearLayer, torch.Tensor]:
+    def token_rows(
+        self, token_ids: torch.Tensor, *, position: int, token_type: int = 0
+    ) -> dict[LinearLayer, torch.Tensor]:
         """Returns block-0 attention inputs for single tokens placed at ``position``, shaped (n, in).
 
         Valid only for layers whose input depends on one token and its position: the q, k and v
@@ -105,19 +117,27 @@ class LinearInputProbe:
         ids = token_ids.reshape(-1, 1).to(self.device)
         positions = torch.full_like(ids, position)
         types = torch.full_like(ids, token_type) if self.family.token_types else None
-        rows = self._run(ids, attention_mask=None, token_type_ids=types, position_ids=positions, cache=None)
+        rows = self._run(
+            ids, attention_mask=None, token_type_ids=types, position_ids=positions, cache=None
+        )
         return {layer: r[:, 0] for layer, r in rows.items()}
 
     @torch.no_grad()
-    def start(self, prefix_ids: torch.Tensor) -> tuple[dict[LinearLayer, torch.Tensor], PrefixState]:
+    def start(
+        self, prefix_ids: torch.Tensor
+    ) -> tuple[dict[LinearLayer, torch.Tensor], PrefixState]:
         """Returns the input rows of unpadded prefixes (P, t, in) and their state for extension."""
         self._require_causal()
         cache = DynamicCache()
-        rows = self._run(prefix_ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=cache)
+        rows = self._run(
+            prefix_ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=cache
+        )
         return rows, PrefixState(cache=cache, length=int(prefix_ids.shape[1]))
 
     @torch.no_grad()
-    def extend(self, state: PrefixState, next_ids: torch.Tensor) -> tuple[dict[LinearLayer, torch.Tensor], PrefixState]:
+    def extend(
+        self, state: PrefixState, next_ids: torch.Tensor
+    ) -> tuple[dict[LinearLayer, torch.Tensor], PrefixState]:
         """Returns the input rows (P, in) at the new position after appending one token to each prefix.
 
         ``state`` is consumed: its cache now holds the extended prefixes, which the returned state
@@ -125,8 +145,12 @@ class LinearInputProbe:
         """
         self._require_causal()
         ids = next_ids.reshape(-1, 1).to(self.device)
-        rows = self._run(ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=state.cache)
-        return {layer: r[:, -1] for layer, r in rows.items()}, PrefixState(state.cache, state.length + 1)
+        rows = self._run(
+            ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=state.cache
+        )
+        return {layer: r[:, -1] for layer, r in rows.items()}, PrefixState(
+            state.cache, state.length + 1
+        )
 
     @torch.no_grad()
     def branch(self, state: PrefixState, next_ids: torch.Tensor) -> dict[LinearLayer, torch.Tensor]:
@@ -141,10 +165,16 @@ class LinearInputProbe:
         ids = next_ids.reshape(1, -1).expand(n_prefix, n_new).to(self.device)
         positions = torch.full_like(ids, state.length)
         allowed = torch.ones(n_new, state.length + n_new, dtype=torch.bool, device=self.device)
-        allowed[:, state.length:] = torch.eye(n_new, dtype=torch.bool, device=self.device)
+        allowed[:, state.length :] = torch.eye(n_new, dtype=torch.bool, device=self.device)
         mask = self._as_attention_mask(allowed).expand(n_prefix, 1, n_new, state.length + n_new)
         try:
-            return self._run(ids, attention_mask=mask, token_type_ids=None, position_ids=positions, cache=state.cache)
+            return self._run(
+                ids,
+                attention_mask=mask,
+                token_type_ids=None,
+                position_ids=positions,
+                cache=state.cache,
+            )
         finally:
             _crop(state.cache, state.length)
 
@@ -159,9 +189,13 @@ class LinearInputProbe:
 
     def _require_causal(self) -> None:
         if not self.family.causal:
-            raise ValueError(f"{self.family.name} is not causal: prefixes cannot be extended with a cache")
+            raise ValueError(
+                f"{self.family.name} is not causal: prefixes cannot be extended with a cache"
+            )
 
-    def _run(self, input_ids, *, attention_mask, token_type_ids, position_ids, cache) -> dict[LinearLayer, torch.Tensor]:
+    def _run(
+        self, input_ids, *, attention_mask, token_type_ids, position_ids, cache
+    ) -> dict[LinearLayer, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
         handles = []
 

@@ -23,9 +23,15 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": {},
     # SmolLM2-135M's shape: the library's LlamaConfig default is a 7B model.
     "llama": {
-        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-        "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 100000.0,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "max_position_embeddings": 8192,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
     },
     "bert": {},
 }
@@ -45,7 +51,9 @@ def default_tokenizer_source(arch: str) -> str:
     )
 
 
-def random_config(arch: str, options: dict[str, str], *, vocab_size: int | None) -> PretrainedConfig:
+def random_config(
+    arch: str, options: dict[str, str], *, vocab_size: int | None
+) -> PretrainedConfig:
     """Returns the config of ``random:ARCH``: defaults, then the user's overrides."""
     try:
         config = AutoConfig.for_model(arch)
@@ -60,7 +68,9 @@ def random_config(arch: str, options: dict[str, str], *, vocab_size: int | None)
         if key in _RESERVED:
             continue
         if not hasattr(config, key):
-            raise UnknownSpecError(f"random:{arch} has no config field {key!r}; check the spelling.")
+            raise UnknownSpecError(
+                f"random:{arch} has no config field {key!r}; check the spelling."
+            )
         values[key] = _coerce(raw, getattr(config, key))
     for key, value in values.items():
         setattr(config, key, value)

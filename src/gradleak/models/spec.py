@@ -44,11 +44,13 @@ def parse_model_spec(text: str) -> ModelSpec:
     """Returns the parsed form of a model specification string."""
     text = text.strip()
     if not text:
-        raise ValueError("the model specification is empty; name a model, e.g. --model smollm2-135m")
+        raise ValueError(
+            "the model specification is empty; name a model, e.g. --model smollm2-135m"
+        )
     if text in BUNDLED:
         return ModelSpec(text=text, kind="bundled", target=text)
     if text.startswith(RANDOM_PREFIX):
-        arch, _, query = text[len(RANDOM_PREFIX):].partition("?")
+        arch, _, query = text[len(RANDOM_PREFIX) :].partition("?")
         return ModelSpec(text=text, kind="random", target=arch, options=dict(parse_qsl(query)))
     path = Path(text).expanduser()
     if path.suffix.lower() == ".gguf":

@@ -91,9 +91,13 @@ class ClientUpdate:
         """Returns the names of the shared tensors."""
         return tuple(self.tensors)
 
-    def with_tensors(self, tensors: Mapping[str, torch.Tensor], **metadata_changes: Any) -> ClientUpdate:
+    def with_tensors(
+        self, tensors: Mapping[str, torch.Tensor], **metadata_changes: Any
+    ) -> ClientUpdate:
         """Returns a copy with other tensors (and optionally changed metadata)."""
-        return ClientUpdate(tensors=dict(tensors), metadata=replace(self.metadata, **metadata_changes))
+        return ClientUpdate(
+            tensors=dict(tensors), metadata=replace(self.metadata, **metadata_changes)
+        )
 
     def gradients(self) -> dict[str, torch.Tensor]:
         """Returns tensors as gradients: weight deltas are divided by -(learning rate x steps).

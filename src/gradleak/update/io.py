@@ -69,7 +69,11 @@ def load_update(path: str | os.PathLike, *, model: torch.nn.Module | None = None
 
 def check_finite(update: ClientUpdate) -> None:
     """Raises InvalidUpdateError if any tensor holds NaN or Inf."""
-    bad = [name for name, t in update.tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = [
+        name
+        for name, t in update.tensors.items()
+        if t.is_floating_point() and not torch.isfinite(t).all()
+    ]
     if bad:
         raise InvalidUpdateError(
             f"the update holds NaN or Inf in {len(bad)} tensor(s), first {bad[0]}; the client's "
@@ -108,5 +112,7 @@ def _parse_header(path: Path, header: dict[str, str]) -> UpdateMetadata:
     except (json.JSONDecodeError, TypeError) as err:
         raise InvalidUpdateError(f"{path} has an unreadable gradleak header ({err}).") from None
     if metadata.kind not in KINDS:
-        raise InvalidUpdateError(f"{path} declares kind {metadata.kind!r}; expected one of {', '.join(KINDS)}.")
+        raise InvalidUpdateError(
+            f"{path} declares kind {metadata.kind!r}; expected one of {', '.join(KINDS)}."
+        )
     return metadata

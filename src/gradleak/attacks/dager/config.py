@@ -87,16 +87,32 @@ class DagerConfig:
         if self.noise is False:  # YAML and ``-o noise=off`` read a bare "off" as false
             object.__setattr__(self, "noise", "off")
         if self.noise not in NOISE_MODES:
-            raise ValueError(f"DagerConfig: noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+            raise ValueError(
+                f"DagerConfig: noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}"
+            )
         if self.saturated not in SATURATED_SEARCHES:
-            raise ValueError(f"DagerConfig: saturated must be one of {', '.join(SATURATED_SEARCHES)}, "
-                             f"got {self.saturated!r}")
+            raise ValueError(
+                f"DagerConfig: saturated must be one of {', '.join(SATURATED_SEARCHES)}, "
+                f"got {self.saturated!r}"
+            )
         for name in ("screen", "peel"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"DagerConfig: {name} must be true or false, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"DagerConfig: {name} must be true or false, got {getattr(self, name)!r}"
+                )
         if self.sequence_block < 1:
-            raise ValueError(f"DagerConfig: sequence_block must be 1 or deeper, got {self.sequence_block}")
-        for name in ("chunk_size", "max_frontier", "max_length", "noise_blocks", "noise_beam",
-                     "rank_blocks", "rank_branches", "rank_frontier"):
+            raise ValueError(
+                f"DagerConfig: sequence_block must be 1 or deeper, got {self.sequence_block}"
+            )
+        for name in (
+            "chunk_size",
+            "max_frontier",
+            "max_length",
+            "noise_blocks",
+            "noise_beam",
+            "rank_blocks",
+            "rank_branches",
+            "rank_frontier",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"DagerConfig: {name} must be positive, got {getattr(self, name)}")

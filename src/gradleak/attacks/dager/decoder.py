@@ -84,7 +84,9 @@ def search_prefixes(
         tokens = tokens_at(position)
         if tokens is None or tokens.numel() == 0:
             break
-        frontier = _extend(gates, frontier, tokens, chunk_size=chunk_size, max_frontier=max_frontier, result=result)
+        frontier = _extend(
+            gates, frontier, tokens, chunk_size=chunk_size, max_frontier=max_frontier, result=result
+        )
         position += 1
     if frontier is not None:
         result.sequences.extend(zip(frontier.prefixes, frontier.residuals))
@@ -100,10 +102,12 @@ def _first_tokens(gates, tokens, *, chunk_size, result) -> _Frontier | None:
     for gate in gates:
         if keep.numel() == 0:  # an earlier gate rejected every candidate
             break
-        residuals = torch.cat([
-            gate.oracle.residuals(gate.oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
-            for chunk in tokens[keep].split(chunk_size)
-        ])
+        residuals = torch.cat(
+            [
+                gate.oracle.residuals(gate.oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
+                for chunk in tokens[keep].split(chunk_size)
+            ]
+        )
         passed = residuals < gate.threshold
         keep, residuals = keep[passed], residuals[passed]
     result.candidates.append(len(tokens))
@@ -142,7 +146,9 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
         residual = gate.oracle.basis.residuals(new_rows).cpu()
         passed = residual < gate.threshold
         if gate is gates[-1]:
-            passed &= ~_repeats_previous_row(new_rows, frontier.last_rows[parent.to(new_rows.device)]).cpu()
+            passed &= ~_repeats_previous_row(
+                new_rows, frontier.last_rows[parent.to(new_rows.device)]
+            ).cpu()
         parent, token, residual = parent[passed], token[passed], residual[passed]
     return parent, token, residual
 

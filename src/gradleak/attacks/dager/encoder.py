@@ -75,8 +75,14 @@ def search_sentences(
             full = [_options(sets[q], cls_id, sep_id) for q in range(1, p)]
             if all(len(o) for o in full):
                 options[p + 1] = full
-                first[p + 1] = full if likely is None else [
-                    cut if len(cut := _options(likely[q], cls_id, sep_id)) else o for q, o in enumerate(full, start=1)]
+                first[p + 1] = (
+                    full
+                    if likely is None
+                    else [
+                        cut if len(cut := _options(likely[q], cls_id, sep_id)) else o
+                        for q, o in enumerate(full, start=1)
+                    ]
+                )
     if lengths is not None:
         options = {n: options[n] for n in lengths if n in options}
     misses = dict.fromkeys(options, 0)
@@ -88,7 +94,11 @@ def search_sentences(
         return batch_size is not None and len(found) >= batch_size
 
     def done() -> bool:
-        return disclosed_all() or (rows is not None and left() <= 0) or (first_find and len(found) > already)
+        return (
+            disclosed_all()
+            or (rows is not None and left() <= 0)
+            or (first_find and len(found) > already)
+        )
 
     def keep(ids: tuple[int, ...], residuals: tuple[float, ...]) -> bool:
         if max(residuals) >= threshold or ids in {f[0] for f in found}:
@@ -113,8 +123,13 @@ def search_sentences(
                 if not fits(length):
                     break
                 guess = _unclaimed(first[length], found)
-                start = _start(guess, options[length], attempt=misses[length], generator=generator,
-                               fresh=not any(len(f[0]) == length for f in found))
+                start = _start(
+                    guess,
+                    options[length],
+                    attempt=misses[length],
+                    generator=generator,
+                    fresh=not any(len(f[0]) == length for f in found),
+                )
                 ids, residuals = _descend(oracle, cls_id, sep_id, guess, start, chunk_size)
                 if not keep(ids, residuals):
                     misses[length] += 1
@@ -131,8 +146,14 @@ def search_sentences(
     return found, cut_short or any(n not in {len(f[0]) for f in found} for n in options)
 
 
-def _start(guess: list[torch.Tensor], full: list[torch.Tensor], *, attempt: int, generator: torch.Generator,
-           fresh: bool) -> list[torch.Tensor]:
+def _start(
+    guess: list[torch.Tensor],
+    full: list[torch.Tensor],
+    *,
+    attempt: int,
+    generator: torch.Generator,
+    fresh: bool,
+) -> list[torch.Tensor]:
     """Returns where the ``attempt``-th descent at a length starts.
 
     The first two starts take, per position, the guess's first token (the one the embedding
@@ -156,7 +177,9 @@ def _unclaimed(options: list[torch.Tensor], found: list) -> list[torch.Tensor]:
     """
     out = []
     for position, choices in enumerate(options, start=1):
-        claimed = torch.tensor([f[0][position] for f in found if len(f[0]) > position + 1], dtype=choices.dtype)
+        claimed = torch.tensor(
+            [f[0][position] for f in found if len(f[0]) > position + 1], dtype=choices.dtype
+        )
         rest = choices[~torch.isin(choices, claimed)]
         out.append(rest if len(rest) else choices)
     return out
@@ -209,7 +232,9 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
     return tuple(int(t) for t in current), tuple(float(r) for r in off.norm(dim=-1))
 
 
-def _single_changes(current: torch.Tensor, options: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _single_changes(
+    current: torch.Tensor, options: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns every sentence one token away from ``current`` within ``options``, and the changed positions."""
     variants, positions = [], []
     for offset, choices in enumerate(options):
@@ -248,7 +273,7 @@ def _pair_changes(current, weights, variants, positions) -> torch.Tensor:
     top = torch.argsort(weights, descending=True)[:_PAIRED].tolist()
     pairs = []
     for i, first in enumerate(top):
-        for second in top[i + 1:]:
+        for second in top[i + 1 :]:
             if positions[first] != positions[second]:
                 pair = current.clone()
                 pair[positions[first]] = variants[first, positions[first]]
@@ -260,7 +285,10 @@ def _pair_changes(current, weights, variants, positions) -> torch.Tensor:
 def _off_span(oracle, sentences: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Returns the off-span parts of the sentences' block-1 rows, (sentences, length, m)."""
     rows_per_batch = max(1, chunk_size // sentences.shape[1])
-    out = [oracle.basis.off_span(oracle.probe(chunk)[oracle.layer]).cpu() for chunk in sentences.split(rows_per_batch)]
+    out = [
+        oracle.basis.off_span(oracle.probe(chunk)[oracle.layer]).cpu()
+        for chunk in sentences.split(rows_per_batch)
+    ]
     return torch.cat(out)
 
 

@@ -42,8 +42,10 @@ from gradleak.models.probe import LinearInputProbe, PrefixState
 
 #: Defences whose noise breaks the exact span test (names as the client records them).
 NOISY_DEFENCES = ("noise", "dp-sgd")
-NOISE_REASON = ("the update carries Gaussian noise ({}), so no span test can certify: every sequence is a "
-                "best-effort ranking of candidates.")
+NOISE_REASON = (
+    "the update carries Gaussian noise ({}), so no span test can certify: every sequence is a "
+    "best-effort ranking of candidates."
+)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,9 @@ def noisy_oracles(family: ArchitectureFamily, gradients, cfg: DagerConfig) -> No
     last = min(cfg.noise_blocks, family.num_blocks - 1)
     oracles = [_fixed_rank(family, gradients, block, cfg) for block in range(last + 1)]
     layers = oracles[1:]
-    return NoisyOracles(token=oracles[0], layers=layers, probe=LinearInputProbe(family, [o.layer for o in layers]))
+    return NoisyOracles(
+        token=oracles[0], layers=layers, probe=LinearInputProbe(family, [o.layer for o in layers])
+    )
 
 
 def _fixed_rank(family: ArchitectureFamily, gradients, block: int, cfg: DagerConfig) -> SpanOracle:
@@ -133,7 +137,15 @@ def _stacked(oracle: SpanOracle, gradients) -> list[torch.Tensor]:
 class TokenCandidates:
     """The k tokens closest to block 0's span at each position (computed once per position)."""
 
-    def __init__(self, oracle: SpanOracle, vocab: torch.Tensor, *, k: int, per_position: bool, chunk_size: int):
+    def __init__(
+        self,
+        oracle: SpanOracle,
+        vocab: torch.Tensor,
+        *,
+        k: int,
+        per_position: bool,
+        chunk_size: int,
+    ):
         self.oracle, self.vocab, self.k = oracle, vocab, min(k, len(vocab))
         self.per_position, self.chunk_size = per_position, chunk_size
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -141,7 +153,9 @@ class TokenCandidates:
     def full(self, position: int) -> torch.Tensor:
         """Returns the logit residual of every vocabulary token at ``position``."""
         p = position if self.per_position else 0
-        return logit(vocabulary_residuals(self.oracle, self.vocab, position=p, chunk_size=self.chunk_size))
+        return logit(
+            vocabulary_residuals(self.oracle, self.vocab, position=p, chunk_size=self.chunk_size)
+        )
 
     def at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (token ids, block-0 logit scores) of the k closest tokens at ``position``."""
@@ -197,11 +211,19 @@ def _start(oracles, candidates, policy, first, chunk_size) -> _Beam | None:
 
 def first_scores(oracles: NoisyOracles, ids: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Returns the mean logit residual over blocks 1..L of each token placed first."""
-    return torch.cat([layer_scores(oracles.layers, {k: v[:, 0] for k, v in oracles.probe.start(c[:, None])[0].items()})
-                      for c in ids.split(chunk_size)])
+    return torch.cat(
+        [
+            layer_scores(
+                oracles.layers, {k: v[:, 0] for k, v in oracles.probe.start(c[:, None])[0].items()}
+            )
+            for c in ids.split(chunk_size)
+        ]
+    )
 
 
-def estimate_batch(oracles: NoisyOracles, candidates: TokenCandidates, z_threshold: float, chunk_size: int) -> int:
+def estimate_batch(
+    oracles: NoisyOracles, candidates: TokenCandidates, z_threshold: float, chunk_size: int
+) -> int:
     """Returns how many of the first-token candidates are z-outliers over blocks 1..L (at least 1).
 
     Block 0 alone overcounts: with a fixed rank of 100 its vocabulary residuals are heavy-tailed,
@@ -211,26 +233,38 @@ def estimate_batch(oracles: NoisyOracles, candidates: TokenCandidates, z_thresho
     return max(1, int((zscores(first_scores(oracles, ids, chunk_size)) < -z_threshold).sum()))
 
 
-def _combine(scores: torch.Tensor, token_scores: torch.Tensor, policy: Policy, layers: int) -> torch.Tensor:
+def _combine(
+    scores: torch.Tensor, token_scores: torch.Tensor, policy: Policy, layers: int
+) -> torch.Tensor:
     """Returns the step's score: the mean over blocks 1..L, with the new token's block-0 view for the beam."""
     if not policy.token_evidence:
         return scores
     return (scores * layers + token_scores) / (layers + 1)
 
 
-def _step(oracles, candidates, policy, beam: _Beam, position: int, chunk_size: int, finished) -> _Beam | None:
+def _step(
+    oracles, candidates, policy, beam: _Beam, position: int, chunk_size: int, finished
+) -> _Beam | None:
     ids, token_scores = candidates.at(position)
     n_prefix = len(beam.prefixes)
     parts = []
     for chunk in torch.arange(len(ids)).split(max(1, chunk_size // n_prefix)):
         rows = oracles.probe.branch(beam.state, ids[chunk])
         parts.append(layer_scores(oracles.layers, rows))
-    scores = _combine(torch.cat(parts, dim=1), token_scores[None, :], policy, len(oracles.layers))  # (prefixes, tokens)
+    scores = _combine(
+        torch.cat(parts, dim=1), token_scores[None, :], policy, len(oracles.layers)
+    )  # (prefixes, tokens)
     z = zscores(scores.flatten()).reshape(scores.shape)
     quiet = beam.quiet[:, None] + 1
-    quiet = torch.where(z <= _cutoffs(beam.zs, policy)[:, None], torch.zeros_like(quiet), quiet.expand_as(z))
+    quiet = torch.where(
+        z <= _cutoffs(beam.zs, policy)[:, None], torch.zeros_like(quiet), quiet.expand_as(z)
+    )
     allowed = quiet <= policy.patience
-    rank = z + torch.tensor([sum(zs) for zs in beam.zs], dtype=z.dtype)[:, None] if policy.cumulative else z
+    rank = (
+        z + torch.tensor([sum(zs) for zs in beam.zs], dtype=z.dtype)[:, None]
+        if policy.cumulative
+        else z
+    )
     rank = torch.where(allowed, rank, torch.full_like(rank, math.inf)).flatten()
     keep = torch.argsort(rank)[: policy.width]
     keep = keep[torch.isfinite(rank[keep])]
@@ -241,7 +275,9 @@ def _step(oracles, candidates, policy, beam: _Beam, position: int, chunk_size: i
         return None
     _, state = oracles.probe.extend(beam.state.select(parent), ids[column])
     return _Beam(
-        prefixes=[beam.prefixes[p] + (int(ids[c]),) for p, c in zip(parent.tolist(), column.tolist())],
+        prefixes=[
+            beam.prefixes[p] + (int(ids[c]),) for p, c in zip(parent.tolist(), column.tolist())
+        ],
         zs=[beam.zs[p] + (float(z[p, c]),) for p, c in zip(parent.tolist(), column.tolist())],
         quiet=quiet[parent, column],
         state=state,
@@ -270,7 +306,9 @@ def _trim(prefix: tuple[int, ...], zs: tuple[float, ...], policy: Policy):
     return prefix[:end], zs[:end]
 
 
-def choose(found, count: int, *, overlap: float = 0.7) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+def choose(
+    found, count: int, *, overlap: float = 0.7
+) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
     """Returns up to ``count`` best sequences, skipping any that agrees with a chosen one at ``overlap`` of
     the shorter's positions (the paper's ``distinct_thresh``)."""
     chosen: list = []
@@ -302,9 +340,16 @@ def first_tokens(candidates: TokenCandidates, z_threshold: float) -> tuple[torch
 def policy_for(cfg: DagerConfig, mode: str, batch: int) -> Policy:
     """Returns the paper's filter policy, or the beam's."""
     if mode == "filter":
-        return Policy(width=batch, patience=0, cumulative=False, z_threshold=cfg.noise_z, token_evidence=False)
-    return Policy(width=cfg.noise_beam * batch, patience=cfg.noise_patience, cumulative=True,
-                  z_threshold=cfg.noise_z, token_evidence=True)
+        return Policy(
+            width=batch, patience=0, cumulative=False, z_threshold=cfg.noise_z, token_evidence=False
+        )
+    return Policy(
+        width=cfg.noise_beam * batch,
+        patience=cfg.noise_patience,
+        cumulative=True,
+        z_threshold=cfg.noise_z,
+        token_evidence=True,
+    )
 
 
 def candidate_count(batch: int, vocab: int) -> int:
@@ -312,9 +357,9 @@ def candidate_count(batch: int, vocab: int) -> int:
     return max(50 * batch, math.ceil(0.05 * vocab))
 
 
-
-def reconstruct_noisy(public, update, cfg: DagerConfig, *, mode: str, vocab: torch.Tensor, why: str,
-                      max_length: int) -> Reconstruction:
+def reconstruct_noisy(
+    public, update, cfg: DagerConfig, *, mode: str, vocab: torch.Tensor, why: str, max_length: int
+) -> Reconstruction:
     """Returns DAGER's best-effort reconstruction of a noised update with the ``filter`` or ``beam`` search.
 
     Each sequence's ``residuals`` are its per-position z-scores (lower is surer), not span residuals.
@@ -322,26 +367,52 @@ def reconstruct_noisy(public, update, cfg: DagerConfig, *, mode: str, vocab: tor
     family = public.family
     reason = NOISE_REASON.format(why or "the noise search was asked for")
     if not family.causal:
-        return Reconstruction("dager", (), reason=(
-            "DAGER's noise search needs a causal model (prefixes are scored block by block); encoders under "
-            "noise are not supported, as in the paper."), diagnostics={"noise": mode})
+        return Reconstruction(
+            "dager",
+            (),
+            reason=(
+                "DAGER's noise search needs a causal model (prefixes are scored block by block); encoders under "
+                "noise are not supported, as in the paper."
+            ),
+            diagnostics={"noise": mode},
+        )
     oracles = noisy_oracles(family, update.gradients(), cfg)
     per_position = family.positions == "learned"
-    probe_candidates = TokenCandidates(oracles.token, vocab, k=1, per_position=per_position,
-                                       chunk_size=cfg.chunk_size)
+    probe_candidates = TokenCandidates(
+        oracles.token, vocab, k=1, per_position=per_position, chunk_size=cfg.chunk_size
+    )
     first, outliers = first_tokens(probe_candidates, cfg.noise_z)
     disclosed = update.metadata.batch_size
-    candidates = TokenCandidates(oracles.token, vocab, k=candidate_count(disclosed or 1, len(vocab)),
-                                 per_position=per_position, chunk_size=cfg.chunk_size)
+    candidates = TokenCandidates(
+        oracles.token,
+        vocab,
+        k=candidate_count(disclosed or 1, len(vocab)),
+        per_position=per_position,
+        chunk_size=cfg.chunk_size,
+    )
     batch = disclosed or estimate_batch(oracles, candidates, cfg.noise_z, cfg.chunk_size)
     policy = policy_for(cfg, mode, batch)
-    found = search(oracles, candidates, policy, first=first if mode == "filter" else None,
-                   max_length=max_length, chunk_size=cfg.chunk_size)
+    found = search(
+        oracles,
+        candidates,
+        policy,
+        first=first if mode == "filter" else None,
+        max_length=max_length,
+        chunk_size=cfg.chunk_size,
+    )
     chosen = choose(found, batch)
-    sequences = tuple(RecoveredSequence(token_ids=ids, text=public.tokenizer.decode(list(ids)), certified=False,
-                                        residuals=zs) for ids, zs in chosen)
-    diagnostics = {"noise": mode, "batch_estimate": batch, "first_token_outliers": outliers,
-                   "rank": {o.block: o.basis.rank for o in [oracles.token, *oracles.layers]},
-                   "candidates_per_position": candidates.k, "ended": len(found)}
+    sequences = tuple(
+        RecoveredSequence(
+            token_ids=ids, text=public.tokenizer.decode(list(ids)), certified=False, residuals=zs
+        )
+        for ids, zs in chosen
+    )
+    diagnostics = {
+        "noise": mode,
+        "batch_estimate": batch,
+        "first_token_outliers": outliers,
+        "rank": {o.block: o.basis.rank for o in [oracles.token, *oracles.layers]},
+        "candidates_per_position": candidates.k,
+        "ended": len(found),
+    }
     return Reconstruction("dager", sequences, reason=reason, diagnostics=diagnostics)
-

@@ -38,7 +38,9 @@ class SpanOracle:
         """Returns the projection whose input the probe computes."""
         return self.layers[0]
 
-    def residuals(self, rows: dict[LinearLayer, torch.Tensor], *, chunk_size: int = 8192) -> torch.Tensor:
+    def residuals(
+        self, rows: dict[LinearLayer, torch.Tensor], *, chunk_size: int = 8192
+    ) -> torch.Tensor:
         """Returns the residuals of probed rows against this oracle's span."""
         return self.basis.residuals(rows[self.layer], chunk_size=chunk_size)
 
@@ -62,9 +64,13 @@ def build_oracle(
         GradientNotExposedError: none of those gradients is shared.
     """
     if block >= family.num_blocks:
-        raise GradientNotExposedError(f"the model has only {family.num_blocks} blocks; block {block} does not exist.")
+        raise GradientNotExposedError(
+            f"the model has only {family.num_blocks} blocks; block {block} does not exist."
+        )
     candidates = [family.linear_layer(block, role) for role in roles]
-    layers = tuple(layer for layer in candidates if input_side_gradient(layer, gradients) is not None)
+    layers = tuple(
+        layer for layer in candidates if input_side_gradient(layer, gradients) is not None
+    )
     if not layers:
         needed = sorted({layer.weight_name for layer in candidates})
         raise GradientNotExposedError(
@@ -72,12 +78,17 @@ def build_oracle(
             f"{', '.join(needed)}; expose them on the client (e.g. --expose 'blocks=0,1')."
         )
     unique = {id(g): g for g in (input_side_gradient(layer, gradients) for layer in layers)}
-    basis = span_basis(list(unique.values()), rank=rank, rank_tol=rank_tol,
-                       min_gap=min_gap, capacity=capacity)
-    return SpanOracle(block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]]))
+    basis = span_basis(
+        list(unique.values()), rank=rank, rank_tol=rank_tol, min_gap=min_gap, capacity=capacity
+    )
+    return SpanOracle(
+        block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]])
+    )
 
 
-def input_side_gradient(layer: LinearLayer, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+def input_side_gradient(
+    layer: LinearLayer, gradients: Mapping[str, torch.Tensor]
+) -> torch.Tensor | None:
     """Returns a gradient of ``layer`` whose rows lie in the span of its inputs, or None if none is shared.
 
     That is the weight gradient laid out (out, in), or, for a LoRA-adapted layer whose update

@@ -62,7 +62,9 @@ class TokenPlacement:
                 continue
             here = self.bag[self.placed[:, position]]
             first = tokens[torch.isin(tokens, here)]
-            maybe = self.bag[self.open_tokens] if bool(self.open_positions[position]) else self.bag[:0]
+            maybe = (
+                self.bag[self.open_tokens] if bool(self.open_positions[position]) else self.bag[:0]
+            )
             second = tokens[torch.isin(tokens, maybe) & ~torch.isin(tokens, here)]
             rows = torch.searchsorted(self.bag, second)
             second = second[torch.argsort(self.weights[rows, position], descending=True)]
@@ -85,8 +87,9 @@ class TokenPlacement:
         return tuple(int(p) + 1 for p in ends)
 
 
-def place_tokens(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor],
-                 positions: int) -> TokenPlacement | None:
+def place_tokens(
+    family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], positions: int
+) -> TokenPlacement | None:
     """Returns where the embedding gradients place the batch's tokens over the first ``positions``.
 
     None unless the model normalises its embedding sum before block 0 (BERT-like encoders), both
@@ -117,28 +120,51 @@ class _EmbeddingSums:
 
     def __init__(self, family: ArchitectureFamily, bag: torch.Tensor, positions: int) -> None:
         constant = family.constant_embedding()
-        words = family.embedding().weight.detach()[bag.to(family.embedding().weight.device)].double().cpu()
+        words = (
+            family.embedding()
+            .weight.detach()[bag.to(family.embedding().weight.device)]
+            .double()
+            .cpu()
+        )
         self.words = words + (0.0 if constant is None else constant.double().cpu())
         self.positions = family.position_embedding().weight.detach()[:positions].double().cpu()
         self.word_means, self.position_means = self.words.mean(dim=1), self.positions.mean(dim=1)
         width = self.words.shape[1]
-        squares = ((self.words**2).sum(dim=1)[:, None] + 2 * self.words @ self.positions.T
-                   + (self.positions**2).sum(dim=1)[None] - width * (self.word_means[:, None] + self.position_means) ** 2)
+        squares = (
+            (self.words**2).sum(dim=1)[:, None]
+            + 2 * self.words @ self.positions.T
+            + (self.positions**2).sum(dim=1)[None]
+            - width * (self.word_means[:, None] + self.position_means) ** 2
+        )
         self.norms = squares.clamp_min(1e-300).sqrt()
 
     def at_positions(self, row: torch.Tensor, token: int) -> torch.Tensor:
         """Returns |<row, x(token, p)>| for every position p (``token`` indexes the bag)."""
-        dots = row @ self.words[token] + self.positions @ row - (self.word_means[token] + self.position_means) * row.sum()
+        dots = (
+            row @ self.words[token]
+            + self.positions @ row
+            - (self.word_means[token] + self.position_means) * row.sum()
+        )
         return dots.abs() / self.norms[token]
 
     def of_tokens(self, row: torch.Tensor, position: int) -> torch.Tensor:
         """Returns |<row, x(t, position)>| for every token t of the bag."""
-        dots = self.words @ row + self.positions[position] @ row - (self.word_means + self.position_means[position]) * row.sum()
+        dots = (
+            self.words @ row
+            + self.positions[position] @ row
+            - (self.word_means + self.position_means[position]) * row.sum()
+        )
         return dots.abs() / self.norms[:, position]
 
 
-def _solve(sums: _EmbeddingSums, tokens: torch.Tensor, at: torch.Tensor, unit: float,
-           bag: torch.Tensor, weights: torch.Tensor) -> TokenPlacement:
+def _solve(
+    sums: _EmbeddingSums,
+    tokens: torch.Tensor,
+    at: torch.Tensor,
+    unit: float,
+    bag: torch.Tensor,
+    weights: torch.Tensor,
+) -> TokenPlacement:
     """Places tokens and positions left with one unplaced occurrence until nothing changes."""
     token_left, token_mass = tokens.clone(), tokens.norm(dim=1)
     position_left, position_mass = at.clone(), at.norm(dim=1)
@@ -156,17 +182,37 @@ def _solve(sums: _EmbeddingSums, tokens: torch.Tensor, at: torch.Tensor, unit: f
 
     changed = True
     while changed:
-        by_token = _sweep(token_left, token_mass, open_tokens, open_positions, sums.at_positions, place, unit)
-        by_position = _sweep(position_left, position_mass, open_positions, open_tokens, sums.of_tokens,
-                             lambda position, token, row: place(token, position, row), unit)
+        by_token = _sweep(
+            token_left, token_mass, open_tokens, open_positions, sums.at_positions, place, unit
+        )
+        by_position = _sweep(
+            position_left,
+            position_mass,
+            open_positions,
+            open_tokens,
+            sums.of_tokens,
+            lambda position, token, row: place(token, position, row),
+            unit,
+        )
         changed = by_token or by_position
-    return TokenPlacement(bag=bag, placed=placed, open_tokens=open_tokens, open_positions=open_positions,
-                          weights=weights)
+    return TokenPlacement(
+        bag=bag,
+        placed=placed,
+        open_tokens=open_tokens,
+        open_positions=open_positions,
+        weights=weights,
+    )
 
 
-def _sweep(left: torch.Tensor, mass: torch.Tensor, open_here: torch.Tensor, open_there: torch.Tensor,
-           scores: Callable[[torch.Tensor, int], torch.Tensor], place: Callable[[int, int, torch.Tensor], None],
-           unit: float) -> bool:
+def _sweep(
+    left: torch.Tensor,
+    mass: torch.Tensor,
+    open_here: torch.Tensor,
+    open_there: torch.Tensor,
+    scores: Callable[[torch.Tensor, int], torch.Tensor],
+    place: Callable[[int, int, torch.Tensor], None],
+    unit: float,
+) -> bool:
     """One pass over one table's open rows (tokens or positions): closes those fully accounted for and
     places those left with one occurrence. Returns whether anything changed."""
     changed = False

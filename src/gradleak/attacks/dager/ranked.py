@@ -112,7 +112,9 @@ def search_ranked(
     first = tokens_at(0)
     if first is None or first.numel() == 0:
         return result
-    prefixes, scores, state = _first_tokens(evidence, first, chunk_size=chunk_size, z_accept=z_accept, result=result)
+    prefixes, scores, state = _first_tokens(
+        evidence, first, chunk_size=chunk_size, z_accept=z_accept, result=result
+    )
     position = 1
     while prefixes and position < max_length:
         tokens = tokens_at(position)
@@ -126,15 +128,25 @@ def search_ranked(
             result.truncated = True
         result.candidates.append(step.numel())
         result.accepted.append(len(parent))
-        logger.info("ranked search: position %d, %d prefixes x %d tokens, %d kept, %.1f s",
-                    position, step.shape[0], step.shape[1], len(parent), time.perf_counter() - started)
+        logger.info(
+            "ranked search: position %d, %d prefixes x %d tokens, %d kept, %.1f s",
+            position,
+            step.shape[0],
+            step.shape[1],
+            len(parent),
+            time.perf_counter() - started,
+        )
         extended = set(parent.tolist())
-        result.sequences.extend((prefixes[i], scores[i]) for i in range(len(prefixes)) if i not in extended)
+        result.sequences.extend(
+            (prefixes[i], scores[i]) for i in range(len(prefixes)) if i not in extended
+        )
         if len(parent) == 0:
             prefixes = []
             break
         _, state = evidence.probe.extend(state.select(parent), tokens[column])
-        prefixes = [prefixes[p] + (int(tokens[c]),) for p, c in zip(parent.tolist(), column.tolist())]
+        prefixes = [
+            prefixes[p] + (int(tokens[c]),) for p, c in zip(parent.tolist(), column.tolist())
+        ]
         scores = [scores[p] + (float(s),) for p, s in zip(parent.tolist(), z.tolist())]
         position += 1
     result.sequences.extend(zip(prefixes, scores))
@@ -164,8 +176,12 @@ def _tidy(sequences):
 
 
 def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result):
-    values = torch.cat([evidence.log_residuals(evidence.probe.start(chunk[:, None])[0]).flatten()
-                        for chunk in tokens.split(chunk_size)])
+    values = torch.cat(
+        [
+            evidence.log_residuals(evidence.probe.start(chunk[:, None])[0]).flatten()
+            for chunk in tokens.split(chunk_size)
+        ]
+    )
     z = robust_z(values)
     keep = torch.nonzero(z < -z_accept).flatten()
     result.candidates.append(len(tokens))
@@ -176,11 +192,18 @@ def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result):
     return [(int(tokens[k]),) for k in keep], [(float(z[k]),) for k in keep], state
 
 
-def _step_scores(evidence, state: PrefixState, tokens: torch.Tensor, *, chunk_size: int) -> torch.Tensor:
+def _step_scores(
+    evidence, state: PrefixState, tokens: torch.Tensor, *, chunk_size: int
+) -> torch.Tensor:
     """Returns the (prefixes, tokens) matrix of centred log residuals, as robust z-scores."""
     per_pass = max(1, chunk_size // max(1, state.size))
-    values = torch.cat([evidence.log_residuals(evidence.probe.branch(state, chunk))
-                        for chunk in tokens.split(per_pass)], dim=1)
+    values = torch.cat(
+        [
+            evidence.log_residuals(evidence.probe.branch(state, chunk))
+            for chunk in tokens.split(per_pass)
+        ],
+        dim=1,
+    )
     if values.shape[0] >= _MIN_COLUMN:
         values = values - values.median(dim=0, keepdim=True).values
     else:

@@ -30,7 +30,9 @@ class TokenScan:
     split: ResidualSplit | None
 
 
-def vocabulary_residuals(oracle: SpanOracle, vocab: torch.Tensor, *, position: int, chunk_size: int) -> torch.Tensor:
+def vocabulary_residuals(
+    oracle: SpanOracle, vocab: torch.Tensor, *, position: int, chunk_size: int
+) -> torch.Tensor:
     """Returns the residual of every token in ``vocab`` placed at ``position``: one matrix product per chunk."""
     out = torch.empty(len(vocab))
     for start in range(0, len(vocab), chunk_size):
@@ -64,7 +66,9 @@ def scan_tokens(
     elif split is not None:
         threshold = split.threshold()
     elif fallback_count > 0:
-        threshold = float(torch.sort(first).values[min(fallback_count, len(first)) - 1]) * (1 + 1e-6)
+        threshold = float(torch.sort(first).values[min(fallback_count, len(first)) - 1]) * (
+            1 + 1e-6
+        )
     else:
         threshold = 0.0
     sets, residuals = [], []
@@ -83,7 +87,9 @@ def scan_tokens(
     return TokenScan(sets=tuple(sets), residuals=tuple(residuals), threshold=threshold, split=split)
 
 
-def embedding_bag(family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+def embedding_bag(
+    family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]
+) -> torch.Tensor | None:
     """Returns the ids whose token-embedding gradient rows are non-zero, or None if that gradient is not shared.
 
     A lookup table's gradient is zero on every row the batch did not use, so where the update
@@ -95,4 +101,3 @@ def embedding_bag(family: ArchitectureFamily, gradients: Mapping[str, torch.Tens
         return None
     used = torch.nonzero(gradient.detach().abs().amax(dim=1) > 0).flatten().cpu()
     return used if 0 < len(used) < gradient.shape[0] // 2 else None
-

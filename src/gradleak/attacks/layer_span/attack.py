@@ -37,7 +37,12 @@ from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
 
 #: Role groups that share one input, in order of preference within a block.
-ROLE_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("mlp_gate", "mlp_in"), ("mlp_out",))
+ROLE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("q", "k", "v"),
+    ("o",),
+    ("mlp_gate", "mlp_in"),
+    ("mlp_out",),
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,12 @@ def choose_layer(family: ArchitectureFamily, exposed: set[str]) -> tuple[int, tu
     for blocks in (range(last), [last]):
         for block in blocks:
             for group in ROLE_GROUPS:
-                roles = tuple(r for r in group if _has(family, block, r) and
-                              family.linear_layer(block, r).weight_name in exposed)
+                roles = tuple(
+                    r
+                    for r in group
+                    if _has(family, block, r)
+                    and family.linear_layer(block, r).weight_name in exposed
+                )
                 if roles:
                     return block, roles
     raise GradientNotExposedError(
@@ -108,39 +117,67 @@ class LayerSpan(Attack):
             )
         gradients = update.gradients()
         started = time.perf_counter()
-        block, roles = (cfg.block, cfg.roles) if cfg.block is not None and cfg.roles else \
-            choose_layer(family, set(gradients))
+        block, roles = (
+            (cfg.block, cfg.roles)
+            if cfg.block is not None and cfg.roles
+            else choose_layer(family, set(gradients))
+        )
         oracle = build_oracle(family, gradients, block, roles=roles)
         timings: dict[str, float] = {"svd": time.perf_counter() - started}
         vocab = _vocabulary(public)
 
         started = time.perf_counter()
-        tau = cfg.tau if cfg.tau is not None else _first_token_threshold(oracle, vocab, cfg.chunk_size)
+        tau = (
+            cfg.tau
+            if cfg.tau is not None
+            else _first_token_threshold(oracle, vocab, cfg.chunk_size)
+        )
         timings["calibration"] = time.perf_counter() - started
-        diagnostics: dict[str, Any] = {"layer": f"{block}.{'+'.join(roles)}", "rank": oracle.basis.rank,
-                                       "gap_decades": round(oracle.basis.gap_decades, 2), "tau": tau,
-                                       "seconds": timings}
+        diagnostics: dict[str, Any] = {
+            "layer": f"{block}.{'+'.join(roles)}",
+            "rank": oracle.basis.rank,
+            "gap_decades": round(oracle.basis.gap_decades, 2),
+            "tau": tau,
+            "seconds": timings,
+        }
         started = time.perf_counter()
-        search = search_prefixes([Gate(oracle, tau)], tokens_at=lambda _: vocab, max_length=cfg.max_length,
-                                 chunk_size=cfg.chunk_size, max_frontier=cfg.max_frontier)
+        search = search_prefixes(
+            [Gate(oracle, tau)],
+            tokens_at=lambda _: vocab,
+            max_length=cfg.max_length,
+            chunk_size=cfg.chunk_size,
+            max_frontier=cfg.max_frontier,
+        )
         timings["search"] = time.perf_counter() - started
         diagnostics["prefix_accepted"] = search.accepted
 
         reason = None
         if oracle.basis.saturated:
-            reason = (f"block {block}'s {'/'.join(roles)} gradient span is saturated: more distinct rows than "
-                      f"its input size, so no span test can certify; results are best-effort.")
+            reason = (
+                f"block {block}'s {'/'.join(roles)} gradient span is saturated: more distinct rows than "
+                f"its input size, so no span test can certify; results are best-effort."
+            )
         elif search.truncated:
             reason = "the search kept only its best candidates (max_frontier reached); results are best-effort."
         sequences = tuple(
-            RecoveredSequence(token_ids=ids, text=public.tokenizer.decode(list(ids)), certified=reason is None,
-                              residuals=res)
+            RecoveredSequence(
+                token_ids=ids,
+                text=public.tokenizer.decode(list(ids)),
+                certified=reason is None,
+                residuals=res,
+            )
             for ids, res in search.sequences
         )
         if not sequences:
-            hint = (" (in the last block only pooled or no rows carry gradients: expose an earlier block)"
-                    if block == family.num_blocks - 1 else "")
-            reason = reason or f"no first token passed block {block}'s span test{hint}; nothing can be recovered."
+            hint = (
+                " (in the last block only pooled or no rows carry gradients: expose an earlier block)"
+                if block == family.num_blocks - 1
+                else ""
+            )
+            reason = (
+                reason
+                or f"no first token passed block {block}'s span test{hint}; nothing can be recovered."
+            )
         return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
 
 
@@ -152,11 +189,13 @@ def _vocabulary(public: PublicModel) -> torch.Tensor:
 
 def _first_token_threshold(oracle: SpanOracle, vocab: torch.Tensor, chunk_size: int) -> float:
     """Returns the threshold between true first tokens and the rest of the vocabulary."""
-    residuals = torch.cat([
-        oracle.residuals(oracle.probe.start(chunk[:, None])[0]).flatten().cpu() for chunk in vocab.split(chunk_size)
-    ])
+    residuals = torch.cat(
+        [
+            oracle.residuals(oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
+            for chunk in vocab.split(chunk_size)
+        ]
+    )
     split = largest_gap_split(residuals)
     if split is None:
         return 0.0
     return split.threshold()
-

@@ -47,7 +47,10 @@ class Defence(ABC):
     def describe(self) -> dict[str, Any]:
         """Returns the name and parameters recorded in the update's metadata."""
         params = asdict(self)  # type: ignore[call-overload]
-        return {"name": self.name, **{k: v for k, v in params.items() if k not in self.secret_fields}}
+        return {
+            "name": self.name,
+            **{k: v for k, v in params.items() if k not in self.secret_fields},
+        }
 
 
 class TrainingDefence(Defence):
@@ -56,8 +59,14 @@ class TrainingDefence(Defence):
     stage = "training"
 
     @abstractmethod
-    def attach(self, public: PublicModel, names: Sequence[str], *, train_mode: bool = False,
-               max_length: int | None = None) -> AbstractContextManager[Callable[[Batch], dict[str, torch.Tensor]]]:
+    def attach(
+        self,
+        public: PublicModel,
+        names: Sequence[str],
+        *,
+        train_mode: bool = False,
+        max_length: int | None = None,
+    ) -> AbstractContextManager[Callable[[Batch], dict[str, torch.Tensor]]]:
         """Returns a context yielding a function batch -> defended gradients of ``names``."""
 
     @abstractmethod
@@ -77,7 +86,8 @@ class UpdateDefence(Defence):
     def apply(self, update: ClientUpdate) -> ClientUpdate:
         """Returns the update with defended tensors and this defence recorded in its metadata."""
         return update.with_tensors(
-            self.transform(update.tensors), defence=record_defence(update.metadata.defence, self.describe())
+            self.transform(update.tensors),
+            defence=record_defence(update.metadata.defence, self.describe()),
         )
 
 

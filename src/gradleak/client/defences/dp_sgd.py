@@ -33,8 +33,14 @@ if TYPE_CHECKING:
     from gradleak.models.loading import PublicModel
 
 
-def dp_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-               accountant: str = "rdp") -> float | None:
+def dp_epsilon(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = "rdp",
+) -> float | None:
     """Returns epsilon from Opacus' accountant for ``steps`` steps at this rate; None if sigma is 0.
 
     Raises:
@@ -74,13 +80,25 @@ class DPSGD(TrainingDefence):
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> DPSGD:
-        return cls(noise_multiplier=settings.noise_multiplier, max_grad_norm=settings.clip,
-                   delta=settings.dp_delta, sample_rate=settings.dp_sample_rate, steps=settings.dp_steps,
-                   accountant=settings.dp_accountant, seed=settings.seed)
+        return cls(
+            noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.clip,
+            delta=settings.dp_delta,
+            sample_rate=settings.dp_sample_rate,
+            steps=settings.dp_steps,
+            accountant=settings.dp_accountant,
+            seed=settings.seed,
+        )
 
     @contextmanager
-    def attach(self, public: PublicModel, names: Sequence[str], *, train_mode: bool = False,
-               max_length: int | None = None) -> Iterator[DPGradient]:
+    def attach(
+        self,
+        public: PublicModel,
+        names: Sequence[str],
+        *,
+        train_mode: bool = False,
+        max_length: int | None = None,
+    ) -> Iterator[DPGradient]:
         """Yields a function batch -> privatised gradients of ``names``; Opacus is detached after.
 
         Only ``names`` require gradients meanwhile; the model's weights are never changed here.
@@ -90,16 +108,23 @@ class DPSGD(TrainingDefence):
         model = public.model
         params = dict(model.named_parameters())
         with only_grad_for(model, set(names)), _opacus_mode(model, train=train_mode):
-            gsm = opacus.GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=False)
+            gsm = opacus.GradSampleModule(
+                model, batch_first=True, loss_reduction="mean", strict=False
+            )
             try:
                 optimizer = optimizers.DPOptimizer(
                     torch.optim.SGD([params[n] for n in names], lr=0.0),
-                    noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.max_grad_norm,
                     expected_batch_size=1,
                     # Opacus draws noise on each parameter's device, so the generator lives there too.
-                    generator=seeded_generator(self.seed, self.name, device=params[names[0]].device),
+                    generator=seeded_generator(
+                        self.seed, self.name, device=params[names[0]].device
+                    ),
                 )
-                yield DPGradient(public, optimizer, {n: params[n] for n in names}, max_length=max_length)
+                yield DPGradient(
+                    public, optimizer, {n: params[n] for n in names}, max_length=max_length
+                )
             finally:
                 gsm.cleanup()
                 for p in params.values():
@@ -117,9 +142,16 @@ class DPSGD(TrainingDefence):
             **self.describe(),
             "sample_rate": sample_rate,
             "steps": accounted,
-            "noise_std_mean_gradient": noise_std_mean_gradient(self.noise_multiplier, self.max_grad_norm, mini_batch),
-            "epsilon": dp_epsilon(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate,
-                                  steps=accounted, delta=self.delta, accountant=self.accountant),
+            "noise_std_mean_gradient": noise_std_mean_gradient(
+                self.noise_multiplier, self.max_grad_norm, mini_batch
+            ),
+            "epsilon": dp_epsilon(
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=sample_rate,
+                steps=accounted,
+                delta=self.delta,
+                accountant=self.accountant,
+            ),
             "opacus_version": opacus.__version__,
         }
 
@@ -127,9 +159,20 @@ class DPSGD(TrainingDefence):
 class DPGradient:
     """Computes privatised gradients with an attached Opacus optimiser (see :meth:`DPSGD.attach`)."""
 
-    def __init__(self, public: PublicModel, optimizer: Any, params: dict[str, nn.Parameter], *,
-                 max_length: int | None) -> None:
-        self.public, self.optimizer, self.params, self.max_length = public, optimizer, params, max_length
+    def __init__(
+        self,
+        public: PublicModel,
+        optimizer: Any,
+        params: dict[str, nn.Parameter],
+        *,
+        max_length: int | None,
+    ) -> None:
+        self.public, self.optimizer, self.params, self.max_length = (
+            public,
+            optimizer,
+            params,
+            max_length,
+        )
         self.steps = 0
         #: Fraction of examples whose gradient norm exceeded C, per step.
         self.clipped_fractions: list[float] = []
@@ -142,12 +185,18 @@ class DPGradient:
         inputs["position_ids"] = torch.arange(length).expand(n, length)
         self.optimizer.expected_batch_size = n
         self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():  # Opacus' full backward hook on the embedding (integer inputs)
+        with (
+            warnings.catch_warnings()
+        ):  # Opacus' full backward hook on the embedding (integer inputs)
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             example_losses(self.public, inputs, batch.labels).mean().backward()
-        self.clipped_fractions.append(_clipped_fraction(self.optimizer.grad_samples, self.optimizer.max_grad_norm))
+        self.clipped_fractions.append(
+            _clipped_fraction(self.optimizer.grad_samples, self.optimizer.max_grad_norm)
+        )
         if not self.optimizer.pre_step():
-            raise RuntimeError("Opacus skipped the step; gradient accumulation is not supported here")
+            raise RuntimeError(
+                "Opacus skipped the step; gradient accumulation is not supported here"
+            )
         grads = {name: p.grad.detach().clone() for name, p in self.params.items()}
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
@@ -155,7 +204,9 @@ class DPGradient:
 
 
 def _clipped_fraction(grad_samples: list[torch.Tensor], clip: float) -> float:
-    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in grad_samples], dim=1).norm(dim=1)
+    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in grad_samples], dim=1).norm(
+        dim=1
+    )
     return float((norms > clip).float().mean())
 
 
@@ -175,7 +226,8 @@ def _opacus_mode(model: nn.Module, *, train: bool):
             module.training = mode
 
 
-def noise_std_mean_gradient(noise_multiplier: float, max_grad_norm: float, batch_size: int) -> float:
+def noise_std_mean_gradient(
+    noise_multiplier: float, max_grad_norm: float, batch_size: int
+) -> float:
     """Returns the std of the noise on each entry of the shared mean gradient: sigma*C/b."""
     return noise_multiplier * max_grad_norm / batch_size
-

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from gradleak.client.settings import ClientSettings
 
 
-def add_gaussian_noise(tensors: Mapping[str, torch.Tensor], *, sigma: float,
-                       generator: torch.Generator) -> dict[str, torch.Tensor]:
+def add_gaussian_noise(
+    tensors: Mapping[str, torch.Tensor], *, sigma: float, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Returns each tensor plus independent N(0, sigma^2) noise, drawn in the mapping's order.
 
     Noise is drawn on the CPU in float32, so a seed gives the same noise on every device.
@@ -51,4 +52,6 @@ class GaussianNoise(UpdateDefence):
         return cls(sigma=settings.sigma, seed=settings.seed)
 
     def transform(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return add_gaussian_noise(tensors, sigma=self.sigma, generator=seeded_generator(self.seed, self.name))
+        return add_gaussian_noise(
+            tensors, sigma=self.sigma, generator=seeded_generator(self.seed, self.name)
+        )

@@ -33,8 +33,9 @@ def top_k_mask(values: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.view(values.shape)
 
 
-def prune_tensors(tensors: Mapping[str, torch.Tensor], *, ratio: float,
-                  scope: str = "tensor") -> dict[str, torch.Tensor]:
+def prune_tensors(
+    tensors: Mapping[str, torch.Tensor], *, ratio: float, scope: str = "tensor"
+) -> dict[str, torch.Tensor]:
     """Returns the tensors with all but the largest-magnitude entries set to zero.
 
     Args:

@@ -38,7 +38,9 @@ def dequantize_int8(codes: torch.Tensor, scale: float, *, like: torch.Tensor) ->
     return (codes.double() * scale).to(device=like.device, dtype=like.dtype)
 
 
-def quantize_tensors(tensors: Mapping[str, torch.Tensor], *, scheme: str) -> dict[str, torch.Tensor]:
+def quantize_tensors(
+    tensors: Mapping[str, torch.Tensor], *, scheme: str
+) -> dict[str, torch.Tensor]:
     """Returns the tensors after a round trip through ``scheme`` (``int8`` or ``fp16``)."""
     if scheme == "int8":
         return {n: dequantize_int8(*int8_symmetric(t), like=t) for n, t in tensors.items()}

@@ -20,7 +20,9 @@ _DEFENCES: dict[str, type[Defence]] = {
 def register_defence(name: str, cls: type[Defence], *, force: bool = False) -> None:
     """Adds a defence class under ``name``; refuses to replace one unless ``force``."""
     if name in _DEFENCES and not force:
-        raise ValueError(f"a defence named {name!r} is already registered; pass force=True to replace it")
+        raise ValueError(
+            f"a defence named {name!r} is already registered; pass force=True to replace it"
+        )
     _DEFENCES[name] = cls
 
 
@@ -36,5 +38,7 @@ def defence_class(name: str) -> type[Defence]:
         UnknownSpecError: no defence has that name.
     """
     if name not in _DEFENCES:
-        raise UnknownSpecError(f"unknown defence {name!r}; choose one of {', '.join(defence_names())}.")
+        raise UnknownSpecError(
+            f"unknown defence {name!r}; choose one of {', '.join(defence_names())}."
+        )
     return _DEFENCES[name]

@@ -27,10 +27,14 @@ def sum_tensors(tensor_sets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, 
     names = list(tensor_sets[0])
     for index, tensors in enumerate(tensor_sets[1:], start=1):
         if list(tensors) != names:
-            raise InvalidUpdateError(f"update {index} shares other tensors than update 0; sum only like updates.")
+            raise InvalidUpdateError(
+                f"update {index} shares other tensors than update 0; sum only like updates."
+            )
         for name in names:
             if tensors[name].shape != tensor_sets[0][name].shape:
-                raise InvalidUpdateError(f"update {index} has {name} of another shape than update 0.")
+                raise InvalidUpdateError(
+                    f"update {index} has {name} of another shape than update 0."
+                )
     return {name: torch.stack([t[name] for t in tensor_sets]).sum(dim=0) for name in names}
 
 
@@ -57,10 +61,14 @@ def secure_aggregate(updates: Sequence[ClientUpdate]) -> ClientUpdate:
     entry: dict[str, Any] = {"name": NAME, "clients": len(updates)}
     client_defences = [m.defence for m in metas]
     if any(d is not None for d in client_defences):
-        entry["client_defence"] = client_defences[0] if _all_equal(client_defences) else client_defences
+        entry["client_defence"] = (
+            client_defences[0] if _all_equal(client_defences) else client_defences
+        )
     metadata = replace(
         first,
-        batch_size=None if any(m.batch_size is None for m in metas) else sum(m.batch_size for m in metas),
+        batch_size=None
+        if any(m.batch_size is None for m in metas)
+        else sum(m.batch_size for m in metas),
         learning_rate=first.learning_rate if _all_equal([m.learning_rate for m in metas]) else None,
         local_steps=first.local_steps if _all_equal([m.local_steps for m in metas]) else None,
         exposure=first.exposure if _all_equal([m.exposure for m in metas]) else "mixed",

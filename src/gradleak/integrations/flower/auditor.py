@@ -108,8 +108,10 @@ class FlowerAuditor:
         steps_key: str = "local-steps",
         save_updates: bool = False,
     ) -> None:
-        self.public = model if isinstance(model, PublicModel) else load_model(
-            model, task=task, num_labels=num_labels, dtype=getattr(torch, dtype)
+        self.public = (
+            model
+            if isinstance(model, PublicModel)
+            else load_model(model, task=task, num_labels=num_labels, dtype=getattr(torch, dtype))
         )
         self.out = Path(out)
         self.attack_name = attack
@@ -141,18 +143,30 @@ class FlowerAuditor:
             record = self._audit_reply(position, server_round, global_state, reply, config, run_dir)
             append_record(run_dir, record)
             records.append(record)
-            write_json_atomic(run_dir / SUMMARY_FILE,
-                              summarize_run(config, records, environment=self._environment))
+            write_json_atomic(
+                run_dir / SUMMARY_FILE,
+                summarize_run(config, records, environment=self._environment),
+            )
         return records
 
-    def _audit_reply(self, position: int, server_round: int, global_state, reply: ClientReply,
-                     config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    def _audit_reply(
+        self,
+        position: int,
+        server_round: int,
+        global_state,
+        reply: ClientReply,
+        config: RunConfig,
+        run_dir: Path,
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {
             "batch": position,
             "config": config.fingerprint(),
             "source": "flower",
-            "flower": {"round": server_round, "node_id": reply.node_id,
-                       "num_examples": reply.num_examples},
+            "flower": {
+                "round": server_round,
+                "node_id": reply.node_id,
+                "num_examples": reply.num_examples,
+            },
         }
         started = time.perf_counter()
         weights = reply.weights()
@@ -160,8 +174,13 @@ class FlowerAuditor:
             update = self._update(global_state, weights, reply)
         except InvalidUpdateError as err:
             logger.warning("Round %d, node %d: %s", server_round, reply.node_id, err)
-            return {**record, "reconstructions": [], "certified": [], "reason": str(err),
-                    "seconds": {"total": time.perf_counter() - started, "attack": 0.0}}
+            return {
+                **record,
+                "reconstructions": [],
+                "certified": [],
+                "reason": str(err),
+                "seconds": {"total": time.perf_counter() - started, "attack": 0.0},
+            }
         if self.save_updates:
             save_update(update, run_dir / "updates" / f"node-{reply.node_id}.safetensors")
         converted = time.perf_counter()
@@ -181,9 +200,14 @@ class FlowerAuditor:
             "total": time.perf_counter() - started,
             "attack_stages": jsonable(reconstruction.diagnostics.get("seconds", {})),
         }
-        logger.info("Round %d, node %d: %d sequences, %d certified, %.1f s", server_round,
-                    reply.node_id, len(reconstruction.sequences),
-                    sum(s.certified for s in reconstruction.sequences), attacked - converted)
+        logger.info(
+            "Round %d, node %d: %d sequences, %d certified, %.1f s",
+            server_round,
+            reply.node_id,
+            len(reconstruction.sequences),
+            sum(s.certified for s in reconstruction.sequences),
+            attacked - converted,
+        )
         return record
 
     def _update(self, global_state, weights, reply: ClientReply) -> ClientUpdate:
@@ -250,7 +274,9 @@ class FlowerAuditor:
 
 def _rounding_reason(reason: str | None, noise: float, state: Mapping[str, torch.Tensor]) -> str:
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    note = (f"The client's {dtype} weights round its delta at {noise:.1e} of the delta's size, "
-            "which hides the gradient's span at this learning rate; the same batch may leak "
-            "exactly from a larger learning rate or from float64 clients.")
+    note = (
+        f"The client's {dtype} weights round its delta at {noise:.1e} of the delta's size, "
+        "which hides the gradient's span at this learning rate; the same batch may leak "
+        "exactly from a larger learning rate or from float64 clients."
+    )
     return f"{reason} {note}" if reason else note

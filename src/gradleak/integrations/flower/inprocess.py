@@ -66,8 +66,11 @@ class InProcessGrid(Grid):
             node: Context(
                 run_id=run_id,
                 node_id=node,
-                node_config={"partition-id": i, "num-partitions": count,
-                             **dict((node_configs or {}).get(node, {}))},
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": count,
+                    **dict((node_configs or {}).get(node, {})),
+                },
                 state=RecordDict(),
                 run_config=dict(run_config or {}),
             )
@@ -127,7 +130,9 @@ class InProcessGrid(Grid):
         except Exception as err:  # noqa: BLE001 - a real SuperNode turns any crash into an error reply
             logger.warning("ClientApp of node %d raised: %s", node, err)
             reason = "".join(traceback.format_exception_only(type(err), err)).strip()
-            return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=delivered)
+            return Message(
+                Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=delivered
+            )
         return copy.deepcopy(reply)
 
 
@@ -147,12 +152,17 @@ def run_client_app(
     reply holds what that client would return to a server: for training, its new weights and
     metrics. Raises GradleakError if the ClientApp failed.
     """
-    grid = InProcessGrid({node_id: client_app}, node_configs={node_id: dict(node_config or {})},
-                         run_config=run_config)
+    grid = InProcessGrid(
+        {node_id: client_app},
+        node_configs={node_id: dict(node_config or {})},
+        run_config=run_config,
+    )
     content = RecordDict({"arrays": arrays, "config": ConfigRecord(dict(config or {}))})
     (reply,) = grid.send_and_receive([Message(content, node_id, message_type)])
     if reply.has_error():
-        raise GradleakError(f"the ClientApp failed on the {message_type} message: {reply.error.reason}")
+        raise GradleakError(
+            f"the ClientApp failed on the {message_type} message: {reply.error.reason}"
+        )
     return reply
 
 

@@ -90,8 +90,11 @@ class AuditingStrategy(Strategy):
 
     def summary(self) -> None:
         self.strategy.summary()
-        logger.info("\t└──> Audited by gradleak (%s), records in %s",
-                    self.auditor.attack_name, self.auditor.out)
+        logger.info(
+            "\t└──> Audited by gradleak (%s), records in %s",
+            self.auditor.attack_name,
+            self.auditor.out,
+        )
 
     def __getattr__(self, name: str) -> Any:
         # Attributes the wrapped strategy has (fraction_train, weighted_by_key, ...) read through.

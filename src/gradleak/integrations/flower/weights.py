@@ -66,15 +66,17 @@ def update_from_weights(
             "the client returned the global weights unchanged, so there is nothing to attack; "
             "check that its ClientApp trains and returns its new weights."
         )
-    update = ClientUpdate(tensors=tensors, metadata=_metadata(public, len(tensors), len(parameters),
-                                                              learning_rate, local_steps, batch_size))
+    update = ClientUpdate(
+        tensors=tensors,
+        metadata=_metadata(
+            public, len(tensors), len(parameters), learning_rate, local_steps, batch_size
+        ),
+    )
     check_finite(update)
     return update
 
 
-def rounding_noise(
-    client_state: Mapping[str, torch.Tensor], update: ClientUpdate
-) -> float | None:
+def rounding_noise(client_state: Mapping[str, torch.Tensor], update: ClientUpdate) -> float | None:
     """Returns the median over tensors of (rounding error of the returned weights) / |delta|.
 
     A client that stores its weights in float32 rounds every new weight to a relative 6e-8, and

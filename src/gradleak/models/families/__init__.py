@@ -10,7 +10,12 @@ from gradleak.models.families.base import (
 from gradleak.models.families.bert import BertFamily
 from gradleak.models.families.gpt2 import GPT2Family
 from gradleak.models.families.llama import LlamaFamily
-from gradleak.models.families.registry import families, family_class_for, family_for, register_family
+from gradleak.models.families.registry import (
+    families,
+    family_class_for,
+    family_for,
+    register_family,
+)
 
 __all__ = [
     "LINEAR_ROLES",

@@ -191,7 +191,9 @@ class ArchitectureFamily(ABC):
         embedding_params = {id(p) for p in self._embedding_modules_params()}
         for name, param in self.model.named_parameters():
             if name not in roles:
-                role = "embedding" if id(param) in embedding_params else _outer_role(self.model, name)
+                role = (
+                    "embedding" if id(param) in embedding_params else _outer_role(self.model, name)
+                )
                 roles[name] = (None, frozenset({role}))
         return roles
 
@@ -217,8 +219,11 @@ class ArchitectureFamily(ABC):
 
     def _describe(self, block: int, role: str, slot: ModuleSlot) -> LinearLayer:
         weight = slot.module.weight
-        in_features, total_out = (weight.shape[0], weight.shape[1]) if self.transposed_weights else (
-            weight.shape[1], weight.shape[0])
+        in_features, total_out = (
+            (weight.shape[0], weight.shape[1])
+            if self.transposed_weights
+            else (weight.shape[1], weight.shape[0])
+        )
         start, stop = slot.out_slice if slot.out_slice is not None else (0, total_out)
         bias = getattr(slot.module, "bias", None)
         return LinearLayer(
@@ -234,8 +239,10 @@ class ArchitectureFamily(ABC):
         )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(blocks={self.num_blocks}, d={self.hidden_size()}, "
-                f"causal={self.causal}, positions={self.positions!r})")
+        return (
+            f"{type(self).__name__}(blocks={self.num_blocks}, d={self.hidden_size()}, "
+            f"causal={self.causal}, positions={self.positions!r})"
+        )
 
 
 def _base_model(model: nn.Module) -> nn.Module:

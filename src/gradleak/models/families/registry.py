@@ -20,7 +20,9 @@ _FAMILIES: dict[str, type[ArchitectureFamily]] = {
 def register_family(cls: type[ArchitectureFamily], *, force: bool = False) -> None:
     """Adds a family for its ``model_types``; refuses to replace an existing one unless ``force``."""
     if cls.name in _FAMILIES and not force:
-        raise ValueError(f"a family named {cls.name!r} is already registered; pass force=True to replace it")
+        raise ValueError(
+            f"a family named {cls.name!r} is already registered; pass force=True to replace it"
+        )
     _FAMILIES[cls.name] = cls
 
 
