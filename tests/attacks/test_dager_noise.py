@@ -24,7 +24,8 @@ def gpt2():
 
 
 def noised(public, *, sigma: float, defence: str = "noise", texts=(TEXT,)):
-    settings = ClientSettings(defences=(defence,), sigma=sigma, noise_multiplier=sigma, seed=3)
+    scale = "sigma" if defence == "noise" else "noise_multiplier"
+    settings = ClientSettings(defence=(defence,), **{scale: sigma}, noise_seed=3)
     return simulate_update(public, Batch(texts=texts, labels=(1,) * len(texts)), settings=settings)
 
 

@@ -102,7 +102,7 @@ def test_secure_aggregation_sums():
 def test_chained_defences_record_in_order(tiny_models):
     public = tiny_models("gpt2")
     settings = ClientSettings(
-        defences=("noise", "prune", "quantize"), sigma=1e-3, prune_ratio=0.5, quant="fp16"
+        defence=("noise", "prune", "quantize"), sigma=1e-3, prune_ratio=0.5, quant="fp16"
     )
     update = simulate_update(public, BATCH, settings=settings)
     steps = update.metadata.defence["steps"]
@@ -127,7 +127,7 @@ def test_defence_metadata_round_trips(tiny_models, tmp_path, defence):
             public,
             BATCH,
             settings=ClientSettings(
-                algo="fedavg", mini_batch=1, defences=("dp-sgd", "quantize"), noise_multiplier=0.8
+                algo="fedavg", mini_batch=1, defence=("dp-sgd", "quantize"), noise_multiplier=0.8
             ),
         )
     elif defence == "secagg":
@@ -151,7 +151,7 @@ def test_registry():
         register_defence("noise", GaussianNoise)
     register_defence("noise2", GaussianNoise)
     try:
-        assert "noise2" in defence_names() and ClientSettings(defences=("noise2",)).defences == (
+        assert "noise2" in defence_names() and ClientSettings(defence=("noise2",)).defence == (
             "noise2",
         )
     finally:

@@ -23,7 +23,7 @@ BATCH = Batch(
 
 
 def _dp(public, batch=BATCH, **options):
-    return simulate_update(public, batch, settings=ClientSettings(defences=("dp-sgd",), **options))
+    return simulate_update(public, batch, settings=ClientSettings(defence=("dp-sgd",), **options))
 
 
 def _norm(tensors):
@@ -51,13 +51,13 @@ def test_clipped_norm_bound(tiny_models):
 def test_noise_scale_seed_and_epsilon(tiny_models):
     public, sigma, clip = tiny_models("gpt2"), 0.5, 1e-2
     clean = _dp(public, noise_multiplier=0.0, clip=clip)
-    noised = _dp(public, noise_multiplier=sigma, clip=clip, seed=7)
+    noised = _dp(public, noise_multiplier=sigma, clip=clip, noise_seed=7)
     diff = torch.cat([(noised.tensors[n] - clean.tensors[n]).reshape(-1) for n in clean.tensors])
     expected = sigma * clip / len(BATCH)
     assert diff.std().item() == pytest.approx(expected, rel=0.02)
     assert abs(diff.mean().item()) < 0.01 * expected
-    again = _dp(public, noise_multiplier=sigma, clip=clip, seed=7)
-    other = _dp(public, noise_multiplier=sigma, clip=clip, seed=8)
+    again = _dp(public, noise_multiplier=sigma, clip=clip, noise_seed=7)
+    other = _dp(public, noise_multiplier=sigma, clip=clip, noise_seed=8)
     name = "transformer.h.0.attn.c_attn.weight"
     assert all(torch.equal(noised.tensors[n], again.tensors[n]) for n in noised.tensors)
     assert not torch.equal(noised.tensors[name], other.tensors[name])
@@ -84,7 +84,7 @@ def test_fedavg_dp_steps_and_accounting(tiny_models):
             local_epochs=2,
             mini_batch=2,
             lr=0.1,
-            defences=("dp-sgd",),
+            defence=("dp-sgd",),
             noise_multiplier=1.0,
             dp_delta=1e-6,
             dp_steps=100,

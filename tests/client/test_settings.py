@@ -27,8 +27,8 @@ def test_defaults_are_fedsgd(tiny_models):
         ({"algo": "fedprox"}, "algo 'fedprox' is not one of fedsgd, fedavg"),
         ({"local_epochs": 3}, "apply to algo fedavg only"),
         ({"algo": "fedavg", "lr": 0}, "lr must be positive"),
-        ({"defences": ("noise", "dp-sgd")}, "must come first"),
-        ({"defences": ("blur",)}, "defences blur unknown"),
+        ({"defence": ("noise", "dp-sgd")}, "must come first"),
+        ({"defence": ("blur",)}, "defence blur unknown"),
         ({"disclose": ("labels",)}, "disclose labels unknown"),
         ({"prune_ratio": 1.0}, "prune_ratio must lie in [0, 1)"),
         ({"lora_targets": ("q",)}, "need lora_rank or lora_adapter"),
@@ -49,6 +49,6 @@ def test_bad_settings_are_one_line_errors(options, message):
 def test_all_problems_reported_together_and_strings_split():
     with pytest.raises(ClientSettingsError, match="lr must be positive.*sigma must be positive"):
         ClientSettings(algo="fedavg", lr=-1.0, sigma=0.0)
-    settings = ClientSettings(defences="noise,prune", disclose="learning_rate")
-    assert settings.defences == ("noise", "prune") and settings.disclose == ("learning_rate",)
-    assert settings.to_dict()["defences"] == ["noise", "prune"]
+    settings = ClientSettings(defence="noise,prune", disclose="learning_rate")
+    assert settings.defence == ("noise", "prune") and settings.disclose == ("learning_rate",)
+    assert settings.to_dict()["defence"] == ["noise", "prune"]

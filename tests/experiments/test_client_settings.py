@@ -21,7 +21,7 @@ from gradleak.experiments import (
     read_summary,
     run_experiment,
 )
-from gradleak.experiments.client_config import client_keys, default_client
+from gradleak.experiments.config import client_keys
 from gradleak.experiments.records import dp_entries
 from gradleak.experiments.runner import split_batch
 
@@ -48,23 +48,18 @@ def test_client_keys_come_from_a_mapping_dotted_keys_and_the_command_line(tmp_pa
     )
     config = build_config(load_config_file(path), {"client": {"mini_batch": 2, "lr": 5e-4}})
     client = config.client
-    assert (client["algo"], client["local_epochs"], client["mini_batch"]) == ("fedavg", 2, 2)
-    assert (
-        client["defence"] == ["noise", "prune"] and client["sigma"] == 1e-5
-    )  # YAML's "1e-5" string
-    assert client["lr"] == 5e-4  # the command line wins over the file's dotted key
-    assert (
-        list(client) == list(client_keys()) and client["clients"] == 1
-    )  # every key, defaults filled
-    settings = config.client_settings()
-    assert isinstance(settings, ClientSettings) and settings.defences == ("noise", "prune")
-    assert (settings.expose, settings.max_length, settings.mini_batch) == ("all", None, 2)
-    assert settings.seed == client["noise_seed"] == 0
+    assert isinstance(client, ClientSettings) and config.client_settings() is client
+    assert (client.algo, client.local_epochs, client.mini_batch) == ("fedavg", 2, 2)
+    assert client.defence == ("noise", "prune") and client.sigma == 1e-5  # YAML's "1e-5" string
+    assert client.lr == 5e-4  # the command line wins over the file's dotted key
+    written = config.to_dict()["client"]
+    assert list(written) == list(client_keys()) and written["clients"] == 1  # defaults filled
+    assert (client.expose, client.max_length, client.noise_seed) == ("all", None, 0)
 
 
 def test_a_default_client_keeps_the_fingerprint_of_runs_made_before_it_existed():
     config = build_config({"model": "m"})
-    assert config.client == default_client()
+    assert config.client == ClientSettings()
     data = {k: v for k, v in config.to_dict().items() if k != "client"}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     assert config.fingerprint() == hashlib.sha256(text.encode()).hexdigest()[:12] == "e70c86836534"
@@ -110,9 +105,7 @@ def test_yaml_round_trip_with_a_client(tmp_path):
     path.write_text(config.to_yaml())
     again = build_config(load_config_file(path))
     assert again == config and again.fingerprint() == config.fingerprint()
-    assert (
-        again.client["disclose"] == [] and again.client["dp_delta"] == 1e-6 and again.clients == 3
-    )
+    assert again.client.disclose == () and again.client.dp_delta == 1e-6 and again.clients == 3
 
 
 def test_bad_client_settings_are_all_named_before_anything_runs():
@@ -123,9 +116,9 @@ def test_bad_client_settings_are_all_named_before_anything_runs():
     with pytest.raises(ConfigError, match="unknown key.*attack\\.x"):
         build_config({"model": "m", "attack.x": 1})
     with pytest.raises(ConfigError) as err:
-        build_config({"model": "m", "client": {"local_epochs": 2, "bogus": 1, "expose": "all"}})
+        build_config({"model": "m", "client": {"local_epochs": 2, "bogus": 1}})
     text = str(err.value)
-    assert "unknown client key(s) bogus" in text and "expose are top-level keys" in text
+    assert "unknown key(s) bogus; the valid keys are algo, local_epochs," in text
     with pytest.raises(ConfigError, match="set algo=fedavg"):
         build_config({"model": "m", "client": {"local_epochs": 2}})
     with pytest.raises(ConfigError) as err:
@@ -135,7 +128,7 @@ def test_bad_client_settings_are_all_named_before_anything_runs():
     assert "batch_size must be at least 1" in str(err.value)  # reported first, client checks wait
     with pytest.raises(ConfigError) as err:
         build_config({"model": "m", "client": {"defence": "noise,shred", "sigma": -1}})
-    assert "sigma must be positive" in str(err.value) and "defences shred unknown" in str(err.value)
+    assert "sigma must be positive" in str(err.value) and "defence shred unknown" in str(err.value)
     with pytest.raises(ConfigError, match="client.clients 3 exceeds batch_size 2"):
         build_config({"model": "m", "batch_size": 2, "client": {"clients": 3}})
     with pytest.raises(ConfigError, match="client must be a mapping"):
@@ -171,7 +164,8 @@ def test_defended_updates_are_recorded_and_a_resumed_run_redraws_the_same_noise(
 
     records = read_records(tmp_path / "full")
     assert [r["update"]["noise_seeds"] for r in records] == [[7], [8], [9]]  # one draw per batch
-    assert records[0]["client"] == config.client and records[0]["client"]["defence"] == ["noise"]
+    assert records[0]["client"] == config.client.to_dict()
+    assert records[0]["client"]["defence"] == ["noise"] and records[0]["client"]["noise_seed"] == 7
     assert records[0]["update"]["defence"] == {"name": "noise", "sigma": 1e-3}
     assert records[0]["update"]["kind"] == "gradient" and records[0]["update"]["dp_epsilon"] is None
     summary = read_summary(tmp_path / "full")
@@ -283,13 +277,11 @@ def test_a_grid_sweeps_one_client_setting(tmp_path):
     }
     runs = expand_grid(grid, root=tmp_path)
     assert [r.name for r in runs] == ["client.sigma-1e-5", "client.sigma-5e-05"]
-    assert [r.config.client["sigma"] for r in runs] == [1e-5, 5e-5]
-    assert all(
-        r.config.client["defence"] == ["noise", "quantize"] for r in runs
-    )  # a mapping is no axis
+    assert [r.config.client.sigma for r in runs] == [1e-5, 5e-5]
+    assert all(r.config.client.defence == ("noise", "quantize") for r in runs)  # not an axis
     chains = expand_grid(
         {"model": "m", "client.defence": ["none", "noise,prune", ["dp-sgd"]]}, root=tmp_path
     )
-    assert [r.config.client["defence"] for r in chains] == [[], ["noise", "prune"], ["dp-sgd"]]
+    assert [r.config.client.defence for r in chains] == [(), ("noise", "prune"), ("dp-sgd",)]
     with pytest.raises(ConfigError, match="client.sigma-0.*sigma must be positive"):
         expand_grid({"model": "m", "client.sigma": [1e-5, 0]}, root=tmp_path)

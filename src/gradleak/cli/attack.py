@@ -15,17 +15,13 @@ HELP = (
     "interrupted run. Options given here override --config; the client training and defence "
     "options are the keys of its client: mapping."
 )
-CLIENTS_HELP = (
-    "Secure aggregation: split each batch among this many clients; the attack sees the sum of "
-    "their updates."
-)
 
 
 def register(app: typer.Typer) -> None:
     app.command(name="attack", help=HELP)(attack_command)
 
 
-@with_client_options(help_overrides={"clients": CLIENTS_HELP})
+@with_client_options
 def attack_command(
     model: str = typer.Option(
         None, help="Model specification (bundled alias, random:ARCH, path, hub id)."
@@ -63,13 +59,6 @@ def attack_command(
     sampler: str = typer.Option(
         None, help="dager, lamp, random or auto (dager for the papers' datasets). (default: auto)"
     ),
-    expose: str = typer.Option(
-        None, help="Shared parameters: 'all' or e.g. 'blocks=0,1 roles=q,k,v'. (default: all)"
-    ),
-    train_mode: bool = typer.Option(
-        None, "--train-mode/--eval-mode", help="Client computes with dropout on. (default: eval)"
-    ),
-    max_length: int = typer.Option(None, help="Client truncates texts to this many tokens."),
     dtype: str = typer.Option(
         None, help="Model dtype: float32, float64, bfloat16, float16. (default: float32)"
     ),
@@ -114,9 +103,6 @@ def attack_command(
         seed=seed,
         task=task,
         attack=attack,
-        expose=expose,
-        train_mode=train_mode,
-        max_length=max_length,
         dtype=dtype,
         device=device,
         matching=matching,

@@ -11,10 +11,6 @@ import typer
 
 from gradleak.cli.client_options import with_client_options
 
-CLIENTS_HELP = (
-    "Secure aggregation: save the sum of this many clients' updates, each on its own batch."
-)
-
 
 def register(app: typer.Typer) -> None:
     app.command(
@@ -23,7 +19,7 @@ def register(app: typer.Typer) -> None:
     )(simulate)
 
 
-@with_client_options(help_overrides={"clients": CLIENTS_HELP})
+@with_client_options
 def simulate(
     out: Path = typer.Argument(..., help="Where to write the update (.safetensors)."),
     model: str = typer.Option(
@@ -37,26 +33,20 @@ def simulate(
     batch_size: int = typer.Option(4, min=1, help="Sequences in the client's batch."),
     seed: int = typer.Option(0, help="Seed of the sampler and of the model's head."),
     task: str = typer.Option("seq_class", help="seq_class or next_token."),
-    expose: str = typer.Option(
-        "all", help="Trained and shared parameters: 'all' or e.g. 'blocks=0,1 roles=q,k,v'."
-    ),
     truth: Path = typer.Option(
         None, help="Also write the batch's texts here (JSON) for later scoring."
     ),
     client: dict[str, Any] | None = None,
 ) -> None:
     from gradleak.cli.app import console
-    from gradleak.client import prepare_model, simulate_update
+    from gradleak.client import ClientSettings, prepare_model, simulate_update
     from gradleak.client.defences import secure_aggregate
     from gradleak.data import load_texts, sample_batches
-    from gradleak.experiments.client_config import client_settings
     from gradleak.models import load_model
     from gradleak.update import save_update
 
-    client = dict(client or {})
-    clients = client.pop("clients", 1)
-    settings = client_settings(client, expose=expose)
-    noise_seed = settings.seed
+    settings = ClientSettings.from_dict(client)
+    clients, noise_seed = settings.clients, settings.noise_seed
     source = load_texts(dataset, split=split, text_field=text_field or None)
     batches = sample_batches(
         source, protocol="random", batch_size=batch_size, n_batches=clients, seed=seed
@@ -64,7 +54,7 @@ def simulate(
     public = prepare_model(load_model(model, task=task, seed=seed), settings)
     # Each client draws its own noise: seeds noise_seed, noise_seed + 1, ...
     updates = [
-        simulate_update(public, batch, settings=replace(settings, seed=noise_seed + i))
+        simulate_update(public, batch, settings=replace(settings, noise_seed=noise_seed + i))
         for i, batch in enumerate(batches)
     ]
     update = secure_aggregate(updates) if clients > 1 else updates[0]

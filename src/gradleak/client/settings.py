@@ -1,25 +1,39 @@
 """ClientSettings: everything that decides what a simulated client computes and shares.
 
 One frozen dataclass covers the training algorithm (FedSGD or FedAvg), what is trained and shared
-(exposure, frozen embeddings, LoRA), and the defences. The command line and the experiment runner
-build it; :func:`gradleak.client.simulate_update` reads it.
+(exposure, frozen embeddings, LoRA), the defences and secure aggregation. It is the one form of the
+client's settings: each field's metadata (:func:`setting_help` and friends) gives its help text,
+how the help shows its default, its command-line flag where that is not ``--FIELD-NAME``, its
+choices and its help panel, and the command-line options of ``gradleak attack`` and ``gradleak
+simulate`` are generated from it. A run config's ``client:`` mapping holds the fields by name
+(:meth:`ClientSettings.from_dict`); records and ``summary.json`` hold
+:meth:`ClientSettings.to_dict`.
+
+Adding a setting is adding a field here, with :func:`_setting`; validation of anything beyond its
+type and choices goes in :mod:`gradleak.client.settings_checks`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
 from gradleak.errors import GradleakError
 
 __all__ = [
     "ALGOS",
+    "CLIENT_PANEL",
     "DEFAULT_DISCLOSE",
+    "DEFENCES_PANEL",
     "DISCLOSABLE",
     "PRUNE_SCOPES",
     "QUANT_SCHEMES",
     "ClientSettings",
     "ClientSettingsError",
+    "run_level_keys",
+    "setting_default",
+    "setting_fields",
 ]
 
 ALGOS: tuple[str, ...] = ("fedsgd", "fedavg")
@@ -35,112 +49,182 @@ DISCLOSABLE: tuple[str, ...] = (
 DEFAULT_DISCLOSE: tuple[str, ...] = ("learning_rate", "local_epochs", "local_steps", "mini_batch")
 QUANT_SCHEMES: tuple[str, ...] = ("int8", "fp16")
 PRUNE_SCOPES: tuple[str, ...] = ("tensor", "global")
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "gdp")
+#: The help panels of the generated command-line options.
+CLIENT_PANEL = "Client training"
+DEFENCES_PANEL = "Defences"
 
 
 class ClientSettingsError(GradleakError, ValueError):
     """Client settings with invalid values or combinations (all listed in one message)."""
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    shown: str | None = None,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    panel: str = CLIENT_PANEL,
+    repeatable: bool = False,
+    run_level: bool = False,
+) -> Any:
+    """Returns a dataclass field with the metadata the command line and run configs read.
+
+    Args:
+        default: The default value.
+        help: What the setting does, as the option's help shows it.
+        shown: How the help shows the default, when ``str(default)`` would not do.
+        flag: The option's declaration when it is not ``--FIELD-NAME`` (``--a/--no-a``).
+        choices: The values allowed (checked by the settings, listed by the help).
+        panel: The help panel.
+        repeatable: The option may be given several times (a list of names).
+        run_level: A run config keeps the key beside ``model:`` rather than under ``client:``
+            (scoring reads it too).
+    """
+    metadata = {
+        "help": help,
+        "shown": shown if shown is not None else str(default),
+        "flag": flag,
+        "choices": choices,
+        "panel": panel,
+        "repeatable": repeatable,
+        "run_level": run_level,
+    }
+    return field(default=default, metadata=metadata)
+
+
+_D = DEFENCES_PANEL
 
 
 @dataclass(frozen=True)
 class ClientSettings:
     """How one simulated client trains on its batch and what it shares.
 
-    Attributes:
-        algo: ``fedsgd`` (one gradient on the whole batch) or ``fedavg`` (local SGD, weight delta).
-        local_epochs: FedAvg epochs over the batch (DAGER Table 4: 2 to 20, default 10).
-        mini_batch: FedAvg mini-batch size; None uses the whole batch per step (DAGER: 4).
-        lr: FedAvg learning rate (DAGER: 1e-4; 1e-5 to 5e-4 studied).
-        disclose: Training facts written into the public metadata (see :data:`DISCLOSABLE`);
-            the others are None there, so an attack must do without them.
-        expose: Trained and shared parameters: ``all`` or e.g. ``blocks=0,1 roles=q,k,v``. With
-            LoRA only ``blocks=`` may be given: it picks the blocks that get adapters.
-        freeze_embeddings: Keep token and position embeddings frozen (not trained, not shared).
-        train_mode: Compute with dropout on, as a client in ``model.train()``.
-        max_length: Truncate texts to this many tokens; None keeps them whole.
-        lora_rank: Train LoRA adapters of this rank instead of the weights (PEFT); None: no LoRA.
-        lora_alpha: LoRA scaling numerator; None uses the rank (scaling 1).
-        lora_targets: Roles that get adapters; None uses the family's default (q and v).
-        lora_warmup_steps: Before the round, train the adapter this many SGD steps on seeded
-            random tokens, so lora_B is non-zero and lora_A's gradient carries signal.
-        lora_warmup_lr: Learning rate of those warm-up steps.
-        lora_adapter: A saved PEFT adapter folder to start from (its own rank and targets).
-        lora_seed: Seeds PEFT's adapter initialisation and the warm-up tokens. Public: the server
-            sent the adapter. Kept apart from ``seed``, which must stay secret.
-        defences: Defences in the order applied: ``dp-sgd`` (during training) then any of
-            ``noise``, ``prune``, ``quantize`` on the update (see ``gradleak list defences``).
-        noise_multiplier: DP-SGD noise multiplier sigma (noise std sigma*C on the clipped sum).
-        clip: DP-SGD per-example clipping bound C (max_grad_norm).
-        dp_delta: delta at which epsilon is reported.
-        dp_sample_rate: Sampling rate stated to the accountant; None uses mini-batch / batch.
-        dp_steps: Steps stated to the accountant; None uses the DP steps of this update.
-        dp_accountant: Opacus accountant: ``rdp``, ``prv`` or ``gdp``.
-        sigma: Std of the plain Gaussian noise added to the shared tensors (DAGER App. C.4).
-        prune_ratio: Fraction of entries set to zero by magnitude pruning.
-        prune_scope: Rank magnitudes per ``tensor`` or across all shared tensors (``global``).
-        quant: Quantisation of the shared values: ``int8`` (per-tensor symmetric) or ``fp16``.
-        seed: Seeds the defences' noise; secret (never written into the metadata), since a server
-            that knew it could regenerate and subtract the noise.
+    Each field's help is its metadata (``fields(ClientSettings)[i].metadata["help"]``); notes the
+    help has no room for:
+
+    - ``disclose``: the facts left out are None in the update's metadata, so an attack must do
+      without them (DAGER's FedAvg setting hides the batch size).
+    - ``expose``: with LoRA only ``blocks=`` may be given: it picks the blocks with adapters.
+    - ``lora_seed`` is public (the server sent the adapter) and kept apart from ``noise_seed``,
+      which must stay secret: a server that knew it could regenerate and subtract the noise.
+    - ``clients``: :func:`gradleak.client.simulate_update` makes one client's update; the runner
+      and ``gradleak simulate`` sum ``clients`` of them (secure aggregation).
+    - String values of name lists are split at commas (``"noise,prune"``); ``none`` is empty.
     """
 
-    algo: str = field(default="fedsgd", metadata=_help("fedsgd or fedavg."))
-    local_epochs: int = field(default=1, metadata=_help("FedAvg local epochs (E)."))
-    mini_batch: int | None = field(
-        default=None, metadata=_help("FedAvg mini-batch size (b); none: whole batch.")
+    algo: str = _setting(
+        "fedsgd", "fedsgd (one gradient) or fedavg (local SGD, weight delta).", choices=ALGOS
     )
-    lr: float = field(default=1e-4, metadata=_help("FedAvg learning rate."))
-    disclose: tuple[str, ...] = field(
-        default=DEFAULT_DISCLOSE, metadata=_help("Facts the server is told.")
+    local_epochs: int = _setting(1, "FedAvg local epochs E.")
+    mini_batch: int | None = _setting(None, "FedAvg mini-batch size b.", shown="the whole batch")
+    lr: float = _setting(1e-4, "FedAvg learning rate.")
+    disclose: tuple[str, ...] = _setting(
+        DEFAULT_DISCLOSE,
+        "Facts the server is told, comma-separated ('none' for nothing): "
+        + ", ".join(DISCLOSABLE)
+        + ".",
+        shown="all but batch_size",
+        choices=DISCLOSABLE,
     )
-    expose: str = field(default="all", metadata=_help("Trained and shared parameters."))
-    freeze_embeddings: bool = field(
-        default=False, metadata=_help("Freeze token and position embeddings.")
+    expose: str = _setting(
+        "all", "Shared parameters: 'all' or e.g. 'blocks=0,1 roles=q,k,v'.", run_level=True
     )
-    train_mode: bool = field(default=False, metadata=_help("Dropout on."))
-    max_length: int | None = field(default=None, metadata=_help("Truncation in tokens."))
-    lora_rank: int | None = field(
-        default=None, metadata=_help("LoRA rank; none: full fine-tuning.")
+    freeze_embeddings: bool = _setting(
+        False,
+        "Keep the embeddings frozen (not trained, not shared).",
+        flag="--freeze-embeddings/--no-freeze-embeddings",
     )
-    lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha; none: the rank."))
-    lora_targets: tuple[str, ...] | None = field(
-        default=None, metadata=_help("Roles with adapters.")
+    train_mode: bool = _setting(
+        False,
+        "Client computes with dropout on.",
+        shown="eval",
+        flag="--train-mode/--eval-mode",
+        run_level=True,
     )
-    lora_warmup_steps: int = field(
-        default=0, metadata=_help("Adapter warm-up steps on random tokens.")
+    max_length: int | None = _setting(
+        None, "Client truncates texts to this many tokens.", shown="whole texts", run_level=True
     )
-    lora_warmup_lr: float = field(default=1e-2, metadata=_help("Adapter warm-up learning rate."))
-    lora_adapter: str | None = field(
-        default=None, metadata=_help("PEFT adapter folder to start from.")
+    lora_rank: int | None = _setting(
+        None, "Train LoRA adapters of this rank (PEFT); only they are shared.", shown="no LoRA"
     )
-    lora_seed: int = field(default=0, metadata=_help("Seed of the adapter init (public)."))
-    defences: tuple[str, ...] = field(default=(), metadata=_help("Defences, in order."))
-    noise_multiplier: float = field(default=1.0, metadata=_help("DP-SGD noise multiplier."))
-    clip: float = field(default=1.0, metadata=_help("DP-SGD clipping bound C."))
-    dp_delta: float = field(default=1e-5, metadata=_help("DP delta."))
-    dp_sample_rate: float | None = field(
-        default=None, metadata=_help("Sampling rate for the accountant.")
+    lora_alpha: float | None = _setting(None, "LoRA alpha.", shown="the rank")
+    lora_targets: tuple[str, ...] | None = _setting(
+        None, "Roles with adapters, e.g. q,v.", shown="the family's"
     )
-    dp_steps: int | None = field(default=None, metadata=_help("Steps for the accountant."))
-    dp_accountant: str = field(default="rdp", metadata=_help("rdp, prv or gdp."))
-    sigma: float = field(default=1e-4, metadata=_help("Plain Gaussian noise std."))
-    prune_ratio: float = field(default=0.9, metadata=_help("Fraction pruned."))
-    prune_scope: str = field(default="tensor", metadata=_help("tensor or global."))
-    quant: str = field(default="int8", metadata=_help("int8 or fp16."))
-    seed: int = field(default=0, metadata=_help("Seed of the defences' noise (secret)."))
+    lora_warmup_steps: int = _setting(
+        0, "Warm the adapter up this many steps on seeded random tokens."
+    )
+    lora_warmup_lr: float = _setting(1e-2, "Learning rate of the adapter warm-up.")
+    lora_adapter: str | None = _setting(
+        None, "A saved PEFT adapter folder to start from.", shown="none"
+    )
+    lora_seed: int = _setting(
+        0, "Seed of the adapter's initialisation (public: the server sent it)."
+    )
+    clients: int = _setting(
+        1, "Secure aggregation: the server sees only the sum of this many clients' updates."
+    )
+    defence: tuple[str, ...] = _setting(
+        (),
+        "dp-sgd, noise, prune or quantize; repeat or comma-separate to chain.",
+        shown="none",
+        panel=_D,
+        repeatable=True,
+    )
+    noise_multiplier: float = _setting(1.0, "DP-SGD noise multiplier sigma.", panel=_D)
+    clip: float = _setting(1.0, "DP-SGD per-example clipping bound C.", panel=_D)
+    dp_delta: float = _setting(1e-5, "DP delta for the reported epsilon.", panel=_D)
+    dp_sample_rate: float | None = _setting(
+        None, "Sampling rate stated to the accountant.", shown="mini-batch / batch", panel=_D
+    )
+    dp_steps: int | None = _setting(
+        None, "Steps stated to the accountant.", shown="the update's steps", panel=_D
+    )
+    dp_accountant: str = _setting(
+        "rdp", "Opacus accountant: rdp, prv or gdp.", choices=ACCOUNTANTS, panel=_D
+    )
+    sigma: float = _setting(1e-4, "Std of plain Gaussian noise (defence 'noise').", panel=_D)
+    prune_ratio: float = _setting(0.9, "Fraction of entries pruned (defence 'prune').", panel=_D)
+    prune_scope: str = _setting(
+        "tensor",
+        "Rank magnitudes per tensor or global (defence 'prune').",
+        choices=PRUNE_SCOPES,
+        panel=_D,
+    )
+    quant: str = _setting(
+        "int8", "int8 or fp16 (defence 'quantize').", choices=QUANT_SCHEMES, panel=_D
+    )
+    noise_seed: int = _setting(0, "Seed of the defences' noise (kept out of the update).", panel=_D)
 
     def __post_init__(self) -> None:
-        for name in ("disclose", "defences", "lora_targets"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(v for v in value.replace(" ", ",").split(",") if v)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
-        problems = _problems(self)
-        if problems:
-            raise ClientSettingsError("Invalid client settings: " + "; ".join(problems) + ".")
+        from gradleak.client.settings_checks import canonical_value, problems
+
+        for f in fields(self):
+            object.__setattr__(self, f.name, canonical_value(f, getattr(self, f.name)))
+        found = problems(self)
+        if found:
+            raise ClientSettingsError("Invalid client settings: " + "; ".join(found) + ".")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ClientSettings:
+        """Returns the settings of a mapping keyed by field name (``local-epochs`` works too).
+
+        Raises:
+            ClientSettingsError: a key is not a field (the message lists the valid keys), or a
+                value or combination is invalid.
+        """
+        given = {str(k).strip().replace("-", "_"): v for k, v in (values or {}).items()}
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ClientSettingsError(
+                f"Invalid client settings: unknown key(s) {', '.join(unknown)}; the valid keys "
+                f"are {', '.join(names)}."
+            )
+        return cls(**given)
 
     @property
     def uses_lora(self) -> bool:
@@ -148,131 +232,20 @@ class ClientSettings:
         return self.lora_rank is not None or self.lora_adapter is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns the settings as plain JSON values (tuples become lists)."""
+        """Returns every field as plain JSON values (tuples become lists), in field order."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _problems(s: ClientSettings) -> list[str]:
-    """Returns every problem of ``s`` (empty when valid), each naming the field and value."""
-    problems = _type_problems(s)
-    if problems:  # the checks below need well-typed values
-        return problems
-    problems += _range_problems(s)
-    problems += _combination_problems(s)
-    return problems
+def setting_fields() -> tuple[Field, ...]:
+    """Returns ClientSettings' fields, in declaration order (the options' order in the help)."""
+    return fields(ClientSettings)
 
 
-def _type_problems(s: ClientSettings) -> list[str]:
-    problems = []
-    ints = ("local_epochs", "lora_warmup_steps", "lora_seed", "seed")
-    optional_ints = ("mini_batch", "max_length", "lora_rank", "dp_steps")
-    floats = (
-        "lr",
-        "lora_warmup_lr",
-        "noise_multiplier",
-        "clip",
-        "dp_delta",
-        "sigma",
-        "prune_ratio",
-    )
-    for name in ints + optional_ints:
-        value = getattr(s, name)
-        if value is None and name in optional_ints:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{name} must be an integer, got {value!r}")
-    for name in floats + ("lora_alpha", "dp_sample_rate"):
-        value = getattr(s, name)
-        if value is None and name in ("lora_alpha", "dp_sample_rate"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{name} must be a number, got {value!r}")
-    for name in ("freeze_embeddings", "train_mode"):
-        if not isinstance(getattr(s, name), bool):
-            problems.append(f"{name} must be true or false, got {getattr(s, name)!r}")
-    for name in ("algo", "expose", "prune_scope", "quant", "dp_accountant"):
-        if not isinstance(getattr(s, name), str):
-            problems.append(f"{name} must be a string, got {getattr(s, name)!r}")
-    return problems
+def setting_default(f: Field) -> Any:
+    """Returns the default of a ClientSettings field."""
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
 
 
-def _range_problems(s: ClientSettings) -> list[str]:
-    from gradleak.client.defences.registry import defence_names
-
-    problems = []
-    choices = {
-        "algo": ALGOS,
-        "quant": QUANT_SCHEMES,
-        "prune_scope": PRUNE_SCOPES,
-        "dp_accountant": ("rdp", "prv", "gdp"),
-    }
-    for name, allowed in choices.items():
-        if getattr(s, name) not in allowed:
-            problems.append(f"{name} {getattr(s, name)!r} is not one of {', '.join(allowed)}")
-    for name in ("local_epochs", "mini_batch", "max_length", "lora_rank", "dp_steps"):
-        value = getattr(s, name)
-        if value is not None and value < 1:
-            problems.append(f"{name} must be at least 1, got {value}")
-    if s.lora_warmup_steps < 0:
-        problems.append(f"lora_warmup_steps must be 0 or more, got {s.lora_warmup_steps}")
-    for name in ("lr", "lora_warmup_lr", "clip", "sigma"):
-        if not getattr(s, name) > 0:
-            problems.append(f"{name} must be positive, got {getattr(s, name)}")
-    if s.lora_alpha is not None and not s.lora_alpha > 0:
-        problems.append(f"lora_alpha must be positive, got {s.lora_alpha}")
-    if not s.noise_multiplier >= 0:
-        problems.append(f"noise_multiplier must be 0 or more, got {s.noise_multiplier}")
-    if not 0 < s.dp_delta < 1:
-        problems.append(f"dp_delta must lie in (0, 1), got {s.dp_delta}")
-    if s.dp_sample_rate is not None and not 0 < s.dp_sample_rate <= 1:
-        problems.append(f"dp_sample_rate must lie in (0, 1], got {s.dp_sample_rate}")
-    if not 0 <= s.prune_ratio < 1:
-        problems.append(f"prune_ratio must lie in [0, 1), got {s.prune_ratio}")
-    unknown = [d for d in s.disclose if d not in DISCLOSABLE]
-    if unknown:
-        problems.append(
-            f"disclose {', '.join(unknown)} unknown; choose from {', '.join(DISCLOSABLE)}"
-        )
-    unknown = [d for d in s.defences if d not in defence_names()]
-    if unknown:
-        problems.append(
-            f"defences {', '.join(unknown)} unknown; choose from {', '.join(defence_names())}"
-        )
-    if len(set(s.defences)) != len(s.defences):
-        problems.append(f"defences {', '.join(s.defences)} name one defence twice")
-    return problems
-
-
-def _combination_problems(s: ClientSettings) -> list[str]:
-    from gradleak.client.exposure import Exposure
-    from gradleak.models.families import LINEAR_ROLES
-
-    problems = []
-    if s.algo == "fedsgd" and (s.local_epochs != 1 or s.mini_batch is not None):
-        problems.append("local_epochs and mini_batch apply to algo fedavg only; set algo=fedavg")
-    if "dp-sgd" in s.defences and s.defences[0] != "dp-sgd":
-        problems.append("dp-sgd acts during training, so it must come first in defences")
-    try:
-        exposure = Exposure.parse(s.expose)
-    except GradleakError as err:
-        return problems + [f"expose {s.expose!r}: {err}".rstrip(".")]
-    lora_only = [n for n in ("lora_alpha", "lora_targets") if getattr(s, n) is not None]
-    lora_only += ["lora_seed"] if s.lora_seed else []
-    lora_only += ["lora_warmup_steps"] if s.lora_warmup_steps else []
-    if not s.uses_lora and lora_only:
-        problems.append(f"{', '.join(lora_only)} need lora_rank or lora_adapter")
-    if s.uses_lora:
-        if s.lora_adapter is not None and (s.lora_rank is not None or lora_only):
-            problems.append(
-                "lora_adapter brings its own rank, targets and weights; drop the other lora_ options"
-            )
-        if exposure.roles is not None:
-            problems.append("with LoRA choose roles with lora_targets, not expose roles=")
-        if s.freeze_embeddings:
-            problems.append("freeze_embeddings has no effect with LoRA (only adapters train)")
-        bad = sorted(set(s.lora_targets or ()) - set(LINEAR_ROLES))
-        if bad:
-            problems.append(
-                f"lora_targets {', '.join(bad)} are not linear roles ({', '.join(LINEAR_ROLES)})"
-            )
-    return problems
+def run_level_keys() -> tuple[str, ...]:
+    """Returns the fields a run config keeps beside ``model:`` instead of under ``client:``."""
+    return tuple(f.name for f in setting_fields() if f.metadata["run_level"])

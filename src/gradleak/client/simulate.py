@@ -58,7 +58,7 @@ def simulate_update(
     settings = settings or ClientSettings()
     start = prepare_model(public, settings)
     names, exposure, extra = _shared_parameters(start, settings)
-    defences = [defence_class(name).from_settings(settings) for name in settings.defences]
+    defences = [defence_class(name).from_settings(settings) for name in settings.defence]
     training = next((d for d in defences if isinstance(d, TrainingDefence)), None)
     fedavg = settings.algo == "fedavg"
     with _gradient_fn(start, names, settings, training) as gradient_fn:

@@ -6,10 +6,11 @@ same keys as the command-line options (``batch_size`` or ``batch-size``), and th
 the command line. The resolved config is what a run directory's ``config.yaml`` holds; a run
 refuses to resume in a directory whose config differs.
 
-The client's training and defences form one mapping, ``client`` (see
-:mod:`gradleak.experiments.client_config`). Any key of a mapping field can also be given as a
-dotted top-level key, ``client.sigma: 1e-5`` or ``attack_options.max_frontier: 512``, which is how
-a sweep makes an axis of one client setting.
+The client's training and defences are one :class:`~gradleak.client.ClientSettings`, written as
+the mapping ``client`` keyed by its field names; its run-level fields (``expose``, ``train_mode``,
+``max_length``, which scoring reads too) are written beside ``model:``. Any key of a mapping field
+can also be given as a dotted top-level key, ``client.sigma: 1e-5`` or
+``attack_options.max_frontier: 512``, which is how a sweep makes an axis of one client setting.
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from gradleak.errors import GradleakError
-from gradleak.experiments.client_config import (
-    CLIENT_KEY,
-    client_keys,
-    client_settings,
-    default_client,
-    normalise_client,
+from gradleak.client.settings import (
+    ClientSettings,
+    ClientSettingsError,
+    run_level_keys,
+    setting_fields,
 )
-
-if TYPE_CHECKING:
-    from gradleak.client import ClientSettings
+from gradleak.errors import GradleakError
 
 __all__ = [
     "AUTO_SAMPLER",
@@ -54,6 +51,8 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 #: Keys a config file may hold beside the RunConfig fields; they say where, not what, to run.
 PLACEMENT_KEYS = ("out",)
+#: The run-config field holding the client settings.
+CLIENT_KEY = "client"
 #: Fields holding a mapping; their keys may also be given as ``FIELD.KEY`` top-level keys.
 MAPPING_FIELDS = ("attack_options", CLIENT_KEY)
 
@@ -83,12 +82,10 @@ class RunConfig:
         task: Client task, ``seq_class`` or ``next_token``.
         attack: Attack name (``gradleak list attacks``).
         attack_options: Options of the attack's config, e.g. ``{"max_frontier": 512}``.
-        expose: Parameters the client shares: ``all`` or e.g. ``blocks=0,1 roles=q,k,v``.
-        train_mode: The client computes with dropout on.
-        max_length: The client truncates texts to this many tokens; None keeps them whole.
-        client: How the client trains and defends itself: FedAvg, LoRA, frozen parts, DP-SGD,
-            noise, pruning, quantisation, secure aggregation (``clients``). Keys as the
-            command-line options; every key is stored, defaults filled in.
+        client: How the client trains, what it shares and how it defends itself: FedAvg, LoRA,
+            exposure, frozen parts, DP-SGD, noise, pruning, quantisation, secure aggregation
+            (``clients``). A mapping of ClientSettings' fields is parsed into it; ``expose``,
+            ``train_mode`` and ``max_length`` are read and written beside ``model:``.
         dtype: Parameter dtype of the model on both sides.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available; resolved before the run).
         matching: How reconstructions are matched to references: ``hungarian`` or ``dager``.
@@ -115,16 +112,9 @@ class RunConfig:
     attack_options: Mapping[str, Any] = field(
         default_factory=dict, metadata=_help("Attack settings.")
     )
-    expose: str = field(
-        default="all", metadata=_help("Shared parameters: all, or 'blocks=0,1 roles=q,k,v'.")
-    )
-    train_mode: bool = field(default=False, metadata=_help("Client computes with dropout on."))
-    max_length: int | None = field(default=None, metadata=_help("Client truncation, in tokens."))
-    client: Mapping[str, Any] = field(
-        default_factory=dict,
-        metadata=_help(
-            "Client training and defences (keys as the options: algo, defence, sigma, ...)."
-        ),
+    client: ClientSettings = field(
+        default_factory=ClientSettings,
+        metadata=_help("Client training and defences: ClientSettings' fields (algo, sigma, ...)."),
     )
     dtype: str = field(default="float32", metadata=_help("Model dtype: " + ", ".join(DTYPES) + "."))
     device: str = field(default="cpu", metadata=_help("cpu, cuda or auto."))
@@ -135,15 +125,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack_options", dict(self.attack_options or {}))
-        client_problems: list[str] = []
-        if isinstance(self.client, Mapping):
-            client, client_problems = normalise_client(self.client)
-            object.__setattr__(self, "client", client)
-        else:
-            client_problems = [
-                f"client must be a mapping of client keys to values, got {self.client!r}"
-            ]
-            object.__setattr__(self, "client", default_client())
+        client, client_problems = _parse_client(self.client)
+        object.__setattr__(self, "client", client)
         problems = client_problems + _problems(self, check_client=not client_problems)
         if problems:
             raise ConfigError("Invalid run config: " + "; ".join(problems) + ".")
@@ -164,19 +147,40 @@ class RunConfig:
     @property
     def clients(self) -> int:
         """Returns the number of clients whose summed update the server sees (secure aggregation)."""
-        return self.client["clients"]
+        return self.client.clients
+
+    @property
+    def expose(self) -> str:
+        """Returns the parameters the client shares (``client.expose``)."""
+        return self.client.expose
+
+    @property
+    def train_mode(self) -> bool:
+        """Returns whether the client computes with dropout on (``client.train_mode``)."""
+        return self.client.train_mode
+
+    @property
+    def max_length(self) -> int | None:
+        """Returns the client's truncation in tokens (``client.max_length``), for scoring too."""
+        return self.client.max_length
 
     def client_settings(self) -> ClientSettings:
-        """Returns the ClientSettings of one client (``client`` plus expose, train_mode, max_length)."""
-        return client_settings(
-            self.client, expose=self.expose, train_mode=self.train_mode, max_length=self.max_length
-        )
+        """Returns the settings of one client of this run (``client``)."""
+        return self.client
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns the config as plain JSON values, keys in field order."""
-        data = asdict(self)
+        """Returns the config as plain JSON values, keys in field order.
+
+        The client's run-level fields come just before ``client``, which holds the others.
+        """
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == CLIENT_KEY:
+                data.update(_run_level_values(self.client))
+                data[CLIENT_KEY] = _client_block(self.client)
+            else:
+                data[f.name] = getattr(self, f.name)
         data["attack_options"] = dict(sorted(self.attack_options.items()))
-        data[CLIENT_KEY] = {key: self.client[key] for key in client_keys()}
         return data
 
     def fingerprint(self) -> str:
@@ -186,7 +190,7 @@ class RunConfig:
         keep their fingerprint (and their run directories resume).
         """
         data = self.to_dict()
-        if data[CLIENT_KEY] == default_client():
+        if data[CLIENT_KEY] == _client_block(ClientSettings()):
             del data[CLIENT_KEY]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
@@ -215,8 +219,41 @@ class RunConfig:
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        """Returns the config keys, in declaration order."""
-        return tuple(f.name for f in fields(cls))
+        """Returns the config keys, in the order :meth:`to_dict` writes them."""
+        names = [f.name for f in fields(cls)]
+        at = names.index(CLIENT_KEY)
+        return (*names[:at], *run_level_keys(), *names[at:])
+
+
+def _parse_client(value: Any) -> tuple[ClientSettings, list[str]]:
+    """Returns the ClientSettings of a mapping of its fields (or of itself), and its problems."""
+    if isinstance(value, ClientSettings):
+        return value, []
+    if not isinstance(value, Mapping):
+        return ClientSettings(), [
+            f"client must be a mapping of client settings to values, got {value!r}"
+        ]
+    try:
+        return ClientSettings.from_dict(value), []
+    except ClientSettingsError as err:
+        detail = str(err).removeprefix("Invalid client settings: ").rstrip(".")
+        return ClientSettings(), [f"client settings: {detail}"]
+
+
+def _run_level_values(client: ClientSettings) -> dict[str, Any]:
+    values = client.to_dict()
+    return {key: values[key] for key in run_level_keys()}
+
+
+def _client_block(client: ClientSettings) -> dict[str, Any]:
+    """Returns the ``client:`` mapping of a config file: every field but the run-level ones."""
+    run_level = run_level_keys()
+    return {k: v for k, v in client.to_dict().items() if k not in run_level}
+
+
+def client_keys() -> tuple[str, ...]:
+    """Returns the keys of a config file's ``client:`` mapping, in field order."""
+    return tuple(f.name for f in setting_fields() if not f.metadata["run_level"])
 
 
 _INT_FIELDS = ("batch_size", "batches", "seed")
@@ -227,7 +264,6 @@ _STR_FIELDS = (
     "sampler",
     "task",
     "attack",
-    "expose",
     "dtype",
     "device",
     "matching",
@@ -249,17 +285,10 @@ def _problems(config: RunConfig, *, check_client: bool = True) -> list[str]:
             problems.append(f"{name} must be an integer, got {value!r}")
         elif name != "seed" and value < 1:
             problems.append(f"{name} must be at least 1, got {value}")
-    if config.max_length is not None and (
-        isinstance(config.max_length, bool)
-        or not isinstance(config.max_length, int)
-        or config.max_length < 1
-    ):
+    if not isinstance(config.keep_special_tokens, bool):
         problems.append(
-            f"max_length must be a positive integer or empty, got {config.max_length!r}"
+            f"keep_special_tokens must be true or false, got {config.keep_special_tokens!r}"
         )
-    for name in ("train_mode", "keep_special_tokens"):
-        if not isinstance(getattr(config, name), bool):
-            problems.append(f"{name} must be true or false, got {getattr(config, name)!r}")
     if problems:  # the name checks below need well-typed values
         return problems
     problems += _choice_problems(config)
@@ -269,26 +298,14 @@ def _problems(config: RunConfig, *, check_client: bool = True) -> list[str]:
 
 
 def _client_problems(config: RunConfig) -> list[str]:
-    """Returns the problems of the client settings (values, combinations, ``clients``)."""
-    from gradleak.client import ClientSettingsError
-
-    problems = []
-    clients = config.client["clients"]
-    if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
-        problems.append(f"client.clients must be a positive integer, got {clients!r}")
-    elif clients > config.batch_size:
-        problems.append(
+    """Returns the problems of the client settings within the run (``clients`` per batch)."""
+    clients = config.clients
+    if clients > config.batch_size:
+        return [
             f"client.clients {clients} exceeds batch_size {config.batch_size}: secure aggregation "
             "splits each batch among the clients, so each needs a text"
-        )
-    try:
-        config.client_settings()
-    except ClientSettingsError as err:
-        detail = str(err).removeprefix("Invalid client settings: ").rstrip(".")
-        problems.append(f"client settings: {detail}")
-    except ValueError as err:  # a parser below the settings that raises a bare ValueError
-        problems.append(f"client settings (expose {config.expose!r}?): {err}")
-    return problems
+        ]
+    return []
 
 
 def _choice_problems(config: RunConfig) -> list[str]:
@@ -357,8 +374,9 @@ def build_config(
     """Returns the RunConfig from file values overridden by command-line values.
 
     Command-line values that are None were not given and leave the file's value in place.
-    ``attack_options`` and ``client`` are merged key by key: the file's mapping, then its dotted
-    keys (``client.sigma``), then the command line's mapping and dotted keys, later ones winning.
+    ``attack_options`` and ``client`` are merged key by key, later ones winning: the file's
+    client run-level keys (``expose``), its mapping, its dotted keys (``client.sigma``), then the
+    same three of the command line.
 
     Raises:
         ConfigError: A key is unknown, ``model`` is missing, or a value is invalid (all
@@ -375,8 +393,10 @@ def build_config(
     merged = {k: v for k, v in file_values.items() if k in known}
     for name in MAPPING_FIELDS:
         layers = (
+            _run_level(merged) if name == CLIENT_KEY else None,
             merged.get(name),
             _dotted(file_values, name),
+            _run_level(cli) if name == CLIENT_KEY else None,
             cli.pop(name, None),
             _dotted(cli, name),
         )
@@ -394,6 +414,11 @@ def build_config(
             "No model given: pass --model (e.g. --model smollm2-135m) or set model: in the config file."
         )
     return RunConfig(**merged)
+
+
+def _run_level(values: dict[str, Any]) -> dict[str, Any]:
+    """Removes the client's run-level keys (``expose``, ...) from ``values`` and returns them."""
+    return {key: values.pop(key) for key in run_level_keys() if key in values}
 
 
 def _dotted(values: Mapping[str, Any], name: str) -> dict[str, Any]:

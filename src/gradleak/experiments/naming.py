@@ -54,8 +54,8 @@ def default_run_dir(config: RunConfig, *, root: str | Path = DEFAULT_ROOT) -> Pa
 def _client_tag(config: RunConfig) -> str:
     """Returns ``-fedavg-lora-noise+prune-k4`` style words for a non-default client, else ``""``."""
     client = config.client
-    words = ["fedavg"] if client["algo"] != "fedsgd" else []
-    words += ["lora"] if client["lora_rank"] is not None or client["lora_adapter"] else []
-    words += ["+".join(client["defence"])] if client["defence"] else []
-    words += [f"k{client['clients']}"] if client["clients"] > 1 else []
+    words = ["fedavg"] if client.algo != "fedsgd" else []
+    words += ["lora"] if client.uses_lora else []
+    words += ["+".join(client.defence)] if client.defence else []
+    words += [f"k{client.clients}"] if client.clients > 1 else []
     return "".join(f"-{slug(w, max_length=24)}" for w in words)

@@ -164,7 +164,7 @@ def run_batch(
         "labels": list(batch.labels) if batch.labels is not None else None,
         **scoring,
         **reconstruction_fields(reconstruction),
-        "client": dict(config.client),
+        "client": config.client.to_dict(),
         "update": describe_update(update, noise_seeds),
         "seconds": {
             "update": shared - started,
@@ -188,9 +188,9 @@ def client_update(
     """
     settings = config.client_settings()
     clients = config.clients
-    seeds = [settings.seed + index * clients + k for k in range(clients)]
+    seeds = [settings.noise_seed + index * clients + k for k in range(clients)]
     updates = [
-        simulate_update(public, part, settings=replace(settings, seed=seed))
+        simulate_update(public, part, settings=replace(settings, noise_seed=seed))
         for part, seed in zip(split_batch(batch, clients), seeds, strict=True)
     ]
     return (updates[0] if clients == 1 else secure_aggregate(updates)), seeds

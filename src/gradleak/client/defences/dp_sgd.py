@@ -87,7 +87,7 @@ class DPSGD(TrainingDefence):
             sample_rate=settings.dp_sample_rate,
             steps=settings.dp_steps,
             accountant=settings.dp_accountant,
-            seed=settings.seed,
+            seed=settings.noise_seed,
         )
 
     @contextmanager

@@ -49,7 +49,7 @@ class GaussianNoise(UpdateDefence):
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> GaussianNoise:
-        return cls(sigma=settings.sigma, seed=settings.seed)
+        return cls(sigma=settings.sigma, seed=settings.noise_seed)
 
     def transform(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return add_gaussian_noise(
