@@ -5,15 +5,15 @@ configuration it prints, per batch and in total, the attack's seconds per stage 
 vocabulary scan, search), the peak memory the attack added, and how many sequences came back
 exactly; model loading and the client's own gradient are excluded from the timings.
 
-    .venv/bin/python benchmarks/dager_bench.py                       # every configuration, 20 batches
+    .venv/bin/python benchmarks/dager_bench.py                     # every configuration, 20 batches
     .venv/bin/python benchmarks/dager_bench.py --only smollm2-rt-16 --batches 20
-    .venv/bin/python benchmarks/dager_bench.py --quick               # 3 batches each
+    .venv/bin/python benchmarks/dager_bench.py --quick             # 3 batches each
     .venv/bin/python benchmarks/dager_bench.py --only gpt2-cola-128 --batches 3 -o saturated=cap
 
 Past the hidden-size limit (gpt2-cola-128, gpt2-rt-64) nothing is certified and the ROUGE columns
-are what counts; ``-o saturated=cap`` runs the paper's search there instead of gradleak's ranked one,
-and ``-o peel=false`` the ranked search alone, without peeling the sentences that fit. ``--log``
-prints the attack's progress (each ranked step, each pass of the fits) to stderr.
+are what counts; ``-o saturated=cap`` runs the paper's search there instead of gradleak's ranked
+one, and ``-o peel=false`` the ranked search alone, without peeling the sentences that fit.
+``--log`` prints the attack's progress (each ranked step, each pass of the fits) to stderr.
 
 Output: one JSON document on stdout (and in --out).
 """
@@ -167,16 +167,16 @@ def run_config(
             first = statistics.median(result.diagnostics["tokens_per_position"])
             peels = f"; first scan {first:g} tokens per position{peels}"
         print(
-            f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} certified, "
-            f"ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s{peels}",
+            f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} "
+            f"certified, ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s{peels}",
             file=sys.stderr,
         )
     return summarise(config, records)
 
 
 def _peels(diagnostics: dict) -> list[dict]:
-    """Returns each peel: for the encoder search, block 1's rank left and block 0's median tokens per
-    position; for the ranked search, the sentences that fitted and the seconds the fits took."""
+    """Returns each peel: for the encoder search, block 1's rank left and block 0's median tokens
+    per position; for the ranked search, the sentences that fitted and the seconds the fits took."""
     return [
         {
             "sentences": p["sentences"],
@@ -213,7 +213,8 @@ def summarise(config: Config, records: list[dict]) -> dict:
 
 
 def scan_versus_matmul(model: str, *, rank: int, repeats: int = 5) -> dict:
-    """Returns the median time of one vocabulary scan position and of a bare product of that shape."""
+    """Returns the median time of one vocabulary scan position and of a bare product of that
+    shape."""
     from gradleak.attacks.dager.oracle import SpanOracle
     from gradleak.attacks.dager.tokens import vocabulary_residuals
     from gradleak.attacks.span import span_basis

@@ -9,8 +9,8 @@ and 10, App. B.4) are printed beside each cell where it reports one.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only gpt2-noise-1e-05-filter
     .venv/bin/python benchmarks/defences_bench.py --list
 
-Runs go to ``--runs`` (one directory per cell and batch count); rerunning a command resumes them. Output: a table on stderr and one JSON document on stdout (and
-in ``--out``).
+Runs go to ``--runs`` (one directory per cell and batch count); rerunning a command resumes them.
+Output: a table on stderr and one JSON document on stdout (and in ``--out``).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ MODELS = {
     "smollm2": "smollm2-135m",
 }  # random-init GPT-2 small, real tokenizer
 
-#: DAGER paper, GPT-2 on RT: Table 4 (FedAvg, B = 16, b = 4; one factor varied from E = 10, lr = 1e-4),
-#: Table 10 (Gaussian noise, B = 1), Table 11 (LoRA r = 256 on LLaMA-3.1-8B, not GPT-2, B = 16), as (R-1, R-2).
+#: DAGER paper, GPT-2 on RT: Table 4 (FedAvg, B = 16, b = 4; one factor varied from E = 10, lr =
+#: 1e-4), Table 10 (Gaussian noise, B = 1), Table 11 (LoRA r = 256 on LLaMA-3.1-8B, not GPT-2, B =
+#: 16), as (R-1, R-2).
 PAPER_FEDAVG_E = {2: (98.4, 98.0), 5: (97.3, 96.8), 10: (95.4, 94.7)}
 PAPER_FEDAVG_LR = {1e-5: (100.0, 99.8), 1e-4: (95.4, 94.7), 5e-4: (84.2, 82.2)}
 PAPER_NOISE = {1e-5: (74.0, 70.8), 5e-5: (46.9, 32.5), 1e-4: (20.7, 11.6), 5e-4: (5.6, 0.9)}
@@ -198,8 +199,8 @@ def format_row(row: dict[str, Any]) -> str:
     )
     return (
         f"| {row['name']} | {row['batches']} | {pm('rouge1')} | {pm('rouge2')} | "
-        f"{100 * (row['exact_rate'] or 0):.0f} | {100 * (row['certified_rate'] or 0):.0f} | {eps} | "
-        f"{row['attack_seconds_per_batch'] or 0:.1f} | {paper} |"
+        f"{100 * (row['exact_rate'] or 0):.0f} | {100 * (row['certified_rate'] or 0):.0f} | {eps} "
+        f"| {row['attack_seconds_per_batch'] or 0:.1f} | {paper} |"
     )
 
 
@@ -235,7 +236,8 @@ def main() -> None:
         print("\n".join(f"{c.name:34s} {c.group:7s} B={c.batch_size:<3d} {c.note}" for c in chosen))
         return
     print(
-        "| cell | batches | ROUGE-1 | ROUGE-2 | exact % | certified % | epsilon | attack s | paper R-1/R-2 |",
+        "| cell | batches | ROUGE-1 | ROUGE-2 | exact % | certified % | epsilon | attack s | "
+        "paper R-1/R-2 |",
         file=sys.stderr,
     )
     rows = [run_cell(c, batches=args.batches, runs=Path(args.runs), seed=args.seed) for c in chosen]

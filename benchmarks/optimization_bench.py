@@ -105,8 +105,8 @@ def run_view(
     records = []
     for index, batch in enumerate(batches):
         lengths = [len(public.tokenizer(t)["input_ids"]) for t in batch.texts]
-        # The papers' attacker knows the lengths (LAMP's know_padding); without them the attack reads
-        # them from the update, which a last-block view of a classifier does not show.
+        # The papers' attacker knows the lengths (LAMP's know_padding); without them the attack
+        # reads them from the update, which a last-block view of a classifier does not show.
         if recipe == "dager":  # reads lengths and labels from the update itself
             attack = create_attack(recipe, **options)
         else:
@@ -307,7 +307,10 @@ def time_step(
                 grads = torch.autograd.grad(out.loss, objective.params, create_graph=True)
                 t2 = time.perf_counter()
                 distance = objective.distance(
-                    [v.take(grads[i])[None] for v, i in zip(objective.views, objective.slot)],
+                    [
+                        v.take(grads[i])[None]
+                        for v, i in zip(objective.views, objective.slot, strict=True)
+                    ],
                     objective.targets,
                 )[0]
                 t3 = time.perf_counter()
@@ -321,7 +324,7 @@ def time_step(
                         times[version]["candidate"].append((time.perf_counter() - t5) / candidates)
                 if repeat:
                     for key, value in zip(
-                        (*keys, "step"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+                        (*keys, "step"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True
                     ):
                         times[version][key].append(value)
     result = {

@@ -67,11 +67,12 @@ def main() -> None:
         lost = sum(len(s) not in lengths for s in truth)
         wrong_total, missing_total = wrong_total + wrong, missing_total + missing
         print(
-            f"batch {index}: {sum(map(len, truth))} rows, {len(placement.bag)} distinct tokens; open "
-            f"{int(placement.open_tokens.sum())} tokens, {int(placement.open_positions[:longest].sum())} of "
-            f"{longest} positions; wrongly placed {wrong}, true pairs missing {missing}; median candidates "
-            f"{statistics.median(map(len, candidates))}; {len(lengths)} lengths allowed, true ones at {ranks}"
-            + (f", {lost} true lengths ruled out" if lost else "")
+            f"batch {index}: {sum(map(len, truth))} rows, {len(placement.bag)} distinct tokens; "
+            f"open {int(placement.open_tokens.sum())} tokens, "
+            f"{int(placement.open_positions[:longest].sum())} of {longest} positions; wrongly "
+            f"placed {wrong}, true pairs missing {missing}; median candidates "
+            f"{statistics.median(map(len, candidates))}; {len(lengths)} lengths allowed, true ones "
+            f"at {ranks}" + (f", {lost} true lengths ruled out" if lost else "")
         )
     print(f"total: wrongly placed {wrong_total}, true pairs missing {missing_total}")
 

@@ -34,7 +34,7 @@ from gradleak.models import LinearInputProbe, load_model  # noqa: E402
 def first_in_row(scores: torch.Tensor, truth: torch.Tensor) -> int:
     """Returns how many rows rank all their true columns ahead of every false one."""
     hits = 0
-    for row, true in zip(scores, truth):
+    for row, true in zip(scores, truth, strict=True):
         order = torch.argsort(row)
         hits += int(true[order[: int(true.sum())]].all())
     return hits
@@ -70,8 +70,8 @@ def main() -> None:
     z = robust_z(first)
     is_first = torch.isin(bag, torch.tensor(sorted({s[0] for s in ids})))
     print(
-        f"first tokens: {int(is_first.sum())} true; robust z of true ones <= {float(z[is_first].max()):.1f}, "
-        f"of the others >= {float(z[~is_first].min()):.1f}"
+        f"first tokens: {int(is_first.sum())} true; robust z of true ones <= "
+        f"{float(z[is_first].max()):.1f}, of the others >= {float(z[~is_first].min()):.1f}"
     )
 
     for position in args.positions:

@@ -8,7 +8,9 @@ TINY = {
     "gpt2": "random:gpt2?n_layer=4&n_embd=32&n_head=2&n_positions=64",
     "llama": "random:llama?num_hidden_layers=4&hidden_size=32&intermediate_size=64"
     "&num_attention_heads=4&num_key_value_heads=2",
-    "bert": "random:bert?num_hidden_layers=4&hidden_size=32&intermediate_size=64&num_attention_heads=2",
+    "bert": (
+        "random:bert?num_hidden_layers=4&hidden_size=32&intermediate_size=64&num_attention_heads=2"
+    ),
 }
 
 
@@ -37,7 +39,8 @@ def probed_layers(family):
 def assert_rows_close(
     got: torch.Tensor, expected: torch.Tensor, *, rel: float = 1e-5, msg: str = ""
 ) -> None:
-    """Asserts each row of ``got`` equals ``expected`` up to float error relative to the row's norm."""
+    """Asserts each row of ``got`` equals ``expected`` up to float error relative to the row's
+    norm."""
     got, expected = got.double(), expected.double()
     error = (got - expected).norm(dim=-1) / expected.norm(dim=-1).clamp_min(1e-12)
     assert error.max().item() < rel, f"{msg}: relative row error {error.max().item():.2e}"

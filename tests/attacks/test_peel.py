@@ -1,4 +1,5 @@
-"""Peeling a recovered sentence's share off an update leaves the gradient of the rest of the batch."""
+"""Peeling a recovered sentence's share off an update leaves the gradient of the rest of the
+batch."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_the_rest_is_the_gradient_of_the_other_sentences(minilm):
     peeled = peel(minilm, whole, [ids_of(minilm, TEXTS[0])])
     assert peeled is not None
     rest, (share,) = peeled
-    # A mean loss over three sentences weighs each by 1/3; the other two make 2/3 of their own batch's mean.
+    # A mean loss over three sentences weighs each by 1/3; the other two make 2/3 of their own
+    # batch's mean.
     assert share.weight == pytest.approx(1 / 3, rel=1e-4)
     assert share.label == LABELS[0] and share.parallel_rows > 0
     got, expected = flat(rest), flat(rest_alone) * 2 / 3
@@ -88,7 +90,8 @@ def test_peel_fitting_takes_out_the_exact_candidates_and_skips_the_rest(minilm):
 
 
 def test_peel_fitting_retries_a_sentence_once_its_tokens_are_its_own(minilm):
-    # Every token of the short sentence is also in the long one, so it only fits after the long one is out.
+    # Every token of the short sentence is also in the long one, so it only fits after the long one
+    # is out.
     texts, labels = ("the film", "the film was good"), (0, 1)
     whole = compute_update(minilm, Batch(texts=texts, labels=labels)).gradients()
     rest, shares = peel_fitting(minilm, whole, [ids_of(minilm, t) for t in texts])

@@ -23,7 +23,7 @@ def test_update_equals_autograd(tiny_models, name, task):
     loss = task_loss(public, encode(public, batch.texts), batch.labels)
     expected = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     assert set(update.tensors) == set(params)
-    for (name_, param), grad in zip(params.items(), expected):
+    for (name_, param), grad in zip(params.items(), expected, strict=True):
         want = grad if grad is not None else torch.zeros_like(param)
         torch.testing.assert_close(update.tensors[name_], want, rtol=1e-5, atol=1e-8, msg=name_)
     assert update.metadata.kind == "gradient" and update.metadata.batch_size is None

@@ -1,4 +1,5 @@
-"""LoRA through PEFT: only adapter tensors are shared; warm starts make lora_A's gradient non-zero."""
+"""LoRA through PEFT: only adapter tensors are shared; warm starts make lora_A's gradient
+non-zero."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_demo_set_has_40_short_ascii_messages_labelled_by_digits():
     assert source == load_demo()
     assert len(source) == 40 and len(set(source.texts)) == 40
     assert sum(source.labels) == 20
-    for text, label in zip(source.texts, source.labels):
+    for text, label in zip(source.texts, source.labels, strict=True):
         assert text.isascii() and 6 <= len(text.split()) <= 25
         assert label == int(any(c.isdigit() for c in text))
     with pytest.raises(UnknownSpecError, match="train"):

@@ -56,5 +56,7 @@ def test_smollm2_incremental_inputs_match(smollm2):
 
 def test_gguf_cache_reloads_identical_weights(smollm2):
     again = load_model("smollm2-135m", task="next_token")
-    for (name, a), (_, b) in zip(smollm2.model.named_parameters(), again.model.named_parameters()):
+    for (name, a), (_, b) in zip(
+        smollm2.model.named_parameters(), again.model.named_parameters(), strict=True
+    ):
         assert torch.equal(a, b), name

@@ -37,7 +37,9 @@ def test_real_gpt2_tokenizer_is_bundled():
 
 def test_same_spec_and_seed_give_the_same_model_and_head():
     a, b = load_model(TINY["gpt2"], seed=7), load_model(TINY["gpt2"], seed=7)
-    for (name, x), (_, y) in zip(a.model.named_parameters(), b.model.named_parameters()):
+    for (name, x), (_, y) in zip(
+        a.model.named_parameters(), b.model.named_parameters(), strict=True
+    ):
         assert torch.equal(x, y), name
     head = a.family.classification_head().weight
     assert 0.5e-3 < head.std().item() < 2e-3  # DAGER's N(0, 1e-3^2) decoder head

@@ -18,5 +18,6 @@ def require(module: str) -> ModuleType:
     except ImportError:
         extra, purpose = _EXTRAS[module.split(".")[0]]
         raise MissingDependencyError(
-            f"{purpose} needs the {module.split('.')[0]} package; install it with pip install 'gradleak[{extra}]'."
+            f"{purpose} needs the {module.split('.')[0]} package; install it with pip install "
+            f"'gradleak[{extra}]'."
         ) from None

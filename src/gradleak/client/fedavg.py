@@ -118,7 +118,8 @@ def compute_fedavg_update(
         freeze_embeddings: keep the embeddings frozen (not trained, not shared).
         train_mode: dropout on during local training.
         max_length: truncate sequences to this many tokens.
-        disclose: facts written into the metadata (see :data:`gradleak.client.settings.DISCLOSABLE`).
+        disclose: facts written into the metadata (see
+            :data:`gradleak.client.settings.DISCLOSABLE`).
     """
     exposure = exposure or Exposure()
     names = trainable_names(public.family, exposure=exposure, freeze_embeddings=freeze_embeddings)

@@ -27,7 +27,8 @@ def compute_update(
     max_length: int | None = None,
     disclose_batch_size: bool = False,
 ) -> ClientUpdate:
-    """Returns the FedSGD update of one client: the loss gradient on ``batch``, for exposed parameters.
+    """Returns the FedSGD update of one client: the loss gradient on ``batch``, for exposed
+    parameters.
 
     Args:
         public: the model the server sent.

@@ -183,7 +183,8 @@ def warm_start(
 
 
 def random_token_batches(public: PublicModel, *, steps: int, seed: int) -> list[Batch]:
-    """Returns ``steps`` batches of texts decoded from seeded random token ids (public warm-up data)."""
+    """Returns ``steps`` batches of texts decoded from seeded random token ids (public warm-up
+    data)."""
     generator = torch.Generator().manual_seed(seed)
     vocab = len(public.tokenizer)
     n, length = WARMUP_SHAPE

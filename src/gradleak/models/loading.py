@@ -163,7 +163,8 @@ def _local_dir(parsed: ModelSpec, *, need_config: bool = True) -> Path | str:
     if parsed.kind == "directory":
         if need_config and not (Path(parsed.target) / "config.json").exists():
             raise UnknownSpecError(
-                f"{parsed.target} is a folder without config.json; point at a saved transformers model."
+                f"{parsed.target} is a folder without config.json; point at a saved transformers "
+                "model."
             )
         return Path(parsed.target)
     return parsed.target
@@ -174,7 +175,8 @@ def _task_class(model_type: str, task: str):
     if task == "next_token":
         if not family.causal:
             raise UnsupportedFamilyError(
-                f"{family.name} models are encoders and cannot do next-token prediction; use --task seq_class."
+                f"{family.name} models are encoders and cannot do next-token prediction; use "
+                "--task seq_class."
             )
         return AutoModelForCausalLM
     return AutoModelForSequenceClassification
@@ -187,9 +189,9 @@ def _load_pretrained(parsed: ModelSpec, *, task: str, num_labels: int, dtype: to
     except OSError:
         aliases = ", ".join(BUNDLED)
         raise UnknownSpecError(
-            f"could not find model {parsed.text!r}: it is not a bundled alias ({aliases}), random:ARCH, "
-            f"a .gguf file or a local model folder, and the Hugging Face hub did not provide it "
-            f"(offline, or a wrong id)."
+            f"could not find model {parsed.text!r}: it is not a bundled alias ({aliases}), "
+            "random:ARCH, a .gguf file or a local model folder, and the Hugging Face hub did not "
+            "provide it (offline, or a wrong id)."
         ) from None
     cls = _task_class(config.model_type, task)
     extra = {"num_labels": num_labels} if task == "seq_class" else {}

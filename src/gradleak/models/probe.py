@@ -48,7 +48,8 @@ class PrefixState:
         return 0
 
     def select(self, index: torch.Tensor | Sequence[int]) -> PrefixState:
-        """Returns a new state holding the prefixes at ``index`` (repeats allowed); self is unchanged."""
+        """Returns a new state holding the prefixes at ``index`` (repeats allowed); self is
+        unchanged."""
         index = torch.as_tensor(index, dtype=torch.long)
         tensors = [
             t
@@ -93,7 +94,8 @@ class LinearInputProbe:
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> dict[LinearLayer, torch.Tensor]:
-        """Returns, per layer, its input rows for full sequences, shaped (batch, length, in_features)."""
+        """Returns, per layer, its input rows for full sequences, shaped (batch, length,
+        in_features)."""
         return self._run(
             input_ids,
             attention_mask=attention_mask,
@@ -106,7 +108,8 @@ class LinearInputProbe:
     def token_rows(
         self, token_ids: torch.Tensor, *, position: int, token_type: int = 0
     ) -> dict[LinearLayer, torch.Tensor]:
-        """Returns block-0 attention inputs for single tokens placed at ``position``, shaped (n, in).
+        """Returns block-0 attention inputs for single tokens placed at ``position``, shaped (n,
+        in).
 
         Valid only for layers whose input depends on one token and its position: the q, k and v
         projections of block 0.
@@ -138,7 +141,8 @@ class LinearInputProbe:
     def extend(
         self, state: PrefixState, next_ids: torch.Tensor
     ) -> tuple[dict[LinearLayer, torch.Tensor], PrefixState]:
-        """Returns the input rows (P, in) at the new position after appending one token to each prefix.
+        """Returns the input rows (P, in) at the new position after appending one token to each
+        prefix.
 
         ``state`` is consumed: its cache now holds the extended prefixes, which the returned state
         describes. Use :meth:`PrefixState.select` first to keep the original.
@@ -154,7 +158,8 @@ class LinearInputProbe:
 
     @torch.no_grad()
     def branch(self, state: PrefixState, next_ids: torch.Tensor) -> dict[LinearLayer, torch.Tensor]:
-        """Returns the input rows (P, C, in) of every prefix extended by each of C tokens; state unchanged.
+        """Returns the input rows (P, C, in) of every prefix extended by each of C tokens; state
+        unchanged.
 
         All P x C one-token extensions run in one pass without copying any cache: the C
         candidates are fed side by side at the same position, with an attention mask that lets
@@ -179,7 +184,8 @@ class LinearInputProbe:
             _crop(state.cache, state.length)
 
     def _as_attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
-        """Returns a 4D mask in the form the model's attention implementation reads (bool or additive)."""
+        """Returns a 4D mask in the form the model's attention implementation reads (bool or
+        additive)."""
         implementation = getattr(self.family.model.config, "_attn_implementation", "sdpa")
         if implementation == "sdpa":
             return allowed[None, None]

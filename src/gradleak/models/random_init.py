@@ -47,7 +47,8 @@ def default_tokenizer_source(arch: str) -> str:
     if arch == "bert":
         return "minilm"
     raise UnknownSpecError(
-        f"random:{arch} has no default tokenizer; add tokenizer=PATH, e.g. random:{arch}?tokenizer=./tok"
+        f"random:{arch} has no default tokenizer; add tokenizer=PATH, e.g. "
+        f"random:{arch}?tokenizer=./tok"
     )
 
 
@@ -59,7 +60,8 @@ def random_config(
         config = AutoConfig.for_model(arch)
     except ValueError:
         raise UnknownSpecError(
-            f"random:{arch} names no transformers architecture; use e.g. random:gpt2, random:llama, random:bert."
+            f"random:{arch} names no transformers architecture; use e.g. random:gpt2, "
+            "random:llama, random:bert."
         ) from None
     values = dict(_DEFAULTS.get(arch, {}))
     if vocab_size is not None:

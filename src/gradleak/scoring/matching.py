@@ -56,7 +56,7 @@ def hungarian_assignment(
     scores = rouge_matrix(references, reconstructions, rouge_type="rouge1", use_stemmer=use_stemmer)
     rows, cols = linear_sum_assignment(scores, maximize=True)
     out: list[int | None] = [None] * len(references)
-    for row, col in zip(rows, cols):
+    for row, col in zip(rows, cols, strict=True):
         out[int(row)] = int(col)
     return tuple(out)
 
@@ -88,7 +88,9 @@ def dager_assignment(
     for ref in refs:
         width = max(len(ref), *(len(rec) for rec in recs))
         padded_ref = _pad(ref, width)
-        counts = [sum(a == b for a, b in zip(padded_ref, _pad(rec, width))) for rec in recs]
+        counts = [
+            sum(a == b for a, b in zip(padded_ref, _pad(rec, width), strict=True)) for rec in recs
+        ]
         out.append(counts.index(max(counts)))  # first maximum, like torch.argmax
     return tuple(out)
 

@@ -204,4 +204,4 @@ def token_accuracy(reference: Sequence[int | str], reconstruction: Sequence[int 
     """
     if not reference:
         return 0.0 if reconstruction else 1.0
-    return sum(a == b for a, b in zip(reference, reconstruction)) / len(reference)
+    return sum(a == b for a, b in zip(reference, reconstruction, strict=False)) / len(reference)

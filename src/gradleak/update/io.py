@@ -57,7 +57,8 @@ def load_update(path: str | os.PathLike, *, model: torch.nn.Module | None = None
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise InvalidUpdateError(
-            f"{path} is not a readable safetensors file ({err}); it may be truncated: write it again."
+            f"{path} is not a readable safetensors file ({err}); it may be truncated: write it "
+            "again."
         ) from None
     metadata = _parse_header(path, header)
     update = ClientUpdate(tensors=tensors, metadata=metadata)
@@ -82,14 +83,15 @@ def check_finite(update: ClientUpdate) -> None:
 
 
 def check_fits(update: ClientUpdate, model: torch.nn.Module, *, source: str = "the update") -> None:
-    """Raises InvalidUpdateError unless every tensor matches a parameter of ``model`` by name and shape."""
+    """Raises InvalidUpdateError unless every tensor matches a parameter of ``model`` by name and
+    shape."""
     params = dict(model.named_parameters())
     problems = list(_mismatches(update.tensors.items(), params))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InvalidUpdateError(
-            f"{source} does not fit model {update.metadata.model!r} as loaded: {problems[0]}{more}; "
-            f"load the model the update was made for."
+            f"{source} does not fit model {update.metadata.model!r} as loaded: "
+            f"{problems[0]}{more}; load the model the update was made for."
         )
 
 

@@ -19,7 +19,7 @@ from gradleak.errors import UnknownSpecError
 def lamp_grad_dist(grads1, grads2, loss, tag_factor=0.01):
     """LAMP's utilities.grad_dist, transcribed."""
     ret, n_g = 0.0, 0
-    for g1, g2 in zip(grads1, grads2):
+    for g1, g2 in zip(grads1, grads2, strict=False):
         if loss == "cos":
             ret += 1.0 - (g1 * g2).sum() / (g1.view(-1).norm(p=2) * g2.view(-1).norm(p=2))
         elif loss == "dlg":
@@ -101,7 +101,7 @@ def test_fused_distances_have_the_plain_formulas_gradient(tensors, distance, los
     else:
         expected = lamp_grad_dist(plain, targets, loss, tag_factor=0.5)
     (2.5 * expected).backward()
-    for got, want in zip(ours, plain):
+    for got, want in zip(ours, plain, strict=True):
         torch.testing.assert_close(got.grad[0], want.grad)
 
 
@@ -123,5 +123,5 @@ def test_fused_distances_differentiate_several_candidates_at_once(tensors, dista
     for k in range(6):
         single = [c[k : k + 1].clone().requires_grad_(True) for c in candidates]
         (weights[k] * distance(single, targets)[0]).backward()
-        for got, want in zip(batched, single):
+        for got, want in zip(batched, single, strict=True):
             torch.testing.assert_close(got.grad[k], want.grad[0])

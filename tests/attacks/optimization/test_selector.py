@@ -27,7 +27,7 @@ def test_each_role_of_a_block_is_its_own_tensor(tiny_models, family):
     expected = [public.family.linear_layer(1, r) for r in ("q", "v", "mlp_out")]
     assert [v.name for v in views] == [layer.weight_name for layer in expected]
     for view, layer in zip(
-        views, expected
+        views, expected, strict=True
     ):  # the view is the layer's gradient, slice and layout included
         grad = torch.randn(dict(public.model.named_parameters())[view.name].shape)
         taken = view.take(grad)

@@ -47,7 +47,7 @@ class GradientDistance(ABC):
 def _flat(grads: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]):
     if len(grads) != len(targets) or not grads:
         raise ValueError(f"got {len(grads)} gradient tensors for {len(targets)} targets")
-    for g, t in zip(grads, targets):
+    for g, t in zip(grads, targets, strict=True):
         yield g.reshape(g.shape[0], -1), t.reshape(-1).to(g.dtype)
 
 

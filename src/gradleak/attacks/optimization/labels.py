@@ -63,8 +63,9 @@ def infer_labels(
         labels = tuple(int(v) for v in disclosed)
         if len(labels) != batch_size or not all(0 <= v < num_labels for v in labels):
             raise InvalidUpdateError(
-                f"the update discloses labels {list(labels)}, which do not fit a batch of {batch_size} "
-                f"with {num_labels} classes; fix metadata.extra['labels'] or the batch size."
+                f"the update discloses labels {list(labels)}, which do not fit a batch of "
+                f"{batch_size} with {num_labels} classes; fix metadata.extra['labels'] or the "
+                "batch size."
             )
         return LabelGuess((labels,), "disclosed")
     head = _head_linear(family, num_labels)
@@ -94,7 +95,7 @@ def _from_bias(grad: torch.Tensor, batch_size: int) -> tuple[int, ...]:
         return (int(torch.argmin(grad)),)
     present = (grad < 0).tolist()
     expected = (batch_size * (1.0 / grad.numel() - grad)).clamp_min(0).tolist()
-    counts = [max(int(e), int(p)) for e, p in zip(expected, present)]
+    counts = [max(int(e), int(p)) for e, p in zip(expected, present, strict=True)]
     while sum(counts) < batch_size:  # largest remainders first
         best = max(range(len(counts)), key=lambda i: expected[i] - counts[i])
         counts[best] += 1

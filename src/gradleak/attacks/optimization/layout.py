@@ -77,7 +77,7 @@ class SequenceLayout:
         ids = torch.full((b, t), self.pad_id, dtype=torch.long)
         slot = torch.zeros((b, t), dtype=torch.long)
         mask = torch.zeros((b, t), dtype=torch.long)
-        for row, (n, free) in enumerate(zip(self.lengths, self.free_lengths)):
+        for row, (n, free) in enumerate(zip(self.lengths, self.free_lengths, strict=True)):
             start = t - n if self.left_pad else 0
             tokens = [*self.prefix, *([-1] * free), *self.suffix]
             ids[row, start : start + n] = torch.tensor(tokens)
@@ -148,12 +148,12 @@ class DummyInputs:
     def sequences(self, full_ids: torch.Tensor) -> list[list[int]]:
         """Returns each row's ids without padding."""
         mask = self.attention_mask.bool().cpu()
-        return [row[m].tolist() for row, m in zip(full_ids.cpu(), mask)]
+        return [row[m].tolist() for row, m in zip(full_ids.cpu(), mask, strict=False)]
 
     def free_ids(self, full_ids: torch.Tensor) -> list[list[int]]:
         """Returns each row's ids at its free positions."""
         free = self.free.cpu()
-        return [row[m].tolist() for row, m in zip(full_ids.cpu(), free)]
+        return [row[m].tolist() for row, m in zip(full_ids.cpu(), free, strict=False)]
 
 
 def split_total(total: int, batch_size: int) -> tuple[int, ...]:
@@ -169,6 +169,7 @@ def as_lengths(value: int | Sequence[int], batch_size: int) -> tuple[int, ...]:
     lengths = tuple(int(v) for v in value)
     if len(lengths) != batch_size:
         raise GradleakError(
-            f"got {len(lengths)} sequence lengths for a batch of {batch_size}; give one per sequence."
+            f"got {len(lengths)} sequence lengths for a batch of {batch_size}; give one per "
+            "sequence."
         )
     return lengths

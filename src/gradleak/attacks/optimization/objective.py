@@ -94,7 +94,8 @@ class GradientObjective:
     def matched_elements(self) -> int:
         """Returns the number of gradient entries matched."""
         return sum(
-            v.take(p).numel() for v, p in zip(self.views, (self.params[i] for i in self.slot))
+            v.take(p).numel()
+            for v, p in zip(self.views, (self.params[i] for i in self.slot), strict=True)
         )
 
     def labels(self, free: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,8 @@ class GradientObjective:
         grads = torch.autograd.grad(out.loss, self.params, create_graph=True)
         self.evaluations += 1
         return self.distance(
-            [v.take(grads[i])[None] for v, i in zip(self.views, self.slot)], self.targets
+            [v.take(grads[i])[None] for v, i in zip(self.views, self.slot, strict=True)],
+            self.targets,
         )[0]
 
     @torch.no_grad()
@@ -132,11 +134,15 @@ class GradientObjective:
                 self._batched_grads(part, part_labels) if self.chunk > 1 and self._vmap_ok else None
             )
             if grads is None:  # one candidate at a time, each scored as soon as it is computed
-                out.extend(self._one(one, one_labels) for one, one_labels in zip(part, part_labels))
+                out.extend(
+                    self._one(one, one_labels)
+                    for one, one_labels in zip(part, part_labels, strict=True)
+                )
             else:
                 out.append(
                     self.distance(
-                        [v.take(grads[i]) for v, i in zip(self.views, self.slot)], self.targets
+                        [v.take(grads[i]) for v, i in zip(self.views, self.slot, strict=True)],
+                        self.targets,
                     )
                 )
             self.evaluations += part.shape[0]
@@ -153,7 +159,7 @@ class GradientObjective:
         return functional_call(self.model, selected, args=(), kwargs=kwargs).loss
 
     def _batched_grads(self, free: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor] | None:
-        selected = {n: p.detach() for n, p in zip(self.names, self.params)}
+        selected = {n: p.detach() for n, p in zip(self.names, self.params, strict=True)}
         try:
             grads = vmap(grad(self._loss), in_dims=(None, 0, 0))(selected, free, labels)
         except (RuntimeError, NotImplementedError) as err:  # an op without a batching rule
@@ -173,5 +179,6 @@ class GradientObjective:
             )
             grads = torch.autograd.grad(out.loss, self.params)
         return self.distance(
-            [v.take(grads[i])[None] for v, i in zip(self.views, self.slot)], self.targets
+            [v.take(grads[i])[None] for v, i in zip(self.views, self.slot, strict=True)],
+            self.targets,
         )

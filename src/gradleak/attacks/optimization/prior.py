@@ -57,7 +57,7 @@ class LanguageModelPrior:
         todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
         for start in range(0, len(todo), self.chunk_size):
             chunk = todo[start : start + self.chunk_size]
-            for text, value in zip(chunk, self._score(chunk)):
+            for text, value in zip(chunk, self._score(chunk), strict=True):
                 self.cache[text] = value
         if len(self.cache) > self.cache_size:
             self.cache.clear()

@@ -312,7 +312,7 @@ def _check_exposed(
         return
     shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
     raise GradientNotExposedError(
-        f"gradient selection '{selection}' needs {len(missing)} tensor(s) the update does not share "
-        f"({shown}); select within the update's {len(available)} shared tensors (e.g. select=exposed) "
-        f"or expose more on the client."
+        f"gradient selection '{selection}' needs {len(missing)} tensor(s) the update does not "
+        f"share ({shown}); select within the update's {len(available)} shared tensors (e.g. "
+        "select=exposed) or expose more on the client."
     )

@@ -85,9 +85,9 @@ def estimate_total_tokens(
         if rank > 0 and gap > 0 and rank < min(layer.in_features, layer.out_features):
             return Estimate(rank, f"rank of {layer.key}")
     raise GradleakError(
-        "cannot tell the sequence lengths from the update (no exposed linear gradient shows a clear "
-        f"rank{'; tried ' + ', '.join(tried) if tried else ''}); pass lengths=N (tokens per sequence, "
-        "special tokens included)."
+        "cannot tell the sequence lengths from the update (no exposed linear gradient shows a "
+        f"clear rank{'; tried ' + ', '.join(tried) if tried else ''}); pass lengths=N (tokens per "
+        "sequence, special tokens included)."
     )
 
 

@@ -1,4 +1,5 @@
-"""Client-side defences: DP-SGD through Opacus, Gaussian noise, pruning, quantisation, secure aggregation."""
+"""Client-side defences: DP-SGD through Opacus, Gaussian noise, pruning, quantisation, secure
+aggregation."""
 
 from gradleak.client.defences.base import Defence, TrainingDefence, UpdateDefence, record_defence
 from gradleak.client.defences.dp_sgd import DPSGD, dp_epsilon, noise_std_mean_gradient

@@ -34,7 +34,8 @@ class Defence(ABC):
 
     #: Registry name, e.g. ``"noise"``.
     name: ClassVar[str]
-    #: ``"training"`` (acts while gradients are computed) or ``"update"`` (acts on the shared tensors).
+    #: ``"training"`` (acts while gradients are computed) or ``"update"`` (acts on the shared
+    #: tensors).
     stage: ClassVar[str]
     #: Fields kept out of the metadata: a server that knew the noise seed could subtract the noise.
     secret_fields: ClassVar[tuple[str, ...]] = ("seed",)
@@ -92,7 +93,8 @@ class UpdateDefence(Defence):
 
 
 def record_defence(existing: Mapping[str, Any] | None, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Returns the metadata entry after adding ``entry``: itself, or a chain in the order applied."""
+    """Returns the metadata entry after adding ``entry``: itself, or a chain in the order
+    applied."""
     if existing is None:
         return dict(entry)
     if existing.get("name") == CHAIN:

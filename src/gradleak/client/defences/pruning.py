@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 
 def kept_count(numel: int, ratio: float) -> int:
-    """Returns how many of ``numel`` entries survive pruning a fraction ``ratio``: round(numel*(1-ratio))."""
+    """Returns how many of ``numel`` entries survive pruning a fraction ``ratio``:
+    round(numel*(1-ratio))."""
     return min(numel, max(1 if numel else 0, round(numel * (1.0 - ratio))))
 
 
 def top_k_mask(values: torch.Tensor, keep: int) -> torch.Tensor:
-    """Returns a boolean mask of ``values``' shape that is True at exactly ``keep`` largest magnitudes."""
+    """Returns a boolean mask of ``values``' shape that is True at exactly ``keep`` largest
+    magnitudes."""
     flat = values.detach().reshape(-1).abs()
     mask = torch.zeros_like(flat, dtype=torch.bool)
     if keep > 0:

@@ -54,7 +54,8 @@ def secure_aggregate(updates: Sequence[ClientUpdate]) -> ClientUpdate:
         differ = [f for f in _SAME if getattr(update.metadata, f) != getattr(first, f)]
         if differ:
             raise InvalidUpdateError(
-                f"update {index} differs from update 0 in {', '.join(differ)}; aggregate updates of one round only."
+                f"update {index} differs from update 0 in {', '.join(differ)}; aggregate updates "
+                "of one round only."
             )
     tensors = sum_tensors([u.tensors for u in updates])
     metas = [u.metadata for u in updates]

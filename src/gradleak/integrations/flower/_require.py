@@ -14,5 +14,6 @@ def require_flwr() -> None:
         import flwr.serverapp  # noqa: F401
     except ImportError as err:
         raise MissingDependencyError(
-            f"the Flower integration needs flwr >= 1.21 with its message API ({err}): {INSTALL_HINT}."
+            f"the Flower integration needs flwr >= 1.21 with its message API ({err}): "
+            f"{INSTALL_HINT}."
         ) from None

@@ -52,8 +52,9 @@ def update_from_weights(
     returned = [name for name in client_state if name in parameters]
     if not returned:
         raise InvalidUpdateError(
-            f"none of the client's {len(client_state)} arrays (e.g. {_first(client_state)}) names a "
-            f"parameter of the public model {public.spec!r}; audit with the model the clients train."
+            f"none of the client's {len(client_state)} arrays (e.g. {_first(client_state)}) names "
+            f"a parameter of the public model {public.spec!r}; audit with the model the clients "
+            "train."
         )
     dtype = next(iter(parameters.values())).dtype
     tensors = {}

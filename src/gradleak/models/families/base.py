@@ -56,7 +56,8 @@ class LinearLayer:
         return f"{self.block}.{self.role}"
 
     def weight_gradient(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Returns this layer's weight gradient laid out (out, in), sliced from a fused weight if needed.
+        """Returns this layer's weight gradient laid out (out, in), sliced from a fused weight if
+        needed.
 
         Raises:
             GradientNotExposedError: the update does not share this layer's weight.
@@ -133,8 +134,8 @@ class ArchitectureFamily(ABC):
         return None
 
     def constant_embedding(self) -> torch.Tensor | None:
-        """Returns what every token's embedding sum holds besides its token and position rows (BERT's
-        first token type), or None."""
+        """Returns what every token's embedding sum holds besides its token and position rows
+        (BERT's first token type), or None."""
         return None
 
     def hidden_size(self) -> int:
@@ -164,8 +165,8 @@ class ArchitectureFamily(ABC):
         except KeyError:
             roles = sorted({r for _, r in self._layers})
             raise KeyError(
-                f"{self.name} has no linear layer ({block}, {role!r}); blocks 0..{self.num_blocks - 1}, "
-                f"roles {roles}"
+                f"{self.name} has no linear layer ({block}, {role!r}); blocks "
+                f"0..{self.num_blocks - 1}, roles {roles}"
             ) from None
 
     def module_name(self, module: nn.Module) -> str:
@@ -173,7 +174,8 @@ class ArchitectureFamily(ABC):
         return self._names[id(module)]
 
     def weight_name(self, module: nn.Module) -> str:
-        """Returns the parameter name of a submodule's weight (the key of its gradient in an update)."""
+        """Returns the parameter name of a submodule's weight (the key of its gradient in an
+        update)."""
         return f"{self.module_name(module)}.weight"
 
     def parameter_roles(self) -> dict[str, tuple[int | None, frozenset[str]]]:

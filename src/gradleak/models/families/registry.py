@@ -18,7 +18,8 @@ _FAMILIES: dict[str, type[ArchitectureFamily]] = {
 
 
 def register_family(cls: type[ArchitectureFamily], *, force: bool = False) -> None:
-    """Adds a family for its ``model_types``; refuses to replace an existing one unless ``force``."""
+    """Adds a family for its ``model_types``; refuses to replace an existing one unless
+    ``force``."""
     if cls.name in _FAMILIES and not force:
         raise ValueError(
             f"a family named {cls.name!r} is already registered; pass force=True to replace it"
@@ -42,7 +43,8 @@ def family_class_for(model_type: str) -> type[ArchitectureFamily]:
             return cls
     supported = ", ".join(f"{name} ({', '.join(c.model_types)})" for name, c in _FAMILIES.items())
     raise UnsupportedFamilyError(
-        f"gradleak has no architecture family for model_type {model_type!r}; supported: {supported}."
+        f"gradleak has no architecture family for model_type {model_type!r}; supported: "
+        f"{supported}."
     )
 
 
@@ -54,6 +56,7 @@ def family_for(model: nn.Module) -> ArchitectureFamily:
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         raise UnsupportedFamilyError(
-            f"{type(model).__name__} has no config.model_type; pass a Hugging Face transformers model."
+            f"{type(model).__name__} has no config.model_type; pass a Hugging Face transformers "
+            "model."
         )
     return family_class_for(model_type)(model)
