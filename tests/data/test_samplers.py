@@ -141,3 +141,10 @@ def test_dager_sampler_on_cola_matches_reference(shared_dir, monkeypatch):
         assert ours == reference_dager(texts, batch_size=16, n_batches=100, seed=101)
     finally:
         np.random.set_state(state)
+
+
+def test_too_many_texts_say_whether_the_batch_or_the_count_is_too_large():
+    with pytest.raises(GradleakError, match=r"ask for a smaller batch \(at most 40 texts\)"):
+        random_sampler(40, batch_size=50, n_batches=1, seed=0)
+    with pytest.raises(GradleakError, match=r"ask for fewer batches \(at most 10 of 4\)"):
+        random_sampler(40, batch_size=4, n_batches=11, seed=0)

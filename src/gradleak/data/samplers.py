@@ -103,7 +103,7 @@ def lamp_sampler(
         raise GradleakError(
             f"The LAMP sampler takes at most {limit} texts here (the first {RESERVED} shuffled of "
             f"{n}), but {n_batches} batches of {batch_size} need {n_samples}; "
-            "ask for fewer batches."
+            f"{_what_fits(batch_size, limit)}."
         )
     rng = np.random.RandomState(seed)
     idxs = list(range(n))
@@ -121,10 +121,17 @@ def random_sampler(n: int, *, batch_size: int, n_batches: int, seed: int) -> lis
     if n_samples > n:
         raise GradleakError(
             f"{n_batches} batches of {batch_size} need {n_samples} distinct texts, but the source "
-            f"has {n}; ask for fewer batches."
+            f"has {n}; {_what_fits(batch_size, n)}."
         )
     drawn = np.random.default_rng(seed).choice(n, size=n_samples, replace=False)
     return _cut([int(i) for i in drawn], batch_size, n_batches)
+
+
+def _what_fits(batch_size: int, limit: int) -> str:
+    """Returns what to ask for when batches need more than ``limit`` texts."""
+    if batch_size > limit:
+        return f"ask for a smaller batch (at most {limit} texts)"
+    return f"ask for fewer batches (at most {limit // batch_size} of {batch_size})"
 
 
 Sampler = Callable[..., list[tuple[int, ...]]]
