@@ -113,6 +113,8 @@ def test_bad_client_options_are_one_message(cli, gpt2_spec, tmp_path):
     code, out = cli(*base, "--defence", "shred", "--clients", 2)
     assert code == 2 and "defence shred unknown" in out and "exceeds batch_size 1" in out
     assert not (tmp_path / "run").exists()  # refused before anything is written
+    code, out = cli(*base, "--defence", "dp-sgd", "--sigma", 1e-5)
+    assert code == 2 and "DP-SGD ignores it" in out and "--noise-multiplier" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: '{gpt2_spec}'\nsigma: 1e-5\n")
     code, out = cli("attack", "--config", bad)

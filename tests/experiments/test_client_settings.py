@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from gradleak.client import ClientSettings
 from gradleak.data import Batch
@@ -55,6 +57,44 @@ def test_client_keys_come_from_a_mapping_dotted_keys_and_the_command_line(tmp_pa
     written = config.to_dict()["client"]
     assert list(written) == list(client_keys()) and written["clients"] == 1  # defaults filled
     assert (client.expose, client.max_length, client.noise_seed) == ("all", None, 0)
+
+
+def test_a_yaml_client_block_round_trips_through_client_settings(tmp_path):
+    text = (
+        "model: m\nbatch_size: 2\nexpose: blocks=0\nclient:\n  algo: fedavg\n  local_epochs: 2\n"
+        "  defence: [noise, quantize]\n  sigma: 1e-5\n  quant: fp16\n  noise_seed: 4\n"
+        "  clients: 2\n"
+    )
+    block = yaml.safe_load(text)["client"]
+    settings = ClientSettings.from_dict(block)
+    assert (settings.defence, settings.sigma, settings.noise_seed) == (
+        ("noise", "quantize"),
+        1e-5,
+        4,
+    )
+    assert ClientSettings.from_dict(yaml.safe_load(yaml.safe_dump(settings.to_dict()))) == settings
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    config = build_config(load_config_file(path))
+    assert config.client == replace(settings, expose="blocks=0")
+    written = yaml.safe_load(config.to_yaml())
+    run_level = ("expose", "train_mode", "max_length")
+    assert written["client"] == {
+        k: v for k, v in config.client.to_dict().items() if k not in run_level
+    }
+    assert (written["expose"], written["train_mode"], written["max_length"]) == (
+        "blocks=0",
+        False,
+        None,
+    )
+    assert {k: written["client"][k] for k in block} == {**block, "sigma": 1e-5}
+    assert build_config(written).client == config.client
+
+
+def test_run_level_settings_may_also_be_written_under_client():
+    config = build_config({"model": "m", "client": {"expose": "blocks=0", "max_length": 8}})
+    assert (config.expose, config.max_length) == ("blocks=0", 8)
+    assert config.to_dict()["expose"] == "blocks=0" and "expose" not in config.to_dict()["client"]
 
 
 def test_a_default_client_keeps_the_fingerprint_of_runs_made_before_it_existed():

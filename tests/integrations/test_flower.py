@@ -181,3 +181,20 @@ def test_without_flwr_the_integration_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "flwr.app", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'gradleak\[flower\]'"):
         require_flwr()
+
+
+def test_the_auditor_records_the_clients_settings(tmp_path):
+    import yaml
+
+    from gradleak.client import ClientSettings
+    from gradleak.integrations.flower.auditor import ClientReply
+
+    settings = ClientSettings(expose="blocks=0", defence=("noise",), sigma=1e-5)
+    auditor = FlowerAuditor(SPEC, tmp_path / "audit", client=settings)
+    state = dict(auditor.public.model.state_dict())
+    reply = ClientReply(node_id=7, state=state, config={"lr": 0.05, "local-steps": 3})
+    (record,) = auditor.audit_round(1, state, [reply])  # unchanged weights: a record and a reason
+    written = yaml.safe_load((tmp_path / "audit" / "round-001" / "config.yaml").read_text())
+    assert written["expose"] == "blocks=0" and written["client"]["defence"] == ["noise"]
+    assert (written["client"]["algo"], written["client"]["lr"]) == ("fedavg", 0.05)
+    assert record["client"] == {**settings.to_dict(), "algo": "fedavg", "lr": 0.05}

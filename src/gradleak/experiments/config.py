@@ -125,9 +125,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack_options", dict(self.attack_options or {}))
+        clients = _clients_given(self.client)
         client, client_problems = _parse_client(self.client)
         object.__setattr__(self, "client", client)
-        problems = client_problems + _problems(self, check_client=not client_problems)
+        problems = client_problems + _problems(self, clients=clients)
         if problems:
             raise ConfigError("Invalid run config: " + "; ".join(problems) + ".")
 
@@ -270,7 +271,7 @@ _STR_FIELDS = (
 )
 
 
-def _problems(config: RunConfig, *, check_client: bool = True) -> list[str]:
+def _problems(config: RunConfig, *, clients: int | None) -> list[str]:
     """Returns every problem of ``config`` (empty when valid), each naming the field and value."""
     problems = []
     for name in _STR_FIELDS:
@@ -292,17 +293,28 @@ def _problems(config: RunConfig, *, check_client: bool = True) -> list[str]:
     if problems:  # the name checks below need well-typed values
         return problems
     problems += _choice_problems(config)
-    if check_client:
-        problems += _client_problems(config)
+    if clients is not None:
+        problems += _clients_problems(config.batch_size, clients)
     return problems
 
 
-def _client_problems(config: RunConfig) -> list[str]:
-    """Returns the problems of the client settings within the run (``clients`` per batch)."""
-    clients = config.clients
-    if clients > config.batch_size:
+def _clients_given(client: Any) -> int | None:
+    """Returns the ``clients`` of a client (settings or mapping), None when it is no integer.
+
+    Read before the client is parsed, so that the check against the batch size is reported
+    together with the client's own problems.
+    """
+    if isinstance(client, ClientSettings):
+        return client.clients
+    value = client.get("clients", 1) if isinstance(client, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _clients_problems(batch_size: int, clients: int) -> list[str]:
+    """Returns the problem of more secure-aggregation clients than texts in a batch."""
+    if clients > batch_size:
         return [
-            f"client.clients {clients} exceeds batch_size {config.batch_size}: secure aggregation "
+            f"client.clients {clients} exceeds batch_size {batch_size}: secure aggregation "
             "splits each batch among the clients, so each needs a text"
         ]
     return []

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradleak.attacks import Attack, create_attack
+from gradleak.client.settings import ClientSettings
 from gradleak.errors import GradleakError, InvalidUpdateError
 from gradleak.experiments import RunConfig, environment, summarize_run
 from gradleak.experiments.records import (
@@ -91,6 +92,10 @@ class FlowerAuditor:
         steps_key: The training-config key holding the clients' local steps (1 is FedSGD).
         save_updates: Also write each ClientUpdate to ``round-NNN/updates/node-ID.safetensors``
             (for ``gradleak invert`` later).
+        client: How the federation's clients train and defend themselves (exposure, LoRA,
+            defences, ...), as far as the server knows; recorded in each round's config and
+            records. The training config the server sends decides ``lr`` and ``algo`` (one local
+            step is FedSGD, more are FedAvg).
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class FlowerAuditor:
         lr_key: str = "lr",
         steps_key: str = "local-steps",
         save_updates: bool = False,
+        client: ClientSettings | None = None,
     ) -> None:
         self.public = (
             model
@@ -120,6 +126,7 @@ class FlowerAuditor:
         self.ground_truth = ground_truth
         self.lr_key, self.steps_key = lr_key, steps_key
         self.save_updates = save_updates
+        self.client = client or ClientSettings()
         self._environment = environment("cpu")
 
     def audit_round(
@@ -162,6 +169,7 @@ class FlowerAuditor:
             "batch": position,
             "config": config.fingerprint(),
             "source": "flower",
+            "client": config.client.to_dict(),
             "flower": {
                 "round": server_round,
                 "node_id": reply.node_id,
@@ -239,11 +247,6 @@ class FlowerAuditor:
 
     def _round_config(self, server_round: int, replies: Sequence[ClientReply]) -> RunConfig:
         """Returns the RunConfig that describes the round in its directory's files."""
-        sent = replies[0].config
-        lr, steps = sent.get(self.lr_key), sent.get(self.steps_key)
-        client: dict[str, Any] = {"algo": "fedsgd" if steps in (1, None) else "fedavg"}
-        if lr is not None:
-            client["lr"] = float(lr)
         examples = [r.num_examples for r in replies if r.num_examples]
         return RunConfig(
             model=self.public.spec,
@@ -254,9 +257,21 @@ class FlowerAuditor:
             task=self.public.task,
             attack=self.attack_name,
             attack_options=self.attack_options,
-            client=client,
+            client=self._round_client(replies[0].config),
             dtype=str(self.public.model.dtype).removeprefix("torch."),
         )
+
+    def _round_client(self, sent: Mapping[str, Any]) -> ClientSettings:
+        """Returns the clients' settings with the learning rate and algorithm the server sent."""
+        lr, steps = sent.get(self.lr_key), sent.get(self.steps_key)
+        changes: dict[str, Any] = {}
+        if lr is not None:
+            changes["lr"] = float(lr)
+        if steps is not None and int(steps) > 1:
+            changes["algo"] = "fedavg"
+        elif steps is not None or self.client.algo == "fedsgd":
+            changes.update(algo="fedsgd", local_epochs=1, mini_batch=None)
+        return replace(self.client, **changes)
 
     def _open_round(self, server_round: int, config: RunConfig) -> Path:
         run_dir = self.out / f"round-{server_round:03d}"
