@@ -243,4 +243,6 @@ def _crop(cache: DynamicCache, length: int) -> None:
     for layer in cache.layers:
         keys = getattr(layer, "keys", None)
         if isinstance(keys, torch.Tensor) and keys.shape[-2] > length:
-            layer.crop(length - keys.shape[-2])
+            # A DynamicCache's layers are DynamicLayer (or subclasses), which crop; transformers
+            # types cache.layers as every kind of layer, some without crop.
+            layer.crop(length - keys.shape[-2])  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ def token_lists(texts: Sequence[str], tokens: Tokens | None) -> list[list[int | 
         GradleakError: ``tokens`` does not hold one list per text.
     """
     if tokens is None:
-        return [text.split() for text in texts]
+        return [list(text.split()) for text in texts]
     if len(tokens) != len(texts):
         raise GradleakError(f"Got {len(tokens)} token lists for {len(texts)} texts; give one each.")
     return [list(t) for t in tokens]

@@ -197,6 +197,8 @@ def optimise(
             and step >= config.swap_burnin * config.steps
             and step % config.swap_every == 1
         ):
+            if decoder is None:
+                raise ValueError("swap moves decode the dummy tokens: pass a decoder")
             began = time.perf_counter()
             moves.update(
                 reorder_step(

@@ -72,11 +72,11 @@ def reorder_step(
     Returns the move that won for each sequence ("none" when the current order stayed).
     """
     lengths = objective.inputs.layout.free_lengths
-    use_prior = prior is not None and coeff > 0
+    scorer = prior if coeff > 0 else None  # the prior, where it scores
     ids = decoder(free)
     prior_terms = [0.0] * len(lengths)
-    if use_prior:
-        prior_terms = prior.nll(
+    if scorer is not None:
+        prior_terms = scorer.nll(
             [decode_text(ids[s, :n].tolist()) for s, n in enumerate(lengths)]
         ).tolist()
     winners = []
@@ -86,15 +86,15 @@ def reorder_step(
         candidates = free.detach().expand(len(orders), *free.shape).clone()
         candidates[:, s, :n] = free.detach()[s, index]
         scores = objective.batch(candidates, classes).double()
-        if use_prior:
+        if scorer is not None:
             texts = [decode_text(ids[s, :n][order].tolist()) for order in index]
             others = sum(prior_terms) - prior_terms[s]
-            scores = scores + coeff * (prior.nll(texts).to(scores.device) + others) / len(lengths)
+            scores = scores + coeff * (scorer.nll(texts).to(scores.device) + others) / len(lengths)
         best = int(torch.argmin(scores))
         with torch.no_grad():
             free[s, :n] = candidates[best, s, :n]
-        if use_prior:
-            prior_terms[s] = float(prior.nll([decode_text(ids[s, :n][index[best]].tolist())])[0])
+        if scorer is not None:
+            prior_terms[s] = float(scorer.nll([decode_text(ids[s, :n][index[best]].tolist())])[0])
         ids[s, :n] = ids[s, :n][index[best]]
         winners.append("none" if best == 0 else MOVES[best % len(MOVES)])
     return winners

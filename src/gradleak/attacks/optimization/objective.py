@@ -37,16 +37,17 @@ def attack_mode(model: torch.nn.Module, selected: Sequence[str]) -> Iterator[Non
     """
     was_training = model.training
     attention = getattr(model.config, "_attn_implementation", None)
-    switch = attention not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    setter = getattr(model, "set_attn_implementation", None)  # transformers models only
+    set_attention = setter if attention not in (None, "eager") and callable(setter) else None
     try:
         model.eval()
-        if switch:
-            model.set_attn_implementation("eager")
+        if set_attention is not None:
+            set_attention("eager")
         with only_grad_for(model, selected):
             yield
     finally:
-        if switch:
-            model.set_attn_implementation(attention)
+        if set_attention is not None:
+            set_attention(attention)
         model.train(was_training)
 
 
@@ -106,6 +107,8 @@ class GradientObjective:
         """
         if self.task != "next_token":
             return classes.expand(*free.shape[:-3], *classes.shape)
+        if self.decoder is None:
+            raise ValueError("next-token targets are the nearest tokens: pass a decoder")
         ids = self.inputs.full_ids(self.decoder(free))
         return ids.masked_fill(~self.inputs.targets, -100)
 
@@ -127,7 +130,7 @@ class GradientObjective:
     def batch(self, free: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Returns the (K,) distances of K candidate dummy batches (K, B, F, d)."""
         labels = self.labels(free, classes)
-        out = []
+        out: list[torch.Tensor] = []
         for start in range(0, free.shape[0], self.chunk):
             part, part_labels = free[start : start + self.chunk], labels[start : start + self.chunk]
             grads = (

@@ -85,5 +85,6 @@ class LanguageModelPrior:
 @functools.lru_cache(maxsize=2)
 def _load_lm(spec: str, device: str) -> PublicModel:
     public = load_model(spec, task="next_token")
-    public.model.to(device)
+    # transformers types the decorated PreTrainedModel.to as if unbound (self first): a wrong stub.
+    public.model.to(device)  # type: ignore[arg-type]
     return public

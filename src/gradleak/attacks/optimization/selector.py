@@ -121,7 +121,11 @@ class GradientSelection:
         text = str(text).strip()
         if text in ("", "exposed", "all"):
             return cls(mode=text or "exposed")
-        fields: dict[str, object] = {}
+        blocks: tuple[int, ...] | None = None
+        roles: tuple[str, ...] | None = None
+        names: tuple[str, ...] | None = None
+        paper: str | None = None
+        biases = True
         for part in text.replace(";", " ").split():
             key, sep, value = part.partition("=")
             items = tuple(v for v in value.split(",") if v)
@@ -131,15 +135,17 @@ class GradientSelection:
                     f"'blocks=0 roles=q,k,v biases=no', 'names=A,B' or 'paper=ffn_output blocks=0'."
                 )
             if key in ("blocks", "layers"):
-                fields["blocks"] = tuple(int(v) for v in items)
+                blocks = tuple(int(v) for v in items)
             elif key == "biases":
-                fields["biases"] = value.lower() not in ("no", "false", "0", "off")
+                biases = value.lower() not in ("no", "false", "0", "off")
             elif key == "paper":
-                fields["paper"] = value
+                paper = value
+            elif key == "roles":
+                roles = items
             else:
-                fields[key] = items
-        mode = "paper" if "paper" in fields else "names" if "names" in fields else "roles"
-        return cls(mode=mode, **fields)
+                names = items
+        mode = "paper" if paper is not None else "names" if names is not None else "roles"
+        return cls(mode=mode, blocks=blocks, roles=roles, biases=biases, names=names, paper=paper)
 
     def __str__(self) -> str:
         if self.mode in ("exposed", "all"):
@@ -180,7 +186,8 @@ class GradientSelection:
                     f"the model has no parameter(s) {', '.join(missing)}; "
                     f"names come from model.named_parameters()."
                 )
-            views = [_whole(n, params[n]) for n in params if n in self.names and n not in skip]
+            chosen = self.names or ()
+            views = [_whole(n, params[n]) for n in params if n in chosen and n not in skip]
         elif self.mode == "paper":
             views = [_whole(n, params[n]) for n in self._paper_names(family) if n not in skip]
         else:

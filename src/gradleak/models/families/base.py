@@ -220,7 +220,7 @@ class ArchitectureFamily(ABC):
         return layers
 
     def _describe(self, block: int, role: str, slot: ModuleSlot) -> LinearLayer:
-        weight = slot.module.weight
+        weight = slot.module.get_parameter("weight")
         in_features, total_out = (
             (weight.shape[0], weight.shape[1])
             if self.transposed_weights
@@ -249,8 +249,9 @@ class ArchitectureFamily(ABC):
 
 def _base_model(model: nn.Module) -> nn.Module:
     """Returns the bare transformer inside a task model (GPT2Model inside GPT2LMHeadModel, ...)."""
-    if hasattr(model, "get_base_model"):  # a PEFT wrapper
-        model = model.get_base_model()
+    get_base_model = getattr(model, "get_base_model", None)  # a PEFT wrapper
+    if callable(get_base_model):
+        model = get_base_model()
     base = getattr(model, "base_model", model)
     return base if isinstance(base, nn.Module) else model
 

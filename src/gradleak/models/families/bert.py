@@ -6,6 +6,8 @@ candidates are (token, token type) pairs per position.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -22,30 +24,32 @@ class BertFamily(ArchitectureFamily):
     token_types = True
 
     def blocks(self) -> nn.ModuleList:
-        return self.base.encoder.layer
+        return cast(nn.ModuleList, self.base.get_submodule("encoder.layer"))
 
     def block_linears(self, block: nn.Module) -> dict[str, ModuleSlot]:
-        attn = block.attention
+        def at(path: str) -> ModuleSlot:
+            return ModuleSlot(block.get_submodule(path))
+
         return {
-            "q": ModuleSlot(attn.self.query),
-            "k": ModuleSlot(attn.self.key),
-            "v": ModuleSlot(attn.self.value),
-            "o": ModuleSlot(attn.output.dense),
-            "mlp_in": ModuleSlot(block.intermediate.dense),
-            "mlp_out": ModuleSlot(block.output.dense),
+            "q": at("attention.self.query"),
+            "k": at("attention.self.key"),
+            "v": at("attention.self.value"),
+            "o": at("attention.output.dense"),
+            "mlp_in": at("intermediate.dense"),
+            "mlp_out": at("output.dense"),
         }
 
     def embedding(self) -> nn.Embedding:
-        return self.base.embeddings.word_embeddings
+        return cast(nn.Embedding, self.base.get_submodule("embeddings.word_embeddings"))
 
     def position_embedding(self) -> nn.Embedding:
-        return self.base.embeddings.position_embeddings
+        return cast(nn.Embedding, self.base.get_submodule("embeddings.position_embeddings"))
 
     def embedding_norm(self) -> nn.Module:
-        return self.base.embeddings.LayerNorm
+        return self.base.get_submodule("embeddings.LayerNorm")
 
     def constant_embedding(self) -> torch.Tensor:
-        return self.base.embeddings.token_type_embeddings.weight.detach()[0]
+        return self.base.get_parameter("embeddings.token_type_embeddings.weight").detach()[0]
 
     def _embedding_modules_params(self) -> list[nn.Parameter]:
-        return list(self.base.embeddings.parameters())
+        return list(self.base.get_submodule("embeddings").parameters())

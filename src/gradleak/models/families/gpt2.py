@@ -6,6 +6,8 @@ holds Q, K and V side by side along the output axis, so each role is a slice of 
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from gradleak.models.families.base import ArchitectureFamily, ModuleSlot
@@ -21,24 +23,25 @@ class GPT2Family(ArchitectureFamily):
     transposed_weights = True
 
     def blocks(self) -> nn.ModuleList:
-        return self.base.h
+        return cast(nn.ModuleList, self.base.get_submodule("h"))
 
     def block_linears(self, block: nn.Module) -> dict[str, ModuleSlot]:
-        d = block.attn.c_attn.weight.shape[0]
+        c_attn = block.get_submodule("attn.c_attn")
+        d = int(block.get_parameter("attn.c_attn.weight").shape[0])
         return {
-            "q": ModuleSlot(block.attn.c_attn, (0, d)),
-            "k": ModuleSlot(block.attn.c_attn, (d, 2 * d)),
-            "v": ModuleSlot(block.attn.c_attn, (2 * d, 3 * d)),
-            "o": ModuleSlot(block.attn.c_proj),
-            "mlp_in": ModuleSlot(block.mlp.c_fc),
-            "mlp_out": ModuleSlot(block.mlp.c_proj),
+            "q": ModuleSlot(c_attn, (0, d)),
+            "k": ModuleSlot(c_attn, (d, 2 * d)),
+            "v": ModuleSlot(c_attn, (2 * d, 3 * d)),
+            "o": ModuleSlot(block.get_submodule("attn.c_proj")),
+            "mlp_in": ModuleSlot(block.get_submodule("mlp.c_fc")),
+            "mlp_out": ModuleSlot(block.get_submodule("mlp.c_proj")),
         }
 
     def embedding(self) -> nn.Embedding:
-        return self.base.wte
+        return cast(nn.Embedding, self.base.get_submodule("wte"))
 
     def position_embedding(self) -> nn.Embedding:
-        return self.base.wpe
+        return cast(nn.Embedding, self.base.get_submodule("wpe"))
 
     def _embedding_modules_params(self) -> list[nn.Parameter]:
-        return [*self.base.wte.parameters(), *self.base.wpe.parameters()]
+        return [*self.embedding().parameters(), *self.position_embedding().parameters()]

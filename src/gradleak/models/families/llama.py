@@ -6,6 +6,8 @@ projection depends on the token alone, never on its position: layer 1 yields a b
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from gradleak.models.families.base import ArchitectureFamily, ModuleSlot
@@ -20,19 +22,21 @@ class LlamaFamily(ArchitectureFamily):
     positions = "rotary"
 
     def blocks(self) -> nn.ModuleList:
-        return self.base.layers
+        return cast(nn.ModuleList, self.base.get_submodule("layers"))
 
     def block_linears(self, block: nn.Module) -> dict[str, ModuleSlot]:
-        attn, mlp = block.self_attn, block.mlp
+        def at(path: str) -> ModuleSlot:
+            return ModuleSlot(block.get_submodule(path))
+
         return {
-            "q": ModuleSlot(attn.q_proj),
-            "k": ModuleSlot(attn.k_proj),
-            "v": ModuleSlot(attn.v_proj),
-            "o": ModuleSlot(attn.o_proj),
-            "mlp_gate": ModuleSlot(mlp.gate_proj),
-            "mlp_in": ModuleSlot(mlp.up_proj),
-            "mlp_out": ModuleSlot(mlp.down_proj),
+            "q": at("self_attn.q_proj"),
+            "k": at("self_attn.k_proj"),
+            "v": at("self_attn.v_proj"),
+            "o": at("self_attn.o_proj"),
+            "mlp_gate": at("mlp.gate_proj"),
+            "mlp_in": at("mlp.up_proj"),
+            "mlp_out": at("mlp.down_proj"),
         }
 
     def embedding(self) -> nn.Embedding:
-        return self.base.embed_tokens
+        return cast(nn.Embedding, self.base.get_submodule("embed_tokens"))

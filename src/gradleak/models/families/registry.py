@@ -51,8 +51,9 @@ def family_class_for(model_type: str) -> type[ArchitectureFamily]:
 def family_for(model: nn.Module) -> ArchitectureFamily:
     """Returns the family bound to ``model``, chosen from its ``config.model_type``."""
     config = getattr(model, "config", None)
-    if config is None and hasattr(model, "get_base_model"):
-        config = model.get_base_model().config
+    get_base_model = getattr(model, "get_base_model", None)  # a PEFT wrapper
+    if config is None and callable(get_base_model):
+        config = get_base_model().config
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         raise UnsupportedFamilyError(
