@@ -66,7 +66,7 @@ def _literal(node: ast.AST | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
-def _dynamic_import_target(call: ast.Call, package: str) -> list[str]:
+def _dynamic_import_target(call: ast.Call) -> list[str]:
     """Returns the modules an ``importlib.import_module`` / ``__import__`` call names literally."""
     func = call.func
     name = (
@@ -111,7 +111,7 @@ def imported_names(path: Path, package: str) -> Iterator[tuple[int, str]]:
                 if alias.name != "*":
                     yield node.lineno, f"{module}.{alias.name}"
         elif isinstance(node, ast.Call):
-            for module in _dynamic_import_target(node, package):
+            for module in _dynamic_import_target(node):
                 yield node.lineno, module
 
 
