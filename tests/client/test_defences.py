@@ -1,4 +1,5 @@
-"""Update defences (noise, pruning, quantisation), secure aggregation, the registry and metadata round trips."""
+"""Update defences (noise, pruning, quantisation), secure aggregation, the registry and metadata
+round trips."""
 
 from __future__ import annotations
 

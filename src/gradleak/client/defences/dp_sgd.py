@@ -1,4 +1,5 @@
-"""DP-SGD through Opacus: per-example clipping and Gaussian noise, as Opacus' optimiser applies them.
+"""DP-SGD through Opacus: per-example clipping and Gaussian noise, as Opacus' optimiser applies
+them.
 
 The shared gradient is exactly what Opacus' ``DPOptimizer`` holds after ``pre_step()``: per-example
 gradients (Opacus ``GradSampleModule``, hooks mode) clipped to norm C, summed, plus noise of std
@@ -117,7 +118,8 @@ class DPSGD(TrainingDefence):
                     noise_multiplier=self.noise_multiplier,
                     max_grad_norm=self.max_grad_norm,
                     expected_batch_size=1,
-                    # Opacus draws noise on each parameter's device, so the generator lives there too.
+                    # Opacus draws noise on each parameter's device, so the generator lives there
+                    # too.
                     generator=seeded_generator(
                         self.seed, self.name, device=params[names[0]].device
                     ),
@@ -134,7 +136,8 @@ class DPSGD(TrainingDefence):
                 model.zero_grad(set_to_none=True)
 
     def record(self, *, steps: int, mini_batch: int, batch_size: int) -> dict[str, Any]:
-        """Returns the metadata entry: parameters, the noise std on the mean gradient and epsilon."""
+        """Returns the metadata entry: parameters, the noise std on the mean gradient and
+        epsilon."""
         sample_rate = self.sample_rate if self.sample_rate is not None else mini_batch / batch_size
         accounted = self.steps if self.steps is not None else steps
         opacus = require("opacus")
@@ -157,7 +160,8 @@ class DPSGD(TrainingDefence):
 
 
 class DPGradient:
-    """Computes privatised gradients with an attached Opacus optimiser (see :meth:`DPSGD.attach`)."""
+    """Computes privatised gradients with an attached Opacus optimiser (see
+    :meth:`DPSGD.attach`)."""
 
     def __init__(
         self,
@@ -178,7 +182,8 @@ class DPGradient:
         self.clipped_fractions: list[float] = []
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Returns the clipped, noised, averaged gradient of ``batch`` (Opacus' ``p.grad`` after pre_step)."""
+        """Returns the clipped, noised, averaged gradient of ``batch`` (Opacus' ``p.grad`` after
+        pre_step)."""
         inputs = encode(self.public, batch.texts, max_length=self.max_length)
         n, length = inputs["input_ids"].shape
         # Per-example position-embedding gradients need batched ids (else Opacus' clip fails).
