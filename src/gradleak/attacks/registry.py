@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from gradleak.attacks.base import Attack
 from gradleak.errors import UnknownSpecError
+
+Config = TypeVar("Config")
+
+
+class _UnknownOptions(TypeError):
+    """Options that are no field of an attack's config dataclass."""
+
+    def __init__(self, unknown: list[str], valid: list[str]) -> None:
+        super().__init__(unknown, valid)
+        self.unknown, self.valid = unknown, valid
+
+
+def _configured(config_class: type[Config], options: Mapping[str, Any]) -> Config:
+    """Returns ``config_class(**options)``, refusing options that are none of its fields."""
+    valid = [f.name for f in fields(config_class) if f.init]  # type: ignore[arg-type]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise _UnknownOptions(unknown, valid)
+    return config_class(**options)
 
 
 def _dager(**options: Any) -> Attack:
     from gradleak.attacks.dager import Dager, DagerConfig
 
-    return Dager(DagerConfig(**options))
+    return Dager(_configured(DagerConfig, options))
 
 
 def _layer_span(**options: Any) -> Attack:
     from gradleak.attacks.layer_span import LayerSpan, LayerSpanConfig
 
-    return LayerSpan(LayerSpanConfig(**options))
+    return LayerSpan(_configured(LayerSpanConfig, options))
 
 
 def _optimization(recipe: str) -> Callable[..., Attack]:
     def factory(**options: Any) -> Attack:
         from gradleak.attacks.optimization import RECIPES, GradientInversion
 
-        return GradientInversion(RECIPES[recipe](**options))
+        return GradientInversion(_configured(RECIPES[recipe], options))
 
     return factory
 
@@ -66,5 +86,11 @@ def create_attack(name: str, **options: Any) -> Attack:
         )
     try:
         return _ATTACKS[name](**options)
+    except _UnknownOptions as err:
+        words = "options" if len(err.unknown) > 1 else "option"
+        raise UnknownSpecError(
+            f"attack {name!r} has no {words} {', '.join(map(repr, err.unknown))}; "
+            f"valid options: {', '.join(err.valid)}."
+        ) from None
     except TypeError as err:
         raise UnknownSpecError(f"attack {name!r} does not take these options: {err}") from None

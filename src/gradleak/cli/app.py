@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -39,29 +40,49 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+#: Commands that a rerun resumes where an interruption stopped them.
+RESUMABLE = ("attack", "sweep")
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Runs the command line; a GradleakError becomes its message and exit status 2."""
+    """Runs the command line; a GradleakError becomes its message and exit status 2.
+
+    Ctrl-C prints one line and exits 130, so a scheduler never reads an interrupted run as done.
+    """
     _quiet_libraries()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode typer returns a command's exit status (130 for Ctrl-C).
+        status = app(args=args, standalone_mode=False)
     except GradleakError as err:
         errors.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
     except KeyboardInterrupt:
-        errors.print("interrupted")
-        sys.exit(130)
+        _interrupted(args)
     except Exception as err:
         # Usage errors, aborts and exits come from the click that typer bundles (typer._click in
         # typer >= 0.29, click before it), so they are recognised by what they carry.
         if type(err).__name__ == "Abort":
-            errors.print("interrupted")
-            sys.exit(130)
+            _interrupted(args)
         if hasattr(err, "show") and hasattr(err, "exit_code"):
             err.show()
             sys.exit(err.exit_code)
         if hasattr(err, "exit_code"):
             sys.exit(err.exit_code)
         raise
+    if status == INTERRUPTED:
+        _interrupted(args)
+    if isinstance(status, int) and status:
+        sys.exit(status)
+
+
+def _interrupted(args: list[str]) -> NoReturn:
+    """Says that the command was interrupted (and how to resume it) and exits 130."""
+    resume = "; rerun the same command to resume" if args and args[0] in RESUMABLE else ""
+    errors.print(f"interrupted{resume}")
+    sys.exit(INTERRUPTED)
 
 
 _register()

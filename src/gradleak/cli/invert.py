@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -27,23 +26,25 @@ def invert(
     from gradleak.attacks import create_attack
     from gradleak.cli.app import console
     from gradleak.cli.output import reconstruction_table
+    from gradleak.experiments.rundir import check_writable, write_json_atomic
     from gradleak.models import load_model_for
     from gradleak.update import check_fits, load_update
 
+    if out is not None:
+        check_writable(out, option="--out folder")  # before the attack, not after
     update = load_update(update_file)
+    attacker = create_attack(attack)
     public = load_model_for(update.metadata, spec=model or None)
     if "lora" in update.metadata.extra:  # the server also sent the (public, warm-started) adapters
         from gradleak.client.lora import LoraSpec, apply_lora
 
         public = apply_lora(public, LoraSpec.from_dict(update.metadata.extra["lora"]))
-    check_fits(update, public.model, source=str(update_file))
-    result = create_attack(attack).reconstruct(public, update)
+    check_fits(update, public.model, source=str(update_file), loaded=model or None)
+    result = attacker.reconstruct(public, update)
     console.print(reconstruction_table(result))
     if result.reason:
         console.print(f"[yellow]note:[/] {result.reason}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "reconstruction.json").write_text(
-            json.dumps(result.to_dict(), indent=1, sort_keys=True)
-        )
+        write_json_atomic(out / "reconstruction.json", result.to_dict())
         console.print(f"wrote {out / 'reconstruction.json'}")

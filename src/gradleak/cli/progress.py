@@ -34,7 +34,7 @@ def run_progress(console: Console, label: str, *, quiet: bool = False):
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{label}: preparing", total=None)
+        task = progress.add_task(f"{label}: checking, loading data and model", total=None)
 
         def on_event(event: Any) -> None:
             if event.kind == "prepared":
@@ -43,7 +43,7 @@ def run_progress(console: Console, label: str, *, quiet: bool = False):
                     task,
                     total=event.total,
                     completed=event.done,
-                    description=f"{label}: loading data and model{note}",
+                    description=f"{label}: starting{note}",
                 )
             elif event.kind == "batch_started":
                 progress.update(task, description=f"{label}: batch {event.done + 1}")

@@ -42,9 +42,13 @@ def simulate(
     from gradleak.client import ClientSettings, prepare_model, simulate_update
     from gradleak.client.defences import secure_aggregate
     from gradleak.data import load_texts, sample_batches
+    from gradleak.experiments.rundir import check_writable
     from gradleak.models import load_model
     from gradleak.update import save_update
 
+    check_writable(out.parent, option="path for the update")  # before the work, not after
+    if truth is not None:
+        check_writable(truth.parent, option="--truth path")
     settings = ClientSettings.from_dict(client)
     clients, noise_seed = settings.clients, settings.noise_seed
     source = load_texts(dataset, split=split, text_field=text_field or None)

@@ -51,7 +51,7 @@ def sweep_command(
         select_shard,
         sweep_manifest,
     )
-    from gradleak.experiments.rundir import write_json_atomic
+    from gradleak.experiments.rundir import check_writable, write_json_atomic
     from gradleak.report import RunResult, console_table
 
     path = resolve_grid(grid)
@@ -66,6 +66,7 @@ def sweep_command(
             f"{len(selected)} of {len(runs)} run(s)" + (f" in shard {shard}" if shard else "")
         )
         return
+    check_writable(root, option="--out folder")
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / "sweep.json", sweep_manifest(values, runs))
     results = []

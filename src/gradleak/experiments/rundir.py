@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ __all__ = [
     "CONFIG_FILE",
     "RECORDS_FILE",
     "SUMMARY_FILE",
+    "OutputError",
     "RunDirError",
     "append_record",
+    "check_run_dir",
+    "check_writable",
     "lock_run_dir",
     "open_run_dir",
     "read_config",
@@ -53,6 +57,29 @@ class RunDirError(GradleakError):
     """A run directory that cannot be used as asked (another config, damaged records)."""
 
 
+class OutputError(GradleakError, OSError):
+    """An output location where nothing can be written (under a file, read-only, full)."""
+
+
+def check_run_dir(out: str | Path, config: RunConfig, *, overwrite: bool = False) -> int:
+    """Returns how many batches of ``config`` ``out`` already holds, writing nothing.
+
+    It refuses what :func:`open_run_dir` refuses, so a run can check its directory before
+    loading anything and write nothing when the directory will not do.
+
+    Raises:
+        RunDirError: as :func:`open_run_dir`.
+    """
+    out = Path(out)
+    _check_not_file(out)
+    if overwrite or not out.is_dir():
+        return 0
+    _check_config(out, config)
+    records = read_records(out, warn=False)  # open_run_dir warns when it cuts the line
+    _check_records(records, config, out)
+    return len(records)
+
+
 def open_run_dir(
     out: str | Path, config: RunConfig, *, overwrite: bool = False
 ) -> list[dict[str, Any]]:
@@ -67,14 +94,60 @@ def open_run_dir(
             are damaged or belong to another config.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{str(out)!r} is a file; give --out a directory.")
+    _check_not_file(out)
     if overwrite:
         for name in (CONFIG_FILE, RECORDS_FILE, SUMMARY_FILE):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    config_path = out / CONFIG_FILE
-    if config_path.exists():
+    if not _check_config(out, config):
+        _write_text_atomic(out / CONFIG_FILE, _HEADER + config.to_yaml())
+    records = read_records(out, repair=True)
+    _check_records(records, config, out)
+    return records
+
+
+def check_writable(folder: str | Path, *, option: str) -> None:
+    """Checks that files can be created in ``folder`` by creating one, then removing it.
+
+    Folders that had to be made for the check are removed again, so nothing is left behind.
+
+    Raises:
+        OutputError: ``folder`` lies under a regular file, or cannot be created or written
+            (read-only, no permission, no space).
+    """
+    folder = Path(folder)
+    chain = (folder, *folder.parents)
+    blocker = next((p for p in chain if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(
+            f"cannot write to {str(folder)!r}: {str(blocker)!r} is a file, not a folder; "
+            f"choose another {option}."
+        )
+    missing = [p for p in chain if not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".gradleak-probe-") as probe:
+            probe.write(b"probe")
+            probe.flush()
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        raise OutputError(
+            f"cannot write to {str(folder)!r} ({reason}); choose another {option}."
+        ) from None
+    finally:
+        for path in missing:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def _check_not_file(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{str(out)!r} is a file; give --out a directory.")
+
+
+def _check_config(out: Path, config: RunConfig) -> bool:
+    """Returns whether ``out`` holds the ``config.yaml`` of ``config``; refuses another run."""
+    if (out / CONFIG_FILE).exists():
         existing = read_config(out)
         if existing != config:
             changed = "; ".join(existing.differences(config))
@@ -82,16 +155,13 @@ def open_run_dir(
                 f"{str(out)!r} holds results of a different config ({changed}); "
                 "use a new --out directory, or --overwrite to delete those results."
             )
-    elif (out / RECORDS_FILE).exists():
+        return True
+    if (out / RECORDS_FILE).exists():
         raise RunDirError(
             f"{str(out)!r} has {RECORDS_FILE} but no {CONFIG_FILE}, so its results cannot be checked; "
             "use a new --out directory, or --overwrite to delete them."
         )
-    else:
-        _write_text_atomic(config_path, _HEADER + config.to_yaml())
-    records = read_records(out, repair=True)
-    _check_records(records, config, out)
-    return records
+    return False
 
 
 @contextlib.contextmanager
@@ -107,8 +177,7 @@ def lock_run_dir(out: str | Path):
         yield
         return
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{str(out)!r} is a file; give --out a directory.")
+    _check_not_file(out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".lock").open("a") as handle:
         try:
@@ -138,11 +207,14 @@ def read_config(run_dir: str | Path) -> RunConfig:
         raise RunDirError(f"Cannot read the run config {str(path)!r}: {err}") from None
 
 
-def read_records(run_dir: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
+def read_records(
+    run_dir: str | Path, *, repair: bool = False, warn: bool = True
+) -> list[dict[str, Any]]:
     """Returns the complete records of a run directory, in file order (empty when there are none).
 
     A last line that lacks its newline or does not parse is a write cut short by a crash: it is
-    dropped, and with ``repair`` also cut from the file so that appends continue cleanly.
+    dropped (with a warning, unless not ``warn``), and with ``repair`` also cut from the file so
+    that appends continue cleanly.
 
     Raises:
         RunDirError: A line before the last one is not valid JSON (the file is damaged).
@@ -161,9 +233,10 @@ def read_records(run_dir: str | Path, *, repair: bool = False) -> list[dict[str,
                 raise ValueError("not an object")
         except ValueError:
             if number == len(lines) and not tail:
-                logger.warning(
-                    "Dropping an unreadable last record in %s (a crash mid-write).", path
-                )
+                if warn:
+                    logger.warning(
+                        "Dropping an unreadable last record in %s (a crash mid-write).", path
+                    )
                 break
             raise RunDirError(
                 f"{str(path)!r} line {number} is not a valid record, so the file is damaged; "
@@ -172,7 +245,8 @@ def read_records(run_dir: str | Path, *, repair: bool = False) -> list[dict[str,
         records.append(record)
         keep += len(line) + 1
     if keep != len(data):
-        logger.warning("Dropping a half-written last record in %s.", path)
+        if warn:
+            logger.warning("Dropping a half-written last record in %s.", path)
         if repair:
             with path.open("r+b") as handle:
                 handle.truncate(keep)
@@ -197,16 +271,25 @@ def _check_records(records: Sequence[Mapping[str, Any]], config: RunConfig, out:
 
 
 def append_record(run_dir: str | Path, record: Mapping[str, Any]) -> None:
-    """Appends one record as a JSON line, with one write, then flushes it to disk."""
+    """Appends one record as a JSON line, with one write, then flushes it to disk.
+
+    A write stopped part-way (Ctrl-C, a full disk) is cut off again, so the file never holds a
+    half line while this process lives; a kill mid-write is repaired on resume instead.
+    """
     line = (json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode(
         "utf-8"
     )
     fd = os.open(Path(run_dir) / RECORDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        view = memoryview(line)
-        while view:  # os.write may write less than asked; a cut is detected on resume
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
 

@@ -25,6 +25,8 @@ from typing import Any
 from gradleak.attacks import Attack, create_attack
 from gradleak.client import prepare_model, simulate_update
 from gradleak.client.defences import secure_aggregate
+from gradleak.client.exposure import Exposure
+from gradleak.client.settings import ClientSettings
 from gradleak.data import Batch, load_texts, sample_batches
 from gradleak.errors import GradleakError, UnknownSpecError
 from gradleak.experiments.config import RunConfig
@@ -38,6 +40,8 @@ from gradleak.experiments.records import (
 from gradleak.experiments.rundir import (
     SUMMARY_FILE,
     append_record,
+    check_run_dir,
+    check_writable,
     lock_run_dir,
     open_run_dir,
     write_json_atomic,
@@ -69,6 +73,15 @@ class RunEvent:
     record: Mapping[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What every batch of a run needs, built before anything is written."""
+
+    attack: Attack
+    batches: list[Batch]
+    public: PublicModel
+
+
 def run_experiment(
     config: RunConfig,
     out: str | Path,
@@ -82,6 +95,10 @@ def run_experiment(
     the batch is scored, and rewrites ``out/summary.json`` after each batch. Batches already in
     the records are skipped, so rerunning after an interruption finishes the same run.
 
+    Every check that can fail (the run directory, the output location, the attack options, the
+    data and the batches it yields, the model, the exposure and the client's settings) runs
+    before anything is written, so a corrected command is never refused as another config.
+
     Args:
         config: The run's settings; ``auto`` values are resolved first.
         out: The run directory.
@@ -90,40 +107,53 @@ def run_experiment(
 
     Raises:
         RunDirError: ``out`` holds results of another config (and not ``overwrite``).
+        OutputError: Nothing can be written in ``out``.
         GradleakError: The data, model or attack cannot be set up as configured.
     """
     config = config.resolved()
     out = Path(out)
     emit = on_event or (lambda event: None)
-    attack = _create_attack(config)  # unknown attack options fail before anything is written
+    attack = _create_attack(config)  # the cheap checks first: a typo is named as such
+    settings = config.client_settings()
+    done = check_run_dir(out, config, overwrite=overwrite)
+    check_writable(out, option="--out directory")
+    prepared = _prepare(config, attack, settings) if done < config.batches else None
     with lock_run_dir(out):
         records = open_run_dir(out, config, overwrite=overwrite)
         env = environment(config.device)
         emit(RunEvent("prepared", len(records), config.batches))
         if len(records) < config.batches:
-            _run_remaining(config, out, attack, records, env, emit)
+            prepared = prepared or _prepare(config, attack, settings)  # records vanished meanwhile
+            _run_remaining(config, out, prepared, records, env, emit)
         summary = summarize_run(config, records, environment=env)
         write_json_atomic(out / SUMMARY_FILE, summary)
     emit(RunEvent("finished", len(records), config.batches))
     return summary
 
 
+def _prepare(config: RunConfig, attack: Attack, settings: ClientSettings) -> _Prepared:
+    """Returns the attack, the sampled batches and the round's public model, checked to fit."""
+    batches = _sample(config)
+    # The round's public model: with LoRA, the adapter-wrapped copy the server sent.
+    public = prepare_model(_load_public_model(config), settings)
+    if not settings.uses_lora:  # adapters are shared whatever the exposure says
+        Exposure.parse(settings.expose).select(public.family)
+    return _Prepared(attack, batches, public)
+
+
 def _run_remaining(
     config: RunConfig,
     out: Path,
-    attack: Attack,
+    prepared: _Prepared,
     records: list[dict[str, Any]],
     env: Mapping[str, Any],
     emit: Callable[[RunEvent], None],
 ) -> None:
     """Runs the batches after the last recorded one, appending each record as soon as it is done."""
-    batches = _sample(config)
-    # The round's public model: with LoRA, the adapter-wrapped copy the server sent.
-    public = prepare_model(_load_public_model(config), config.client_settings())
     emit(RunEvent("loaded", len(records), config.batches))
     for index in range(len(records), config.batches):
         emit(RunEvent("batch_started", index, config.batches))
-        record = run_batch(index, batches[index], public, attack, config)
+        record = run_batch(index, prepared.batches[index], prepared.public, prepared.attack, config)
         append_record(out, record)
         records.append(record)
         write_json_atomic(out / SUMMARY_FILE, summarize_run(config, records, environment=env))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -56,16 +56,36 @@ def load_update(path: str | os.PathLike, *, model: torch.nn.Module | None = None
             header = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise InvalidUpdateError(
-            f"{path} is not a readable safetensors file ({err}); it may be truncated: write it "
-            "again."
-        ) from None
+        raise InvalidUpdateError(_unreadable(path, err)) from None
     metadata = _parse_header(path, header)
     update = ClientUpdate(tensors=tensors, metadata=metadata)
     check_finite(update)
     if model is not None:
         check_fits(update, model, source=str(path))
     return update
+
+
+#: How files that are not safetensors begin: pickle protocols 2 to 5, and torch.save's zip.
+_PICKLE_STARTS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
+_ZIP_START = b"PK\x03\x04"
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Returns what is wrong with a file safetensors cannot read, by how it begins."""
+    with path.open("rb") as handle:
+        start = handle.read(9)
+    if start.startswith(_PICKLE_STARTS) or start.startswith(_ZIP_START):
+        kind = "a Python pickle" if start.startswith(_PICKLE_STARTS) else "a zip file (torch.save)"
+        return (
+            f"{path} is not a safetensors file but {kind}, and gradleak never unpickles files; "
+            "save the tensors with safetensors (gradleak.update.save_update) instead."
+        )
+    if len(start) == 9 and start[8:9] == b"{":  # an 8-byte header length, then the JSON header
+        return f"{path} is a damaged safetensors file ({err}); it may be truncated: write it again."
+    return (
+        f"{path} is not a safetensors file ({err}); give a ClientUpdate written by "
+        "gradleak.update.save_update or another safetensors writer."
+    )
 
 
 def check_finite(update: ClientUpdate) -> None:
@@ -82,20 +102,39 @@ def check_finite(update: ClientUpdate) -> None:
         )
 
 
-def check_fits(update: ClientUpdate, model: torch.nn.Module, *, source: str = "the update") -> None:
-    """Raises InvalidUpdateError unless every tensor matches a parameter of ``model`` by name and
-    shape."""
+def check_fits(
+    update: ClientUpdate,
+    model: torch.nn.Module,
+    *,
+    source: str = "the update",
+    loaded: str | None = None,
+) -> None:
+    """Raises InvalidUpdateError unless every tensor matches a parameter of ``model``.
+
+    Args:
+        update: The update to check, by tensor name and shape.
+        model: The model the attack would use.
+        source: How the message names the update (e.g. its file).
+        loaded: The spec ``model`` was loaded from, when not the one the update names.
+    """
     params = dict(model.named_parameters())
     problems = list(_mismatches(update.tensors.items(), params))
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    if not problems:
+        return
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    made_for = update.metadata.model
+    if loaded is not None and loaded != made_for:
         raise InvalidUpdateError(
-            f"{source} does not fit model {update.metadata.model!r} as loaded: "
-            f"{problems[0]}{more}; load the model the update was made for."
+            f"{source} does not fit model {loaded!r}: {problems[0]}{more}; it was made for "
+            f"{made_for!r}: load that model (leave out --model)."
         )
+    raise InvalidUpdateError(
+        f"{source} does not fit model {made_for!r} as loaded: {problems[0]}{more}; "
+        "load the model the update was made for."
+    )
 
 
-def _mismatches(items: Iterable[tuple[str, torch.Tensor]], params: dict[str, torch.Tensor]):
+def _mismatches(items: Iterable[tuple[str, torch.Tensor]], params: Mapping[str, torch.Tensor]):
     for name, tensor in items:
         if name not in params:
             yield f"it has {name}, which the model lacks"
