@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from gradleak.attacks import Reconstruction
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -33,11 +38,11 @@ def demo(
     from gradleak.client import compute_update
     from gradleak.data import Batch, load_texts
     from gradleak.models import load_model
-    from gradleak.scoring import score_batch
     from gradleak.update import save_update
 
     console.print(
-        f"[bold]1. The server sends the model[/] {model!r} (first use of a GGUF model converts it once)."
+        f"[bold]1. The server sends the model[/] {model!r} "
+        "(first use of a GGUF model converts it once)."
     )
     started = time.perf_counter()
     public = load_model(model, task=task)
@@ -46,7 +51,8 @@ def demo(
     source = load_texts("demo")
     batch = Batch(texts=source.texts[:batch_size], labels=source.labels[:batch_size], source="demo")
     console.print(
-        f"[bold]2. A client computes one gradient step on {len(batch)} private messages[/] and shares it."
+        f"[bold]2. A client computes one gradient step on {len(batch)} private messages[/] "
+        "and shares it."
     )
     started = time.perf_counter()
     update = compute_update(public, batch)
@@ -54,7 +60,8 @@ def demo(
     console.print(
         f"   shares {len(update.tensors)} tensors ({shared / 1e6:.1f} M values) in "
         f"{time.perf_counter() - started:.1f} s; metadata: model={update.metadata.model}, "
-        f"task={update.metadata.task}, kind={update.metadata.kind}, exposure={update.metadata.exposure}"
+        f"task={update.metadata.task}, kind={update.metadata.kind}, "
+        f"exposure={update.metadata.exposure}"
     )
     if save:
         console.print(f"   saved to {save_update(update, save)}")
@@ -70,18 +77,28 @@ def demo(
     seconds = result.diagnostics.get("seconds", {})
     console.print("   time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
 
-    score = score_batch(
-        batch.texts, result.texts, special_tokens=public.tokenizer.all_special_tokens
-    )
-    summary = Table(
+    console.print(score_table(batch.texts, result, public.tokenizer))
+
+
+def score_table(texts: Sequence[str], result: Reconstruction, tokenizer: Any) -> Table:
+    """Returns the demo's score table, scored as runs are scored.
+
+    References are the texts as the client's tokens decode (an uncased model cannot return
+    capitals), so a sentence counts as exact here when its token ids are the client's, as in the
+    reconstruction table's "exact" column.
+    """
+    from gradleak.experiments.records import score_fields
+
+    metrics = score_fields(texts, result, tokenizer)["metrics"]
+    table = Table(
         title="4. Scored against the client's messages (only here does ground truth appear)"
     )
     for name in ("ROUGE-1", "ROUGE-2", "ROUGE-L", "exact sentences"):
-        summary.add_column(name, justify="right")
-    summary.add_row(
-        f"{score.rouge1:.1f}",
-        f"{score.rouge2:.1f}",
-        f"{score.rougeL:.1f}",
-        f"{score.exact_rate * len(batch):.0f} / {len(batch)}",
+        table.add_column(name, justify="right")
+    table.add_row(
+        f"{metrics['rouge1']:.1f}",
+        f"{metrics['rouge2']:.1f}",
+        f"{metrics['rougeL']:.1f}",
+        f"{metrics['exact_rate'] * len(texts):.0f} / {len(texts)}",
     )
-    console.print(summary)
+    return table
