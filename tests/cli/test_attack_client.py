@@ -1,4 +1,4 @@
-"""``gradleak attack`` and ``gradleak sweep`` with client options: defences, FedAvg, config files."""
+"""``gradleak attack`` and ``sweep`` with client options: defences, FedAvg, config files."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def test_client_keys_in_a_config_file_and_command_line_overrides(
     config = tmp_path / "exp.yaml"
     config.write_text(
         f"model: '{gpt2_spec}'\ndataset: {tiny_texts}\nattack: spy\nbatch_size: 2\n"
-        f"out: {tmp_path / 'run'}\nclient:\n  defence: [noise, quantize]\n  sigma: 1e-5\n  quant: fp16\n"
+        f"out: {tmp_path / 'run'}\nclient:\n  defence: [noise, quantize]\n  sigma: 1e-5\n"
+        "  quant: fp16\n"
     )
     code, out = cli("attack", "--config", config, "--sigma", 2e-5, "--clients", 2, "-q")
     assert code == 0, out

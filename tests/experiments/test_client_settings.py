@@ -45,8 +45,8 @@ def _tensor_sum(update) -> float:
 def test_client_keys_come_from_a_mapping_dotted_keys_and_the_command_line(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(
-        "model: m\nbatch_size: 4\nclient:\n  algo: fedavg\n  local-epochs: 2\n  defence: noise,prune\n"
-        "  sigma: 1e-5\nclient.lr: 1e-3\n"
+        "model: m\nbatch_size: 4\nclient:\n  algo: fedavg\n  local-epochs: 2\n"
+        "  defence: noise,prune\n  sigma: 1e-5\nclient.lr: 1e-3\n"
     )
     config = build_config(load_config_file(path), {"client": {"mini_batch": 2, "lr": 5e-4}})
     client = config.client

@@ -1,4 +1,4 @@
-"""The client options of ``gradleak attack`` and ``gradleak simulate``, generated from ClientSettings.
+"""The client options of ``gradleak attack`` and ``simulate``, generated from ClientSettings.
 
 Every field of :class:`~gradleak.client.ClientSettings` becomes one option, ``--FIELD-NAME`` (or
 the field's ``flag`` metadata), with the field's help, its default as the help shows it, and its

@@ -147,7 +147,7 @@ class RunConfig:
 
     @property
     def clients(self) -> int:
-        """Returns the number of clients whose summed update the server sees (secure aggregation)."""
+        """Returns how many clients' summed update the server sees (secure aggregation)."""
         return self.client.clients
 
     @property
@@ -197,7 +197,7 @@ class RunConfig:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
     def differences(self, other: RunConfig) -> list[str]:
-        """Returns ``key: mine -> other`` for every field (or ``client.key``) where ``other`` differs."""
+        """Returns ``key: mine -> other`` for each field (or ``client.KEY``) where they differ."""
         mine, theirs = self.to_dict(), other.to_dict()
         out = []
         for key in mine:
@@ -423,7 +423,8 @@ def build_config(
     merged.update({k: v for k, v in cli.items() if "." not in k})
     if not merged.get("model"):
         raise ConfigError(
-            "No model given: pass --model (e.g. --model smollm2-135m) or set model: in the config file."
+            "No model given: pass --model (e.g. --model smollm2-135m) or set model: in the "
+            "config file."
         )
     return RunConfig(**merged)
 
@@ -455,12 +456,13 @@ def _check_keys(values: Mapping[str, Any], known: set[str], source: str) -> None
         else ""
     )
     raise ConfigError(
-        f"{source} has unknown key(s) {', '.join(unknown)}{hint}; known keys: {', '.join(sorted(known))}."
+        f"{source} has unknown key(s) {', '.join(unknown)}{hint}; "
+        f"known keys: {', '.join(sorted(known))}."
     )
 
 
 def parse_option_value(text: str) -> Any:
-    """Returns a command-line ``KEY=VALUE`` value as YAML reads it, numbers like ``1e-5`` included."""
+    """Returns a command-line ``KEY=VALUE`` value as YAML reads it (``1e-5`` is a number)."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
