@@ -64,10 +64,10 @@ def test_attack_then_report(cli, gpt2_spec, tiny_texts, tmp_path):
     assert code == 0, out
     root = ET.fromstring((run / "report.html").read_text().removeprefix("<!DOCTYPE html>\n"))
     cells = ["".join(td.itertext()) for td in root.find(".//table[@class='summary']/tbody/tr")]
-    assert cells[0] == "run" and cells[5] == "100.0 ± 0.0"
+    assert cells[0] == "run" and cells[5] == "100.0 (n = 1)"
     assert "100.0" in (run / "results.csv").read_text().splitlines()[1]
     code, out = cli("report", run, "--format", "markdown", "--no-files")
-    assert code == 0 and out.startswith("| run | model |") and "| 100.0 ± 0.0 |" in out
+    assert code == 0 and out.startswith("| run | model |") and "| 100.0 (n = 1) |" in out
 
 
 def test_config_file_overrides_and_refusals(cli, spy_attack, gpt2_spec, tiny_texts, tmp_path):

@@ -1,4 +1,4 @@
-"""The report: tables, CSV and an HTML page that parses, built only from summary.json and records.jsonl."""
+"""The report: tables, CSV and an HTML page that parses, built only from summary and records."""
 
 from __future__ import annotations
 
@@ -114,8 +114,8 @@ def test_tables_and_csv(sweep):
     assert all(len(r.records) == 2 for r in runs)  # the half-written third line is skipped
     table = markdown_table(runs)
     assert (
-        "| cola-b1 | tiny | cola | 1 | 2 | 99.0 ± 3.0 | 80.0 ± 0.0 | 90.0 ± 0.0 | 50.0 ± 50.0 | 100.0 ± 0.0 | 2.50 |"
-        in table
+        "| cola-b1 | tiny | cola | 1 | 2 | 99.0 ± 3.0 | 80.0 ± 0.0 | 90.0 ± 0.0 | 50.0 ± 50.0 "
+        "| 100.0 ± 0.0 | 2.50 |" in table
     )
     rows = list(csv.DictReader(io.StringIO(csv_text(runs))))
     assert len(rows) == 4 and rows[3]["dataset"] == "sst2" and float(rows[3]["rouge1"]) == 91.0

@@ -37,6 +37,7 @@ def report_command(
     from gradleak.report import (
         console_table,
         csv_text,
+        headline,
         load_runs,
         markdown_table,
         write_csv,
@@ -50,6 +51,7 @@ def report_command(
     runs = load_runs(dirs)
     if output_format == "table":
         console.print(console_table(runs))
+        console.print(headline(runs))
     else:  # plain text on stdout, for pipes and docs
         typer.echo(
             markdown_table(runs) if output_format == "markdown" else csv_text(runs), nl=False

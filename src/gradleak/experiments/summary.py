@@ -7,10 +7,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gradleak.experiments.config import RunConfig
+from gradleak.experiments.config import RunConfig, build_config
 from gradleak.scoring import summarize
 
-__all__ = ["SUMMARY_FORMAT", "SUMMARY_METRICS", "summarize_run"]
+__all__ = ["SUMMARY_FORMAT", "SUMMARY_METRICS", "changed_settings", "summarize_run"]
 
 SUMMARY_FORMAT = "gradleak.summary/1"
 #: Metrics summarised over batches. ROUGE values are percent; the rates and accuracy are 0 to 1.
@@ -34,6 +34,7 @@ def summarize_run(
     summary: dict[str, Any] = {
         "format": SUMMARY_FORMAT,
         "config": config.to_dict(),
+        "settings_changed": changed_settings(config),
         "config_fingerprint": config.fingerprint(),
         "batches": len(records),
         "batches_planned": config.batches,
@@ -58,6 +59,27 @@ def summarize_run(
     summary["versions"] = dict(environment.get("versions", {}))
     summary["hardware"] = dict(environment.get("hardware", {}))
     return summary
+
+
+def changed_settings(config: RunConfig) -> dict[str, Any]:
+    """Returns the settings that differ from a default run on the same model and dataset.
+
+    Keys of mappings are flat (``client.sigma``, ``attack_options.max_frontier``), so a report
+    can show them as one table of what was chosen.
+    """
+    default = build_config({"model": config.model, "dataset": config.dataset}).resolved()
+    base = _flat(default.to_dict())
+    return {k: v for k, v in _flat(config.to_dict()).items() if k not in base or base[k] != v}
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _median(values) -> float | None:

@@ -13,7 +13,10 @@ Point = tuple[float, float, float | None]
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 _W, _H = 600, 320
-_LEFT, _RIGHT, _TOP, _BOTTOM = 62, 190, 34, 48
+_LEFT, _RIGHT, _TOP, _BOTTOM = 62, 20, 34, 48
+#: The legend sits below the plot, one full-width line per series, so long labels fit.
+_LEGEND_LINE = 18
+_LEGEND_CHARS = 80
 
 
 def line_plot(
@@ -43,9 +46,10 @@ def line_plot(
         for label, points in series.items()
     }
     clean = {label: points for label, points in clean.items() if points}
+    height = _H + _LEGEND_LINE * len(clean)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
-        f'viewBox="0 0 {_W} {_H}" role="img" class="plot">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" '
+        f'viewBox="0 0 {_W} {height}" role="img" class="plot">',
         f'<text x="{_W / 2:.0f}" y="18" text-anchor="middle" class="title">{escape(title)}</text>',
     ]
     if not clean:
@@ -154,16 +158,16 @@ def _series(points, fx, fy, color: str, label: str, index: int, *, log_y: bool) 
             f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}">'
             f"<title>{escape(label)}: {_num(x)} -&gt; {y:.3g}</title></circle>"
         )
-    ly = _TOP + 14 + 18 * index
+    ly = _H + 12 + _LEGEND_LINE * index
     parts.append(
-        f'<line x1="{_W - _RIGHT + 12}" y1="{ly - 4}" x2="{_W - _RIGHT + 30}" y2="{ly - 4}" '
+        f'<line x1="{_LEFT}" y1="{ly - 4}" x2="{_LEFT + 18}" y2="{ly - 4}" '
         f'stroke="{color}" stroke-width="3"/>'
-        f'<text x="{_W - _RIGHT + 36}" y="{ly}" class="legend">{escape(_short(label))}</text>'
+        f'<text x="{_LEFT + 24}" y="{ly}" class="legend">{escape(_short(label))}</text>'
     )
     return parts
 
 
-def _short(text: str, width: int = 26) -> str:
+def _short(text: str, width: int = _LEGEND_CHARS) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

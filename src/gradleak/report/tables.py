@@ -75,10 +75,34 @@ _SHORT = {
 }
 
 
-def format_pm(mean: float | None, stderr: float | None, *, scale: float = 1.0) -> str:
-    """Returns ``"mean ± 2·stderr"`` with one decimal (``-`` when there is no value)."""
+#: CSV decimals by column: ROUGE in percent, rates as fractions, seconds.
+_CSV_DECIMALS = {
+    **{
+        name: 2
+        for metric in ("rouge1", "rouge2", "rougeL")
+        for name in (metric, f"{metric}_stderr")
+    },
+    **{
+        name: 4
+        for metric in ("exact_rate", "certified_rate", "token_accuracy")
+        for name in (metric, f"{metric}_stderr")
+    },
+    "seconds_per_batch": 3,
+    "attack_seconds_per_batch": 3,
+}
+
+
+def format_pm(
+    mean: float | None, stderr: float | None, *, scale: float = 1.0, n: int | None = None
+) -> str:
+    """Returns ``"mean ± 2·stderr"`` with one decimal (``-`` when there is no value).
+
+    With one batch (``n`` 1) there is no spread to show, so it says ``"mean (n = 1)"``.
+    """
     if mean is None:
         return "-"
+    if n == 1:
+        return f"{mean * scale:.1f} (n = 1)"
     return f"{mean * scale:.1f} ± {2 * (stderr or 0.0) * scale:.1f}"
 
 
@@ -104,12 +128,22 @@ def csv_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
             )
         row["gradleak"] = summary.get("versions", {}).get("gradleak")
         row.update(device=hardware.get("device"), cpu=hardware.get("cpu"), gpu=hardware.get("gpu"))
-        rows.append(row)
+        rows.append(_rounded(row))
     return rows
 
 
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """Returns the row with its measured numbers rounded to what the measurement supports."""
+    return {
+        key: round(value, _CSV_DECIMALS[key])
+        if key in _CSV_DECIMALS and isinstance(value, float)
+        else value
+        for key, value in row.items()
+    }
+
+
 def csv_text(runs: Sequence[RunResult]) -> str:
-    """Returns the runs' summaries as comma-separated values, one header line then one row per run."""
+    """Returns the runs' summaries as comma-separated values: a header line, then a row per run."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -133,7 +167,7 @@ def table_rows(runs: Sequence[RunResult]) -> tuple[tuple[str, ...], list[tuple[s
         batches = str(s.get("batches", 0))
         if not s.get("complete"):
             batches += f" of {s.get('batches_planned')}"
-        seconds = s.get("seconds_per_batch")
+        seconds, n = s.get("seconds_per_batch"), s.get("batches")
         rows.append(
             (
                 run.name,
@@ -141,11 +175,11 @@ def table_rows(runs: Sequence[RunResult]) -> tuple[tuple[str, ...], list[tuple[s
                 str(run.config.get("dataset", "")),
                 str(run.config.get("batch_size", "")),
                 batches,
-                format_pm(s.get("rouge1"), s.get("rouge1_stderr")),
-                format_pm(s.get("rouge2"), s.get("rouge2_stderr")),
-                format_pm(s.get("rougeL"), s.get("rougeL_stderr")),
-                format_pm(s.get("exact_rate"), s.get("exact_rate_stderr"), scale=100),
-                format_pm(s.get("certified_rate"), s.get("certified_rate_stderr"), scale=100),
+                format_pm(s.get("rouge1"), s.get("rouge1_stderr"), n=n),
+                format_pm(s.get("rouge2"), s.get("rouge2_stderr"), n=n),
+                format_pm(s.get("rougeL"), s.get("rougeL_stderr"), n=n),
+                format_pm(s.get("exact_rate"), s.get("exact_rate_stderr"), scale=100, n=n),
+                format_pm(s.get("certified_rate"), s.get("certified_rate_stderr"), scale=100, n=n),
                 "-" if seconds is None else f"{seconds:.2f}",
             )
         )
@@ -198,23 +232,20 @@ def console_summary(summary: Mapping[str, Any], *, title: str = "summary"):
     table = Table(title=title, show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    batches = f"{summary.get('batches')} of {summary.get('batches_planned')}"
+    n = summary.get("batches")
+    batches = f"{n} of {summary.get('batches_planned')}"
     seconds = summary.get("seconds_per_batch")
+
+    def pm(name: str, scale: float = 1.0) -> str:
+        return format_pm(summary.get(name), summary.get(f"{name}_stderr"), scale=scale, n=n)
+
     for name, value in (
         ("batches", batches),
-        ("ROUGE-1 (%)", format_pm(summary.get("rouge1"), summary.get("rouge1_stderr"))),
-        ("ROUGE-2 (%)", format_pm(summary.get("rouge2"), summary.get("rouge2_stderr"))),
-        ("ROUGE-L (%)", format_pm(summary.get("rougeL"), summary.get("rougeL_stderr"))),
-        (
-            "exact (%)",
-            format_pm(summary.get("exact_rate"), summary.get("exact_rate_stderr"), scale=100),
-        ),
-        (
-            "certified (%)",
-            format_pm(
-                summary.get("certified_rate"), summary.get("certified_rate_stderr"), scale=100
-            ),
-        ),
+        ("ROUGE-1 (%)", pm("rouge1")),
+        ("ROUGE-2 (%)", pm("rouge2")),
+        ("ROUGE-L (%)", pm("rougeL")),
+        ("exact (%)", pm("exact_rate", 100)),
+        ("certified (%)", pm("certified_rate", 100)),
         ("seconds per batch (median)", "-" if seconds is None else f"{seconds:.2f}"),
     ):
         table.add_row(name, value)
