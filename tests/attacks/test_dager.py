@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks import create_attack
+from gradleak.attacks import CauseKind, create_attack
 from gradleak.attacks.dager import Dager, DagerConfig
 from gradleak.client import Exposure, compute_update
 from gradleak.data import Batch
@@ -75,8 +75,8 @@ def test_minilm(minilm, texts):
 
 def test_encoder_search_stops_once_every_block1_row_is_accounted_for(minilm, monkeypatch):
     """Each encoder row depends on its whole sentence, so block 1's rank is the batch's total length."""
-    from gradleak.attacks.dager import attack as dager_attack
     from gradleak.attacks.dager import encoder
+    from gradleak.attacks.dager import searches as dager_attack
 
     texts = SENTENCES[:2]
     update = compute_update(minilm, Batch(texts=texts, labels=(0, 1)))
@@ -108,7 +108,7 @@ def test_peel_option_must_be_a_boolean():
 
 def test_encoder_search_peels_each_sentence_it_finds(minilm, monkeypatch):
     """After a find, the search goes on against the gradient of the rest: block 1's rank drops by its length."""
-    from gradleak.attacks.dager import attack as dager_attack
+    from gradleak.attacks.dager import searches as dager_attack
 
     texts = SENTENCES[:2]
     lengths = [len(ids) for ids in token_ids(minilm, texts)]
@@ -128,8 +128,8 @@ def test_encoder_search_peels_each_sentence_it_finds(minilm, monkeypatch):
 
 
 def test_disclosed_batch_size_ends_the_encoder_search(minilm, monkeypatch):
-    from gradleak.attacks.dager import attack as dager_attack
     from gradleak.attacks.dager import encoder
+    from gradleak.attacks.dager import searches as dager_attack
 
     texts = SENTENCES[:2]
     update = compute_update(minilm, Batch(texts=texts, labels=(0, 1)), disclose_batch_size=True)
@@ -149,12 +149,25 @@ def test_disclosed_batch_size_ends_the_encoder_search(minilm, monkeypatch):
     assert disclosed < len(calls) - disclosed
 
 
-def test_next_token_task_misses_only_each_last_token(gpt2):
+def test_next_token_task_reads_each_last_token_from_the_head(gpt2):
+    """The last token is only a target: no span sees it, the head's gradient proves it."""
     public = load_model(GPT2_SMALL, task="next_token")
     texts = SENTENCES[:2]
     result = attack(public, texts)
-    expected = sorted(ids[:-1] for ids in token_ids(public, texts))
+    assert_exact(public, texts, result)
+    assert result.diagnostics["last_targets"] == "proved"
+
+
+def test_next_token_without_the_head_is_never_certified(gpt2):
+    public = load_model(GPT2_SMALL, task="next_token")
+    batch = Batch(texts=SENTENCES[:2], labels=(0, 1))
+    update = compute_update(public, batch, exposure=Exposure(blocks=(0, 1)))
+    result = Dager().reconstruct(public, update)
+    expected = sorted(ids[:-1] for ids in token_ids(public, SENTENCES[:2]))
     assert sorted(s.token_ids for s in result.sequences) == expected
+    assert not any(s.certified for s in result.sequences)
+    kinds = {c.kind for s in result.sequences for c in s.assurance.causes}
+    assert kinds == {CauseKind.TOKEN_UNREAD}
 
 
 def test_more_rows_than_hidden_size_is_best_effort(tiny_models):

@@ -97,14 +97,14 @@ def test_ranked_sentences_that_fit_are_peeled_and_the_rest_goes_through_the_span
         calls.append(1)
         return first if len(calls) == 1 else ranked.DecoderSearch()
 
-    monkeypatch.setattr("gradleak.attacks.dager.attack.search_ranked", first_round_only)
+    monkeypatch.setattr("gradleak.attacks.dager.searches.search_ranked", first_round_only)
     result = Dager().reconstruct(public, update)
     assert len(calls) == 1  # 21 rows are left: the rest is no longer saturated
     assert [s.token_ids for s in result.sequences[:4]] == exact
     assert sorted(s.token_ids for s in result.sequences[4:]) == sorted([truth[0], truth[3]])
     assert (
         result.diagnostics["peeled"][0]["sentences"] == 4
-        and "search" not in result.diagnostics["rest"]
+        and result.diagnostics["rest"]["search"] == "prefix"
     )
     assert result.diagnostics["seconds"]["peeling"] > 0
     assert not any(s.certified for s in result.sequences) and "peeled" in result.reason
@@ -114,7 +114,7 @@ def test_without_peeling_the_ranked_search_is_the_answer(tiny_models, monkeypatc
     public = tiny_models("gpt2")
     truth = [tuple(public.tokenizer(s)["input_ids"]) for s in SENTENCES]
     found = ranked.DecoderSearch(sequences=[(truth[1], (-9.0,) * len(truth[1]))])
-    monkeypatch.setattr("gradleak.attacks.dager.attack.search_ranked", lambda *a, **k: found)
+    monkeypatch.setattr("gradleak.attacks.dager.searches.search_ranked", lambda *a, **k: found)
     result = Dager(DagerConfig(peel=False)).reconstruct(public, update_for(public, SENTENCES))
     assert [s.token_ids for s in result.sequences] == [
         truth[1]
@@ -125,7 +125,7 @@ def test_ranked_search_needs_a_down_projection(tiny_models):
     public = tiny_models("gpt2")
     update = update_for(public, SENTENCES, exposure=Exposure(roles=("q", "k", "v")))
     result = Dager().reconstruct(public, update)
-    assert "search" not in result.diagnostics and not result.certified
+    assert result.diagnostics["search"] == "prefix" and not result.certified
 
 
 def test_saturated_option_is_checked():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gradleak.attacks.dager import Dager, DagerConfig
-from gradleak.attacks.dager.noisy import edge_rank, noisy_defence
+from gradleak.attacks.dager.noisy import edge_rank
+from gradleak.attacks.dager.plan import noisy_defence
 from gradleak.client import ClientSettings, simulate_update
 from gradleak.data import Batch
 from gradleak.models import load_model

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gradleak.attacks import Attack, Reconstruction, RecoveredSequence
+from gradleak.attacks import CERTIFIED, Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.registry import _ATTACKS, register_attack
 
 TEXTS = [
@@ -40,7 +40,7 @@ class SpyAttack(Attack):
     def reconstruct(self, public, update) -> Reconstruction:
         SpyAttack.calls += 1
         ids = tuple(public.tokenizer(TEXTS[0])["input_ids"])
-        return Reconstruction("spy", (RecoveredSequence(ids, TEXTS[0], True, (1e-7,)),))
+        return Reconstruction("spy", (RecoveredSequence(ids, TEXTS[0], CERTIFIED, (1e-7,)),))
 
 
 @pytest.fixture

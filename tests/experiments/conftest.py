@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gradleak.attacks import Attack, Reconstruction, RecoveredSequence
+from gradleak.attacks import CERTIFIED, Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.registry import _ATTACKS, register_attack
 
 GPT2 = "random:gpt2?n_layer=3&n_embd=64&n_head=2&n_positions=64"
@@ -55,7 +55,7 @@ class SpyAttack(Attack):
         SpyAttack.calls.append((args, kwargs))
         public = args[0]
         ids = tuple(public.tokenizer(self.text)["input_ids"])
-        sequence = RecoveredSequence(ids, public.tokenizer.decode(list(ids)), True, (1e-7,))
+        sequence = RecoveredSequence(ids, public.tokenizer.decode(list(ids)), CERTIFIED, (1e-7,))
         return Reconstruction(
             "spy", (sequence,), diagnostics={"seconds": {"guess": 0.0}, "rank": 3}
         )

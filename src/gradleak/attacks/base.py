@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from gradleak.attacks.verdict import Assurance, Cause, render
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
 
@@ -22,14 +23,20 @@ class RecoveredSequence:
     Attributes:
         token_ids: the recovered token ids.
         text: their decoding.
-        certified: every position passed an exact span test (as opposed to a best-effort guess).
+        assurance: the verdict: certified (every token proved by a span test) or best-effort,
+            with its causes.
         residuals: per position, the span residual that accepted the token (lower is surer).
     """
 
     token_ids: tuple[int, ...]
     text: str
-    certified: bool
+    assurance: Assurance
     residuals: tuple[float, ...] = ()
+
+    @property
+    def certified(self) -> bool:
+        """Returns whether every token was proved (no cause stands against the sequence)."""
+        return self.assurance.certified
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the sequence as plain JSON values."""
@@ -37,6 +44,7 @@ class RecoveredSequence:
             "token_ids": list(self.token_ids),
             "text": self.text,
             "certified": self.certified,
+            "causes": [c.to_dict() for c in self.assurance.causes],
             "residuals": [float(r) for r in self.residuals],
         }
 
@@ -48,13 +56,15 @@ class Reconstruction:
     Attributes:
         attack: the attack's name.
         sequences: recovered sequences, surest first.
-        reason: why results are best-effort or empty, in one sentence; None when all certified.
-        diagnostics: ranks, thresholds, candidate counts per position, seconds per stage.
+        causes: what the attack states of the batch as a whole (sequences may be missing,
+            nothing passed a test); each sequence's own causes live on its verdict.
+        diagnostics: ranks, thresholds, candidate counts per position, seconds per stage,
+            the family and the search taken.
     """
 
     attack: str
     sequences: tuple[RecoveredSequence, ...]
-    reason: str | None = None
+    causes: tuple[Cause, ...] = ()
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,12 +77,24 @@ class Reconstruction:
         """Returns whether something was recovered and every sequence is certified."""
         return bool(self.sequences) and all(s.certified for s in self.sequences)
 
+    @property
+    def all_causes(self) -> tuple[Cause, ...]:
+        """Returns every cause stated, the batch's and each sequence's, each once."""
+        own = (c for s in self.sequences for c in s.assurance.causes)
+        return tuple(dict.fromkeys((*self.causes, *own)))
+
+    @property
+    def reason(self) -> str | None:
+        """Returns why results are best-effort or missing, rendered from the causes; None if none."""
+        return render(self.all_causes)
+
     def to_dict(self) -> dict[str, Any]:
         """Returns the reconstruction as plain JSON values."""
         return {
             "attack": self.attack,
             "sequences": [s.to_dict() for s in self.sequences],
             "certified": self.certified,
+            "causes": [c.to_dict() for c in self.all_causes],
             "reason": self.reason,
             "diagnostics": self.diagnostics,
         }

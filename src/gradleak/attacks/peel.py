@@ -63,14 +63,25 @@ def own_gradient(
     The loss is the model's own (``labels=`` of the transformers head): the class for a
     classifier, the sentence itself for next-token prediction.
     """
-    inputs, targets = _model_inputs(public, [token_ids], label)
+    return batch_gradient(public, [token_ids], label, names)
+
+
+def batch_gradient(
+    public: PublicModel,
+    batch: Sequence[Sequence[int]],
+    label: int | None,
+    names: list[str],
+) -> dict[str, torch.Tensor]:
+    """Returns the gradient of the training loss of ``batch`` (right-padded, every sentence with
+    ``label``), for the named parameters: what a client with these sentences would compute."""
+    inputs, targets = _model_inputs(public, batch, label)
     params = dict(public.model.named_parameters())
     with only_grad_for(public.model, set(names)), torch.enable_grad():
         loss = public.model(**inputs, labels=targets).loss
         grads = torch.autograd.grad(loss, [params[name] for name in names], allow_unused=True)
     return {
         name: torch.zeros_like(params[name]) if g is None else g.detach()
-        for name, g in zip(names, grads)
+        for name, g in zip(names, grads, strict=True)
     }
 
 

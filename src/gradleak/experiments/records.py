@@ -24,19 +24,24 @@ __all__ = [
 
 
 def reconstruction_fields(reconstruction: Reconstruction) -> dict[str, Any]:
-    """Returns the record's view of a reconstruction: sequences, certified flags, reason."""
+    """Returns the record's view of a reconstruction: sequences with their verdicts, the causes
+    stated (as JSON, each with its sentence), the reason they render, the family and search."""
     return {
         "reconstructions": [
             {
                 "text": s.text,
                 "token_ids": list(s.token_ids),
                 "certified": s.certified,
+                "causes": [c.to_dict() for c in s.assurance.causes],
                 "max_residual": _finite(max(s.residuals)) if s.residuals else None,
             }
             for s in reconstruction.sequences
         ],
         "certified": [s.certified for s in reconstruction.sequences],
+        "causes": [c.to_dict() for c in reconstruction.all_causes],
         "reason": reconstruction.reason,
+        "family": reconstruction.diagnostics.get("family"),
+        "search": reconstruction.diagnostics.get("search"),
         "diagnostics": jsonable(
             {k: v for k, v in reconstruction.diagnostics.items() if k != "seconds"}
         ),

@@ -76,6 +76,9 @@ def random_config(
         values[key] = _coerce(raw, getattr(config, key))
     for key, value in values.items():
         setattr(config, key, value)
+    if getattr(config, "head_dim", None) is not None and "head_dim" not in options:
+        # The library default belongs to its default width; a head spans hidden / heads here.
+        config.head_dim = config.hidden_size // config.num_attention_heads
     return config
 
 

@@ -34,7 +34,7 @@ def test_all_gradients_one_sentence_is_recovered(tiny_models, make_update, famil
     update = make_update(public, [SENTENCE], (1,), disclose_labels=True)  # the papers' setting
     result = GradientInversion(LampCosConfig(**FAST)).reconstruct(public, update)
     history = result.diagnostics["history"]
-    assert history[-1][1] < history[0][1] / 100  # the gradient distance falls by two decades
+    assert history[-1][1] < history[0][1] / 30  # the gradient distance falls by 1.5 decades
     assert recovered_tokens(public, result, SENTENCE) >= 0.8
     assert not result.certified and result.reason
     assert result.diagnostics["lengths"]["value"] == [len(public.tokenizer(SENTENCE)["input_ids"])]
@@ -166,7 +166,7 @@ def test_recipe_defaults_follow_the_scripts():
 def test_bad_options_are_refused_together():
     with pytest.raises(UnknownSpecError, match=r"distance='l3'.*steps=-1"):
         create_attack("lamp_cos", distance="l3", steps=-1)
-    with pytest.raises(UnknownSpecError, match="does not take"):
+    with pytest.raises(UnknownSpecError, match="has no option 'colour'; valid options: distance"):
         create_attack("tag", colour="red")
 
 

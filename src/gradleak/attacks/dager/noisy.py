@@ -37,15 +37,9 @@ from gradleak.attacks.base import Reconstruction, RecoveredSequence
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle, input_side_gradient
 from gradleak.attacks.dager.tokens import vocabulary_residuals
+from gradleak.attacks.verdict import Cause, CauseKind, best_effort
 from gradleak.models.families import ArchitectureFamily
 from gradleak.models.probe import LinearInputProbe, PrefixState
-
-#: Defences whose noise breaks the exact span test (names as the client records them).
-NOISY_DEFENCES = ("noise", "dp-sgd")
-NOISE_REASON = (
-    "the update carries Gaussian noise ({}), so no span test can certify: every sequence is a "
-    "best-effort ranking of candidates."
-)
 
 
 @dataclass(frozen=True)
@@ -76,17 +70,6 @@ class _Beam:
     zs: list[tuple[float, ...]]
     quiet: torch.Tensor
     state: PrefixState
-
-
-def noisy_defence(defence: Mapping | list | None) -> str | None:
-    """Returns the name of a noise-adding defence in an update's defence record, or None."""
-    if isinstance(defence, (list, tuple)):
-        return next((n for n in map(noisy_defence, defence) if n), None)
-    if not isinstance(defence, Mapping):
-        return None
-    if defence.get("name") in NOISY_DEFENCES:
-        return str(defence["name"])
-    return noisy_defence(defence.get("steps")) or noisy_defence(defence.get("client_defence"))
 
 
 def logit(residuals: torch.Tensor) -> torch.Tensor:
@@ -358,24 +341,23 @@ def candidate_count(batch: int, vocab: int) -> int:
 
 
 def reconstruct_noisy(
-    public, update, cfg: DagerConfig, *, mode: str, vocab: torch.Tensor, why: str, max_length: int
+    public,
+    update,
+    cfg: DagerConfig,
+    *,
+    mode: str,
+    vocab: torch.Tensor,
+    causes: tuple[Cause, ...],
+    max_length: int,
 ) -> Reconstruction:
     """Returns DAGER's best-effort reconstruction of a noised update with the ``filter`` or ``beam`` search.
 
     Each sequence's ``residuals`` are its per-position z-scores (lower is surer), not span residuals.
     """
     family = public.family
-    reason = NOISE_REASON.format(why or "the noise search was asked for")
     if not family.causal:
-        return Reconstruction(
-            "dager",
-            (),
-            reason=(
-                "DAGER's noise search needs a causal model (prefixes are scored block by block); encoders under "
-                "noise are not supported, as in the paper."
-            ),
-            diagnostics={"noise": mode},
-        )
+        unsupported = Cause(CauseKind.UNSUPPORTED, detail=_ENCODERS_UNSUPPORTED)
+        return Reconstruction("dager", (), causes=(unsupported,), diagnostics={"noise": mode})
     oracles = noisy_oracles(family, update.gradients(), cfg)
     per_position = family.positions == "learned"
     probe_candidates = TokenCandidates(
@@ -402,9 +384,7 @@ def reconstruct_noisy(
     )
     chosen = choose(found, batch)
     sequences = tuple(
-        RecoveredSequence(
-            token_ids=ids, text=public.tokenizer.decode(list(ids)), certified=False, residuals=zs
-        )
+        RecoveredSequence(ids, public.tokenizer.decode(list(ids)), best_effort(*causes), zs)
         for ids, zs in chosen
     )
     diagnostics = {
@@ -415,4 +395,10 @@ def reconstruct_noisy(
         "candidates_per_position": candidates.k,
         "ended": len(found),
     }
-    return Reconstruction("dager", sequences, reason=reason, diagnostics=diagnostics)
+    return Reconstruction("dager", sequences, causes=causes, diagnostics=diagnostics)
+
+
+_ENCODERS_UNSUPPORTED = (
+    "DAGER's noise search needs a causal model (prefixes are scored block by block); encoders "
+    "under noise are not supported, as in the paper"
+)

@@ -31,6 +31,7 @@ from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
 from gradleak.attacks.thresholds import largest_gap_split
+from gradleak.attacks.verdict import Assurance, Cause, CauseKind
 from gradleak.errors import GradientNotExposedError, UnsupportedFamilyError
 from gradleak.models.families import ArchitectureFamily
 from gradleak.models.loading import PublicModel
@@ -151,34 +152,29 @@ class LayerSpan(Attack):
         timings["search"] = time.perf_counter() - started
         diagnostics["prefix_accepted"] = search.accepted
 
-        reason = None
+        causes: tuple[Cause, ...] = ()
         if oracle.basis.saturated:
-            reason = (
-                f"block {block}'s {'/'.join(roles)} gradient span is saturated: more distinct rows than "
-                f"its input size, so no span test can certify; results are best-effort."
+            saturated = Cause(
+                CauseKind.SATURATED,
+                block=block,
+                count=oracle.basis.in_features,
+                detail="/".join(roles),
             )
-        elif search.truncated:
-            reason = "the search kept only its best candidates (max_frontier reached); results are best-effort."
+            causes = (saturated,)
+        if search.truncated:
+            causes = (*causes, Cause(CauseKind.FRONTIER_CUT))
         sequences = tuple(
-            RecoveredSequence(
-                token_ids=ids,
-                text=public.tokenizer.decode(list(ids)),
-                certified=reason is None,
-                residuals=res,
-            )
+            RecoveredSequence(ids, public.tokenizer.decode(list(ids)), Assurance(causes), res)
             for ids, res in search.sequences
         )
+        batch = causes
         if not sequences:
-            hint = (
-                " (in the last block only pooled or no rows carry gradients: expose an earlier block)"
-                if block == family.num_blocks - 1
-                else ""
-            )
-            reason = (
-                reason
-                or f"no first token passed block {block}'s span test{hint}; nothing can be recovered."
-            )
-        return Reconstruction(self.name, sequences, reason=reason, diagnostics=diagnostics)
+            batch = (*causes, Cause(CauseKind.NO_TOKENS, block=block))
+            if block == family.num_blocks - 1:
+                diagnostics["hint"] = (
+                    "in the last block only pooled or no rows carry gradients: expose an earlier block"
+                )
+        return Reconstruction(self.name, sequences, causes=batch, diagnostics=diagnostics)
 
 
 def _vocabulary(public: PublicModel) -> torch.Tensor:

@@ -38,15 +38,15 @@ from gradleak.attacks.optimization.selector import (
     select_targets,
 )
 from gradleak.attacks.optimization.shape import Estimate, estimate_batch_size, estimate_total_tokens
+from gradleak.attacks.verdict import Cause, CauseKind, best_effort
 from gradleak.errors import GradleakError
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
 
 logger = logging.getLogger(__name__)
 
-REASON = (
-    "optimisation attacks return the nearest tokens to a best fit, a guess that no test certifies."
-)
+#: Why no optimisation result is ever certified.
+NOT_A_SPAN_TEST = Cause(CauseKind.OPTIMIZATION)
 
 
 @dataclass(frozen=True)
@@ -165,9 +165,7 @@ class GradientInversion(Attack):
             token_distance = float(objective.batch(embedding(tokens)[None], start.classes)[0])
             seconds["decode"] = time.perf_counter() - began
         sequences = tuple(
-            RecoveredSequence(
-                token_ids=tuple(seq), text=public.tokenizer.decode(seq), certified=False
-            )
+            RecoveredSequence(tuple(seq), public.tokenizer.decode(seq), best_effort(NOT_A_SPAN_TEST))
             for seq in ids
         )
         diagnostics = {
@@ -188,7 +186,9 @@ class GradientInversion(Attack):
             "seconds_per_step": trajectory.seconds["continuous"] / max(cfg.steps, 1),
             "seconds": seconds,
         }
-        return Reconstruction(self.name, sequences, reason=REASON, diagnostics=diagnostics)
+        return Reconstruction(
+            self.name, sequences, causes=(NOT_A_SPAN_TEST,), diagnostics=diagnostics
+        )
 
     def plan(self, public: PublicModel, update: ClientUpdate) -> AttackPlan:
         """Returns what the attack will match and assume for ``update``, before any optimisation.

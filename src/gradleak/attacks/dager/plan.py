@@ -1,0 +1,193 @@
+"""Which DAGER search an update gets, decided by a pure function of what the update shows.
+
+:func:`read_arithmetic` reads what the metadata says of the update's arithmetic (a recorded
+noise defence, local steps, dtype) before any spectrum is computed; the spectra, once read, join
+the reading; :func:`plan_search` turns the reading and the settings into a :class:`SearchPlan`:
+the search to run, and the causes that keep every result from a certificate before any search
+begins. Nothing here touches a tensor, so every decision can be tested on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from gradleak.attacks.dager.config import DagerConfig
+from gradleak.attacks.span import MIN_GAP_DECADES
+from gradleak.attacks.verdict import Cause, CauseKind
+from gradleak.update import ClientUpdate
+
+#: Defences whose noise breaks the exact span test (names as the client records them).
+NOISY_DEFENCES = ("noise", "dp-sgd")
+#: Smallest spectral drop (decades) read as the end of a multi-step weight delta's signal: the
+#: drifting inputs of later blocks blur the gap that a one-step gradient shows.
+DRIFT_MIN_GAP = 0.5
+
+
+class SearchKind(str, Enum):
+    """The searches DAGER can run."""
+
+    PREFIX = "prefix"
+    """Causal models: grow prefixes, each tested against the sequence block's span."""
+    ENCODER = "encoder"
+    """Encoders: fill whole sentences of each likely length, peeling each one found."""
+    RANKED = "rank"
+    """Causal models past the hidden-size limit: rank candidates by MLP down-projection spans."""
+    NOISY_FILTER = "noise-filter"
+    """Noised updates: the paper's statistical filter (App. C.4)."""
+    NOISY_BEAM = "noise-beam"
+    """Noised updates: gradleak's soft beam over summed z-scores."""
+
+
+@dataclass(frozen=True)
+class Spectra:
+    """What the spans' spectra show.
+
+    Attributes:
+        saturated: (block, input width) of every saturated span, token block first.
+        ranking_blocks: blocks whose MLP down-projection the update exposes, within
+            ``rank_blocks`` (the ranked search's evidence).
+    """
+
+    saturated: tuple[tuple[int, int], ...] = ()
+    ranking_blocks: tuple[int, ...] = ()
+
+    def is_saturated(self, block: int) -> bool:
+        """Returns whether ``block``'s span is saturated."""
+        return any(b == block for b, _ in self.saturated)
+
+
+@dataclass(frozen=True)
+class UpdateReading:
+    """What the server reads off an update before searching.
+
+    Attributes:
+        causal: the model is a decoder.
+        noise_defence: the recorded defence that noised the update, or None.
+        local_steps: local steps of a multi-step weight delta (0 when unknown); None for a
+            one-step update.
+        dtype: the client's parameter dtype.
+        spectra: what the spans show; None until they are read (a noised update needs none).
+    """
+
+    causal: bool
+    noise_defence: str | None = None
+    local_steps: int | None = None
+    dtype: str = "float32"
+    spectra: Spectra | None = None
+
+    @property
+    def drifts(self) -> bool:
+        """Returns whether the update is a weight delta over several local steps."""
+        return self.local_steps is not None
+
+    @property
+    def min_gap(self) -> float:
+        """Returns the smallest spectral drop read as the end of the signal."""
+        return DRIFT_MIN_GAP if self.drifts else MIN_GAP_DECADES
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """The search chosen for an update.
+
+    Attributes:
+        search: which search runs.
+        causes: what keeps every result best-effort before the search begins.
+        peel: whether sentences found are peeled off and the rest attacked again.
+        scan_fallback: whether block 0's scan may rank tokens where its residuals show no gap.
+    """
+
+    search: SearchKind
+    causes: tuple[Cause, ...] = ()
+    peel: bool = False
+    scan_fallback: bool = False
+
+    @property
+    def exact(self) -> bool:
+        """Returns whether the search can certify (nothing stands against it yet)."""
+        return not self.causes
+
+
+def read_arithmetic(update: ClientUpdate, *, causal: bool) -> UpdateReading:
+    """Returns what the update's metadata says of its arithmetic (no spectra yet)."""
+    meta = update.metadata
+    steps = None
+    if meta.kind == "weight_delta" and meta.local_steps != 1:
+        steps = meta.local_steps or 0
+    return UpdateReading(
+        causal=causal,
+        noise_defence=noisy_defence(meta.defence),
+        local_steps=steps,
+        dtype=meta.dtype,
+    )
+
+
+def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
+    """Returns the search for ``reading`` under ``config``, and the causes known before it runs.
+
+    Raises:
+        ValueError: an update that is searched exactly has no spectra in ``reading`` yet.
+    """
+    noise = noise_search(reading, config)
+    if noise is not None:
+        return SearchPlan(noise, (Cause(CauseKind.NOISE, detail=_noise_detail(reading)),))
+    if reading.spectra is None:
+        raise ValueError("plan_search needs the spans' spectra for an update searched exactly")
+    causes = _arithmetic_causes(reading)
+    spectra = reading.spectra
+    if (
+        reading.causal
+        and spectra.is_saturated(config.sequence_block)
+        and config.saturated == "rank"
+        and spectra.ranking_blocks
+        and not reading.drifts
+    ):
+        ranked = Cause(CauseKind.RANKED, detail=", ".join(map(str, spectra.ranking_blocks)))
+        return SearchPlan(SearchKind.RANKED, (*causes, ranked), peel=config.peel)
+    search = SearchKind.PREFIX if reading.causal else SearchKind.ENCODER
+    return SearchPlan(
+        search,
+        causes,
+        peel=config.peel and not causes,
+        scan_fallback=bool(causes) and not reading.drifts,
+    )
+
+
+def noisy_defence(defence: Mapping | list | None) -> str | None:
+    """Returns the name of a noise-adding defence in an update's defence record, or None."""
+    if isinstance(defence, (list, tuple)):
+        return next((n for n in map(noisy_defence, defence) if n), None)
+    if not isinstance(defence, Mapping):
+        return None
+    if defence.get("name") in NOISY_DEFENCES:
+        return str(defence["name"])
+    return noisy_defence(defence.get("steps")) or noisy_defence(defence.get("client_defence"))
+
+
+def noise_search(reading: UpdateReading, config: DagerConfig) -> SearchKind | None:
+    mode = config.noise
+    if mode == "auto":
+        mode = "beam" if reading.noise_defence else "off"
+    return {"filter": SearchKind.NOISY_FILTER, "beam": SearchKind.NOISY_BEAM}.get(mode)
+
+
+def _noise_detail(reading: UpdateReading) -> str | None:
+    return f"{reading.noise_defence} defence" if reading.noise_defence else None
+
+
+def _arithmetic_causes(reading: UpdateReading) -> tuple[Cause, ...]:
+    """Returns the causes the update's arithmetic and spectra impose on every result."""
+    if reading.noise_defence:  # noise recorded, but the exact search was asked for
+        return (Cause(CauseKind.NOISE, detail=_noise_detail(reading)),)
+    spectra = reading.spectra or Spectra()
+    drift = Cause(CauseKind.DRIFT, count=reading.local_steps) if reading.drifts else None
+    if spectra.saturated:
+        if drift is None:
+            block, width = spectra.saturated[0]
+            return (Cause(CauseKind.SATURATED, block=block, count=width),)
+        if reading.dtype == "float32":
+            return (Cause(CauseKind.PRECISION, detail=reading.dtype),)
+        return (drift,)
+    return (drift,) if drift is not None else ()

@@ -1,0 +1,438 @@
+"""DAGER's searches behind one protocol: a :class:`SearchJob` in, a :class:`Reconstruction` out.
+
+:func:`gradleak.attacks.dager.plan.plan_search` picks the search; :data:`SEARCHES` maps its kind
+to the implementation. Each search states its own causes (a frontier cut, residuals with no gap,
+sentences that may be missing) on top of the plan's, and every sequence's verdict is built from
+those causes and its own residuals in :func:`verdict_for`, the one place a certificate is given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from gradleak.attacks.base import Reconstruction, RecoveredSequence
+from gradleak.attacks.dager.config import DagerConfig
+from gradleak.attacks.dager.decoder import Gate, search_prefixes
+from gradleak.attacks.dager.encoder import search_sentences
+from gradleak.attacks.dager.noisy import reconstruct_noisy
+from gradleak.attacks.dager.oracle import build_oracle
+from gradleak.attacks.dager.placement import place_tokens
+from gradleak.attacks.dager.plan import SearchKind, SearchPlan
+from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
+from gradleak.attacks.dager.spans import (
+    DagerSpans,
+    block_oracle,
+    screening_gates,
+    sequence_threshold,
+)
+from gradleak.attacks.dager.tokens import TokenScan, embedding_bag, scan_tokens
+from gradleak.attacks.peel import peel
+from gradleak.attacks.span import span_basis
+from gradleak.attacks.verdict import Assurance, Cause, CauseKind
+from gradleak.models.loading import PublicModel
+from gradleak.models.probe import LinearInputProbe
+from gradleak.update import ClientUpdate
+
+#: Prefixes kept per step when a best-effort search can only rank candidates, not test them.
+BEST_EFFORT_FRONTIER = 256
+
+#: A sequence found: (token ids, residual per position, the threshold that tests them).
+Found = tuple[tuple[int, ...], tuple[float, ...], float]
+
+
+@dataclass
+class SearchJob:
+    """Everything a search may use: the public model, the update, and what was read off it.
+
+    Attributes:
+        public: the public model.
+        update: the update as the server received it.
+        gradients: the gradients searched (the update's, or what peeling left of them).
+        config: DAGER's settings.
+        plan: the planned search and the causes known before it.
+        vocab: the token ids a search may use.
+        max_length: the longest sequence searched.
+        min_gap: the smallest spectral drop read as the end of the signal.
+        spans: block 0's and the sequence block's spans (None for the noise searches).
+        timings: seconds per stage, filled in as the search goes.
+    """
+
+    public: PublicModel
+    update: ClientUpdate
+    gradients: Mapping[str, torch.Tensor]
+    config: DagerConfig
+    plan: SearchPlan
+    vocab: torch.Tensor
+    max_length: int
+    min_gap: float
+    spans: DagerSpans | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def require_spans(self) -> DagerSpans:
+        """Returns the spans, which every search but the noise searches needs."""
+        if self.spans is None:
+            raise ValueError(f"the {self.plan.search.value} search needs the update's spans")
+        return self.spans
+
+    def scan(self, *, per_position: bool, fallback: bool) -> TokenScan:
+        """Returns block 0's token scan (timed as ``token_scan``)."""
+        started = time.perf_counter()
+        token = self.require_spans().token
+        scan = scan_tokens(
+            token,
+            self.vocab,
+            per_position=per_position,
+            max_length=self.max_length,
+            tau=self.config.tau1,
+            chunk_size=self.config.chunk_size,
+            fallback_count=token.basis.rank if fallback else 0,
+        )
+        self.timings["token_scan"] = time.perf_counter() - started
+        return scan
+
+
+class Search(Protocol):
+    """A DAGER search: what it returns for one job."""
+
+    kind: SearchKind
+
+    def run(self, job: SearchJob) -> Reconstruction:
+        """Returns the sequences found for ``job``, each with its verdict."""
+        ...
+
+
+def verdict_for(
+    residuals: tuple[float, ...], threshold: float, causes: tuple[Cause, ...], *, block: int
+) -> Assurance:
+    """Returns a sequence's verdict: the search's causes, and its own if a residual failed the test."""
+    own = (
+        ()
+        if residuals and max(residuals) < threshold
+        else (Cause(CauseKind.ABOVE_THRESHOLD, block=block),)
+    )
+    return Assurance((*causes, *own))
+
+
+def decode(public: PublicModel, ids: tuple[int, ...]) -> str:
+    """Returns the text of ``ids``."""
+    return public.tokenizer.decode(list(ids))
+
+
+class _ExactSearch:
+    """What the prefix and encoder searches share: block 0's scan and the sequence threshold."""
+
+    kind: SearchKind
+
+    def run(self, job: SearchJob) -> Reconstruction:
+        spans = job.require_spans()
+        cfg, public = job.config, job.public
+        per_position = public.family.positions == "learned"
+        scan = job.scan(per_position=per_position, fallback=job.plan.scan_fallback)
+        diagnostics: dict[str, Any] = {
+            **spans.describe(),
+            "tau1": scan.threshold,
+            "tokens_per_position": [len(s) for s in scan.sets],
+        }
+        causes = list(job.plan.causes)
+        if not scan.sets:
+            batch = (*causes, Cause(CauseKind.NO_TOKENS, block=0))
+            return Reconstruction("dager", (), causes=batch, diagnostics=diagnostics)
+        started = time.perf_counter()
+        if not causes and cfg.tau1 is None and scan.split is None:
+            causes.append(Cause(CauseKind.NO_SPECTRAL_GAP, block=0))
+        if cfg.tau2 is not None:
+            tau2, clean = cfg.tau2, True
+        else:
+            tau2, clean = sequence_threshold(spans.sequence, scan, job.vocab, cfg)
+        if not causes and not clean:
+            causes.append(Cause(CauseKind.NO_SPECTRAL_GAP, block=cfg.sequence_block))
+        diagnostics["tau2"] = tau2
+        found, batch_causes, search_causes = self.search(
+            job, scan, tau2, tuple(causes), exact=not causes and clean, diagnostics=diagnostics
+        )
+        job.timings["search"] = time.perf_counter() - started
+        causes += search_causes
+        sequences = tuple(
+            RecoveredSequence(
+                token_ids=ids,
+                text=decode(public, ids),
+                assurance=verdict_for(res, tau, tuple(causes), block=cfg.sequence_block),
+                residuals=res,
+            )
+            for ids, res, tau in found
+        )
+        if not sequences:
+            batch_causes.append(Cause(CauseKind.NO_SEQUENCES, block=cfg.sequence_block))
+        return Reconstruction(
+            "dager", sequences, causes=(*causes, *batch_causes), diagnostics=diagnostics
+        )
+
+    def search(
+        self,
+        job: SearchJob,
+        scan: TokenScan,
+        tau2: float,
+        causes: tuple[Cause, ...],
+        *,
+        exact: bool,
+        diagnostics: dict[str, Any],
+    ) -> tuple[list[Found], list[Cause], list[Cause]]:
+        """Returns (sequences, causes on the batch, causes on every sequence)."""
+        raise NotImplementedError
+
+
+class PrefixSearch(_ExactSearch):
+    """Causal models: grow prefixes through block 0's screen and the sequence block's span."""
+
+    kind = SearchKind.PREFIX
+
+    def search(self, job, scan, tau2, causes, *, exact, diagnostics):
+        cfg, spans = job.config, job.require_spans()
+        gates = [
+            *screening_gates(job.public, job.gradients, job.vocab, scan, cfg, min_gap=job.min_gap),
+            Gate(spans.sequence, tau2),
+        ]
+        diagnostics["gates"] = [f"{g.oracle.block}.{g.oracle.layer.role}" for g in gates]
+        per_position = job.public.family.positions == "learned"
+        result = search_prefixes(
+            gates,
+            tokens_at=_tokens_at(scan, per_position),
+            max_length=job.max_length,
+            chunk_size=cfg.chunk_size,
+            max_frontier=min(cfg.max_frontier, BEST_EFFORT_FRONTIER)
+            if causes
+            else cfg.max_frontier,
+        )
+        diagnostics["prefix_candidates"] = result.candidates
+        diagnostics["prefix_accepted"] = result.accepted
+        cut = [Cause(CauseKind.FRONTIER_CUT)] if result.truncated else []
+        return [(ids, res, tau2) for ids, res in result.sequences], [], cut
+
+
+class EncoderSearch(_ExactSearch):
+    """Encoders: whole sentences per likely length; on exact spans each one found is peeled off.
+
+    Peeling (:mod:`gradleak.attacks.peel`) takes a found sentence's own share out of the
+    gradient, and the search goes on with block 0's and block 1's spans rebuilt from the rest,
+    which are smaller and test tokens cleanly again. A peel is kept only if block 1's rank then
+    drops by exactly the sentence's length; otherwise the search goes on where it was.
+    """
+
+    kind = SearchKind.ENCODER
+
+    def search(self, job, scan, tau2, causes, *, exact, diagnostics):
+        cfg, public = job.config, job.public
+        spans, gradients = job.require_spans(), job.gradients
+        found: list[Found] = []
+        held: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
+        peeled = []
+        peeling = exact and job.plan.peel
+        disclosed = job.update.metadata.batch_size
+        while True:
+            likely, lengths = _placement(public, gradients, scan)
+            results, gave_up = search_sentences(
+                spans.sequence,
+                scan.sets,
+                tokenizer=public.tokenizer,
+                threshold=tau2,
+                restarts=cfg.encoder_restarts,
+                seed=cfg.seed,
+                chunk_size=cfg.chunk_size,
+                batch_size=None if disclosed is None else disclosed - len(found) + len(held),
+                rows=spans.sequence.basis.rank if exact else None,
+                likely=likely,
+                lengths=lengths,
+                first_find=peeling,
+                known=held,
+            )
+            new = results[len(held) :]
+            found += [(ids, res, tau2) for ids, res in new]
+            held = results
+            if not (gave_up and new and peeling):
+                break
+            rest = _peeled(job, gradients, spans, [ids for ids, _ in new])
+            if rest is None:
+                peeling = False
+                continue
+            gradients, spans, scan, tau2 = rest
+            peeled.append(
+                {
+                    "sentences": len(new),
+                    "rank_left": spans.sequence.basis.rank,
+                    "tokens_per_position": [len(s) for s in scan.sets],
+                }
+            )
+            held = []
+        if peeled:
+            diagnostics["peeled"] = peeled
+        batch = [Cause(CauseKind.MISSING_SEQUENCES, detail=_MISSING)] if gave_up else []
+        return found, batch, []
+
+
+_MISSING = (
+    "the encoder search ended before its sentences accounted for every row of block 1's span "
+    "(or, where that span gives no count, before every length where [SEP] passed block 0 "
+    "yielded one); raise encoder_restarts to search longer"
+)
+
+
+class RankedSearch:
+    """Causal models past the hidden-size limit: candidates ranked by MLP down-projection spans."""
+
+    kind = SearchKind.RANKED
+
+    def run(self, job: SearchJob) -> Reconstruction:
+        cfg, public, spans = job.config, job.public, job.require_spans()
+        evidence = ranking_evidence(public, job.gradients, cfg)
+        if evidence is None:
+            raise ValueError("the ranked search needs an exposed MLP down-projection")
+        started = time.perf_counter()
+        # One candidate set for every position: first tokens are told apart by how far they
+        # stand out from the others, which needs the others in the scan.
+        candidates = embedding_bag(public.family, job.gradients)
+        source = "embedding gradient"
+        if candidates is None:
+            scan = job.scan(
+                per_position=public.family.positions == "learned",
+                fallback=spans.token.basis.saturated,
+            )
+            candidates = torch.unique(torch.cat([job.vocab[:0], *scan.sets]))
+            source = "block-0 scan"
+        job.timings["token_scan"] = time.perf_counter() - started
+        started = time.perf_counter()
+        search = search_ranked(
+            evidence,
+            tokens_at=lambda p: candidates,
+            max_length=job.max_length,
+            chunk_size=cfg.chunk_size,
+            max_frontier=cfg.rank_frontier,
+            z_accept=cfg.rank_z,
+            per_prefix=cfg.rank_branches,
+        )
+        job.timings["search"] = time.perf_counter() - started
+        diagnostics: dict[str, Any] = {
+            "rank": {
+                "token_block": spans.token.basis.rank,
+                "ranking_layers": [f"{layer.block}.{layer.role}" for layer in evidence.layers],
+            },
+            "tokens": source,
+            "candidate_tokens": len(candidates),
+            "prefix_candidates": search.candidates,
+            "prefix_accepted": search.accepted,
+            "frontier_cut": search.truncated,
+        }
+        verdict = Assurance(job.plan.causes)
+        sequences = tuple(
+            RecoveredSequence(ids, decode(public, ids), verdict, residuals=scores)
+            for ids, scores in search.sequences
+        )
+        return Reconstruction("dager", sequences, causes=job.plan.causes, diagnostics=diagnostics)
+
+
+class NoisySearch:
+    """Noised updates: candidates ranked statistically (the paper's filter or gradleak's beam)."""
+
+    def __init__(self, kind: SearchKind) -> None:
+        self.kind = kind
+
+    def run(self, job: SearchJob) -> Reconstruction:
+        mode = "filter" if self.kind is SearchKind.NOISY_FILTER else "beam"
+        return reconstruct_noisy(
+            job.public,
+            job.update,
+            job.config,
+            mode=mode,
+            vocab=job.vocab,
+            causes=job.plan.causes,
+            max_length=job.max_length,
+        )
+
+
+#: The search that runs each planned kind.
+SEARCHES: dict[SearchKind, Search] = {
+    SearchKind.PREFIX: PrefixSearch(),
+    SearchKind.ENCODER: EncoderSearch(),
+    SearchKind.RANKED: RankedSearch(),
+    SearchKind.NOISY_FILTER: NoisySearch(SearchKind.NOISY_FILTER),
+    SearchKind.NOISY_BEAM: NoisySearch(SearchKind.NOISY_BEAM),
+}
+
+
+def ranking_blocks(
+    public: PublicModel, gradients: Mapping[str, torch.Tensor], config: DagerConfig
+) -> tuple[int, ...]:
+    """Returns the blocks, within ``rank_blocks``, whose MLP down-projection the update exposes."""
+    family = public.family
+    return tuple(
+        block
+        for block in range(min(config.rank_blocks, family.num_blocks))
+        if family.linear_layer(block, "mlp_out").weight_name in gradients
+    )
+
+
+def ranking_evidence(
+    public: PublicModel, gradients: Mapping[str, torch.Tensor], config: DagerConfig
+) -> RankingEvidence | None:
+    """Returns the MLP down-projection spans that rank candidates, or None where none is exposed."""
+    layers = tuple(
+        public.family.linear_layer(block, "mlp_out")
+        for block in ranking_blocks(public, gradients, config)
+    )
+    if not layers:
+        return None
+    # Every direction the gradient has counts: the span is a strict subspace of the 4d-wide input.
+    bases = tuple(span_basis([layer.weight_gradient(gradients)], min_gap=0.0) for layer in layers)
+    return RankingEvidence(
+        layers=layers, bases=bases, probe=LinearInputProbe(public.family, list(layers))
+    )
+
+
+def _tokens_at(scan: TokenScan, per_position: bool) -> Callable[[int], torch.Tensor | None]:
+    if per_position:
+        return lambda p: scan.sets[p] if p < len(scan.sets) else None
+    return lambda p: scan.sets[0]
+
+
+def _placement(public: PublicModel, gradients, scan: TokenScan):
+    """Returns the scan's sets cut to the tokens the embedding gradients allow there, and the
+    lengths the separator allows, the most likely first; (None, None) where they tell nothing
+    (:func:`gradleak.attacks.dager.placement.place_tokens`)."""
+    placement = place_tokens(public.family, gradients, len(scan.sets))
+    if placement is None:
+        return None, None
+    return placement.candidates(scan.sets), placement.lengths(public.tokenizer.sep_token_id)
+
+
+def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences):
+    """Returns (the gradient without ``sentences``, its spans, scan and threshold), or None unless
+    the peel is exact."""
+    cfg, public = job.config, job.public
+    left = spans.sequence.basis.rank - sum(map(len, sentences))
+    peeled = peel(public, gradients, sentences) if left > 0 else None
+    if peeled is None:
+        return None
+    rest = peeled[0]
+    sequence = block_oracle(public, rest, cfg.sequence_block, job.vocab, cfg, min_gap=job.min_gap)
+    if sequence.basis.saturated or sequence.basis.rank != left:
+        return None
+    # Block 0 has no more distinct rows than block 1 has rows; the largest gap of a peeled
+    # spectrum can fall short of that, leaving weak true directions out.
+    token = build_oracle(public.family, rest, 0, rank=sequence.basis.rank)
+    # Rescanned to the full length: a weak true token can end the first scan early.
+    scan = scan_tokens(
+        token,
+        job.vocab,
+        per_position=True,
+        max_length=job.max_length,
+        tau=cfg.tau1,
+        chunk_size=cfg.chunk_size,
+    )
+    tau2, clean = sequence_threshold(sequence, scan, job.vocab, cfg)
+    if token.basis.saturated or scan.split is None or not clean or not scan.sets:
+        return None
+    return rest, DagerSpans(token, sequence), scan, cfg.tau2 or tau2

@@ -1,0 +1,177 @@
+"""Reading DAGER's spans off a gradient: the token block's, the sequence block's, their thresholds.
+
+These are the stages every DAGER search shares: build a block's oracle with its rank read from the
+spectrum (capped where the span is saturated), derive a sequence gate's threshold from the data,
+and add the cheap screening gate when the update exposes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import torch
+
+from gradleak.attacks.dager.config import DagerConfig
+from gradleak.attacks.dager.decoder import Gate
+from gradleak.attacks.dager.oracle import (
+    ATTENTION_INPUT_ROLES,
+    SpanOracle,
+    build_oracle,
+    row_space_rank,
+)
+from gradleak.attacks.dager.tokens import TokenScan
+from gradleak.attacks.thresholds import largest_gap_split
+from gradleak.models.loading import PublicModel
+
+Gradients = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DagerSpans:
+    """The two spans DAGER tests against: block 0's (tokens) and the sequence block's."""
+
+    token: SpanOracle
+    sequence: SpanOracle
+
+    def saturated(self) -> SpanOracle | None:
+        """Returns the first saturated oracle, or None when both leave room."""
+        return next((o for o in (self.token, self.sequence) if o.basis.saturated), None)
+
+    def describe(self) -> dict[str, dict[str, float]]:
+        """Returns the ranks and spectral gaps, for diagnostics."""
+        return {
+            "rank": {
+                "token_block": self.token.basis.rank,
+                "sequence_block": self.sequence.basis.rank,
+            },
+            "gap_decades": {
+                "token_block": round(self.token.basis.gap_decades, 2),
+                "sequence_block": round(self.sequence.basis.gap_decades, 2),
+            },
+        }
+
+
+def read_spans(
+    public: PublicModel,
+    gradients: Gradients,
+    vocab: torch.Tensor,
+    config: DagerConfig,
+    *,
+    min_gap: float,
+) -> DagerSpans:
+    """Returns block 0's span and the sequence block's, each capped where it is saturated."""
+    return DagerSpans(
+        token=block_oracle(public, gradients, 0, vocab, config, min_gap=min_gap),
+        sequence=block_oracle(
+            public, gradients, config.sequence_block, vocab, config, min_gap=min_gap
+        ),
+    )
+
+
+def block_oracle(
+    public: PublicModel,
+    gradients: Gradients,
+    block: int,
+    vocab: torch.Tensor,
+    config: DagerConfig,
+    *,
+    min_gap: float,
+    roles: tuple[str, ...] = ATTENTION_INPUT_ROLES,
+) -> SpanOracle:
+    """Returns ``block``'s oracle, its rank read from the spectrum within the room its rows have.
+
+    Where the span fills that room it certifies nothing: the rank is capped at the room minus
+    ``rank_cutoff`` (the paper's) and the basis is marked saturated.
+    """
+    options = {"roles": roles, "rank_tol": config.rank_tol, "min_gap": min_gap}
+    oracle = build_oracle(public.family, gradients, block, rank=config.rank, **options)
+    # Single-token rows show the room of an attention *input*; an attention output's room
+    # (mixtures of values) is larger than they show, so only its spectrum is checked.
+    capacity = (
+        row_space_rank(oracle, vocab, seed=config.seed)
+        if roles == ATTENTION_INPUT_ROLES
+        else oracle.basis.in_features
+    )
+    if capacity < oracle.basis.in_features and config.rank is None:
+        oracle = build_oracle(public.family, gradients, block, capacity=capacity, **options)
+    if oracle.basis.rank >= capacity or oracle.basis.saturated:
+        rank = min(oracle.basis.rank, max(1, capacity - config.rank_cutoff))
+        oracle = build_oracle(public.family, gradients, block, roles=roles, rank=rank)
+        oracle.basis = replace(oracle.basis, saturated=True)
+    return oracle
+
+
+def sequence_threshold(
+    oracle: SpanOracle, scan: TokenScan, vocab: torch.Tensor, config: DagerConfig
+) -> tuple[float, bool]:
+    """Returns (threshold, whether the residuals showed a clean gap) for a sequence gate.
+
+    In a causal model the sequence block's input at position 0 depends on the first token
+    alone, so true first tokens and tokens that failed block 0 form two clean clusters; the
+    threshold is their largest log-gap. Encoders have no such position; they reuse block 0's.
+    """
+    if not oracle.probe.family.causal:
+        return scan.threshold, scan.split is not None
+    generator = torch.Generator().manual_seed(config.seed)
+    first = scan.sets[0]
+    outside = vocab[~torch.isin(vocab, first)]
+    sample = outside[torch.randperm(len(outside), generator=generator)[:1024]]
+    candidates = torch.cat([first, sample])
+    residuals = torch.cat(
+        [
+            oracle.residuals(oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
+            for chunk in candidates.split(config.chunk_size)
+        ]
+    )
+    split = largest_gap_split(residuals)
+    if split is not None:
+        return split.threshold(), True
+    return _fallback_threshold(residuals), False
+
+
+def screening_gates(
+    public: PublicModel,
+    gradients: Gradients,
+    vocab: torch.Tensor,
+    scan: TokenScan,
+    config: DagerConfig,
+    *,
+    min_gap: float,
+) -> list[Gate]:
+    """Returns the cheap screening gate (block 0's attention output) when the update exposes it."""
+    if not config.screen or public.family.linear_layer(0, "o").weight_name not in gradients:
+        return []
+    oracle = block_oracle(public, gradients, 0, vocab, config, min_gap=min_gap, roles=("o",))
+    if oracle.basis.saturated:
+        return []
+    tau, clean = sequence_threshold(oracle, scan, vocab, config)
+    return [Gate(oracle, tau)] if clean else []
+
+
+def vocabulary(public: PublicModel) -> torch.Tensor:
+    """Returns the token ids a search may use: the embedding's rows the tokenizer knows, less padding.
+
+    Padding rows never reach the span (their gradient rows are zero); a pad-as-EOS token would
+    otherwise pass wherever it mixes with real positions.
+    """
+    size = public.family.embedding().num_embeddings
+    vocab = torch.arange(min(size, len(public.tokenizer)))
+    pad = public.tokenizer.pad_token_id
+    return vocab[vocab != pad] if pad is not None else vocab
+
+
+def max_positions(public: PublicModel) -> int:
+    """Returns the longest sequence the model's positions allow (unbounded for rotary positions)."""
+    config = public.model.config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 10**9
+
+
+def _fallback_threshold(residuals: torch.Tensor) -> float:
+    if residuals.numel() == 0:
+        return 1e-3  # the paper's tau2, used only when nothing can be measured
+    return float(torch.quantile(residuals.double(), 0.01))

@@ -1,0 +1,93 @@
+"""DAGER's planning function: which search an update gets, and what stands against it beforehand."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradleak.attacks import CauseKind
+from gradleak.attacks.dager import DagerConfig
+from gradleak.attacks.dager.plan import (
+    DRIFT_MIN_GAP,
+    SearchKind,
+    Spectra,
+    UpdateReading,
+    plan_search,
+    read_arithmetic,
+)
+from gradleak.attacks.span import MIN_GAP_DECADES
+from gradleak.update import ClientUpdate, UpdateMetadata
+
+CLEAN = Spectra()
+SATURATED = Spectra(saturated=((1, 576),), ranking_blocks=(0,))
+
+
+def kinds(plan):
+    return [c.kind for c in plan.causes]
+
+
+def test_a_clean_update_is_searched_exactly():
+    decoder = plan_search(UpdateReading(causal=True, spectra=CLEAN), DagerConfig())
+    encoder = plan_search(UpdateReading(causal=False, spectra=CLEAN), DagerConfig())
+    assert decoder.search is SearchKind.PREFIX and decoder.exact
+    assert encoder.search is SearchKind.ENCODER and encoder.exact and encoder.peel
+    assert not decoder.scan_fallback
+
+
+def test_a_saturated_decoder_is_ranked_where_a_down_projection_is_shared():
+    plan = plan_search(UpdateReading(causal=True, spectra=SATURATED), DagerConfig())
+    assert plan.search is SearchKind.RANKED
+    assert kinds(plan) == [CauseKind.SATURATED, CauseKind.RANKED] and plan.peel
+    cap = plan_search(UpdateReading(causal=True, spectra=SATURATED), DagerConfig(saturated="cap"))
+    assert cap.search is SearchKind.PREFIX and kinds(cap) == [CauseKind.SATURATED]
+    assert cap.scan_fallback and not cap.peel
+
+
+def test_saturation_of_block_zero_alone_does_not_rank():
+    spectra = Spectra(saturated=((0, 576),), ranking_blocks=(0,))
+    plan = plan_search(UpdateReading(causal=True, spectra=spectra), DagerConfig())
+    assert plan.search is SearchKind.PREFIX and kinds(plan) == [CauseKind.SATURATED]
+    assert plan.causes[0].block == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "beam", "filter"])
+def test_a_recorded_noise_defence_gets_a_noise_search(mode):
+    reading = UpdateReading(causal=True, noise_defence="dp-sgd")
+    plan = plan_search(reading, DagerConfig(noise=mode))
+    expected = SearchKind.NOISY_FILTER if mode == "filter" else SearchKind.NOISY_BEAM
+    assert plan.search is expected and kinds(plan) == [CauseKind.NOISE]
+    assert plan.causes[0].detail == "dp-sgd defence"
+
+
+def test_noise_turned_off_still_denies_the_certificate():
+    reading = UpdateReading(causal=True, noise_defence="noise", spectra=CLEAN)
+    plan = plan_search(reading, DagerConfig(noise="off"))
+    assert plan.search is SearchKind.PREFIX and kinds(plan) == [CauseKind.NOISE]
+
+
+def test_an_exact_search_needs_spectra():
+    with pytest.raises(ValueError, match="spectra"):
+        plan_search(UpdateReading(causal=True), DagerConfig())
+
+
+def test_multi_step_deltas_drift_and_float32_ones_lose_their_gap():
+    drift = UpdateReading(causal=True, local_steps=4, dtype="float64", spectra=CLEAN)
+    assert kinds(plan_search(drift, DagerConfig())) == [CauseKind.DRIFT]
+    assert drift.min_gap == DRIFT_MIN_GAP
+    blurred = UpdateReading(causal=True, local_steps=4, dtype="float32", spectra=SATURATED)
+    plan = plan_search(blurred, DagerConfig())
+    assert plan.search is SearchKind.PREFIX and kinds(plan) == [CauseKind.PRECISION]
+    assert not plan.scan_fallback
+
+
+def test_the_metadata_is_read_before_any_spectrum():
+    meta = dict(model="m", family="llama", task="seq_class")
+    one_step = ClientUpdate({}, UpdateMetadata(**meta))
+    assert read_arithmetic(one_step, causal=True).min_gap == MIN_GAP_DECADES
+    delta = ClientUpdate(
+        {},
+        UpdateMetadata(
+            **meta, kind="weight_delta", local_steps=None, defence={"name": "noise", "sigma": 1e-4}
+        ),
+    )
+    reading = read_arithmetic(delta, causal=False)
+    assert reading.drifts and reading.local_steps == 0 and reading.noise_defence == "noise"
