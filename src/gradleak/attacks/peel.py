@@ -27,6 +27,7 @@ import torch
 
 from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
+from gradleak.models.task_loss import loss_gradient, task_loss, token_inputs
 
 _log = logging.getLogger(__name__)
 
@@ -60,29 +61,10 @@ def own_gradient(
 ) -> dict[str, torch.Tensor]:
     """Returns the gradient of one sentence's training loss alone, for the named parameters.
 
-    The loss is the model's own (``labels=`` of the transformers head): the class for a
+    The loss is the client's (:func:`gradleak.models.task_loss.task_loss`): the class for a
     classifier, the sentence itself for next-token prediction.
     """
-    return batch_gradient(public, [token_ids], label, names)
-
-
-def batch_gradient(
-    public: PublicModel,
-    batch: Sequence[Sequence[int]],
-    label: int | None,
-    names: list[str],
-) -> dict[str, torch.Tensor]:
-    """Returns the gradient of the training loss of ``batch`` (right-padded, every sentence with
-    ``label``), for the named parameters: what a client with these sentences would compute."""
-    inputs, targets = _model_inputs(public, batch, label)
-    params = dict(public.model.named_parameters())
-    with only_grad_for(public.model, set(names)), torch.enable_grad():
-        loss = public.model(**inputs, labels=targets).loss
-        grads = torch.autograd.grad(loss, [params[name] for name in names], allow_unused=True)
-    return {
-        name: torch.zeros_like(params[name]) if g is None else g.detach()
-        for name, g in zip(names, grads, strict=True)
-    }
+    return loss_gradient(public, [token_ids], label, names)
 
 
 def fit_share(
@@ -204,14 +186,15 @@ def _own_token_rows(
     Sentences in a padded batch do not see each other, so the gradient at each sentence's
     embedded positions is its own; it is read off the embedding's output, summed per token.
     """
-    inputs, targets = _model_inputs(public, batch, label)
+    inputs = token_inputs(public, batch)
+    labels = None if label is None else [label] * len(batch)
     embedded = {}
     hook = public.family.embedding().register_forward_hook(
         lambda m, a, out: embedded.setdefault("out", out)
     )
     try:
         with only_grad_for(public.model, {_table_name(public)}), torch.enable_grad():
-            loss = public.model(**inputs, labels=targets).loss
+            loss = task_loss(public, inputs, labels)
             (positions,) = torch.autograd.grad(loss, [embedded["out"]])
     finally:
         hook.remove()
@@ -226,31 +209,8 @@ def _own_token_rows(
     return rows
 
 
-def _model_inputs(
-    public: PublicModel, batch: Sequence[Sequence[int]], label: int | None
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Returns the right-padded inputs of ``batch`` and the targets of the model's own loss."""
-    device = public.family.embedding().weight.device
-    longest = max(len(ids) for ids in batch)
-    pad = public.tokenizer.pad_token_id if public.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(batch), longest), pad, device=device)
-    mask = torch.zeros_like(ids)
-    for row, sentence in enumerate(batch):
-        ids[row, : len(sentence)] = torch.tensor(list(sentence), device=device)
-        mask[row, : len(sentence)] = 1
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in public.tokenizer.model_input_names:
-        inputs["token_type_ids"] = torch.zeros_like(ids)
-    targets = (
-        ids.masked_fill(mask == 0, -100)
-        if label is None
-        else torch.full((len(batch),), label, device=device)
-    )
-    return inputs, targets
-
-
 def _table_name(public: PublicModel) -> str:
-    """Returns the update's key for the token-embedding table's gradient, where every fit is read."""
+    """Returns the update's key for the token table's gradient, where every fit is read."""
     return public.family.weight_name(public.family.embedding())
 
 

@@ -26,10 +26,10 @@ from dataclasses import replace
 import torch
 
 from gradleak.attacks.base import Reconstruction, RecoveredSequence
-from gradleak.attacks.peel import batch_gradient
 from gradleak.attacks.verdict import Cause, CauseKind
 from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
+from gradleak.models.task_loss import loss_gradient
 
 #: Relative misfit (of the remainder against the targets' rows) below which the targets are proved.
 FIT_TOLERANCE = 1e-3
@@ -148,6 +148,6 @@ def _explains(
     """Returns whether the completed batch's own gradient reproduces the head's, row by row, to
     float precision (the one-hot terms of the targets reach the inputs too, through each
     sequence's last hidden state, so only the whole gradient can confirm them)."""
-    predicted = batch_gradient(public, batch, None, [name])[name].double().to(observed.device)
+    predicted = loss_gradient(public, batch, None, [name])[name].double().to(observed.device)
     misfit = (observed.double() - predicted).norm(dim=1)
     return bool(misfit.max() <= FIT_TOLERANCE * observed.double().norm(dim=1).max())

@@ -30,6 +30,7 @@ import torch
 from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
+from gradleak.attacks.dager.spans import vocabulary
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.attacks.verdict import Assurance, Cause, CauseKind
 from gradleak.errors import GradientNotExposedError, UnsupportedFamilyError
@@ -125,7 +126,7 @@ class LayerSpan(Attack):
         )
         oracle = build_oracle(family, gradients, block, roles=roles)
         timings: dict[str, float] = {"svd": time.perf_counter() - started}
-        vocab = _vocabulary(public)
+        vocab = vocabulary(public)
 
         started = time.perf_counter()
         tau = (
@@ -175,12 +176,6 @@ class LayerSpan(Attack):
                     "in the last block only pooled or no rows carry gradients: expose an earlier block"
                 )
         return Reconstruction(self.name, sequences, causes=batch, diagnostics=diagnostics)
-
-
-def _vocabulary(public: PublicModel) -> torch.Tensor:
-    vocab = torch.arange(min(public.family.embedding().num_embeddings, len(public.tokenizer)))
-    pad = public.tokenizer.pad_token_id
-    return vocab[vocab != pad] if pad is not None else vocab
 
 
 def _first_token_threshold(oracle: SpanOracle, vocab: torch.Tensor, chunk_size: int) -> float:
