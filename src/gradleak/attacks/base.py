@@ -85,7 +85,7 @@ class Reconstruction:
 
     @property
     def reason(self) -> str | None:
-        """Returns why results are best-effort or missing, rendered from the causes; None if none."""
+        """Returns why results are best-effort or missing, rendered from the causes, or None."""
         return render(self.all_causes)
 
     def to_dict(self) -> dict[str, Any]:

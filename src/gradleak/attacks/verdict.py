@@ -39,12 +39,14 @@ class CauseKind(str, Enum):
     """A token was read another way than a span test (e.g. a next-token target)."""
     TOKEN_UNREAD = "token_unread"
     """A token no shared tensor shows is missing (a next-token target with no head gradient)."""
+    MAY_CONTINUE = "may_continue"
+    """The span holds rows no recovered sequence explains, and this one is not shown whole."""
     ABOVE_THRESHOLD = "above_threshold"
     """Some position's residual did not pass the certifying span test."""
     RANKED = "ranked"
     """Grown by a ranking search, which orders candidates but proves none."""
     PEELED_REST = "peeled_rest"
-    """Found on what peeling best-effort sentences left, whose spans hold only if every peel was exact."""
+    """Found on what best-effort peels left, whose spans hold only if every peel was exact."""
     OPTIMIZATION = "optimization"
     """Decoded from an optimisation attack, which has no span test."""
     MISSING_SEQUENCES = "missing_sequences"
@@ -184,9 +186,10 @@ _SENTENCES = {
         "and results are best-effort (DAGER's FedAvg argument assumes a small learning rate)."
     ),
     CauseKind.PRECISION: lambda c: (
-        f"the weight delta's spectrum shows no gap: over several local steps in {c.detail or 'float32'} "
-        "the small per-step changes are lost to rounding of the weights; let the client train "
-        "in float64 (as the DAGER paper does) or attack a one-step update. Results are best-effort."
+        "the weight delta's spectrum shows no gap: over several local steps in "
+        f"{c.detail or 'float32'} the small per-step changes are lost to rounding of the "
+        "weights; let the client train in float64 (as the DAGER paper does) or attack a "
+        "one-step update. Results are best-effort."
     ),
     CauseKind.NOISE: lambda c: (
         f"the update carries Gaussian noise ({c.detail or 'the noise search was asked for'}), so "
@@ -208,8 +211,14 @@ _SENTENCES = {
         "test; the sequence is best-effort."
     ),
     CauseKind.TOKEN_UNREAD: lambda c: (
-        f"the sequence lacks its last {c.count or 1} token(s): {c.detail or 'no shared tensor shows them'}; "
-        "the rest was proved, but the sequence is incomplete."
+        f"the sequence lacks its last {c.count or 1} token(s): "
+        f"{c.detail or 'no shared tensor shows them'}; the rest was proved, but the sequence "
+        "is incomplete."
+    ),
+    CauseKind.MAY_CONTINUE: lambda c: (
+        f"the sequence block's span holds {c.count or 'some'} row(s) that no recovered sequence "
+        "explains, and this sequence's own gradient does not fit the update exactly: it may "
+        "continue past where it was found."
     ),
     CauseKind.ABOVE_THRESHOLD: lambda c: (
         f"a position's residual did not pass {_block(c)} span test; the sequence is best-effort."
@@ -230,7 +239,7 @@ _SENTENCES = {
     ),
     CauseKind.MISSING_SEQUENCES: lambda c: (
         f"{f'{c.count} sequence(s)' if c.count else 'sequences'} may be missing: "
-        f"{c.detail or 'the search ended before its sentences accounted for every row of the span'}."
+        f"{c.detail or 'the search ended before its sentences explained every row of the span'}."
     ),
     CauseKind.NO_TOKENS: lambda c: (
         f"no token passed {_block(c)} span test, so nothing can be recovered (the update may be "

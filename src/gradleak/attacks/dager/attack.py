@@ -55,7 +55,8 @@ Gradients = Mapping[str, torch.Tensor]
 
 
 class Dager(Attack):
-    """DAGER with data-driven ranks and thresholds, for decoders (learned or rotary positions) and encoders."""
+    """DAGER with data-driven ranks and thresholds, for decoders (learned or rotary positions)
+    and encoders."""
 
     name = "dager"
 

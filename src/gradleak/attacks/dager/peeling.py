@@ -31,7 +31,8 @@ def peel_ranked(
     ranked: Reconstruction,
     attack: Callable[[Gradients], Reconstruction],
 ) -> Reconstruction:
-    """Returns ``ranked``'s sentences that fit the update exactly, and what ``attack`` finds in the rest.
+    """Returns ``ranked``'s sentences that fit the update exactly, and what ``attack`` finds in
+    the rest.
 
     Args:
         public: the public model.

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from gradleak.attacks.base import Reconstruction, RecoveredSequence
+from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.encoder import search_sentences
@@ -96,6 +97,23 @@ class SearchJob:
         return scan
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What an exact search found, and what it states of it.
+
+    Attributes:
+        found: the sequences, each with its residuals and the threshold that tested them.
+        causes: causes on every sequence (e.g. the frontier was cut).
+        batch_causes: causes on the batch only (e.g. sequences may be missing).
+        own: causes on single sequences (e.g. one that may have been cut short).
+    """
+
+    found: list[Found]
+    causes: tuple[Cause, ...] = ()
+    batch_causes: tuple[Cause, ...] = ()
+    own: Mapping[tuple[int, ...], tuple[Cause, ...]] = field(default_factory=dict)
+
+
 class Search(Protocol):
     """A DAGER search: what it returns for one job."""
 
@@ -109,7 +127,7 @@ class Search(Protocol):
 def verdict_for(
     residuals: tuple[float, ...], threshold: float, causes: tuple[Cause, ...], *, block: int
 ) -> Assurance:
-    """Returns a sequence's verdict: the search's causes, and its own if a residual failed the test."""
+    """Returns a sequence's verdict: the search's causes, and its own if a residual failed."""
     own = (
         ()
         if residuals and max(residuals) < threshold
@@ -152,19 +170,22 @@ class _ExactSearch:
         if not causes and not clean:
             causes.append(Cause(CauseKind.NO_SPECTRAL_GAP, block=cfg.sequence_block))
         diagnostics["tau2"] = tau2
-        found, batch_causes, search_causes = self.search(
+        outcome = self.search(
             job, scan, tau2, tuple(causes), exact=not causes and clean, diagnostics=diagnostics
         )
         job.timings["search"] = time.perf_counter() - started
-        causes += search_causes
+        causes += outcome.causes
+        batch_causes = list(outcome.batch_causes)
         sequences = tuple(
             RecoveredSequence(
                 token_ids=ids,
                 text=decode(public, ids),
-                assurance=verdict_for(res, tau, tuple(causes), block=cfg.sequence_block),
+                assurance=verdict_for(
+                    res, tau, (*causes, *outcome.own.get(ids, ())), block=cfg.sequence_block
+                ),
                 residuals=res,
             )
-            for ids, res, tau in found
+            for ids, res, tau in outcome.found
         )
         if not sequences:
             batch_causes.append(Cause(CauseKind.NO_SEQUENCES, block=cfg.sequence_block))
@@ -181,8 +202,8 @@ class _ExactSearch:
         *,
         exact: bool,
         diagnostics: dict[str, Any],
-    ) -> tuple[list[Found], list[Cause], list[Cause]]:
-        """Returns (sequences, causes on the batch, causes on every sequence)."""
+    ) -> Outcome:
+        """Returns the sequences found and the causes the search states."""
         raise NotImplementedError
 
 
@@ -210,8 +231,21 @@ class PrefixSearch(_ExactSearch):
         )
         diagnostics["prefix_candidates"] = result.candidates
         diagnostics["prefix_accepted"] = result.accepted
-        cut = [Cause(CauseKind.FRONTIER_CUT)] if result.truncated else []
-        return [(ids, res, tau2) for ids, res in result.sequences], [], cut
+        found = [(ids, res, tau2) for ids, res in result.sequences]
+        cut = (Cause(CauseKind.FRONTIER_CUT),) if result.truncated else ()
+        if not exact:
+            return Outcome(found, causes=cut)
+        ids = [f[0] for f in found]
+        unexplained = unexplained_rows(spans.sequence.basis.rank, ids)
+        diagnostics["unexplained_rows"] = unexplained
+        shortened = cut_short(job.public, job.gradients, ids, unexplained=unexplained)
+        missing = (
+            (Cause(CauseKind.MISSING_SEQUENCES, detail=_UNEXPLAINED.format(unexplained)),)
+            if unexplained
+            else ()
+        )
+        own = {seq: (cause,) for seq, cause in shortened.items()}
+        return Outcome(found, causes=cut, batch_causes=missing, own=own)
 
 
 class EncoderSearch(_ExactSearch):
@@ -270,10 +304,14 @@ class EncoderSearch(_ExactSearch):
             held = []
         if peeled:
             diagnostics["peeled"] = peeled
-        batch = [Cause(CauseKind.MISSING_SEQUENCES, detail=_MISSING)] if gave_up else []
-        return found, batch, []
+        batch = (Cause(CauseKind.MISSING_SEQUENCES, detail=_MISSING),) if gave_up else ()
+        return Outcome(found, batch_causes=batch)
 
 
+_UNEXPLAINED = (
+    "the sequence block's span holds {} row(s) that no recovered sequence explains (sequences "
+    "missing, or cut short where a true row failed the test)"
+)
 _MISSING = (
     "the encoder search ended before its sentences accounted for every row of block 1's span "
     "(or, where that span gives no count, before every length where [SEP] passed block 0 "

@@ -150,7 +150,7 @@ def screening_gates(
 
 
 def vocabulary(public: PublicModel) -> torch.Tensor:
-    """Returns the token ids a search may use: the embedding's rows the tokenizer knows, less padding.
+    """Returns the token ids a search may use: the embedding rows the tokenizer knows, but padding.
 
     Padding rows never reach the span (their gradient rows are zero); a pad-as-EOS token would
     otherwise pass wherever it mixes with real positions.

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
+from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
 from gradleak.attacks.dager.spans import vocabulary
@@ -87,7 +88,8 @@ def choose_layer(family: ArchitectureFamily, exposed: set[str]) -> tuple[int, tu
                 if roles:
                     return block, roles
     raise GradientNotExposedError(
-        "the update shares no linear layer of any block; expose at least one (e.g. --expose 'blocks=5 roles=k,v')."
+        "the update shares no linear layer of any block; expose at least one "
+        "(e.g. --expose 'blocks=5 roles=k,v')."
     )
 
 
@@ -115,7 +117,8 @@ class LayerSpan(Attack):
         cfg, family = self.config, public.family
         if not family.causal:
             raise UnsupportedFamilyError(
-                f"layer-span grows prefixes, which needs a causal model; {family.name} is an encoder: use dager."
+                f"layer-span grows prefixes, which needs a causal model; {family.name} is an "
+                "encoder: use dager."
             )
         gradients = update.gradients()
         started = time.perf_counter()
@@ -164,16 +167,31 @@ class LayerSpan(Attack):
             causes = (saturated,)
         if search.truncated:
             causes = (*causes, Cause(CauseKind.FRONTIER_CUT))
+        found = [ids for ids, _ in search.sequences]
+        unexplained = 0 if causes else unexplained_rows(oracle.basis.rank, found)
+        diagnostics["unexplained_rows"] = unexplained
+        shortened = cut_short(public, gradients, found, unexplained=unexplained)
         sequences = tuple(
-            RecoveredSequence(ids, public.tokenizer.decode(list(ids)), Assurance(causes), res)
+            RecoveredSequence(
+                ids,
+                public.tokenizer.decode(list(ids)),
+                Assurance((*causes, *([shortened[ids]] if ids in shortened else []))),
+                res,
+            )
             for ids, res in search.sequences
         )
         batch = causes
+        if unexplained:
+            detail = (
+                f"block {block}'s span holds {unexplained} row(s) no recovered sequence explains"
+            )
+            batch = (*batch, Cause(CauseKind.MISSING_SEQUENCES, detail=detail))
         if not sequences:
             batch = (*causes, Cause(CauseKind.NO_TOKENS, block=block))
             if block == family.num_blocks - 1:
                 diagnostics["hint"] = (
-                    "in the last block only pooled or no rows carry gradients: expose an earlier block"
+                    "in the last block only pooled or no rows carry gradients: "
+                    "expose an earlier block"
                 )
         return Reconstruction(self.name, sequences, causes=batch, diagnostics=diagnostics)
 

@@ -165,7 +165,9 @@ class GradientInversion(Attack):
             token_distance = float(objective.batch(embedding(tokens)[None], start.classes)[0])
             seconds["decode"] = time.perf_counter() - began
         sequences = tuple(
-            RecoveredSequence(tuple(seq), public.tokenizer.decode(seq), best_effort(NOT_A_SPAN_TEST))
+            RecoveredSequence(
+                tuple(seq), public.tokenizer.decode(seq), best_effort(NOT_A_SPAN_TEST)
+            )
             for seq in ids
         )
         diagnostics = {

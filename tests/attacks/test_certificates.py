@@ -1,0 +1,74 @@
+"""Certification never lies: on every search path, a certified sequence is exactly one the client used.
+
+Each case drives one path of the attacks (prefix, encoder, ranked past the hidden size, noise,
+a multi-step delta, a next-token update with and without the head, the layer-span attack) on a
+tiny random model, and checks the one property a certificate promises, whatever else happens.
+The benchmarks print the same count at realistic sizes (``certified_but_wrong``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gradleak.attacks import create_attack
+from gradleak.client import ClientSettings, simulate_update
+from gradleak.data import Batch
+
+TEXTS = (
+    "Call Maria at 555-0147 before noon.",
+    "The rent is due on Friday, not Monday.",
+    "Send the invoice to Tom at the Elm Street office.",
+    "my pin is 4471",
+    "see you at the station at six",
+    "Her new address is 12 Rose Lane.",
+)
+
+CASES = {
+    "gpt2-prefix": ("gpt2", "seq_class", 2, {}, "dager", {}),
+    "llama-prefix": ("llama", "seq_class", 2, {}, "dager", {}),
+    "bert-encoder": ("bert", "seq_class", 2, {}, "dager", {}),
+    "gpt2-next-token": ("gpt2", "next_token", 3, {}, "dager", {}),
+    "llama-next-token": ("llama", "next_token", 2, {}, "dager", {}),
+    "gpt2-next-token-no-head": (
+        "gpt2",
+        "next_token",
+        2,
+        {"expose": "blocks=0,1"},
+        "dager",
+        {},
+    ),
+    "gpt2-ranked": ("gpt2", "seq_class", 6, {}, "dager", {}),
+    "gpt2-capped": ("gpt2", "seq_class", 6, {}, "dager", {"saturated": "cap"}),
+    "gpt2-noise": (
+        "gpt2",
+        "seq_class",
+        1,
+        {"defence": ("noise",), "sigma": 1e-6},
+        "dager",
+        {"max_length": 6, "noise_blocks": 2},
+    ),
+    "gpt2-fedavg": (
+        "gpt2",
+        "seq_class",
+        2,
+        {"algo": "fedavg", "local_epochs": 2, "mini_batch": 1, "lr": 1e-3},
+        "dager",
+        {},
+    ),
+    "llama-layer-span": ("llama", "seq_class", 1, {"expose": "blocks=1"}, "layer-span", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_certified_implies_exact(tiny_models, case):
+    family, task, size, client, attack, options = CASES[case]
+    public = tiny_models(family, task)
+    texts = TEXTS[:size]
+    batch = Batch(texts=texts, labels=tuple(i % 2 for i in range(size)))
+    update = simulate_update(public, batch, settings=ClientSettings(**client))
+    result = create_attack(attack, **options).reconstruct(public, update)
+    truth = {tuple(public.tokenizer(t)["input_ids"]) for t in texts}
+    wrong = [s.text for s in result.sequences if s.certified and s.token_ids not in truth]
+    assert not wrong, f"{case}: certified but not exact: {wrong}"
+    for sequence in result.sequences:
+        assert sequence.certified == (not sequence.assurance.causes)
