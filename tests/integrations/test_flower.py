@@ -198,3 +198,22 @@ def test_the_auditor_records_the_clients_settings(tmp_path):
     assert written["expose"] == "blocks=0" and written["client"]["defence"] == ["noise"]
     assert (written["client"]["algo"], written["client"]["lr"]) == ("fedavg", 0.05)
     assert record["client"] == {**settings.to_dict(), "algo": "fedavg", "lr": 0.05}
+
+
+def test_a_delta_lost_to_rounding_is_a_cause_of_its_own(tmp_path):
+    from gradleak.integrations.flower.auditor import ClientReply
+
+    auditor = FlowerAuditor(SPEC, tmp_path / "audit")
+    state = {k: v.clone() for k, v in auditor.public.model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    moved = {
+        k: v + 1e-7 * v.abs().mean() * torch.randn(v.shape, generator=generator)
+        if v.is_floating_point()
+        else v
+        for k, v in state.items()
+    }
+    reply = ClientReply(node_id=3, state=moved, config={"lr": 1e-6, "local-steps": 1})
+    (record,) = auditor.audit_round(1, state, [reply])
+    assert record["update"]["rounding_noise"] > 1e-4
+    assert "rounding" in [c["cause"] for c in record["causes"]]
+    assert "round its delta" in record["reason"] and not any(record["certified"])

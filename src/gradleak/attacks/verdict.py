@@ -27,6 +27,8 @@ class CauseKind(str, Enum):
     """A weight delta over several local steps: later blocks' inputs moved between steps."""
     PRECISION = "precision"
     """The update's arithmetic (dtype, rounding of the weights) hides the per-step signal."""
+    ROUNDING = "rounding"
+    """The client's weights round a one-step delta at a level that hides the gradient's span."""
     NOISE = "noise"
     """A recorded defence added noise: no residual is zero, candidates are only ranked."""
     NO_SPECTRAL_GAP = "no_spectral_gap"
@@ -190,6 +192,11 @@ _SENTENCES = {
         f"{c.detail or 'float32'} the small per-step changes are lost to rounding of the "
         "weights; let the client train in float64 (as the DAGER paper does) or attack a "
         "one-step update. Results are best-effort."
+    ),
+    CauseKind.ROUNDING: lambda c: (
+        f"the client's weights round its delta at {c.detail or 'a level'}, which hides the "
+        "gradient's span at this learning rate; the same batch may leak exactly from a larger "
+        "learning rate or from float64 clients."
     ),
     CauseKind.NOISE: lambda c: (
         f"the update carries Gaussian noise ({c.detail or 'the noise search was asked for'}), so "

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from gradleak.attacks import Attack, create_attack
+from gradleak.attacks import Attack, Cause, CauseKind, create_attack
+from gradleak.attacks.verdict import render
 from gradleak.client.settings import ClientSettings
 from gradleak.errors import GradleakError, InvalidUpdateError
 from gradleak.experiments import RunConfig, environment, summarize_run
@@ -198,7 +199,9 @@ class FlowerAuditor:
         noise = rounding_noise(weights, update)
         record["update"] = {**describe_update(update), "rounding_noise": noise}
         if noise is not None and noise > ROUNDING_WARNING and not reconstruction.certified:
-            record["reason"] = _rounding_reason(record["reason"], noise, weights)
+            causes = (*reconstruction.all_causes, _rounding_cause(noise, weights))
+            record["causes"] = [c.to_dict() for c in causes]
+            record["reason"] = render(causes)
         texts = self._texts(server_round, reply.node_id)
         if texts is not None:
             record.update(score_fields(texts, reconstruction, self.public.tokenizer))
@@ -287,11 +290,6 @@ class FlowerAuditor:
         return truth.get(node_id)
 
 
-def _rounding_reason(reason: str | None, noise: float, state: Mapping[str, torch.Tensor]) -> str:
+def _rounding_cause(noise: float, state: Mapping[str, torch.Tensor]) -> Cause:
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    note = (
-        f"The client's {dtype} weights round its delta at {noise:.1e} of the delta's size, "
-        "which hides the gradient's span at this learning rate; the same batch may leak "
-        "exactly from a larger learning rate or from float64 clients."
-    )
-    return f"{reason} {note}" if reason else note
+    return Cause(CauseKind.ROUNDING, detail=f"{noise:.1e} of the delta's size ({dtype})")
