@@ -118,7 +118,7 @@ class LinearInputProbe:
             if layer.block != 0 or layer.role not in ("q", "k", "v"):
                 raise ValueError(f"token_rows needs block-0 q/k/v layers, got {layer.key}")
         ids = token_ids.reshape(-1, 1).to(self.device)
-        positions = torch.full_like(ids, position)
+        positions = torch.full_like(ids, position + self.family.position_offset())
         types = torch.full_like(ids, token_type) if self.family.token_types else None
         rows = self._run(
             ids, attention_mask=None, token_type_ids=types, position_ids=positions, cache=None

@@ -95,7 +95,9 @@ class ArchitectureFamily(ABC):
     model_types: ClassVar[tuple[str, ...]]
     #: Causal decoder (prefixes can be extended with a KV cache) or bidirectional encoder.
     causal: ClassVar[bool]
-    #: "learned" absolute position embeddings, or "rotary" (no position in the block-0 input).
+    #: "learned" absolute position embeddings added to the input rows; "rotary" (or ALiBi) inside
+    #: a decoder's attention; "relative" inside an encoder's attention. Only "learned" puts a
+    #: position in the block-0 input rows.
     positions: ClassVar[str]
     #: The model takes token type ids (BERT's segment embeddings).
     token_types: ClassVar[bool] = False
@@ -127,6 +129,11 @@ class ArchitectureFamily(ABC):
     def position_embedding(self) -> nn.Embedding | None:
         """Returns the learned position embedding table, or None (rotary positions)."""
         return None
+
+    def position_offset(self) -> int:
+        """Returns the position id the model gives a sequence's first token (RoBERTa counts from
+        padding_idx + 1); explicit position ids are this plus the position."""
+        return 0
 
     def embedding_norm(self) -> nn.Module | None:
         """Returns the LayerNorm that normalises the embedding sum before block 0 with no residual
