@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradleak.attacks import create_attack
+from gradleak.attacks import CauseKind, create_attack
 from gradleak.client import ClientSettings, simulate_update
 from gradleak.data import Batch
 
@@ -72,3 +72,32 @@ def test_certified_implies_exact(tiny_models, case):
     assert not wrong, f"{case}: certified but not exact: {wrong}"
     for sequence in result.sequences:
         assert sequence.certified == (not sequence.assurance.causes)
+
+
+def test_a_spent_time_budget_answers_best_effort_with_that_cause(tiny_models):
+    public = tiny_models("gpt2")
+    batch = Batch(texts=TEXTS[:2], labels=(0, 1))
+    update = simulate_update(public, batch, settings=ClientSettings())
+    result = create_attack("dager", time_budget=1e-9).reconstruct(public, update)
+    assert CauseKind.TIME_BUDGET in {c.kind for c in result.causes}
+    assert not any(s.certified for s in result.sequences)
+    assert all(
+        CauseKind.TIME_BUDGET in {c.kind for c in s.assurance.causes} for s in result.sequences
+    )
+
+
+def test_sequences_the_batch_holds_but_the_attack_missed_are_counted(tiny_models):
+    public = tiny_models("gpt2")
+    batch = Batch(texts=TEXTS[:3], labels=(0, 1, 0))
+    update = simulate_update(public, batch, settings=ClientSettings(disclose=("batch_size",)))
+    result = create_attack("dager", time_budget=1e-9).reconstruct(public, update)
+    assert result.diagnostics["batch_size"] == {"value": 3, "source": "disclosed by the client"}
+    missing = [c for c in result.causes if c.kind is CauseKind.MISSING_SEQUENCES]
+    assert len({s.token_ids for s in result.sequences}) + sum(c.count or 0 for c in missing) >= 3
+
+
+def test_a_classifier_shows_its_batch_size_in_the_gradient(tiny_models):
+    public = tiny_models("gpt2")
+    update = simulate_update(public, Batch(texts=TEXTS[:3], labels=(0, 1, 0)))
+    result = create_attack("dager").reconstruct(public, update)
+    assert result.diagnostics["batch_size"]["value"] == 3

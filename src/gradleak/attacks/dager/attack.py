@@ -36,6 +36,8 @@ from dataclasses import replace
 import torch
 
 from gradleak.attacks.base import Attack, Reconstruction
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
+from gradleak.attacks.dager.accounting import account_for_batch, out_of_time
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.peeling import peel_ranked
 from gradleak.attacks.dager.plan import (
@@ -68,20 +70,30 @@ class Dager(Attack):
 
     def reconstruct(self, public: PublicModel, update: ClientUpdate) -> Reconstruction:
         """Returns the sequences recovered from ``update``, each certified or best-effort."""
+        deadline = Deadline(self.config.time_budget)
         gradients = update.gradients()
-        result = self.attack_gradients(public, update, gradients)
+        result = self.attack_gradients(public, update, gradients, deadline)
         if result.diagnostics["search"] == SearchKind.RANKED.value and self.config.peel:
             result = peel_ranked(
-                public, gradients, result, lambda rest: self.attack_gradients(public, update, rest)
+                public,
+                gradients,
+                result,
+                lambda rest: self.attack_gradients(public, update, rest, deadline),
+                deadline=deadline,
             )
         if public.task == "next_token" and public.family.causal:
             result = complete_next_token(public, gradients, result)
-        return result
+        return account_for_batch(public, update, gradients, result)
 
     def attack_gradients(
-        self, public: PublicModel, update: ClientUpdate, gradients: Gradients
+        self,
+        public: PublicModel,
+        update: ClientUpdate,
+        gradients: Gradients,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Reconstruction:
-        """Returns what DAGER recovers from ``gradients`` (the update's, or what peeling left)."""
+        """Returns what DAGER recovers from ``gradients`` (the update's, or what peeling left),
+        searching until ``deadline``."""
         cfg = self.config
         started = time.perf_counter()
         vocab = vocabulary(public)
@@ -101,9 +113,12 @@ class Dager(Attack):
             max_length=min(cfg.max_length, max_positions(public)),
             min_gap=reading.min_gap,
             spans=spans,
+            deadline=deadline,
             timings={"svd": time.perf_counter() - started},
         )
         result = SEARCHES[plan.search].run(job)
+        if deadline.expired():
+            result = out_of_time(result, deadline)
         diagnostics = {
             **result.diagnostics,
             "family": public.family.name,

@@ -56,6 +56,8 @@ class DagerConfig:
         rank_branches: most extensions kept per prefix and step (``rank``).
         rank_frontier: most prefixes kept per step (``rank``), those with the best mean score;
             false branches multiply once sentences run past a few dozen tokens.
+        time_budget: seconds the attack may search one update; when they run out, the best
+            current sequences are returned best-effort with that cause. None: no limit.
     """
 
     sequence_block: int = 1
@@ -82,6 +84,7 @@ class DagerConfig:
     rank_z: float = 6.0
     rank_branches: int = 32
     rank_frontier: int = 256
+    time_budget: float | None = 600.0
 
     def __post_init__(self) -> None:
         if self.noise is False:  # YAML and ``-o noise=off`` read a bare "off" as false
@@ -100,6 +103,10 @@ class DagerConfig:
                 raise ValueError(
                     f"DagerConfig: {name} must be true or false, got {getattr(self, name)!r}"
                 )
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(
+                f"DagerConfig: time_budget must be positive seconds or none, got {self.time_budget}"
+            )
         if self.sequence_block < 1:
             raise ValueError(
                 f"DagerConfig: sequence_block must be 1 or deeper, got {self.sequence_block}"

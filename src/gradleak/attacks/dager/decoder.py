@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.oracle import SpanOracle
 from gradleak.models.probe import PrefixState
 
@@ -66,8 +67,11 @@ def search_prefixes(
     max_length: int,
     chunk_size: int,
     max_frontier: int,
+    deadline: Deadline = NO_DEADLINE,
 ) -> DecoderSearch:
     """Returns the sequences whose every prefix passes every gate.
+
+    When ``deadline`` expires the live prefixes are returned as they are.
 
     Args:
         gates: screening gates first, the certifying gate last; all probes must need the same
@@ -80,7 +84,7 @@ def search_prefixes(
     result = DecoderSearch()
     frontier = _first_tokens(gates, tokens_at(0), chunk_size=chunk_size, result=result)
     position = 1
-    while frontier is not None and position < max_length:
+    while frontier is not None and position < max_length and not deadline.expired():
         tokens = tokens_at(position)
         if tokens is None or tokens.numel() == 0:
             break

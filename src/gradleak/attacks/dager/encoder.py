@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.oracle import SpanOracle
 
 #: Rounds of the local search from one start.
@@ -43,6 +44,7 @@ def search_sentences(
     lengths: tuple[int, ...] | None = None,
     first_find: bool = False,
     known: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
     """Returns (sentences with per-position residuals, whether some sentence may be missing).
 
@@ -63,7 +65,7 @@ def search_sentences(
     ... live ones, so the likely lengths get more starts before the unlikely ones get any.
     ``first_find`` ends the search at the first new sentence, for a caller that peels it off the
     gradient before searching on; ``known`` holds sentences already found on these spans, which
-    the returned list starts with.
+    the returned list starts with. When ``deadline`` expires the search returns what it has.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
@@ -95,7 +97,8 @@ def search_sentences(
 
     def done() -> bool:
         return (
-            disclosed_all()
+            deadline.expired()
+            or disclosed_all()
             or (rows is not None and left() <= 0)
             or (first_find and len(found) > already)
         )

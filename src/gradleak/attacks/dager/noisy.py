@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.base import Reconstruction, RecoveredSequence
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle, input_side_gradient
 from gradleak.attacks.dager.tokens import vocabulary_residuals
@@ -163,12 +164,14 @@ def search(
     first: torch.Tensor | None,
     max_length: int,
     chunk_size: int,
+    deadline: Deadline = NO_DEADLINE,
 ) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
-    """Returns (token ids, per-position z-score) of every sequence the search ends, best first."""
+    """Returns (token ids, per-position z-score) of every sequence the search ends, best first
+    (the live beam as it is when ``deadline`` expires)."""
     finished: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
     beam = _start(oracles, candidates, policy, first, chunk_size)
     for position in range(1, max_length):
-        if beam is None:
+        if beam is None or deadline.expired():
             break
         beam = _step(oracles, candidates, policy, beam, position, chunk_size, finished)
     if beam is not None:
@@ -349,6 +352,7 @@ def reconstruct_noisy(
     vocab: torch.Tensor,
     causes: tuple[Cause, ...],
     max_length: int,
+    deadline: Deadline = NO_DEADLINE,
 ) -> Reconstruction:
     """Returns DAGER's best-effort reconstruction of a noised update with the ``filter`` or ``beam`` search.
 
@@ -381,6 +385,7 @@ def reconstruct_noisy(
         first=first if mode == "filter" else None,
         max_length=max_length,
         chunk_size=cfg.chunk_size,
+        deadline=deadline,
     )
     chosen = choose(found, batch)
     sequences = tuple(

@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 
 from gradleak.attacks.base import Reconstruction
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.plan import SearchKind
 from gradleak.attacks.peel import peel_fitting
 from gradleak.attacks.verdict import Cause, CauseKind
@@ -30,6 +31,8 @@ def peel_ranked(
     gradients: Gradients,
     ranked: Reconstruction,
     attack: Callable[[Gradients], Reconstruction],
+    *,
+    deadline: Deadline = NO_DEADLINE,
 ) -> Reconstruction:
     """Returns ``ranked``'s sentences that fit the update exactly, and what ``attack`` finds in
     the rest.
@@ -39,10 +42,11 @@ def peel_ranked(
         gradients: the gradients ``ranked`` was found in.
         ranked: a ranked search's result.
         attack: attacks what is left of the gradients after a peel.
+        deadline: no new round starts once it has expired.
     """
     began = time.perf_counter()
     result, kept, rounds = ranked, [], []
-    while result.diagnostics.get("search") == SearchKind.RANKED.value:
+    while result.diagnostics.get("search") == SearchKind.RANKED.value and not deadline.expired():
         started = time.perf_counter()
         by_ids = {s.token_ids: s for s in result.sequences}
         gradients, shares = peel_fitting(public, gradients, list(by_ids))

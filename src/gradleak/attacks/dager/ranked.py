@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.decoder import DecoderSearch
 from gradleak.attacks.span import SpanBasis
 from gradleak.models.families import LinearLayer
@@ -95,6 +96,7 @@ def search_ranked(
     max_frontier: int,
     z_accept: float,
     per_prefix: int,
+    deadline: Deadline = NO_DEADLINE,
 ) -> DecoderSearch:
     """Returns best-effort sequences grown from the tokens whose scores stand out at every step.
 
@@ -107,6 +109,7 @@ def search_ranked(
         z_accept: a candidate is kept when its score is this many robust deviations below the
             step's median.
         per_prefix: most extensions kept per prefix and step.
+        deadline: when it expires, the live prefixes are returned as they are.
     """
     result = DecoderSearch()
     first = tokens_at(0)
@@ -116,7 +119,7 @@ def search_ranked(
         evidence, first, chunk_size=chunk_size, z_accept=z_accept, result=result
     )
     position = 1
-    while prefixes and position < max_length:
+    while prefixes and position < max_length and not deadline.expired():
         tokens = tokens_at(position)
         if tokens is None or tokens.numel() == 0:
             break

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from gradleak.attacks.base import Reconstruction, RecoveredSequence
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
@@ -60,6 +61,7 @@ class SearchJob:
         max_length: the longest sequence searched.
         min_gap: the smallest spectral drop read as the end of the signal.
         spans: block 0's and the sequence block's spans (None for the noise searches).
+        deadline: when the searches must stop and answer with what they have.
         timings: seconds per stage, filled in as the search goes.
     """
 
@@ -72,6 +74,7 @@ class SearchJob:
     max_length: int
     min_gap: float
     spans: DagerSpans | None = None
+    deadline: Deadline = NO_DEADLINE
     timings: dict[str, float] = field(default_factory=dict)
 
     def require_spans(self) -> DagerSpans:
@@ -228,6 +231,7 @@ class PrefixSearch(_ExactSearch):
             max_frontier=min(cfg.max_frontier, BEST_EFFORT_FRONTIER)
             if causes
             else cfg.max_frontier,
+            deadline=job.deadline,
         )
         diagnostics["prefix_candidates"] = result.candidates
         diagnostics["prefix_accepted"] = result.accepted
@@ -283,6 +287,7 @@ class EncoderSearch(_ExactSearch):
                 lengths=lengths,
                 first_find=peeling,
                 known=held,
+                deadline=job.deadline,
             )
             new = results[len(held) :]
             found += [(ids, res, tau2) for ids, res in new]
@@ -351,6 +356,7 @@ class RankedSearch:
             max_frontier=cfg.rank_frontier,
             z_accept=cfg.rank_z,
             per_prefix=cfg.rank_branches,
+            deadline=job.deadline,
         )
         job.timings["search"] = time.perf_counter() - started
         diagnostics: dict[str, Any] = {
@@ -388,6 +394,7 @@ class NoisySearch:
             vocab=job.vocab,
             causes=job.plan.causes,
             max_length=job.max_length,
+            deadline=job.deadline,
         )
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
+from gradleak.attacks.budget import Deadline
+from gradleak.attacks.dager.accounting import out_of_time
 from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
@@ -59,6 +61,8 @@ class LayerSpanConfig:
         max_length: longest sequence searched.
         chunk_size: candidates per forward pass.
         max_frontier: most prefixes kept per step (more makes the result best-effort).
+        time_budget: seconds the search may run; then the live prefixes are returned
+            best-effort. None: no limit.
     """
 
     block: int | None = None
@@ -67,6 +71,7 @@ class LayerSpanConfig:
     max_length: int = 64
     chunk_size: int = 8192
     max_frontier: int = 256
+    time_budget: float | None = 600.0
 
 
 def choose_layer(family: ArchitectureFamily, exposed: set[str]) -> tuple[int, tuple[str, ...]]:
@@ -115,6 +120,7 @@ class LayerSpan(Attack):
     def reconstruct(self, public: PublicModel, update: ClientUpdate) -> Reconstruction:
         """Returns the sequences whose every prefix passes the chosen layer's span test."""
         cfg, family = self.config, public.family
+        deadline = Deadline(cfg.time_budget)
         if not family.causal:
             raise UnsupportedFamilyError(
                 f"layer-span grows prefixes, which needs a causal model; {family.name} is an "
@@ -152,6 +158,7 @@ class LayerSpan(Attack):
             max_length=cfg.max_length,
             chunk_size=cfg.chunk_size,
             max_frontier=cfg.max_frontier,
+            deadline=deadline,
         )
         timings["search"] = time.perf_counter() - started
         diagnostics["prefix_accepted"] = search.accepted
@@ -193,7 +200,8 @@ class LayerSpan(Attack):
                     "in the last block only pooled or no rows carry gradients: "
                     "expose an earlier block"
                 )
-        return Reconstruction(self.name, sequences, causes=batch, diagnostics=diagnostics)
+        result = Reconstruction(self.name, sequences, causes=batch, diagnostics=diagnostics)
+        return out_of_time(result, deadline) if deadline.expired() else result
 
 
 def _first_token_threshold(oracle: SpanOracle, vocab: torch.Tensor, chunk_size: int) -> float:

@@ -1,0 +1,65 @@
+"""Accounting for the batch: how many sequences it holds, and what ran out of time.
+
+Nothing a search misses is dropped silently. The batch size is the client's when disclosed, else
+read from the gradient where it shows (a classifier's last MLP sees one row per sequence,
+:func:`gradleak.attacks.optimization.shape.estimate_batch_size`); fewer sequences recovered is a
+cause on the batch, with the count. A search stopped by the time budget makes every sequence it
+returned best-effort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import torch
+
+from gradleak.attacks.base import Reconstruction
+from gradleak.attacks.budget import Deadline
+from gradleak.attacks.optimization.shape import Estimate, estimate_batch_size
+from gradleak.attacks.verdict import Cause, CauseKind
+from gradleak.models.loading import PublicModel
+from gradleak.update import ClientUpdate
+
+
+def batch_size(
+    public: PublicModel, update: ClientUpdate, gradients: Mapping[str, torch.Tensor]
+) -> Estimate | None:
+    """Returns how many sequences the batch holds, and how that is known, or None."""
+    if update.metadata.batch_size is not None:
+        return Estimate(update.metadata.batch_size, "disclosed by the client")
+    return estimate_batch_size(public.family, gradients, task=public.task)
+
+
+def account_for_batch(
+    public: PublicModel,
+    update: ClientUpdate,
+    gradients: Mapping[str, torch.Tensor],
+    result: Reconstruction,
+) -> Reconstruction:
+    """Returns ``result`` with the batch size it was checked against, and a cause for the
+    sequences it lacks."""
+    size = batch_size(public, update, gradients)
+    if size is None:
+        return result
+    diagnostics = {**result.diagnostics, "batch_size": {"value": size.value, "source": size.source}}
+    found = len({s.token_ids for s in result.sequences})
+    causes = result.causes
+    if found < size.value:
+        detail = (
+            f"the batch holds {size.value} sequences ({size.source}) and {found} were recovered"
+        )
+        causes = (
+            *causes,
+            Cause(CauseKind.MISSING_SEQUENCES, count=size.value - found, detail=detail),
+        )
+    return replace(result, causes=causes, diagnostics=diagnostics)
+
+
+def out_of_time(result: Reconstruction, deadline: Deadline) -> Reconstruction:
+    """Returns ``result`` with every sequence marked as cut off by the time budget."""
+    budget = Cause(CauseKind.TIME_BUDGET, count=round(deadline.seconds or 0))
+    sequences = tuple(
+        replace(s, assurance=s.assurance.with_causes([budget])) for s in result.sequences
+    )
+    return replace(result, sequences=sequences, causes=(*result.causes, budget))
