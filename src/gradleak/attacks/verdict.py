@@ -29,6 +29,8 @@ class CauseKind(str, Enum):
     """The update's arithmetic (dtype, rounding of the weights) hides the per-step signal."""
     ROUNDING = "rounding"
     """The client's weights round a one-step delta at a level that hides the gradient's span."""
+    LOSSY_UPDATE = "lossy_update"
+    """The update's values were rounded coarser than float32 (a 16-bit client, quantisation)."""
     NOISE = "noise"
     """A recorded defence added noise: no residual is zero, candidates are only ranked."""
     NO_SPECTRAL_GAP = "no_spectral_gap"
@@ -197,6 +199,11 @@ _SENTENCES = {
         f"the client's weights round its delta at {c.detail or 'a level'}, which hides the "
         "gradient's span at this learning rate; the same batch may leak exactly from a larger "
         "learning rate or from float64 clients."
+    ),
+    CauseKind.LOSSY_UPDATE: lambda c: (
+        f"the update was rounded ({c.detail or 'coarser than float32'}), so true rows sit at the "
+        "rounding level off the span instead of at zero: the span test is approximate and "
+        "results are best-effort."
     ),
     CauseKind.NOISE: lambda c: (
         f"the update carries Gaussian noise ({c.detail or 'the noise search was asked for'}), so "
