@@ -20,6 +20,8 @@ from gradleak.update import ClientUpdate
 
 #: Defences whose noise breaks the exact span test (names as the client records them).
 NOISY_DEFENCES = ("noise", "dp-sgd")
+#: Client dtypes whose rounding keeps true rows a rounding step off the span.
+LOSSY_DTYPES = ("bfloat16", "float16")
 #: Smallest spectral drop (decades) read as the end of a multi-step weight delta's signal: the
 #: drifting inputs of later blocks blur the gap that a one-step gradient shows.
 DRIFT_MIN_GAP = 0.5
@@ -68,6 +70,8 @@ class UpdateReading:
         local_steps: local steps of a multi-step weight delta (0 when unknown); None for a
             one-step update.
         dtype: the client's parameter dtype.
+        rounding: how the update's values were rounded coarser than float32 (a 16-bit dtype or
+            a recorded quantisation scheme), or None.
         spectra: what the spans show; None until they are read (a noised update needs none).
     """
 
@@ -75,6 +79,7 @@ class UpdateReading:
     noise_defence: str | None = None
     local_steps: int | None = None
     dtype: str = "float32"
+    rounding: str | None = None
     spectra: Spectra | None = None
 
     @property
@@ -121,6 +126,7 @@ def read_arithmetic(update: ClientUpdate, *, causal: bool) -> UpdateReading:
         noise_defence=noisy_defence(meta.defence),
         local_steps=steps,
         dtype=meta.dtype,
+        rounding=lossy_rounding(meta.dtype, meta.defence),
     )
 
 
@@ -135,7 +141,7 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
         return SearchPlan(noise, (Cause(CauseKind.NOISE, detail=_noise_detail(reading)),))
     if reading.spectra is None:
         raise ValueError("plan_search needs the spans' spectra for an update searched exactly")
-    causes = _arithmetic_causes(reading)
+    causes = (*_arithmetic_causes(reading), *_rounding_causes(reading))
     spectra = reading.spectra
     if (
         reading.causal
@@ -164,6 +170,28 @@ def noisy_defence(defence: Mapping | list | None) -> str | None:
     if defence.get("name") in NOISY_DEFENCES:
         return str(defence["name"])
     return noisy_defence(defence.get("steps")) or noisy_defence(defence.get("client_defence"))
+
+
+def lossy_rounding(dtype: str, defence: Mapping | list | None) -> str | None:
+    """Returns the coarsest rounding the update's values went through, or None (float32/64)."""
+    scheme = _quantisation(defence)
+    return scheme if scheme is not None else (dtype if dtype in LOSSY_DTYPES else None)
+
+
+def _quantisation(defence: Mapping | list | None) -> str | None:
+    if isinstance(defence, (list, tuple)):
+        return next((n for n in map(_quantisation, defence) if n), None)
+    if not isinstance(defence, Mapping):
+        return None
+    if defence.get("name") == "quantize":
+        return str(defence.get("scheme", "int8"))
+    return _quantisation(defence.get("steps")) or _quantisation(defence.get("client_defence"))
+
+
+def _rounding_causes(reading: UpdateReading) -> tuple[Cause, ...]:
+    if reading.rounding is None:
+        return ()
+    return (Cause(CauseKind.LOSSY_UPDATE, detail=reading.rounding),)
 
 
 def noise_search(reading: UpdateReading, config: DagerConfig) -> SearchKind | None:
