@@ -135,3 +135,14 @@ def test_uncased_references_are_scored_as_the_tokenizer_round_trip(
         pair["reference"].strip() == "call anna at 555 - 0142."
     )  # [CLS]/[SEP] stripped, lower-cased
     assert record[0]["references"][record[0]["pairs"].index(pair)] == "Call Anna at 555-0142."
+
+
+def test_records_and_summary_name_the_family_the_search_and_the_causes(tiny_texts, tmp_path):
+    summary = run_experiment(_config(tiny_texts, attack="dager", batches=1), tmp_path)
+    (record,) = read_records(tmp_path)
+    assert record["family"] == "gpt2" and record["search"] == "prefix"
+    assert summary["families"] == {"gpt2": 1} and summary["searches"] == {"prefix": 1}
+    for reconstruction in record["reconstructions"]:
+        assert reconstruction["certified"] == (not reconstruction["causes"])
+    assert set(summary["causes"]) == {c["cause"] for c in record["causes"]}
+    assert all(c["message"] for c in record["causes"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gradleak.experiments.config import RunConfig, build_config
@@ -29,7 +30,8 @@ def summarize_run(
     All are None while no batch is done; metrics are None when no record was scored (an audit
     that was not given the clients' texts). ``dp_epsilon`` is the largest epsilon (at ``dp_delta``)
     of the batches' DP-SGD updates, None when no DP-SGD ran; the client settings are in
-    ``config["client"]``.
+    ``config["client"]``. ``families``, ``searches`` and ``causes`` count the batches by the
+    architecture family and the search the attack took, and by each cause it stated.
     """
     summary: dict[str, Any] = {
         "format": SUMMARY_FORMAT,
@@ -41,6 +43,9 @@ def summarize_run(
         "complete": len(records) == config.batches,
         "references": sum(len(r.get("references", ())) for r in records),
         "sequences_recovered": sum(len(r["reconstructions"]) for r in records),
+        "families": _counts(r.get("family") for r in records),
+        "searches": _counts(r.get("search") for r in records),
+        "causes": _counts(c["cause"] for r in records for c in r.get("causes", ())),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     scored = [r for r in records if r.get("metrics")]  # an audit without ground truth has none
@@ -59,6 +64,12 @@ def summarize_run(
     summary["versions"] = dict(environment.get("versions", {}))
     summary["hardware"] = dict(environment.get("hardware", {}))
     return summary
+
+
+def _counts(values: Iterable[Any]) -> dict[str, int]:
+    """Returns how often each value occurs, None left out, most frequent first."""
+    counts = Counter(v for v in values if v is not None)
+    return dict(counts.most_common())
 
 
 def changed_settings(config: RunConfig) -> dict[str, Any]:
