@@ -107,7 +107,8 @@ def place_tokens(
     position_rows = gradients[position_name].detach()
     unit = torch.finfo(token_rows.dtype).eps / 2
     tokens = token_rows[bag].double().cpu()
-    at = position_rows[:positions].double().cpu()
+    first = family.position_offset()  # RoBERTa's first position is padding_idx + 1
+    at = position_rows[first : first + positions].double().cpu()
     weights = torch.linalg.lstsq(tokens.T, at.T).solution
     if not bool(torch.isfinite(weights).all()):
         return None
@@ -127,7 +128,9 @@ class _EmbeddingSums:
             .cpu()
         )
         self.words = words + (0.0 if constant is None else constant.double().cpu())
-        self.positions = family.position_embedding().weight.detach()[:positions].double().cpu()
+        first = family.position_offset()
+        table = family.position_embedding().weight.detach()
+        self.positions = table[first : first + positions].double().cpu()
         self.word_means, self.position_means = self.words.mean(dim=1), self.positions.mean(dim=1)
         width = self.words.shape[1]
         squares = (
