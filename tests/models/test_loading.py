@@ -81,11 +81,10 @@ def test_missing_bundled_package_names_the_pip_command(monkeypatch):
 
 def test_unsupported_family_is_refused():
     tokenizer = ASSETS / "gpt2-tokenizer"
-    with pytest.raises(UnsupportedFamilyError, match="no architecture family for model_type 'opt'"):
-        load_model(
-            f"random:opt?num_hidden_layers=1&hidden_size=16&ffn_dim=32&num_attention_heads=2"
-            f"&word_embed_proj_dim=16&tokenizer={tokenizer}"
-        )
+    with pytest.raises(
+        UnsupportedFamilyError, match="no architecture family for model_type 'gptj'"
+    ):
+        load_model(f"random:gptj?n_layer=1&n_embd=16&n_head=2&rotary_dim=4&tokenizer={tokenizer}")
 
 
 def test_encoders_cannot_do_next_token():

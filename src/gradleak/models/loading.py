@@ -203,11 +203,19 @@ def _build_random(parsed: ModelSpec, *, task: str, num_labels: int):
     source = parsed.options.get("tokenizer") or default_tokenizer_source(parsed.target)
     tokenizer = load_tokenizer(source)
     vocab = None if "vocab_size" in parsed.options else len(tokenizer)
-    config = random_config(parsed.target, parsed.options, vocab_size=vocab)
+    config = random_config(
+        parsed.target, parsed.options, vocab_size=vocab, pad_token_id=_pad_id(tokenizer)
+    )
     if task == "seq_class":
         config.num_labels = num_labels
     torch.manual_seed(int(parsed.options.get("seed", 0)))
     return _task_class(config.model_type, task).from_config(config), tokenizer
+
+
+def _pad_id(tokenizer: Any) -> int | None:
+    """Returns the id the client will pad with (GPT-2 clients pad with EOS)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return None if pad is None else int(pad)
 
 
 def _init_head(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from gradleak.errors import UnknownSpecError
 from gradleak.models.bundled import BUNDLED
@@ -38,26 +39,44 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 _RESERVED = ("seed", "tokenizer")
 
 
+#: Tokenizers that belong with an architecture's default shape (SmolLM2's for random:llama).
+_TOKENIZERS: dict[str, str] = {"llama": "smollm2-135m"}
+
+
 def default_tokenizer_source(arch: str) -> str:
-    """Returns where the tokenizer of ``random:ARCH`` comes from when none is named."""
-    if arch == "gpt2":
-        return str(ASSETS / "gpt2-tokenizer")
-    if arch == "llama":
-        return "smollm2-135m"
-    if arch == "bert":
+    """Returns where the tokenizer of ``random:ARCH`` comes from when none is named: MiniLM's
+    WordPiece for encoders, the GPT-2 byte-level BPE for decoders."""
+    if arch in _TOKENIZERS:
+        return _TOKENIZERS[arch]
+    try:
+        encoder_decoder = bool(AutoConfig.for_model(arch).is_encoder_decoder)
+    except ValueError:
+        encoder_decoder = True  # no such architecture: random_config says so
+    if encoder_decoder:
+        raise UnknownSpecError(
+            f"random:{arch} has no default tokenizer; add tokenizer=PATH, e.g. "
+            f"random:{arch}?tokenizer=./tok"
+        )
+    if arch in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return "minilm"
-    raise UnknownSpecError(
-        f"random:{arch} has no default tokenizer; add tokenizer=PATH, e.g. "
-        f"random:{arch}?tokenizer=./tok"
-    )
+    return str(ASSETS / "gpt2-tokenizer")
 
 
 def random_config(
-    arch: str, options: dict[str, str], *, vocab_size: int | None
+    arch: str,
+    options: dict[str, str],
+    *,
+    vocab_size: int | None,
+    pad_token_id: int | None = None,
 ) -> PretrainedConfig:
-    """Returns the config of ``random:ARCH``: defaults, then the user's overrides."""
+    """Returns the config of ``random:ARCH``: defaults, then the user's overrides.
+
+    The config is built from the values, so fields derived from others (Falcon's MLP width, a
+    head's width) follow them; ``pad_token_id`` is the tokenizer's (RoBERTa counts positions
+    from it).
+    """
     try:
-        config = AutoConfig.for_model(arch)
+        default = AutoConfig.for_model(arch)
     except ValueError:
         raise UnknownSpecError(
             f"random:{arch} names no transformers architecture; use e.g. random:gpt2, "
@@ -66,19 +85,22 @@ def random_config(
     values = dict(_DEFAULTS.get(arch, {}))
     if vocab_size is not None:
         values["vocab_size"] = vocab_size
+    if pad_token_id is not None:
+        values["pad_token_id"] = pad_token_id
     for key, raw in options.items():
         if key in _RESERVED:
             continue
-        if not hasattr(config, key):
+        if not hasattr(default, key):
             raise UnknownSpecError(
                 f"random:{arch} has no config field {key!r}; check the spelling."
             )
-        values[key] = _coerce(raw, getattr(config, key))
-    for key, value in values.items():
-        setattr(config, key, value)
-    if getattr(config, "head_dim", None) is not None and "head_dim" not in options:
-        # The library default belongs to its default width; a head spans hidden / heads here.
-        config.head_dim = config.hidden_size // config.num_attention_heads
+        values[key] = _coerce(raw, getattr(default, key))
+    config = AutoConfig.for_model(arch, **values)
+    settable_head_dim = not isinstance(getattr(type(config), "head_dim", None), property)
+    if settable_head_dim and getattr(config, "head_dim", None) is not None:
+        if "head_dim" not in options:
+            # The library default belongs to its default width; a head spans hidden / heads here.
+            config.head_dim = config.hidden_size // config.num_attention_heads
     return config
 
 

@@ -7,13 +7,21 @@ from torch import nn
 from gradleak.errors import UnsupportedFamilyError
 from gradleak.models.families.base import ArchitectureFamily
 from gradleak.models.families.bert import BertFamily
+from gradleak.models.families.decoders import FalconFamily, GPTNeoXFamily, OPTFamily
+from gradleak.models.families.encoders import DistilBertFamily, ElectraFamily, RobertaFamily
 from gradleak.models.families.gpt2 import GPT2Family
 from gradleak.models.families.llama import LlamaFamily
 
 _FAMILIES: dict[str, type[ArchitectureFamily]] = {
     "gpt2": GPT2Family,
     "llama": LlamaFamily,
+    "gpt_neox": GPTNeoXFamily,
+    "opt": OPTFamily,
+    "falcon": FalconFamily,
     "bert": BertFamily,
+    "roberta": RobertaFamily,
+    "distilbert": DistilBertFamily,
+    "electra": ElectraFamily,
 }
 
 
