@@ -1,0 +1,87 @@
+"""Every supported model_type, at two tiny shapes: DAGER recovers every sequence exactly, certified.
+
+The matrix (``conformance.py``): each decoder and encoder, a width that is not a power of two
+with grouped or multi-query attention where the architecture has it, and a two-block model;
+B = 1 and 4; the classification task, and next-token prediction for decoders. Certified implies
+exact is asserted on its own first, so a lie is reported as such even where recovery also fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conformance import (
+    DECODERS,
+    ENCODER_SEARCH_SHORT_AT_B4,
+    ENCODERS,
+    FAMILY,
+    TEXTS,
+    TINY_SHAPES,
+    Shape,
+    spec_for,
+)
+
+from gradleak.attacks.dager import Dager
+from gradleak.client import simulate_update
+from gradleak.data import Batch
+from gradleak.models import load_model
+
+#: The default run keeps a few minutes on 2 cores: per model type the odd shape's classification
+#: at B = 4 and next-token at B = 1, and the shallow shape's classification at B = 1 (encoders:
+#: B = 1 at both shapes). The rest of the matrix is marked slow (``-m slow``).
+_DEFAULT = {("odd", "seq_class", 4), ("odd", "next_token", 1), ("shallow", "seq_class", 1)}
+
+
+def _slow(model_type: str, shape: Shape, task: str, size: int) -> bool:
+    if model_type in ENCODERS:
+        return size == 4
+    return (shape.name, task, size) not in _DEFAULT
+
+
+def _cases() -> list:
+    cases = []
+    for model_type in DECODERS + ENCODERS:
+        tasks = ("seq_class", "next_token") if model_type in DECODERS else ("seq_class",)
+        for shape in TINY_SHAPES:
+            for task in tasks:
+                for size in (1, 4):
+                    marks = [pytest.mark.slow] if _slow(model_type, shape, task, size) else []
+                    cases.append(
+                        pytest.param(
+                            model_type,
+                            shape,
+                            task,
+                            size,
+                            id=f"{model_type}-{shape.name}-{task}-B{size}",
+                            marks=marks,
+                        )
+                    )
+    return cases
+
+
+_MODELS: dict[tuple[str, str, str], object] = {}
+
+
+def _model(model_type: str, shape: Shape, task: str):
+    key = (model_type, shape.name, task)
+    if key not in _MODELS:
+        _MODELS[key] = load_model(spec_for(model_type, shape), task=task)
+    return _MODELS[key]
+
+
+@pytest.mark.parametrize(("model_type", "shape", "task", "size"), _cases())
+def test_dager_recovers_every_sequence_exactly_and_certified(model_type, shape, task, size):
+    public = _model(model_type, shape, task)
+    texts = TEXTS[:size]
+    batch = Batch(texts=texts, labels=tuple(i % 2 for i in range(size)))
+    update = simulate_update(public, batch)
+    result = Dager().reconstruct(public, update)
+    truth = {tuple(public.tokenizer(text)["input_ids"]) for text in texts}
+    lies = [s.text for s in result.sequences if s.certified and s.token_ids not in truth]
+    assert not lies, f"certified but not exact: {lies}"
+    assert result.diagnostics["family"] == FAMILY[model_type]
+    found = {s.token_ids for s in result.sequences if s.certified}
+    missing = [t for t in texts if tuple(public.tokenizer(t)["input_ids"]) not in found]
+    if missing and size == 4 and model_type in ENCODER_SEARCH_SHORT_AT_B4:
+        pytest.xfail(f"the encoder search misses {len(missing)} of 4 at this width")
+    assert not missing, f"not recovered exactly and certified: {missing} ({result.reason})"
+    assert len(result.sequences) == size
