@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from gradleak.attacks.verdict import Assurance, Cause, render
 from gradleak.models.loading import PublicModel
@@ -103,7 +103,8 @@ class Reconstruction:
 class Attack(ABC):
     """A gradient-inversion attack: (public model, update) -> reconstruction."""
 
-    name: ClassVar[str]
+    #: The attack's name (a configurable attack may name itself per instance, e.g. its recipe).
+    name: str
 
     @abstractmethod
     def reconstruct(self, public: PublicModel, update: ClientUpdate) -> Reconstruction:

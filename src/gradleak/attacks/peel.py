@@ -133,9 +133,12 @@ def peel_fitting(
         None  # tokens whose rows the last pass's peels changed; None: first pass
     )
     for _ in range(passes):
-        left, peeled_tokens = [], set()
+        left: list[tuple[int, ...]] = []
+        peeled_tokens: set[int] = set()
         tried = [ids for ids in pending if freed is None or not freed.isdisjoint(ids)]
-        screened = {ids for ids, hit in zip(tried, might_fit(public, rest, tried)) if hit}
+        screened = {
+            ids for ids, hit in zip(tried, might_fit(public, rest, tried), strict=False) if hit
+        }
         for ids in pending:
             fitted = fit_share(public, rest, ids) if ids in screened else None
             if fitted is None:
@@ -168,7 +171,9 @@ def might_fit(
         chunk = [tuple(ids) for ids in candidates[start : start + _SCREEN_CHUNK]]
         hits = [False] * len(chunk)
         for label in _screen_labels(public):
-            for i, (ids, own) in enumerate(zip(chunk, _own_token_rows(public, chunk, label))):
+            for i, (ids, own) in enumerate(
+                zip(chunk, _own_token_rows(public, chunk, label), strict=False)
+            ):
                 tokens = sorted(set(ids))
                 hits[i] = (
                     hits[i] or _parallel_weight(gradients[table][tokens].double(), own) is not None
@@ -188,7 +193,7 @@ def _own_token_rows(
     """
     inputs = token_inputs(public, batch)
     labels = None if label is None else [label] * len(batch)
-    embedded = {}
+    embedded: dict[str, torch.Tensor] = {}
     hook = public.family.embedding().register_forward_hook(
         lambda m, a, out: embedded.setdefault("out", out)
     )
@@ -199,7 +204,7 @@ def _own_token_rows(
     finally:
         hook.remove()
     rows = []
-    for ids, grad in zip(batch, positions.detach().double().cpu()):
+    for ids, grad in zip(batch, positions.detach().double().cpu(), strict=False):
         tokens, where = torch.unique(torch.tensor(ids), return_inverse=True)
         rows.append(
             torch.zeros(len(tokens), grad.shape[-1], dtype=grad.dtype).index_add_(

@@ -136,7 +136,7 @@ def search_sentences(
                 ids, residuals = _descend(oracle, cls_id, sep_id, guess, start, chunk_size)
                 if not keep(ids, residuals):
                     misses[length] += 1
-                    if any(len(g) < len(o) for g, o in zip(guess, options[length])):
+                    if any(len(g) < len(o) for g, o in zip(guess, options[length], strict=False)):
                         unpolished.append((float(_mean_log10(torch.tensor(residuals))), ids))
         per_pass *= 2
     # Polishing with the full sets costs most: only once the cut sets are exhausted, closest first.
@@ -168,7 +168,10 @@ def _start(
     if fresh and attempt == 0:
         return [choices[0] for choices in guess]
     if fresh and attempt == 1:
-        return [ordered[torch.isin(ordered, choices)][0] for choices, ordered in zip(guess, full)]
+        return [
+            ordered[torch.isin(ordered, choices)][0]
+            for choices, ordered in zip(guess, full, strict=False)
+        ]
     return [choices[torch.randint(len(choices), (1,), generator=generator)] for choices in guess]
 
 

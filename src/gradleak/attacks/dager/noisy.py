@@ -28,7 +28,6 @@ best-effort: no threshold separates true from false rows under noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -114,7 +113,8 @@ def _fixed_rank(family: ArchitectureFamily, gradients, block: int, cfg: DagerCon
 
 
 def _stacked(oracle: SpanOracle, gradients) -> list[torch.Tensor]:
-    unique = {id(g): g for g in (input_side_gradient(layer, gradients) for layer in oracle.layers)}
+    stacked = (input_side_gradient(layer, gradients) for layer in oracle.layers)
+    unique = {id(g): g for g in stacked if g is not None}
     return list(unique.values())
 
 
@@ -175,7 +175,7 @@ def search(
             break
         beam = _step(oracles, candidates, policy, beam, position, chunk_size, finished)
     if beam is not None:
-        finished.extend(_trim(p, z, policy) for p, z in zip(beam.prefixes, beam.zs))
+        finished.extend(_trim(p, z, policy) for p, z in zip(beam.prefixes, beam.zs, strict=False))
     finished = [(p, z) for p, z in finished if p]
     return sorted(finished, key=lambda item: sum(item[1]))
 
@@ -262,9 +262,13 @@ def _step(
     _, state = oracles.probe.extend(beam.state.select(parent), ids[column])
     return _Beam(
         prefixes=[
-            beam.prefixes[p] + (int(ids[c]),) for p, c in zip(parent.tolist(), column.tolist())
+            beam.prefixes[p] + (int(ids[c]),)
+            for p, c in zip(parent.tolist(), column.tolist(), strict=False)
         ],
-        zs=[beam.zs[p] + (float(z[p, c]),) for p, c in zip(parent.tolist(), column.tolist())],
+        zs=[
+            beam.zs[p] + (float(z[p, c]),)
+            for p, c in zip(parent.tolist(), column.tolist(), strict=False)
+        ],
         quiet=quiet[parent, column],
         state=state,
     )
@@ -309,7 +313,7 @@ def choose(
 
 def _agreement(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     n = min(len(a), len(b))
-    return sum(x == y for x, y in zip(a, b)) / n if n else 1.0
+    return sum(x == y for x, y in zip(a, b, strict=False)) / n if n else 1.0
 
 
 def first_tokens(candidates: TokenCandidates, z_threshold: float) -> tuple[torch.Tensor, int]:

@@ -129,7 +129,10 @@ class _EmbeddingSums:
         )
         self.words = words + (0.0 if constant is None else constant.double().cpu())
         first = family.position_offset()
-        table = family.position_embedding().weight.detach()
+        embedding = family.position_embedding()
+        if embedding is None:
+            raise ValueError(f"{family.name} has no position embedding to place tokens with")
+        table = embedding.weight.detach()
         self.positions = table[first : first + positions].double().cpu()
         self.word_means, self.position_means = self.words.mean(dim=1), self.positions.mean(dim=1)
         width = self.words.shape[1]

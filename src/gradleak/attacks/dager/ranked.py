@@ -69,14 +69,16 @@ class RankingEvidence:
         two: ranked residuals lie around 0.1 to 0.3, far above where float32 cancellation
         (about 3e-4) would blur them.
         """
-        total = None
-        for layer, basis in zip(self.layers, self.bases):
+        total: torch.Tensor | None = None
+        for layer, basis in zip(self.layers, self.bases, strict=True):
             flat = rows[layer].reshape(-1, basis.in_features).to(torch.float32)
             norms = flat.square().sum(dim=-1)
             projected = (flat @ basis.basis.to(flat.device).T).square().sum(dim=-1)
             value = 0.5 * torch.log((1 - projected / norms.clamp_min(1e-30)).clamp_min(1e-12))
             value = value.reshape(rows[layer].shape[:-1]).cpu()
             total = value if total is None else total + value
+        if total is None:
+            raise ValueError("ranking evidence needs at least one layer")
         return total
 
 
@@ -148,11 +150,14 @@ def search_ranked(
             break
         _, state = evidence.probe.extend(state.select(parent), tokens[column])
         prefixes = [
-            prefixes[p] + (int(tokens[c]),) for p, c in zip(parent.tolist(), column.tolist())
+            prefixes[p] + (int(tokens[c]),)
+            for p, c in zip(parent.tolist(), column.tolist(), strict=False)
         ]
-        scores = [scores[p] + (float(s),) for p, s in zip(parent.tolist(), z.tolist())]
+        scores = [
+            scores[p] + (float(s),) for p, s in zip(parent.tolist(), z.tolist(), strict=False)
+        ]
         position += 1
-    result.sequences.extend(zip(prefixes, scores))
+    result.sequences.extend(zip(prefixes, scores, strict=False))
     result.sequences = _tidy(result.sequences)
     return result
 

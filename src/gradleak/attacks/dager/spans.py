@@ -84,8 +84,16 @@ def block_oracle(
     Where the span fills that room it certifies nothing: the rank is capped at the room minus
     ``rank_cutoff`` (the paper's) and the basis is marked saturated.
     """
-    options = {"roles": roles, "rank_tol": config.rank_tol, "min_gap": min_gap}
-    oracle = build_oracle(public.family, gradients, block, rank=config.rank, **options)
+    family = public.family
+    oracle = build_oracle(
+        family,
+        gradients,
+        block,
+        roles=roles,
+        rank=config.rank,
+        rank_tol=config.rank_tol,
+        min_gap=min_gap,
+    )
     # Single-token rows show the room of an attention *input*; an attention output's room
     # (mixtures of values) is larger than they show, so only its spectrum is checked.
     capacity = (
@@ -94,7 +102,15 @@ def block_oracle(
         else oracle.basis.in_features
     )
     if capacity < oracle.basis.in_features and config.rank is None:
-        oracle = build_oracle(public.family, gradients, block, capacity=capacity, **options)
+        oracle = build_oracle(
+            family,
+            gradients,
+            block,
+            roles=roles,
+            rank_tol=config.rank_tol,
+            min_gap=min_gap,
+            capacity=capacity,
+        )
     if oracle.basis.rank >= capacity or oracle.basis.saturated:
         rank = min(oracle.basis.rank, max(1, capacity - config.rank_cutoff))
         oracle = build_oracle(public.family, gradients, block, roles=roles, rank=rank)

@@ -113,7 +113,7 @@ def _remainder(
         mask[row, : len(prefix)] = 1
     captured: dict[str, torch.Tensor] = {}
     hook = head.register_forward_hook(lambda m, args, out: captured.update(h=args[0]))
-    name = _head_weight_name(public)
+    name = _head_weight_name(public) or ""
     try:
         with only_grad_for(model, {name}), torch.enable_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
