@@ -12,7 +12,9 @@ query attends to one key only, so its query gradient is exactly zero).
 
 The rank is read from the spectrum: singular values of a true gradient drop by several decades
 exactly at the number of distinct input rows, so the largest log-gap finds it without a
-hand-tuned tolerance.
+hand-tuned tolerance. An update rounded coarser than float32 (a bfloat16 or float16 client, an
+int8-quantised update) has a noise bulk instead of that drop, at a level its grid predicts
+(:mod:`gradleak.attacks.rounding`): the rank is then the number of singular values above it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from gradleak.attacks.rounding import rounding_floor
 
 #: A spectrum whose largest drop is smaller than this (in decades) has no usable gap.
 MIN_GAP_DECADES = 1.0
@@ -41,6 +45,8 @@ class SpanBasis:
         saturated: the span fills (almost) the whole input space, so membership certifies nothing.
         complement: (in_features - rank, in_features) orthonormal rows spanning the orthogonal
             complement; residuals are then one product with it when that is cheaper.
+        rounding_floor: the spectral norm, relative to ``singular_values[0]``, that the values'
+            rounding adds (None for float32 or finer values): true rows sit about this far off.
     """
 
     basis: torch.Tensor
@@ -50,6 +56,7 @@ class SpanBasis:
     gap_decades: float
     saturated: bool
     complement: torch.Tensor | None = None
+    rounding_floor: float | None = None
 
     @property
     def noise_floor(self) -> float:
@@ -73,6 +80,7 @@ class SpanBasis:
             gap_decades=_gap_at(self.singular_values, rank),
             saturated=self.saturated,
             complement=complement,
+            rounding_floor=self.rounding_floor,
         )
 
     def residuals(self, rows: torch.Tensor, *, chunk_size: int = 8192) -> torch.Tensor:
@@ -146,6 +154,9 @@ def span_basis(
         min_gap: smallest drop, in decades, that counts as the end of the signal.
         capacity: the dimension the input rows can span at all (d - 1 after a LayerNorm without
             bias); drops past it are structure, not signal, and a rank reaching it is saturated.
+
+    Where the gradients were rounded coarser than float32, the rank is the count of singular
+    values above the rounding's noise floor instead of the largest log-gap's position.
     """
     if not gradients:
         raise ValueError("span_basis needs at least one gradient")
@@ -154,15 +165,21 @@ def span_basis(
         [g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients]
     )
     _, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
+    floor = rounding_floor(gradients)
+    relative_floor = None if floor is None else floor / max(float(s[0]), _TINY)
     if rank is not None:
         chosen, gap = rank, _gap_at(s, rank)
     elif rank_tol is not None:
         chosen = int((s > rank_tol * s[0]).sum())
         gap = _gap_at(s, chosen)
+    elif floor is not None:
+        within = s[:capacity] if capacity is not None else s
+        chosen = int((within > floor).sum())
+        gap = _gap_at(s, chosen)
     else:
         chosen, gap = estimate_rank(s[:capacity] if capacity is not None else s, min_gap=min_gap)
     limit = min(in_features, stacked.shape[0], capacity if capacity is not None else in_features)
-    saturated = chosen > 0 and (chosen >= limit or gap == 0.0)
+    saturated = chosen > 0 and (chosen >= limit or (gap == 0.0 and floor is None))
     if max_rank is not None:
         chosen = min(chosen, max_rank)
     complement = vh[chosen:] if vh.shape[0] == in_features else None
@@ -174,6 +191,7 @@ def span_basis(
         gap_decades=gap,
         saturated=saturated,
         complement=complement.to(torch.float32).contiguous() if complement is not None else None,
+        rounding_floor=relative_floor,
     )
 
 

@@ -7,11 +7,17 @@ reference code does) breaks with every transformers release; hooks do not.
 
 For causal models the probe also extends prefixes incrementally with a KV cache, so growing N
 prefixes by one token costs N tokens' work, not N full sequences.
+
+A half-precision model (bfloat16, float16) is probed through a float32 copy of itself: the
+weights are the same, and rows rounded to 8 or 11 bits would sit a rounding step (up to 4e-3)
+off the span and off each other, which hides the tests' evidence (a repeated token's row no
+longer equals its prefix's).
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +26,23 @@ from torch import nn
 from transformers import DynamicCache
 
 from gradleak.models.families.base import ArchitectureFamily, LinearLayer
+
+#: Parameter dtypes too coarse to compute candidate rows in; the probe upcasts them to float32.
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+_UPCAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compute_family(family: ArchitectureFamily) -> ArchitectureFamily:
+    """Returns the family whose model computes candidate rows: ``family`` itself, or, for a
+    half-precision model, a float32 copy (cached per model until its weights change in place)."""
+    if family.embedding().weight.dtype not in HALF_DTYPES:
+        return family
+    version = sum(p._version for p in family.model.parameters())
+    cached = _UPCAST.get(family.model)
+    if cached is None or cached[0] != version:
+        cached = (version, type(family)(copy.deepcopy(family.model).float()))
+        _UPCAST[family.model] = cached
+    return cached[1]
 
 
 class _InputsCaptured(Exception):
@@ -75,6 +98,7 @@ class LinearInputProbe:
         if not layers:
             raise ValueError("LinearInputProbe needs at least one linear layer")
         self.family = family
+        self._compute = compute_family(family)
         self.layers = tuple(layers)
         self._by_module: dict[str, list[LinearLayer]] = {}
         for layer in self.layers:
@@ -186,10 +210,10 @@ class LinearInputProbe:
     def _as_attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """Returns a 4D mask in the form the model's attention implementation reads (bool or
         additive)."""
-        implementation = getattr(self.family.model.config, "_attn_implementation", "sdpa")
+        implementation = getattr(self._compute.model.config, "_attn_implementation", "sdpa")
         if implementation == "sdpa":
             return allowed[None, None]
-        dtype = self.family.embedding().weight.dtype
+        dtype = self._compute.embedding().weight.dtype
         additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return additive.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
@@ -214,7 +238,7 @@ class LinearInputProbe:
             return hook
 
         for name in self._by_module:
-            module = self.family.model.get_submodule(name)
+            module = self._compute.model.get_submodule(name)
             handles.append(module.register_forward_pre_hook(make_hook(name)))
         kwargs = {"input_ids": input_ids.to(self.device)}
         if attention_mask is not None:
@@ -226,7 +250,7 @@ class LinearInputProbe:
         if cache is not None:
             kwargs.update(past_key_values=cache, use_cache=True)
         try:
-            self.family.base(**kwargs)
+            self._compute.base(**kwargs)
         except _InputsCaptured:
             pass
         finally:
