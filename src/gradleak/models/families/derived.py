@@ -8,11 +8,12 @@ token types, and how a fused query-key-value weight is laid out.
 
 from __future__ import annotations
 
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 from torch import nn
 
+from gradleak.errors import UnsupportedFamilyError
 from gradleak.models.families.base import ArchitectureFamily, ModuleSlot
 from gradleak.models.families.structure import (
     attention_role,
@@ -20,6 +21,9 @@ from gradleak.models.families.structure import (
     find_blocks,
     mlp_roles,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class DerivedFamily(ArchitectureFamily):
@@ -64,7 +68,9 @@ class DerivedFamily(ArchitectureFamily):
         return slots
 
     def embedding(self) -> nn.Embedding:
-        return cast(nn.Embedding, self.base.get_input_embeddings())
+        # The bare transformer is a transformers model: its own accessor finds the token table.
+        base = cast("PreTrainedModel", self.base)
+        return cast(nn.Embedding, base.get_input_embeddings())
 
     def position_embedding(self) -> nn.Embedding | None:
         if self.positions != "learned":
@@ -101,6 +107,11 @@ class DerivedFamily(ArchitectureFamily):
         if self.qkv_layout() != "contiguous":
             return {role: ModuleSlot(module) for role in ("q", "k", "v")}
         total = int(module.get_parameter("weight").shape[0])
+        if self.config is None:
+            raise UnsupportedFamilyError(
+                f"{self.name}: a fused query-key-value weight is split by the model config's "
+                "number of attention heads, and this model has no config."
+            )
         heads = int(self.config.num_attention_heads)
         head_dim = getattr(self.config, "head_dim", None) or self.hidden_size() // heads
         queries = heads * int(head_dim)
