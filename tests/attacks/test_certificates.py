@@ -1,4 +1,5 @@
-"""Certification never lies: on every search path, a certified sequence is exactly one the client used.
+"""Certification never lies: on every search path, a certified sequence is exactly one the client
+used.
 
 Each case drives one path of the attacks (prefix, encoder, ranked past the hidden size, noise,
 a multi-step delta, a next-token update with and without the head, the layer-span attack) on a

@@ -74,7 +74,8 @@ def test_minilm(minilm, texts):
 
 
 def test_encoder_search_stops_once_every_block1_row_is_accounted_for(minilm, monkeypatch):
-    """Each encoder row depends on its whole sentence, so block 1's rank is the batch's total length."""
+    """Each encoder row depends on its whole sentence, so block 1's rank is the batch's total
+    length."""
     from gradleak.attacks.dager import encoder
     from gradleak.attacks.dager import searches as dager_attack
 
@@ -107,7 +108,8 @@ def test_peel_option_must_be_a_boolean():
 
 
 def test_encoder_search_peels_each_sentence_it_finds(minilm, monkeypatch):
-    """After a find, the search goes on against the gradient of the rest: block 1's rank drops by its length."""
+    """After a find, the search goes on against the gradient of the rest: block 1's rank drops by
+    its length."""
     from gradleak.attacks.dager import searches as dager_attack
 
     texts = SENTENCES[:2]

@@ -1,5 +1,5 @@
-"""The encoder search: embedding gradients place tokens, joint moves escape mixtures, rows end the search,
-peeling clears the way."""
+"""The encoder search: embedding gradients place tokens, joint moves escape mixtures, rows end the
+search, peeling clears the way."""
 
 from __future__ import annotations
 
@@ -136,9 +136,9 @@ def test_rotten_tomatoes_batches_of_four_are_recovered_exactly(
 @pytest.mark.slow
 @pytest.mark.shared
 def test_a_rotten_tomatoes_batch_of_eight_is_recovered_exactly(shared_dir, minilm):
-    """DAGER's first Rotten Tomatoes batch of 8 (lengths 9 to 50; the paper's BERT scores 37.1 at B = 8):
-    244 rows against 136 distinct tokens plus 50 positions, so block 0 passes 130 tokens at every
-    position and only the embedding LayerNorm's placement steers the search."""
+    """DAGER's first Rotten Tomatoes batch of 8 (lengths 9 to 50; the paper's BERT scores 37.1 at
+    B = 8): 244 rows against 136 distinct tokens plus 50 positions, so block 0 passes 130 tokens at
+    every position and only the embedding LayerNorm's placement steers the search."""
     batch = sample_batches(
         load_texts("rotten_tomatoes", split="train"), protocol="dager", batch_size=8, n_batches=10
     )[0]

@@ -1,4 +1,5 @@
-"""DAGER on FedAvg weight deltas: one step is FedSGD; several steps are recovered but never certified."""
+"""DAGER on FedAvg weight deltas: one step is FedSGD; several steps are recovered but never
+certified."""
 
 from __future__ import annotations
 

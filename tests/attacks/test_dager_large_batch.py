@@ -1,4 +1,5 @@
-"""Past the hidden-size limit DAGER's ranked search recovers most sentences, and certifies none of them."""
+"""Past the hidden-size limit DAGER's ranked search recovers most sentences, and certifies none of
+them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""DAGER under Gaussian noise: the paper's statistical filter and the beam recover text, never certified."""
+"""DAGER under Gaussian noise: the paper's statistical filter and the beam recover text, never
+certified."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from gradleak.client import ClientSettings, simulate_update
 from gradleak.data import Batch
 from gradleak.models import load_model
 
-# The first 4,000 tokens only (the text's ids all lie below), so each position scans 4,000 tokens and
-# keeps 200 candidates; the full vocabulary runs under -m slow.
+# The first 4,000 tokens only (the text's ids all lie below), so each position scans 4,000 tokens
+# and keeps 200 candidates; the full vocabulary runs under -m slow.
 GPT2 = "random:gpt2?n_layer=6&n_embd=128&n_head=4&n_positions=64&vocab_size=4000"
 GPT2_FULL_VOCAB = "random:gpt2?n_layer=6&n_embd=128&n_head=4&n_positions=64"
 TEXT = "the story is so well made that you will want to see it again ."

@@ -1,4 +1,5 @@
-"""Verdicts: a sequence is certified exactly when no cause stands against it, and every cause reads."""
+"""Verdicts: a sequence is certified exactly when no cause stands against it, and every cause
+reads."""
 
 from __future__ import annotations
 

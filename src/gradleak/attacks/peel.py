@@ -70,14 +70,16 @@ def own_gradient(
 def fit_share(
     public: PublicModel, gradients: Mapping[str, torch.Tensor], token_ids: Sequence[int]
 ) -> tuple[Share, dict[str, torch.Tensor]] | None:
-    """Returns the sentence's share of ``gradients`` and its own gradient, or None if none fits exactly."""
+    """Returns the sentence's share of ``gradients`` and its own gradient, or None if none fits
+    exactly."""
     table = _table_name(public)
     if table not in gradients:
         return None
     tokens = sorted(set(token_ids))
     observed = gradients[table][tokens].double()
     best = None
-    # The fit reads the table's rows only; the whole gradient is computed once, for the label that fits.
+    # The fit reads the table's rows only; the whole gradient is computed once, for the label that
+    # fits.
     for label in _labels(public):
         own = own_gradient(public, token_ids, label, [table])[table][tokens].double()
         fit = _parallel_weight(observed, own)
@@ -157,7 +159,8 @@ def peel_fitting(
 def might_fit(
     public: PublicModel, gradients: Mapping[str, torch.Tensor], candidates: Sequence[Sequence[int]]
 ) -> list[bool]:
-    """Returns, per candidate, whether some label makes one of its token rows parallel to ``gradients``'.
+    """Returns, per candidate, whether some label makes one of its token rows parallel to
+    ``gradients``'.
 
     A screen for :func:`fit_share`, batched: one forward and backward pass per chunk of
     candidates and label gives every candidate's own token rows up to a factor (the batch's
@@ -185,8 +188,8 @@ def might_fit(
 def _own_token_rows(
     public: PublicModel, batch: list[tuple[int, ...]], label: int | None
 ) -> list[torch.Tensor]:
-    """Returns each sentence's own token-embedding gradient rows (its distinct tokens, sorted), each up
-    to the factor the batch's mean loss puts on it.
+    """Returns each sentence's own token-embedding gradient rows (its distinct tokens, sorted), each
+    up to the factor the batch's mean loss puts on it.
 
     Sentences in a padded batch do not see each other, so the gradient at each sentence's
     embedded positions is its own; it is read off the embedding's output, summed per token.

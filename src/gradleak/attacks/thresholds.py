@@ -39,7 +39,8 @@ class ResidualSplit:
         return math.log10(self.high / max(self.low, 1e-30))
 
     def threshold(self, *, slack: float = SLACK_DECADES) -> float:
-        """Returns an acceptance threshold between the clusters, at most ``slack`` decades above ``low``."""
+        """Returns an acceptance threshold between the clusters, at most ``slack`` decades above
+        ``low``."""
         midpoint = math.sqrt(max(self.low, 1e-30) * self.high)
         return min(midpoint, max(self.low, 1e-30) * 10**slack)
 
@@ -47,7 +48,8 @@ class ResidualSplit:
 def largest_gap_split(
     residuals: torch.Tensor, *, min_decades: float = MIN_SPLIT_DECADES
 ) -> ResidualSplit | None:
-    """Returns the split at the largest log-gap of ``residuals``, or None if no gap is wide enough."""
+    """Returns the split at the largest log-gap of ``residuals``, or None if no gap is wide
+    enough."""
     values = torch.sort(residuals.flatten().double().clamp_min(1e-30)).values
     if values.numel() < 2:
         return None

@@ -1,4 +1,5 @@
-"""DAGER's settings, defaulting to data-driven choices with the paper's values as expert overrides."""
+"""DAGER's settings, defaulting to data-driven choices with the paper's values as expert
+overrides."""
 
 from __future__ import annotations
 

@@ -241,7 +241,8 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
 def _single_changes(
     current: torch.Tensor, options: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns every sentence one token away from ``current`` within ``options``, and the changed positions."""
+    """Returns every sentence one token away from ``current`` within ``options``, and the changed
+    positions."""
     variants, positions = [], []
     for offset, choices in enumerate(options):
         position = offset + 1
@@ -256,7 +257,8 @@ def _single_changes(
 
 
 def _joint_weights(off: torch.Tensor, effects: torch.Tensor) -> torch.Tensor:
-    """Solves ``min_w |off + sum_i w_i (effect_i - off)|^2`` (lightly ridged) over the single changes."""
+    """Solves ``min_w |off + sum_i w_i (effect_i - off)|^2`` (lightly ridged) over the single
+    changes."""
     deltas = (effects - off).flatten(1)
     gram = (deltas @ deltas.T).double()
     gram.diagonal().add_(_RIDGE * float(gram.diagonal().mean()) + 1e-30)
@@ -264,7 +266,8 @@ def _joint_weights(off: torch.Tensor, effects: torch.Tensor) -> torch.Tensor:
 
 
 def _joint_change(current, weights, variants, positions) -> torch.Tensor:
-    """Returns ``current`` with, at each position, the change of largest weight if that weight exceeds one half."""
+    """Returns ``current`` with, at each position, the change of largest weight if that weight
+    exceeds one half."""
     joint = current.clone()
     for position in positions.unique():
         mine = torch.nonzero(positions == position).flatten()
@@ -275,7 +278,8 @@ def _joint_change(current, weights, variants, positions) -> torch.Tensor:
 
 
 def _pair_changes(current, weights, variants, positions) -> torch.Tensor:
-    """Returns ``current`` with each pair, at two positions, of the ``_PAIRED`` changes of largest weight."""
+    """Returns ``current`` with each pair, at two positions, of the ``_PAIRED`` changes of largest
+    weight."""
     top = torch.argsort(weights, descending=True)[:_PAIRED].tolist()
     pairs = []
     for i, first in enumerate(top):

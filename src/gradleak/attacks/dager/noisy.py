@@ -44,8 +44,9 @@ from gradleak.models.probe import LinearInputProbe, PrefixState
 
 @dataclass(frozen=True)
 class Policy:
-    """How a step's extensions are kept: ``width`` per step, ranked by the step's score (the paper) or
-    by the prefix's summed z-scores (beam); ``patience`` steps without an outlier are tolerated."""
+    """How a step's extensions are kept: ``width`` per step, ranked by the step's score (the paper)
+    or by the prefix's summed z-scores (beam); ``patience`` steps without an outlier are
+    tolerated."""
 
     width: int
     patience: int
@@ -57,7 +58,8 @@ class Policy:
 
 @dataclass
 class NoisyOracles:
-    """Fixed-rank bases of block 0 (tokens) and blocks 1..L (prefixes), and a probe of the latter."""
+    """Fixed-rank bases of block 0 (tokens) and blocks 1..L (prefixes), and a probe of the
+    latter."""
 
     token: SpanOracle
     layers: list[SpanOracle]
@@ -79,7 +81,8 @@ def logit(residuals: torch.Tensor) -> torch.Tensor:
 
 
 def zscores(scores: torch.Tensor) -> torch.Tensor:
-    """Returns each score's distance from the mean, in standard deviations (0 when all are equal)."""
+    """Returns each score's distance from the mean, in standard deviations (0 when all are
+    equal)."""
     std = scores.std() if scores.numel() > 1 else scores.new_tensor(0.0)
     return (scores - scores.mean()) / std if float(std) > 0 else torch.zeros_like(scores)
 
@@ -222,7 +225,8 @@ def estimate_batch(
 def _combine(
     scores: torch.Tensor, token_scores: torch.Tensor, policy: Policy, layers: int
 ) -> torch.Tensor:
-    """Returns the step's score: the mean over blocks 1..L, with the new token's block-0 view for the beam."""
+    """Returns the step's score: the mean over blocks 1..L, with the new token's block-0 view for
+    the beam."""
     if not policy.token_evidence:
         return scores
     return (scores * layers + token_scores) / (layers + 1)
@@ -277,9 +281,9 @@ def _step(
 def _cutoffs(zs: list[tuple[float, ...]], policy: Policy) -> torch.Tensor:
     """Returns, per prefix, the z-score an extension must reach to count as an outlier.
 
-    That is ``-z_threshold``, or ``drop`` times the median z of the prefix's steps when that is lower:
-    past a sentence's end the best of thousands of wrong extensions still reaches z = -5 to -7 on
-    GPT-2 when true steps sit near -17, so the absolute test alone never ends a sentence.
+    That is ``-z_threshold``, or ``drop`` times the median z of the prefix's steps when that is
+    lower: past a sentence's end the best of thousands of wrong extensions still reaches z = -5 to
+    -7 on GPT-2 when true steps sit near -17, so the absolute test alone never ends a sentence.
     """
     out = []
     for steps in zs:
@@ -289,7 +293,8 @@ def _cutoffs(zs: list[tuple[float, ...]], policy: Policy) -> torch.Tensor:
 
 
 def _trim(prefix: tuple[int, ...], zs: tuple[float, ...], policy: Policy):
-    """Returns the prefix without its trailing steps that were no outlier (tolerated, then unconfirmed)."""
+    """Returns the prefix without its trailing steps that were no outlier (tolerated, then
+    unconfirmed)."""
     end = len(zs)
     while end > 1 and zs[end - 1] > float(_cutoffs([zs[: end - 1]], policy)[0]):
         end -= 1
@@ -299,8 +304,8 @@ def _trim(prefix: tuple[int, ...], zs: tuple[float, ...], policy: Policy):
 def choose(
     found, count: int, *, overlap: float = 0.7
 ) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
-    """Returns up to ``count`` best sequences, skipping any that agrees with a chosen one at ``overlap`` of
-    the shorter's positions (the paper's ``distinct_thresh``)."""
+    """Returns up to ``count`` best sequences, skipping any that agrees with a chosen one at
+    ``overlap`` of the shorter's positions (the paper's ``distinct_thresh``)."""
     chosen: list = []
     for ids, zs in found:
         if any(_agreement(ids, other) >= overlap for other, _ in chosen):
@@ -317,8 +322,8 @@ def _agreement(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def first_tokens(candidates: TokenCandidates, z_threshold: float) -> tuple[torch.Tensor, int]:
-    """Returns the first-token candidates that are z-outliers over the whole vocabulary at position 0
-    (always at least the closest one), and how many there are (the batch-size estimate)."""
+    """Returns the first-token candidates that are z-outliers over the whole vocabulary at position
+    0 (always at least the closest one), and how many there are (the batch-size estimate)."""
     scores = candidates.full(0)
     outliers = torch.nonzero(zscores(scores) < -z_threshold).flatten()
     count = int(outliers.numel())
@@ -358,9 +363,11 @@ def reconstruct_noisy(
     max_length: int,
     deadline: Deadline = NO_DEADLINE,
 ) -> Reconstruction:
-    """Returns DAGER's best-effort reconstruction of a noised update with the ``filter`` or ``beam`` search.
+    """Returns DAGER's best-effort reconstruction of a noised update with the ``filter`` or
+    ``beam`` search.
 
-    Each sequence's ``residuals`` are its per-position z-scores (lower is surer), not span residuals.
+    Each sequence's ``residuals`` are its per-position z-scores (lower is surer), not span
+    residuals.
     """
     family = public.family
     if not family.causal:

@@ -25,7 +25,8 @@ import torch
 from gradleak.attacks.dager.tokens import embedding_bag
 from gradleak.models.families import ArchitectureFamily
 
-#: A row counts as orthogonal to x(t, p) below this many rounding units of the rows it was built from...
+#: A row counts as orthogonal to x(t, p) below this many rounding units of the rows it was built
+#: from...
 _ORTHOGONAL = 1.5
 #: ...and a placement is kept only if every other choice stands above this many.
 _DISTINCT = 20.0
@@ -41,7 +42,8 @@ class TokenPlacement:
         bag: the batch's distinct token ids, sorted.
         placed: (bag, positions), True where a token is known to stand at a position.
         open_tokens: tokens whose occurrences are not all placed.
-        open_positions: positions whose tokens are not all placed; an open token can stand only there.
+        open_positions: positions whose tokens are not all placed; an open token can stand only
+            there.
         weights: (bag, positions), least squares of each position's row on the token rows: a rough
             share of each token at each position, used only to order guesses.
     """
@@ -53,8 +55,8 @@ class TokenPlacement:
     weights: torch.Tensor
 
     def candidates(self, sets: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Returns each position's tokens of ``sets`` that may stand there: the placed ones first, then
-        the open tokens if the position is open, the larger least-squares share first."""
+        """Returns each position's tokens of ``sets`` that may stand there: the placed ones first,
+        then the open tokens if the position is open, the larger least-squares share first."""
         out = []
         for position, tokens in enumerate(sets):
             if position >= self.placed.shape[1]:
@@ -72,7 +74,8 @@ class TokenPlacement:
         return tuple(out)
 
     def lengths(self, end_id: int) -> tuple[int, ...]:
-        """Returns the sentence lengths that ``end_id`` (the separator) allows, the most likely first.
+        """Returns the sentence lengths that ``end_id`` (the separator) allows, the most likely
+        first.
 
         A sentence of length n ends with the separator at position n - 1: where it is placed, or
         at an open position while it is open itself.
@@ -219,8 +222,8 @@ def _sweep(
     place: Callable[[int, int, torch.Tensor], None],
     unit: float,
 ) -> bool:
-    """One pass over one table's open rows (tokens or positions): closes those fully accounted for and
-    places those left with one occurrence. Returns whether anything changed."""
+    """One pass over one table's open rows (tokens or positions): closes those fully accounted for
+    and places those left with one occurrence. Returns whether anything changed."""
     changed = False
     for here in torch.nonzero(open_here).flatten().tolist():
         row, scale = left[here], float(mass[here])
@@ -235,7 +238,8 @@ def _sweep(
 
 
 def _single(scores: torch.Tensor, allowed: torch.Tensor) -> int | None:
-    """Returns the one allowed index whose score is orthogonal while every other allowed one is far from it."""
+    """Returns the one allowed index whose score is orthogonal while every other allowed one is far
+    from it."""
     indices = torch.nonzero(allowed).flatten()
     if not len(indices):
         return None

@@ -163,7 +163,8 @@ def search_ranked(
 
 
 def _tidy(sequences):
-    """Returns the sequences with weak last tokens trimmed, minus duplicates and prefixes of others, surest first.
+    """Returns the sequences with weak last tokens trimmed, minus duplicates and prefixes of others,
+    surest first.
 
     A finished sentence's prefix still gets extended now and then by a false token that passes
     the step's threshold, but such a token scores far weaker than the sentence's own (and under a
