@@ -1,4 +1,5 @@
-"""Fixtures for command tests: a tiny text file, a tiny model spec, a spy attack and a CLI runner."""
+"""Fixtures for command tests: a tiny text file, a tiny model spec, a spy attack and a CLI
+runner."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``gradleak demo`` scores as runs do: a sentence with the client's token ids is exact in both tables."""
+"""``gradleak demo`` scores as runs do: a sentence with the client's token ids is exact in both
+tables."""
 
 from __future__ import annotations
 

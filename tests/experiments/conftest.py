@@ -63,7 +63,8 @@ class SpyAttack(Attack):
 
 @pytest.fixture
 def spy_attack():
-    """Registers the ``spy`` attack for one test and returns its class (``calls`` holds its inputs)."""
+    """Registers the ``spy`` attack for one test and returns its class (``calls`` holds its
+    inputs)."""
     SpyAttack.calls = []
     register_attack("spy", SpyAttack, force=True)
     yield SpyAttack

@@ -1,4 +1,5 @@
-"""RunConfig: defaults, YAML file values overridden by the command line, validation, fingerprints."""
+"""RunConfig: defaults, YAML file values overridden by the command line, validation,
+fingerprints."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from gradleak.experiments.naming import default_run_dir
 def test_command_line_overrides_the_file(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(
-        "model: smollm2-135m\nbatch-size: 4\nbatches: 10\nattack_options: {max_frontier: 64, seed: 1}\n"
+        "model: smollm2-135m\nbatch-size: 4\nbatches: 10\nattack_options: "
+        "{max_frontier: 64, seed: 1}\n"
     )
     config = build_config(
         load_config_file(path), {"batch_size": 16, "seed": None, "attack_options": {"seed": 2}}

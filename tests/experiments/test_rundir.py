@@ -1,4 +1,5 @@
-"""Run directories: fresh, resumed, refused when the config changed, repaired after a crash mid-write."""
+"""Run directories: fresh, resumed, refused when the config changed, repaired after a crash
+mid-write."""
 
 from __future__ import annotations
 

@@ -14,7 +14,10 @@ from gradleak.errors import GradleakError
 
 app = typer.Typer(
     name="gradleak",
-    help="Measure how much private text leaks from the updates clients share in federated fine-tuning.",
+    help=(
+        "Measure how much private text leaks from the updates clients share in federated "
+        "fine-tuning."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

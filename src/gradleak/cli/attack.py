@@ -10,8 +10,8 @@ import typer
 from gradleak.cli.client_options import with_client_options
 
 HELP = (
-    "Attack the updates of clients training on sampled batches; write DIR/config.yaml, one line per "
-    "batch to DIR/records.jsonl and DIR/summary.json. Rerunning the same command resumes an "
+    "Attack the updates of clients training on sampled batches; write DIR/config.yaml, one line "
+    "per batch to DIR/records.jsonl and DIR/summary.json. Rerunning the same command resumes an "
     "interrupted run. Options given here override --config; the client training and defence "
     "options are the keys of its client: mapping."
 )
@@ -28,7 +28,10 @@ def attack_command(
     ),
     dataset: str = typer.Option(
         None,
-        help="demo, cola, sst2, rotten_tomatoes, a .jsonl/.csv/.txt file or a hub id. (default: demo)",
+        help=(
+            "demo, cola, sst2, rotten_tomatoes, a .jsonl/.csv/.txt file or a hub id. "
+            "(default: demo)"
+        ),
     ),
     batch_size: int = typer.Option(
         None, "--batch-size", "-b", help="Texts per client batch. (default: 1)"

@@ -1,4 +1,5 @@
-"""Progress display for runs: a rich progress bar on a terminal, one plain line per batch elsewhere."""
+"""Progress display for runs: a rich progress bar on a terminal, one plain line per batch
+elsewhere."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def _plain(console: Console, label: str, event: Any) -> None:
     elif event.kind == "batch_done":
         record = event.record
         console.print(
-            f"{label}: batch {event.done}/{event.total}: ROUGE-1 {record['metrics']['rouge1']:.1f}, "
-            f"ROUGE-2 {record['metrics']['rouge2']:.1f}, {record['seconds']['total']:.1f} s"
+            f"{label}: batch {event.done}/{event.total}: ROUGE-1 "
+            f"{record['metrics']['rouge1']:.1f}, ROUGE-2 {record['metrics']['rouge2']:.1f}, "
+            f"{record['seconds']['total']:.1f} s"
         )

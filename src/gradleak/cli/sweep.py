@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 
 HELP = (
-    "Run every combination of the values listed in GRID (a YAML file with the keys of `gradleak attack "
-    "--config`, where a list is an axis, or a built-in grid such as dager-smollm2), one run directory each "
-    "under the grid's `out` folder. A client setting makes an axis as a top-level client.KEY list, "
-    "e.g. client.sigma: [1e-5, 5e-5]. --shard i/N runs the runs numbered i modulo N, for cluster job arrays. "
-    "Rerunning resumes unfinished runs."
+    "Run every combination of the values listed in GRID (a YAML file with the keys of `gradleak "
+    "attack --config`, where a list is an axis, or a built-in grid such as dager-smollm2), one "
+    "run directory each under the grid's `out` folder. A client setting makes an axis as a "
+    "top-level client.KEY list, e.g. client.sigma: [1e-5, 5e-5]. --shard i/N runs the runs "
+    "numbered i modulo N, for cluster job arrays. Rerunning resumes unfinished runs."
 )
 
 

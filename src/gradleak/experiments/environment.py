@@ -64,7 +64,8 @@ def _version(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def git_revision() -> str | None:
-    """Returns the git commit of a development checkout of gradleak (``+dirty`` if modified), or None."""
+    """Returns the git commit of a development checkout of gradleak (``+dirty`` if modified), or
+    None."""
     root = Path(__file__).resolve().parents[3]
     if not (root / ".git").exists():
         return None

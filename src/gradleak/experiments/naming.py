@@ -18,7 +18,8 @@ _MAX = 48
 
 
 def slug(value: Any, *, max_length: int = _MAX) -> str:
-    """Returns ``value`` as a filesystem-safe word; long values keep a head and a hash of the rest."""
+    """Returns ``value`` as a filesystem-safe word; long values keep a head and a hash of the
+    rest."""
     text = json.dumps(value, sort_keys=True) if isinstance(value, (Mapping, list)) else str(value)
     out = re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-.") or "x"
     if len(out) > max_length:
@@ -27,16 +28,19 @@ def slug(value: Any, *, max_length: int = _MAX) -> str:
 
 
 def run_name(point: Mapping[str, Any]) -> str:
-    """Returns a folder name for one combination of sweep values, e.g. ``dataset-cola_batch_size-4``."""
+    """Returns a folder name for one combination of sweep values, e.g.
+    ``dataset-cola_batch_size-4``."""
     if not point:
         return "run"
     return "_".join(f"{key}-{slug(value)}" for key, value in point.items())
 
 
 def default_run_dir(config: RunConfig, *, root: str | Path = DEFAULT_ROOT) -> Path:
-    """Returns ``runs/ATTACK-DATASET-MODEL-bB[-CLIENT]-FINGERPRINT``: the same command resumes the same run.
+    """Returns ``runs/ATTACK-DATASET-MODEL-bB[-CLIENT]-FINGERPRINT``: the same command resumes the
+    same run.
 
-    CLIENT names a non-default client's algorithm, LoRA, defences and clients (``-fedavg-noise-k2``).
+    CLIENT names a non-default client's algorithm, LoRA, defences and clients
+    (``-fedavg-noise-k2``).
 
     ``config`` should be resolved (see :meth:`RunConfig.resolved`), so the name says what ran.
     """

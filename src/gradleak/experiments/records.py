@@ -131,7 +131,8 @@ def dp_entries(defence: Any) -> list[dict[str, Any]]:
 
 
 def jsonable(value: Any) -> Any:
-    """Returns ``value`` as plain JSON values: tuples to lists, numpy and torch scalars to floats."""
+    """Returns ``value`` as plain JSON values: tuples to lists, numpy and torch scalars to
+    floats."""
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -158,8 +158,8 @@ def _check_config(out: Path, config: RunConfig) -> bool:
         return True
     if (out / RECORDS_FILE).exists():
         raise RunDirError(
-            f"{str(out)!r} has {RECORDS_FILE} but no {CONFIG_FILE}, so its results cannot be checked; "
-            "use a new --out directory, or --overwrite to delete them."
+            f"{str(out)!r} has {RECORDS_FILE} but no {CONFIG_FILE}, so its results cannot be "
+            "checked; use a new --out directory, or --overwrite to delete them."
         )
     return False
 
@@ -261,8 +261,8 @@ def _check_records(records: Sequence[Mapping[str, Any]], config: RunConfig, out:
     for position, record in enumerate(records):
         if record.get("config") != fingerprint or record.get("batch") != position:
             raise RunDirError(
-                f"{str(out / RECORDS_FILE)!r} record {position + 1} does not belong to this config or is "
-                "out of order; use a new --out directory, or --overwrite to start again."
+                f"{str(out / RECORDS_FILE)!r} record {position + 1} does not belong to this config "
+                "or is out of order; use a new --out directory, or --overwrite to start again."
             )
     if len(records) > config.batches:
         raise RunDirError(

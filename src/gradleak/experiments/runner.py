@@ -227,7 +227,8 @@ def client_update(
 
 
 def split_batch(batch: Batch, parts: int) -> list[Batch]:
-    """Returns ``batch`` cut into ``parts`` consecutive batches whose sizes differ by at most one."""
+    """Returns ``batch`` cut into ``parts`` consecutive batches whose sizes differ by at most
+    one."""
     size, extra = divmod(len(batch), parts)
     out, start = [], 0
     for part in range(parts):
@@ -264,7 +265,8 @@ def _load_public_model(config: RunConfig) -> PublicModel:
     if config.device != "cpu":
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise GradleakError(
-                f"device {config.device!r} was asked for but torch sees no CUDA GPU; use --device cpu."
+                f"device {config.device!r} was asked for but torch sees no CUDA GPU; use --device "
+                "cpu."
             )
         public.model.to(config.device)
     return public
