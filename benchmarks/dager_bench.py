@@ -8,6 +8,7 @@ exactly; model loading and the client's own gradient are excluded from the timin
     .venv/bin/python benchmarks/dager_bench.py                     # every configuration, 20 batches
     .venv/bin/python benchmarks/dager_bench.py --only smollm2-rt-16 --batches 20
     .venv/bin/python benchmarks/dager_bench.py --quick             # 3 batches each
+    .venv/bin/python benchmarks/dager_bench.py --only smollm2-rt-4 --task next_token
     .venv/bin/python benchmarks/dager_bench.py --only gpt2-cola-128 --batches 3 -o saturated=cap
 
 Past the hidden-size limit (gpt2-cola-128, gpt2-rt-64) nothing is certified and the ROUGE columns
@@ -107,9 +108,15 @@ def distinct_rows(public, texts) -> int:
 
 
 def run_config(
-    config: Config, *, batches: int, seed: int, options: dict, skip: tuple[int, ...] = ()
+    config: Config,
+    *,
+    batches: int,
+    seed: int,
+    options: dict,
+    skip: tuple[int, ...] = (),
+    task: str = "seq_class",
 ) -> dict:
-    public = load_model(config.model)
+    public = load_model(config.model, task=task)
     source = load_texts(config.dataset, split="train")
     attack = Dager(DagerConfig(**options))
     records = []
@@ -256,6 +263,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 batches per configuration")
     parser.add_argument("--seed", type=int, default=101)
+    parser.add_argument(
+        "--task",
+        choices=("seq_class", "next_token"),
+        default="seq_class",
+        help="the client's task (next_token: each last token is read from the head's gradient)",
+    )
     parser.add_argument("--out", default="")
     parser.add_argument(
         "-o",
@@ -306,8 +319,16 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         },
         "options": options,
+        "task": args.task,
         "configs": [
-            run_config(c, batches=batches, seed=args.seed, options=options, skip=tuple(args.skip))
+            run_config(
+                c,
+                batches=batches,
+                seed=args.seed,
+                options=options,
+                skip=tuple(args.skip),
+                task=args.task,
+            )
             for c in chosen
         ],
     }

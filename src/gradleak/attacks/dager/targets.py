@@ -33,6 +33,8 @@ from gradleak.models.task_loss import loss_gradient
 
 #: Relative misfit (of the remainder against the targets' rows) below which the targets are proved.
 FIT_TOLERANCE = 1e-3
+#: How far from one a sequence's weight in a row may be for that row to be its target's.
+_WEIGHT_TOLERANCE = 0.25
 
 _INFERRED = Cause(
     CauseKind.TOKEN_INFERRED,
@@ -136,10 +138,25 @@ def _remainder(
 
 
 def _aligned_rows(remainder: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """Returns, per sequence, the row of ``remainder`` best aligned with minus its hidden state."""
+    """Returns, per sequence, the row of ``remainder`` that holds minus its hidden state.
+
+    A target row is a sum of minus the hidden states of the sequences that share that target, so
+    each row is solved, by least squares, as a combination of minus the batch's hidden states:
+    a target row fits with its sequences' weights near one. Other rows fit poorly (with a tied
+    head, input tokens' rows also carry the targets' share reaching the inputs, in other
+    directions). Each sequence takes the best-fitting row that gives it a weight near one, and
+    falls back to the best-aligned row where none does.
+    """
+    coefficients = -torch.linalg.lstsq(hidden.T, remainder.T).solution.T  # (rows, sequences)
+    fitted = -(coefficients @ hidden)
+    misfit = (remainder - fitted).norm(dim=1) / remainder.norm(dim=1).clamp_min(1e-300)
+    near_one = (coefficients - 1).abs() < _WEIGHT_TOLERANCE
+    score = torch.where(near_one, misfit[:, None], torch.full_like(coefficients, float("inf")))
+    best = score.argmin(dim=0)
     row_norms = remainder.norm(dim=1).clamp_min(1e-300)
     cosines = -(remainder @ hidden.T) / (row_norms[:, None] * hidden.norm(dim=1)[None])
-    return cosines.argmax(dim=0)
+    found = torch.isfinite(score.min(dim=0).values)
+    return torch.where(found, best, cosines.argmax(dim=0))
 
 
 def _explains(
