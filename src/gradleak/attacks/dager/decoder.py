@@ -75,7 +75,8 @@ def search_prefixes(
 
     Args:
         gates: screening gates first, the certifying gate last; all probes must need the same
-            KV cache (blocks before the deepest oracle), which holds for block 0's ``o`` and block 1.
+            KV cache (blocks before the deepest oracle), which holds for block 0's ``o`` and block
+            1.
         tokens_at: candidate token ids for a position, or None past the last position.
         max_length: longest sequence considered.
         chunk_size: candidates per forward pass.
@@ -93,7 +94,7 @@ def search_prefixes(
         )
         position += 1
     if frontier is not None:
-        result.sequences.extend(zip(frontier.prefixes, frontier.residuals))
+        result.sequences.extend(zip(frontier.prefixes, frontier.residuals, strict=True))
     result.sequences.sort(key=lambda seq: (max(seq[1]), -len(seq[0])))
     return result
 
@@ -185,8 +186,12 @@ def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max
     last = gates[-1].oracle
     rows, state = last.probe.extend(frontier.state.select(parent), token)
     return _Frontier(
-        prefixes=[frontier.prefixes[p] + (int(t),) for p, t in zip(parent.tolist(), token)],
-        residuals=[frontier.residuals[p] + (float(s),) for p, s in zip(parent.tolist(), score)],
+        prefixes=[
+            frontier.prefixes[p] + (int(t),) for p, t in zip(parent.tolist(), token, strict=True)
+        ],
+        residuals=[
+            frontier.residuals[p] + (float(s),) for p, s in zip(parent.tolist(), score, strict=True)
+        ],
         state=state,
         last_rows=rows[last.layer],
     )

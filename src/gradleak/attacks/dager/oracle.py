@@ -74,8 +74,9 @@ def build_oracle(
     if not layers:
         needed = sorted({layer.weight_name for layer in candidates})
         raise GradientNotExposedError(
-            f"DAGER needs the {'/'.join(roles)} projection(s) of block {block}, but the update shares none of "
-            f"{', '.join(needed)}; expose them on the client (e.g. --expose 'blocks=0,1')."
+            f"DAGER needs the {'/'.join(roles)} projection(s) of block {block}, but the update "
+            f"shares none of {', '.join(needed)}; expose them on the client (e.g. --expose "
+            "'blocks=0,1')."
         )
     unique = {id(g): g for g in (input_side_gradient(layer, gradients) for layer in layers)}
     basis = span_basis(
@@ -89,7 +90,8 @@ def build_oracle(
 def input_side_gradient(
     layer: LinearLayer, gradients: Mapping[str, torch.Tensor]
 ) -> torch.Tensor | None:
-    """Returns a gradient of ``layer`` whose rows lie in the span of its inputs, or None if none is shared.
+    """Returns a gradient of ``layer`` whose rows lie in the span of its inputs, or None if none is
+    shared.
 
     That is the weight gradient laid out (out, in), or, for a LoRA-adapted layer whose update
     carries only adapters, the gradient of the A factor (rank x in), which multiplies the input

@@ -33,7 +33,8 @@ class TokenScan:
 def vocabulary_residuals(
     oracle: SpanOracle, vocab: torch.Tensor, *, position: int, chunk_size: int
 ) -> torch.Tensor:
-    """Returns the residual of every token in ``vocab`` placed at ``position``: one matrix product per chunk."""
+    """Returns the residual of every token in ``vocab`` placed at ``position``: one matrix product
+    per chunk."""
     out = torch.empty(len(vocab))
     for start in range(0, len(vocab), chunk_size):
         chunk = vocab[start : start + chunk_size]
@@ -90,7 +91,8 @@ def scan_tokens(
 def embedding_bag(
     family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]
 ) -> torch.Tensor | None:
-    """Returns the ids whose token-embedding gradient rows are non-zero, or None if that gradient is not shared.
+    """Returns the ids whose token-embedding gradient rows are non-zero, or None if that gradient is
+    not shared.
 
     A lookup table's gradient is zero on every row the batch did not use, so where the update
     shares it, it is the batch's bag of tokens, exactly and whatever the batch size. (A tied
