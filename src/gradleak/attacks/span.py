@@ -30,6 +30,8 @@ from gradleak.attacks.rounding import rounding_floor
 #: A spectrum whose largest drop is smaller than this (in decades) has no usable gap.
 MIN_GAP_DECADES = 1.0
 _TINY = 1e-300
+#: How far (a factor either way) a rounding floor's estimate may be from the bulk's true top.
+FLOOR_UNCERTAINTY = 3.0
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,8 @@ def span_basis(
     stacked = torch.cat(
         [g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients]
     )
-    _, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
-    floor = rounding_floor(gradients)
+    u, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
+    floor = rounding_floor(gradients, (u, s, vh))
     relative_floor = None if floor is None else floor / max(float(s[0]), _TINY)
     if rank is not None:
         chosen, gap = rank, _gap_at(s, rank)
@@ -173,8 +175,7 @@ def span_basis(
         chosen = int((s > rank_tol * s[0]).sum())
         gap = _gap_at(s, chosen)
     elif floor is not None:
-        within = s[:capacity] if capacity is not None else s
-        chosen = int((within > floor).sum())
+        chosen = rank_above_floor(s[:capacity] if capacity is not None else s, floor)
         gap = _gap_at(s, chosen)
     else:
         chosen, gap = estimate_rank(s[:capacity] if capacity is not None else s, min_gap=min_gap)
@@ -193,6 +194,25 @@ def span_basis(
         complement=complement.to(torch.float32).contiguous() if complement is not None else None,
         rounding_floor=relative_floor,
     )
+
+
+def rank_above_floor(singular_values: torch.Tensor, floor: float) -> int:
+    """Returns the rank of a rounded gradient: its spectrum's largest log-drop between the last
+    value surely above ``floor`` and the first surely below it.
+
+    The floor is an estimate (within about 2 times on the updates measured), so values near it
+    may be either; the drop where the bulk begins decides.
+    """
+    s = singular_values.double().clamp_min(_TINY)
+    above = int((s > floor * FLOOR_UNCERTAINTY).sum())
+    below = int((s > floor / FLOOR_UNCERTAINTY).sum())
+    if below >= len(s):
+        return len(s)
+    start = max(above - 1, 0)
+    drops = torch.log10(s[start:below]) - torch.log10(s[start + 1 : below + 1])
+    if drops.numel() == 0:
+        return above
+    return start + 1 + int(torch.argmax(drops))
 
 
 def _gap_at(s: torch.Tensor, rank: int) -> float:

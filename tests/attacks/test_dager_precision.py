@@ -1,0 +1,119 @@
+"""DAGER on updates rounded coarser than float32: a bfloat16 client, fp16 and int8 quantisation.
+
+True rows then sit at the rounding level off the span, not at 1e-7: the rank is read above the
+rounding's noise floor, candidate rows are computed in float32, and nothing is certified.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks import CauseKind
+from gradleak.attacks.dager import Dager
+from gradleak.attacks.rounding import read_rounding, rounding_floor
+from gradleak.attacks.span import span_basis
+from gradleak.client import ClientSettings, simulate_update
+from gradleak.data import Batch
+from gradleak.models import load_model
+from gradleak.models.probe import LinearInputProbe
+
+# Wide enough that two sentences' rows leave block 1's span room above a bfloat16 noise floor.
+LLAMA = (
+    "random:llama?num_hidden_layers=3&hidden_size=128&intermediate_size=256"
+    "&num_attention_heads=4&num_key_value_heads=2"
+)
+TEXTS = ("Call Maria at 555-0147 before noon.", "The rent is due on Friday, not Monday.")
+
+
+def _update(public, **settings):
+    batch = Batch(texts=TEXTS, labels=(0, 1))
+    return simulate_update(public, batch, settings=ClientSettings(**settings))
+
+
+def _truth(public):
+    return sorted(tuple(public.tokenizer(t)["input_ids"]) for t in TEXTS)
+
+
+@pytest.fixture(scope="module")
+def llama32():
+    return load_model(LLAMA)
+
+
+@pytest.fixture(scope="module")
+def llama_bf16():
+    return load_model(LLAMA, dtype=torch.bfloat16)
+
+
+def test_read_rounding_finds_each_grid():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(64, 32, generator=generator)
+    assert read_rounding(values) is None
+    assert read_rounding(values.to(torch.bfloat16)).describe() == "bfloat16"
+    assert read_rounding(values.half().float()).describe() == "float16"
+    step = float(values.abs().max()) / 127
+    quantised = torch.round(values / step) * step
+    reading = read_rounding(quantised)
+    assert reading.kind == "step" and reading.step == pytest.approx(step)
+
+
+@pytest.mark.parametrize("scheme", ["bfloat16", "int8"])
+def test_rounding_floor_bounds_the_noise_bulk(scheme):
+    """A rank-4 gradient, rounded: the floor sits above the noise bulk and below the signal."""
+    generator = torch.Generator().manual_seed(1)
+    exact = torch.randn(96, 4, generator=generator) @ torch.randn(4, 48, generator=generator)
+    if scheme == "bfloat16":
+        rounded = exact.to(torch.bfloat16)
+    else:
+        step = float(exact.abs().max()) / 127
+        rounded = torch.round(exact / step) * step
+    basis = span_basis([rounded])
+    s = basis.singular_values
+    floor = basis.rounding_floor * float(s[0])
+    assert float(s[4]) / 3 < floor < float(s[3])
+    assert basis.rank == 4 and not basis.saturated
+    assert rounding_floor([exact], torch.linalg.svd(exact.double(), full_matrices=False)) is None
+
+
+def test_half_precision_models_are_probed_in_float32(llama_bf16):
+    layer = llama_bf16.family.linear_layer(1, "q")
+    rows = LinearInputProbe(llama_bf16.family, [layer])(torch.tensor([[5, 6, 7]]))[layer]
+    assert rows.dtype == torch.float32
+    assert llama_bf16.family.embedding().weight.dtype == torch.bfloat16
+
+
+def test_float32_update_is_unchanged_and_certified(llama32):
+    result = Dager().reconstruct(llama32, _update(llama32))
+    assert sorted(s.token_ids for s in result.sequences) == _truth(llama32)
+    assert result.certified
+
+
+@pytest.mark.parametrize(
+    ("dtype", "settings", "detail"),
+    [
+        ("bfloat16", {}, "bfloat16"),
+        ("float32", {"defence": ("quantize",), "quant": "fp16"}, "fp16"),
+    ],
+)
+def test_sixteen_bit_updates_recovered_exactly_never_certified(
+    llama32, llama_bf16, dtype, settings, detail
+):
+    public = llama_bf16 if dtype == "bfloat16" else llama32
+    result = Dager().reconstruct(public, _update(public, **settings))
+    # Best-effort extras (a wrong digit that passed near the threshold) rank after the truth.
+    surest = result.sequences[: len(TEXTS)]
+    assert sorted(s.token_ids for s in surest) == _truth(public), result.texts
+    for sequence in result.sequences:
+        assert not sequence.certified
+        assert any(
+            c.kind == CauseKind.LOSSY_UPDATE and c.detail == detail
+            for c in sequence.assurance.causes
+        )
+
+
+def test_int8_update_recovers_text_never_certified(llama32):
+    update = _update(llama32, defence=("quantize",), quant="int8")
+    result = Dager().reconstruct(llama32, update)
+    found = {s.token_ids for s in result.sequences}
+    assert found & set(_truth(llama32)), result.texts
+    assert not any(s.certified for s in result.sequences)
