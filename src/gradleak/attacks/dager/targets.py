@@ -35,6 +35,9 @@ from gradleak.models.task_loss import loss_gradient
 FIT_TOLERANCE = 1e-3
 #: How far from one a sequence's weight in a row may be for that row to be its target's.
 _WEIGHT_TOLERANCE = 0.25
+#: Rounds of moving wrongly read targets, and the worst-fitting rows each round looks at.
+_ROUNDS = 4
+_CLAIM_ROWS = 64
 
 _INFERRED = Cause(
     CauseKind.TOKEN_INFERRED,
@@ -66,9 +69,7 @@ def complete_next_token(
         return replace(result, sequences=marked)
     prefixes = [s.token_ids for s in sequences]
     remainder, hidden = _remainder(public, gradients[name], prefixes)
-    targets = _aligned_rows(remainder, hidden)
-    complete = [(*p, int(t)) for p, t in zip(prefixes, targets, strict=True)]
-    proved = _explains(public, gradients[name], complete, name)
+    targets, proved = _settle(public, gradients[name], name, prefixes, hidden, remainder)
     cause = None if proved else _INFERRED
     completed = {
         s.token_ids: _with(public, s, (int(t),), cause)
@@ -159,12 +160,60 @@ def _aligned_rows(remainder: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor
     return torch.where(found, best, cosines.argmax(dim=0))
 
 
-def _explains(
-    public: PublicModel, observed: torch.Tensor, batch: list[tuple[int, ...]], name: str
-) -> bool:
-    """Returns whether the completed batch's own gradient reproduces the head's, row by row, to
-    float precision (the one-hot terms of the targets reach the inputs too, through each
-    sequence's last hidden state, so only the whole gradient can confirm them)."""
+def _settle(
+    public: PublicModel,
+    observed: torch.Tensor,
+    name: str,
+    prefixes: list[tuple[int, ...]],
+    hidden: torch.Tensor,
+    remainder: torch.Tensor,
+) -> tuple[torch.Tensor, bool]:
+    """Returns the targets and whether they are proved, correcting a first reading of them.
+
+    What the completed batch's gradient fails to explain is, on a wrongly read target's rows,
+    plus the sequence's hidden state on the row it was given and minus it on its true row (the
+    share reaching the inputs is now computed, so these rows are clean): each round moves such
+    sequences to the row that claims them, until the whole gradient is explained or nothing moves.
+    """
+    targets = _aligned_rows(remainder, hidden)
+    for _ in range(_ROUNDS):
+        misfit = _misfit(public, observed, name, prefixes, targets)
+        if _explained(observed, misfit):
+            return targets, True
+        moved = _claimed_rows(misfit, hidden, targets)
+        if torch.equal(moved, targets):
+            break
+        targets = moved
+    return targets, _explained(observed, _misfit(public, observed, name, prefixes, targets))
+
+
+def _misfit(
+    public: PublicModel,
+    observed: torch.Tensor,
+    name: str,
+    prefixes: list[tuple[int, ...]],
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Returns the head gradient less the completed batch's own gradient, in float64.
+
+    The one-hot terms of the targets reach the inputs too, through each sequence's last hidden
+    state, so only the whole gradient can confirm them.
+    """
+    batch = [(*p, int(t)) for p, t in zip(prefixes, targets, strict=True)]
     predicted = loss_gradient(public, batch, None, [name])[name].double().to(observed.device)
-    misfit = (observed.double() - predicted).norm(dim=1)
-    return bool(misfit.max() <= FIT_TOLERANCE * observed.double().norm(dim=1).max())
+    return observed.double() - predicted
+
+
+def _explained(observed: torch.Tensor, misfit: torch.Tensor) -> bool:
+    """Returns whether ``misfit`` is at float precision, row by row."""
+    return bool(misfit.norm(dim=1).max() <= FIT_TOLERANCE * observed.double().norm(dim=1).max())
+
+
+def _claimed_rows(
+    misfit: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Returns the targets, each sequence moved to a row whose misfit claims its hidden state."""
+    rows = torch.topk(misfit.norm(dim=1), min(_CLAIM_ROWS, len(misfit))).indices
+    coefficients = -torch.linalg.lstsq(hidden.T, misfit[rows].T).solution.T  # (rows, sequences)
+    claim = coefficients.max(dim=0)
+    return torch.where((claim.values - 1).abs() < _WEIGHT_TOLERANCE, rows[claim.indices], targets)
