@@ -69,7 +69,8 @@ class SpanBasis:
         return float(s[self.rank] / max(float(s[self.rank - 1]), _TINY))
 
     def truncated(self, rank: int) -> SpanBasis:
-        """Returns this basis cut to its ``rank`` strongest directions (the rest join the complement)."""
+        """Returns this basis cut to its ``rank`` strongest directions (the rest join the
+        complement)."""
         rank = max(0, min(rank, self.rank))
         complement = (
             None if self.complement is None else torch.cat([self.basis[rank:], self.complement])
@@ -109,8 +110,11 @@ class SpanBasis:
         is the cheaper product, else in the input's own; either way distances between such vectors
         are those of the input space, so they can be compared and combined within one call.
         """
-        use_complement = self.complement is not None and self.complement.shape[0] < 2 * self.rank
-        basis = (self.complement if use_complement else self.basis).to(device=rows.device)
+        complement = self.complement
+        use_complement = complement is not None and complement.shape[0] < 2 * self.rank
+        basis = (complement if use_complement and complement is not None else self.basis).to(
+            device=rows.device
+        )
         rows = rows.to(torch.float32)
         rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         return rows @ basis.T if use_complement else rows - (rows @ basis.T) @ basis

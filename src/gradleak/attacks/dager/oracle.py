@@ -78,7 +78,8 @@ def build_oracle(
             f"shares none of {', '.join(needed)}; expose them on the client (e.g. --expose "
             "'blocks=0,1')."
         )
-    unique = {id(g): g for g in (input_side_gradient(layer, gradients) for layer in layers)}
+    stacked = (input_side_gradient(layer, gradients) for layer in layers)
+    unique = {id(g): g for g in stacked if g is not None}
     basis = span_basis(
         list(unique.values()), rank=rank, rank_tol=rank_tol, min_gap=min_gap, capacity=capacity
     )

@@ -215,7 +215,16 @@ class PrefixSearch(_ExactSearch):
 
     kind = SearchKind.PREFIX
 
-    def search(self, job, scan, tau2, causes, *, exact, diagnostics):
+    def search(
+        self,
+        job: SearchJob,
+        scan: TokenScan,
+        tau2: float,
+        causes: tuple[Cause, ...],
+        *,
+        exact: bool,
+        diagnostics: dict[str, Any],
+    ) -> Outcome:
         cfg, spans = job.config, job.require_spans()
         gates = [
             *screening_gates(job.public, job.gradients, job.vocab, scan, cfg, min_gap=job.min_gap),
@@ -263,12 +272,21 @@ class EncoderSearch(_ExactSearch):
 
     kind = SearchKind.ENCODER
 
-    def search(self, job, scan, tau2, causes, *, exact, diagnostics):
+    def search(
+        self,
+        job: SearchJob,
+        scan: TokenScan,
+        tau2: float,
+        causes: tuple[Cause, ...],
+        *,
+        exact: bool,
+        diagnostics: dict[str, Any],
+    ) -> Outcome:
         cfg, public = job.config, job.public
         spans, gradients = job.require_spans(), job.gradients
         found: list[Found] = []
         held: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
-        peeled = []
+        peeled: list[dict[str, Any]] = []
         peeling = exact and job.plan.peel
         disclosed = job.update.metadata.batch_size
         while True:
