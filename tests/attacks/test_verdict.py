@@ -83,3 +83,13 @@ def test_the_reason_is_rendered_from_every_cause_once():
 def test_a_certified_batch_says_nothing():
     result = Reconstruction("dager", (RecoveredSequence((1,), "a", CERTIFIED),))
     assert result.certified and result.reason is None and result.all_causes == ()
+
+
+def test_the_architecture_doc_lists_every_cause():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md"
+    if not doc.exists():
+        pytest.skip("docs are not beside the tests")
+    text = doc.read_text()
+    assert [k.value for k in CauseKind if f"`{k.value}`" not in text] == []
