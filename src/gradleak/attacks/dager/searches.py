@@ -9,6 +9,7 @@ those causes and its own residuals in :func:`verdict_for`, the one place a certi
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -144,7 +145,7 @@ def decode(public: PublicModel, ids: tuple[int, ...]) -> str:
     return public.tokenizer.decode(list(ids))
 
 
-class _ExactSearch:
+class _ExactSearch(ABC):
     """What the prefix and encoder searches share: block 0's scan and the sequence threshold."""
 
     kind: SearchKind
@@ -196,6 +197,7 @@ class _ExactSearch:
             "dager", sequences, causes=(*causes, *batch_causes), diagnostics=diagnostics
         )
 
+    @abstractmethod
     def search(
         self,
         job: SearchJob,
@@ -207,7 +209,6 @@ class _ExactSearch:
         diagnostics: dict[str, Any],
     ) -> Outcome:
         """Returns the sequences found and the causes the search states."""
-        raise NotImplementedError
 
 
 class PrefixSearch(_ExactSearch):
