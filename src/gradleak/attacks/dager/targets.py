@@ -182,7 +182,7 @@ def _settle(
             return targets, True
         moved = _claimed_rows(misfit, hidden, targets)
         if torch.equal(moved, targets):
-            break
+            return targets, False
         targets = moved
     return targets, _explained(observed, _misfit(public, observed, name, prefixes, targets))
 
