@@ -9,9 +9,14 @@ The benchmarks print the same count at realistic sizes (``certified_but_wrong``)
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gradleak.attacks import CauseKind, create_attack
+from gradleak.attacks.base import RecoveredSequence
+from gradleak.attacks.dager.accounting import account_for_batch
+from gradleak.attacks.verdict import Cause, best_effort
 from gradleak.client import ClientSettings, simulate_update
 from gradleak.data import Batch
 
@@ -95,6 +100,24 @@ def test_sequences_the_batch_holds_but_the_attack_missed_are_counted(tiny_models
     assert result.diagnostics["batch_size"] == {"value": 3, "source": "disclosed by the client"}
     missing = [c for c in result.causes if c.kind is CauseKind.MISSING_SEQUENCES]
     assert len({s.token_ids for s in result.sequences}) + sum(c.count or 0 for c in missing) >= 3
+
+
+def test_never_more_sequences_than_the_batch_holds(tiny_models):
+    public = tiny_models("gpt2")
+    batch = Batch(texts=TEXTS[:2], labels=(0, 1))
+    update = simulate_update(public, batch, settings=ClientSettings(disclose=("batch_size",)))
+    found = create_attack("dager").reconstruct(public, update)
+    sure = found.sequences[0]
+    extra = [
+        RecoveredSequence(s.token_ids + (i,), s.text, best_effort(Cause(CauseKind.RANKED)), (0.5,))
+        for i, s in enumerate(found.sequences * 2)
+    ]
+    padded = replace(found, sequences=(*extra, sure))
+    kept = account_for_batch(public, update, update.gradients(), padded)
+    assert len(kept.sequences) == 2
+    assert sure in kept.sequences  # the certified one is kept before any best-effort one
+    surplus = [c for c in kept.causes if c.kind is CauseKind.SURPLUS]
+    assert [c.count for c in surplus] == [3]
 
 
 def test_a_classifier_shows_its_batch_size_in_the_gradient(tiny_models):

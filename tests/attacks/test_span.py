@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks.span import estimate_rank, span_basis
+from gradleak.attacks.span import estimate_rank, rank_above_bulk, span_basis
 from gradleak.attacks.thresholds import largest_gap_split
 
 
@@ -46,6 +46,33 @@ def test_full_rank_spectrum_is_saturated():
     _, grad = low_rank_gradient(100, 32, 64, noise=0.0)
     basis = span_basis([grad])
     assert basis.saturated and basis.rank == 32
+
+
+def fading_gradient(rows: int, d: int, out: int, *, weakest: float, seed: int = 0):
+    """A float32 gradient whose rows reach the layer with gradients fading from 1 to
+    ``weakest``, as a shallow model's last block sees most positions."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, d, generator=g)
+    weights = torch.logspace(0, torch.log10(torch.tensor(weakest)).item(), rows)
+    dy = torch.randn(rows, out, generator=g) * weights[:, None]
+    return x, dy.T @ x  # float32 products: the tail is float32's own rounding bulk
+
+
+def test_a_signal_fading_into_float32_noise_is_not_read_as_saturated():
+    x, grad = fading_gradient(60, 128, 96, weakest=3e-7)
+    assert estimate_rank(torch.linalg.svdvals(grad.double()))[1] == 0.0  # no clean drop
+    basis = span_basis([grad])
+    assert not basis.saturated
+    assert 54 <= basis.rank <= 60
+    strong = x[:40]  # rows well above the bulk lie in the span
+    assert basis.residuals(strong).max() < 1e-2
+    assert basis.residuals(torch.randn(50, 128)).min() > 0.3
+
+
+def test_a_full_rank_spectrum_has_no_bulk():
+    _, grad = fading_gradient(200, 64, 96, weakest=1e-2)
+    assert rank_above_bulk(torch.linalg.svdvals(grad.double())) is None
+    assert span_basis([grad]).saturated
 
 
 def test_zero_gradient_has_rank_zero():

@@ -15,6 +15,12 @@ exactly at the number of distinct input rows, so the largest log-gap finds it wi
 hand-tuned tolerance. An update rounded coarser than float32 (a bfloat16 or float16 client, an
 int8-quantised update) has a noise bulk instead of that drop, at a level its grid predicts
 (:mod:`gradleak.attacks.rounding`): the rank is then the number of singular values above it.
+
+A float32 gradient can lack the drop too: where some rows reach the layer with tiny gradients
+(the last block of a shallow model sees most positions only through the last token's attention),
+the signal fades smoothly into float32's own noise bulk. That bulk is a flat tail near float32's
+resolution; the rank is where the spectrum rises clear of the tail's trend
+(:func:`rank_above_bulk`), so a batch with fewer rows than the width is never read as saturated.
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ MIN_GAP_DECADES = 1.0
 _TINY = 1e-300
 #: How far (a factor either way) a rounding floor's estimate may be from the bulk's true top.
 FLOOR_UNCERTAINTY = 3.0
+#: Relative level (to the largest singular value) below which a float32 gradient's spectrum may be
+#: its rounding bulk: ~80 float32 epsilons, well above the bulk's measured top (~0.3 epsilon).
+FLOAT32_BULK_CEILING = 1e-5
+#: How far (decades) a singular value must stand above the bulk's trend to count as signal.
+BULK_MARGIN_DECADES = 0.5
+#: Fewest values a tail needs to be read as a bulk (its trend is fitted on the lower half).
+MIN_BULK = 16
 
 
 @dataclass(frozen=True)
@@ -182,7 +195,11 @@ def span_basis(
         chosen = rank_above_floor(s[:capacity] if capacity is not None else s, floor)
         gap = _gap_at(s, chosen)
     else:
-        chosen, gap = estimate_rank(s[:capacity] if capacity is not None else s, min_gap=min_gap)
+        signal = s[:capacity] if capacity is not None else s
+        chosen, gap = estimate_rank(signal, min_gap=min_gap)
+        bulk = rank_above_bulk(signal) if gap == 0.0 else None
+        if bulk is not None:
+            chosen, gap = bulk, _gap_at(s, bulk)
     limit = min(in_features, stacked.shape[0], capacity if capacity is not None else in_features)
     saturated = chosen > 0 and (chosen >= limit or (gap == 0.0 and floor is None))
     if max_rank is not None:
@@ -217,6 +234,30 @@ def rank_above_floor(singular_values: torch.Tensor, floor: float) -> int:
     if drops.numel() == 0:
         return above
     return start + 1 + int(torch.argmax(drops))
+
+
+def rank_above_bulk(singular_values: torch.Tensor) -> int | None:
+    """Returns the rank of a float32 gradient whose signal fades into its noise bulk, or None
+    where the spectrum has no such bulk (its tail stays far above float32's resolution, as a
+    saturated span's does).
+
+    The bulk is the tail below :data:`FLOAT32_BULK_CEILING`; a line fitted (in log10) to its lower
+    half is its trend, and the rank is one past the last value standing
+    :data:`BULK_MARGIN_DECADES` above that line.
+    """
+    s = singular_values.double().clamp_min(_TINY)
+    logs = torch.log10(s / s[0])
+    start = int((logs >= math.log10(FLOAT32_BULK_CEILING)).sum())
+    if len(s) - start < MIN_BULK:
+        return None
+    tail = torch.arange(start + (len(s) - start) // 2, len(s), dtype=torch.float64)
+    design = torch.stack([tail, torch.ones_like(tail)], dim=1)
+    fit = torch.linalg.lstsq(design, logs[tail.long()][:, None]).solution[:, 0]
+    trend = fit[0] * torch.arange(len(s), dtype=torch.float64) + fit[1]
+    above = torch.nonzero(logs > trend + BULK_MARGIN_DECADES).flatten()
+    if above.numel() == 0:
+        return None
+    return int(above[-1]) + 1
 
 
 def _gap_at(s: torch.Tensor, rank: int) -> float:

@@ -55,6 +55,8 @@ class CauseKind(str, Enum):
     """Decoded from an optimisation attack, which has no span test."""
     MISSING_SEQUENCES = "missing_sequences"
     """Batch: the search ended before its sentences accounted for every row; some may be missing."""
+    SURPLUS = "surplus"
+    """Batch: the search returned more sequences than the batch holds; the least sure were cut."""
     NO_TOKENS = "no_tokens"
     """Batch: no token passed the token-level span test."""
     NO_SEQUENCES = "no_sequences"
@@ -71,6 +73,7 @@ class CauseKind(str, Enum):
 _BATCH_ONLY = frozenset(
     {
         CauseKind.MISSING_SEQUENCES,
+        CauseKind.SURPLUS,
         CauseKind.NO_TOKENS,
         CauseKind.NO_SEQUENCES,
         CauseKind.UNSUPPORTED,
@@ -254,6 +257,10 @@ _SENTENCES = {
     CauseKind.MISSING_SEQUENCES: lambda c: (
         f"{f'{c.count} sequence(s)' if c.count else 'sequences'} may be missing: "
         f"{c.detail or 'the search ended before its sentences explained every row of the span'}."
+    ),
+    CauseKind.SURPLUS: lambda c: (
+        f"the search returned {c.count} more sequence(s) than the batch holds"
+        f"{f' ({c.detail})' if c.detail else ''}; the least sure were dropped."
     ),
     CauseKind.NO_TOKENS: lambda c: (
         f"no token passed {_block(c)} span test, so nothing can be recovered (the update may be "

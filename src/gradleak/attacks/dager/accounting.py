@@ -3,8 +3,9 @@
 Nothing a search misses is dropped silently. The batch size is the client's when disclosed, else
 read from the gradient where it shows (a classifier's last MLP sees one row per sequence,
 :func:`gradleak.attacks.optimization.shape.estimate_batch_size`); fewer sequences recovered is a
-cause on the batch, with the count. A search stopped by the time budget makes every sequence it
-returned best-effort.
+cause on the batch, with the count. More sequences than the batch holds (a ranking search cut off
+by its budget) are cut to the batch size, the surest kept, and that too is a cause on the batch.
+A search stopped by the time budget makes every sequence it returned best-effort.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def account_for_batch(
     if size is None:
         return result
     diagnostics = {**result.diagnostics, "batch_size": {"value": size.value, "source": size.source}}
+    result = keep_at_most(result, size)
     found = len({s.token_ids for s in result.sequences})
     causes = result.causes
     if found < size.value:
@@ -54,6 +56,19 @@ def account_for_batch(
             Cause(CauseKind.MISSING_SEQUENCES, count=size.value - found, detail=detail),
         )
     return replace(result, causes=causes, diagnostics=diagnostics)
+
+
+def keep_at_most(result: Reconstruction, size: Estimate) -> Reconstruction:
+    """Returns ``result`` cut to ``size.value`` sequences, the surest first, with a cause naming
+    how many were dropped."""
+    distinct = list({s.token_ids: s for s in result.sequences}.values())
+    surplus = len(distinct) - size.value
+    if surplus <= 0:
+        return result
+    # Searches list their sequences surest first; certified ones go before any best-effort one.
+    kept = sorted(distinct, key=lambda s: not s.certified)[: size.value]
+    cut = Cause(CauseKind.SURPLUS, count=surplus, detail=f"{size.value} by {size.source}")
+    return replace(result, sequences=tuple(kept), causes=(*result.causes, cut))
 
 
 def out_of_time(result: Reconstruction, deadline: Deadline) -> Reconstruction:

@@ -38,6 +38,7 @@ import torch
 from gradleak.attacks.base import Attack, Reconstruction
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.accounting import account_for_batch, out_of_time
+from gradleak.attacks.dager.complement import complement, left_missing
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.peeling import peel_ranked
 from gradleak.attacks.dager.plan import (
@@ -45,15 +46,19 @@ from gradleak.attacks.dager.plan import (
     Spectra,
     noise_search,
     plan_search,
+    ranked_plan,
     read_arithmetic,
 )
 from gradleak.attacks.dager.searches import SEARCHES, SearchJob, ranking_blocks
 from gradleak.attacks.dager.spans import DagerSpans, max_positions, read_spans, vocabulary
 from gradleak.attacks.dager.targets import complete_next_token
+from gradleak.attacks.verdict import CauseKind
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
 
 Gradients = Mapping[str, torch.Tensor]
+#: Updates whose rows moved or were noised: the ranked search cannot tell their rows apart either.
+_MOVED_ROWS = (CauseKind.DRIFT, CauseKind.PRECISION, CauseKind.NOISE)
 
 
 class Dager(Attack):
@@ -73,17 +78,50 @@ class Dager(Attack):
         deadline = Deadline(self.config.time_budget)
         gradients = update.gradients()
         result = self.attack_gradients(public, update, gradients, deadline)
-        if result.diagnostics["search"] == SearchKind.RANKED.value and self.config.peel:
-            result = peel_ranked(
-                public,
-                gradients,
-                result,
-                lambda rest: self.attack_gradients(public, update, rest, deadline),
-                deadline=deadline,
+        if result.diagnostics["search"] == SearchKind.RANKED.value:
+            result = self._peeled(public, update, gradients, result, deadline)
+        elif result.diagnostics["search"] == SearchKind.PREFIX.value and left_missing(result):
+            result = complement(
+                result, lambda: self._ranked(public, update, gradients, result, deadline)
             )
         if public.task == "next_token" and public.family.causal:
             result = complete_next_token(public, gradients, result)
         return account_for_batch(public, update, gradients, result)
+
+    def _peeled(
+        self,
+        public: PublicModel,
+        update: ClientUpdate,
+        gradients: Gradients,
+        ranked: Reconstruction,
+        deadline: Deadline,
+    ) -> Reconstruction:
+        if not self.config.peel:
+            return ranked
+        return peel_ranked(
+            public,
+            gradients,
+            ranked,
+            lambda rest: self.attack_gradients(public, update, rest, deadline),
+            deadline=deadline,
+        )
+
+    def _ranked(
+        self,
+        public: PublicModel,
+        update: ClientUpdate,
+        gradients: Gradients,
+        exact: Reconstruction,
+        deadline: Deadline,
+    ) -> Reconstruction | None:
+        """Returns the ranked search (peeled) of an update whose exact search left rows
+        unexplained, or None where it cannot run."""
+        blocks = ranking_blocks(public, gradients, self.config)
+        moved = any(c.kind in _MOVED_ROWS for c in exact.causes)
+        if self.config.saturated != "rank" or not blocks or moved or deadline.expired():
+            return None
+        ranked = self.attack_gradients(public, update, gradients, deadline, ranked_blocks=blocks)
+        return self._peeled(public, update, gradients, ranked, deadline)
 
     def attack_gradients(
         self,
@@ -91,9 +129,11 @@ class Dager(Attack):
         update: ClientUpdate,
         gradients: Gradients,
         deadline: Deadline = NO_DEADLINE,
+        *,
+        ranked_blocks: tuple[int, ...] = (),
     ) -> Reconstruction:
         """Returns what DAGER recovers from ``gradients`` (the update's, or what peeling left),
-        searching until ``deadline``."""
+        searching until ``deadline``; with ``ranked_blocks``, the ranked search over them."""
         cfg = self.config
         started = time.perf_counter()
         vocab = vocabulary(public)
@@ -102,7 +142,7 @@ class Dager(Attack):
         if noise_search(reading, cfg) is None:
             spans = read_spans(public, gradients, vocab, cfg, min_gap=reading.min_gap)
             reading = replace(reading, spectra=self._spectra(public, gradients, spans))
-        plan = plan_search(reading, cfg)
+        plan = ranked_plan(reading, ranked_blocks) if ranked_blocks else plan_search(reading, cfg)
         job = SearchJob(
             public=public,
             update=update,

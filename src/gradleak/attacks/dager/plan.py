@@ -161,6 +161,14 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
     )
 
 
+def ranked_plan(reading: UpdateReading, blocks: tuple[int, ...]) -> SearchPlan:
+    """Returns the ranked search over ``blocks``' MLP down-projections, to complete an exact
+    prefix search that left rows unexplained; nothing it finds is certified."""
+    ranked = Cause(CauseKind.RANKED, detail=", ".join(map(str, blocks)))
+    causes = (*_arithmetic_causes(reading), *_rounding_causes(reading), ranked)
+    return SearchPlan(SearchKind.RANKED, causes, peel=True)
+
+
 def noisy_defence(defence: Mapping | list | None) -> str | None:
     """Returns the name of a noise-adding defence in an update's defence record, or None."""
     if isinstance(defence, (list, tuple)):
