@@ -18,7 +18,7 @@ from gradleak.attacks.span import MIN_GAP_DECADES
 from gradleak.update import ClientUpdate, UpdateMetadata
 
 CLEAN = Spectra()
-SATURATED = Spectra(saturated=((1, 576),), ranking_blocks=(0,))
+SATURATED = Spectra(saturated=((1, 576),), ranking_blocks=(0,), sequence_saturated=True)
 
 
 def kinds(plan):

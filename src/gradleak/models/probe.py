@@ -259,7 +259,16 @@ class LinearInputProbe:
         missing = [name for name in self._by_module if name not in captured]
         if missing:
             raise RuntimeError(f"the forward pass never reached {missing}")
-        return {layer: captured[layer.module_name] for layer in self.layers}
+        shape = tuple(input_ids.shape)
+        return {layer: _per_position(captured[layer.module_name], shape) for layer in self.layers}
+
+
+def _per_position(rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Returns a layer's input laid out (sequences, positions, features): some models (OPT's MLP)
+    flatten the positions of every sequence into one axis before the layer."""
+    if rows.dim() == 2 and rows.shape[0] == shape[0] * shape[1]:
+        return rows.reshape(*shape, rows.shape[-1])
+    return rows
 
 
 def _crop(cache: DynamicCache, length: int) -> None:

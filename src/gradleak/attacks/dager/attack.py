@@ -174,4 +174,8 @@ class Dager(Attack):
             if oracle.basis.saturated
         )
         blocks = ranking_blocks(public, gradients, self.config) if saturated else ()
-        return Spectra(saturated=saturated, ranking_blocks=blocks)
+        return Spectra(
+            saturated=saturated,
+            ranking_blocks=blocks,
+            sequence_saturated=spans.sequence.basis.saturated,
+        )

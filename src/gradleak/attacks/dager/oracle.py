@@ -14,6 +14,8 @@ from gradleak.models.probe import LinearInputProbe
 
 #: Projections that read the block's attention input; stacking them beats any single one.
 ATTENTION_INPUT_ROLES = ("q", "k", "v")
+#: The MLP layers that read the block's normalised input (one input, several weights).
+MLP_INPUT_ROLES = ("mlp_gate", "mlp_in")
 _ROUNDING = 1e-5
 
 

@@ -50,14 +50,12 @@ class Spectra:
         saturated: (block, input width) of every saturated span, token block first.
         ranking_blocks: blocks whose MLP down-projection the update exposes, within
             ``rank_blocks`` (the ranked search's evidence).
+        sequence_saturated: the span that tests sequences is saturated.
     """
 
     saturated: tuple[tuple[int, int], ...] = ()
     ranking_blocks: tuple[int, ...] = ()
-
-    def is_saturated(self, block: int) -> bool:
-        """Returns whether ``block``'s span is saturated."""
-        return any(b == block for b, _ in self.saturated)
+    sequence_saturated: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
     spectra = reading.spectra
     if (
         reading.causal
-        and spectra.is_saturated(config.sequence_block)
+        and spectra.sequence_saturated
         and config.saturated == "rank"
         and spectra.ranking_blocks
         and not reading.drifts

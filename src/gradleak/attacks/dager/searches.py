@@ -29,8 +29,8 @@ from gradleak.attacks.dager.plan import SearchKind, SearchPlan
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
 from gradleak.attacks.dager.spans import (
     DagerSpans,
-    block_oracle,
     screening_gates,
+    sequence_oracle,
     sequence_threshold,
 )
 from gradleak.attacks.dager.tokens import TokenScan, embedding_bag, scan_tokens
@@ -172,7 +172,7 @@ class _ExactSearch(ABC):
         else:
             tau2, clean = sequence_threshold(spans.sequence, scan, job.vocab, cfg)
         if not causes and not clean:
-            causes.append(Cause(CauseKind.NO_SPECTRAL_GAP, block=cfg.sequence_block))
+            causes.append(Cause(CauseKind.NO_SPECTRAL_GAP, block=spans.sequence.block))
         diagnostics["tau2"] = tau2
         outcome = self.search(
             job, scan, tau2, tuple(causes), exact=not causes and clean, diagnostics=diagnostics
@@ -185,14 +185,14 @@ class _ExactSearch(ABC):
                 token_ids=ids,
                 text=decode(public, ids),
                 assurance=verdict_for(
-                    res, tau, (*causes, *outcome.own.get(ids, ())), block=cfg.sequence_block
+                    res, tau, (*causes, *outcome.own.get(ids, ())), block=spans.sequence.block
                 ),
                 residuals=res,
             )
             for ids, res, tau in outcome.found
         )
         if not sequences:
-            batch_causes.append(Cause(CauseKind.NO_SEQUENCES, block=cfg.sequence_block))
+            batch_causes.append(Cause(CauseKind.NO_SEQUENCES, block=spans.sequence.block))
         return Reconstruction(
             "dager", sequences, causes=(*causes, *batch_causes), diagnostics=diagnostics
         )
@@ -481,7 +481,7 @@ def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences):
     if peeled is None:
         return None
     rest = peeled[0]
-    sequence = block_oracle(public, rest, cfg.sequence_block, job.vocab, cfg, min_gap=job.min_gap)
+    sequence = sequence_oracle(public, rest, job.vocab, cfg, min_gap=job.min_gap)
     if sequence.basis.saturated or sequence.basis.rank != left:
         return None
     # Block 0 has no more distinct rows than block 1 has rows; the largest gap of a peeled

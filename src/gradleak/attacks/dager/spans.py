@@ -16,8 +16,10 @@ from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate
 from gradleak.attacks.dager.oracle import (
     ATTENTION_INPUT_ROLES,
+    MLP_INPUT_ROLES,
     SpanOracle,
     build_oracle,
+    input_side_gradient,
     row_space_rank,
 )
 from gradleak.attacks.dager.tokens import TokenScan
@@ -25,6 +27,10 @@ from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.loading import PublicModel
 
 Gradients = Mapping[str, torch.Tensor]
+#: How far above its noise floor (the spectrum's ratio across the rank) a true row may sit.
+FLOOR_MARGIN = 3.0
+#: A tilt this large leaves no room between true rows and false ones (random rows sit ~0.3-1 off).
+_TILT_LIMIT = 0.1
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,47 @@ def read_spans(
     """Returns block 0's span and the sequence block's, each capped where it is saturated."""
     return DagerSpans(
         token=block_oracle(public, gradients, 0, vocab, config, min_gap=min_gap),
-        sequence=block_oracle(
-            public, gradients, config.sequence_block, vocab, config, min_gap=min_gap
-        ),
+        sequence=sequence_oracle(public, gradients, vocab, config, min_gap=min_gap),
     )
+
+
+def sequence_oracle(
+    public: PublicModel,
+    gradients: Gradients,
+    vocab: torch.Tensor,
+    config: DagerConfig,
+    *,
+    min_gap: float,
+) -> SpanOracle:
+    """Returns the span that tests whole prefixes (decoders) or sentences (encoders)."""
+    block, roles = sequence_layer(public, gradients, config)
+    return block_oracle(public, gradients, block, vocab, config, min_gap=min_gap, roles=roles)
+
+
+def sequence_layer(
+    public: PublicModel, gradients: Gradients, config: DagerConfig
+) -> tuple[int, tuple[str, ...]]:
+    """Returns the block and roles whose inputs test sequences: the sequence block's attention
+    inputs, or block 0's MLP input where that block is a classifier's last.
+
+    A classifier reads its last block at one pooled position, so that block's attention-input
+    gradients see the other rows only through the pooled query: their output side has rank at
+    most heads x B, far below the batch's rows, and true rows fall off the span. Block 0's MLP
+    input already depends on the whole prefix (or sentence), and the activation's derivative,
+    different at every row, gives its gradient one direction per row.
+    """
+    family = public.family
+    block = config.sequence_block
+    if public.task == "seq_class" and block >= family.num_blocks - 1:
+        roles = tuple(
+            role
+            for role in MLP_INPUT_ROLES
+            if family.has_linear_layer(0, role)
+            and input_side_gradient(family.linear_layer(0, role), gradients) is not None
+        )
+        if roles:
+            return 0, roles
+    return block, ATTENTION_INPUT_ROLES
 
 
 def block_oracle(
@@ -94,11 +137,11 @@ def block_oracle(
         rank_tol=config.rank_tol,
         min_gap=min_gap,
     )
-    # Single-token rows show the room of an attention *input*; an attention output's room
-    # (mixtures of values) is larger than they show, so only its spectrum is checked.
+    # Single-token rows show the room of a normalised input (attention or MLP); an attention
+    # output's room (mixtures of values) is larger than they show, so only its spectrum is checked.
     capacity = (
         row_space_rank(oracle, vocab, seed=config.seed)
-        if roles == ATTENTION_INPUT_ROLES
+        if roles != ("o",)
         else oracle.basis.in_features
     )
     if capacity < oracle.basis.in_features and config.rank is None:
@@ -128,6 +171,11 @@ def sequence_threshold(
     threshold is their largest log-gap. Encoders have no such position; they reuse block 0's.
     """
     if not oracle.probe.family.causal:
+        if oracle.layers[0].role in MLP_INPUT_ROLES:
+            # No encoder row depends on one token, so no row is known true: a true row sits off
+            # the span by at most the tilt float noise gives its weakest direction.
+            tilt = FLOOR_MARGIN * oracle.basis.noise_floor
+            return max(scan.threshold, tilt), scan.split is not None and tilt < _TILT_LIMIT
         return scan.threshold, scan.split is not None
     generator = torch.Generator().manual_seed(config.seed)
     first = scan.sets[0]

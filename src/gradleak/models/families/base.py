@@ -159,6 +159,10 @@ class ArchitectureFamily(ABC):
         """Returns every linear layer of every block, in forward order."""
         return list(self._layers.values())
 
+    def has_linear_layer(self, block: int, role: str) -> bool:
+        """Returns whether this block has a linear layer with this role."""
+        return (block % self.num_blocks if block < 0 else block, role) in self._layers
+
     def linear_layer(self, block: int, role: str) -> LinearLayer:
         """Returns the linear layer with this role in this block.
 
