@@ -95,3 +95,18 @@ def test_the_last_block_of_a_classifier_hides_the_lengths(tiny_models, make_upda
     with pytest.raises(GradleakError, match="pass lengths="):
         estimate_total_tokens(public.family, update.gradients())
     assert estimate_batch_size(public.family, update.gradients(), task="seq_class").value == 1
+
+
+def test_batch_size_counts_rows_of_similar_sequences(tiny_models):
+    # A shallow random classifier pools nearly the same state for every sequence: the drop after
+    # the first singular value is as deep as the one into the rounding bulk.
+    import torch
+
+    public = tiny_models("bert")
+    layer = public.family.linear_layer(public.family.num_blocks - 1, "mlp_in")
+    generator = torch.Generator().manual_seed(0)
+    common = torch.randn(1, layer.in_features, generator=generator)
+    rows = common + 1e-4 * torch.randn(4, layer.in_features, generator=generator)
+    grad = torch.randn(layer.out_features, 4, generator=generator) @ rows
+    gradients = {layer.weight_name: grad.float()}
+    assert estimate_batch_size(public.family, gradients, task="seq_class").value == 4

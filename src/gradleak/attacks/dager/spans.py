@@ -23,14 +23,12 @@ from gradleak.attacks.dager.oracle import (
     row_space_rank,
 )
 from gradleak.attacks.dager.tokens import TokenScan
-from gradleak.attacks.thresholds import largest_gap_split
+from gradleak.attacks.thresholds import MIN_SPLIT_DECADES, ResidualSplit, largest_gap_split
 from gradleak.models.loading import PublicModel
 
 Gradients = Mapping[str, torch.Tensor]
 #: How far above its noise floor (the spectrum's ratio across the rank) a true row may sit.
 FLOOR_MARGIN = 3.0
-#: A tilt this large leaves no room between true rows and false ones (random rows sit ~0.3-1 off).
-_TILT_LIMIT = 0.1
 
 
 @dataclass(frozen=True)
@@ -172,10 +170,7 @@ def sequence_threshold(
     """
     if not oracle.probe.family.causal:
         if oracle.layers[0].role in MLP_INPUT_ROLES:
-            # No encoder row depends on one token, so no row is known true: a true row sits off
-            # the span by at most the tilt float noise gives its weakest direction.
-            tilt = FLOOR_MARGIN * oracle.basis.noise_floor
-            return max(scan.threshold, tilt), scan.split is not None and tilt < _TILT_LIMIT
+            return _encoder_mlp_threshold(oracle, scan, vocab, config)
         return scan.threshold, scan.split is not None
     generator = torch.Generator().manual_seed(config.seed)
     first = scan.sets[0]
@@ -192,6 +187,30 @@ def sequence_threshold(
     if split is not None:
         return split.threshold(), True
     return _fallback_threshold(residuals), False
+
+
+def _encoder_mlp_threshold(
+    oracle: SpanOracle, scan: TokenScan, vocab: torch.Tensor, config: DagerConfig
+) -> tuple[float, bool]:
+    """Returns (threshold, clean) for an encoder's block-0 MLP input, where no row depends on one
+    token, so no row is known true.
+
+    A true row sits off the span by at most the tilt float noise gives the span's weakest
+    direction (``FLOOR_MARGIN`` times its noise floor). Known-false rows come from two-token
+    sentences whose second token failed block 0 there; the threshold splits the two levels and is
+    clean when they stand a decade apart.
+    """
+    tilt = max(FLOOR_MARGIN * oracle.basis.noise_floor, scan.threshold)
+    if len(scan.sets) < 2:
+        return tilt, False
+    generator = torch.Generator().manual_seed(config.seed)
+    outside = vocab[~torch.isin(vocab, scan.sets[1])]
+    sample = outside[torch.randperm(len(outside), generator=generator)[:256]]
+    start = scan.sets[0][:1].expand(len(sample))
+    false = oracle.residuals(oracle.probe(torch.stack([start, sample], dim=1)))[:, 1]
+    split = ResidualSplit(low=tilt, high=float(torch.quantile(false.double().cpu(), 0.01)), count=0)
+    clean = scan.split is not None and split.decades >= MIN_SPLIT_DECADES
+    return (split.threshold() if clean else tilt), clean
 
 
 def screening_gates(

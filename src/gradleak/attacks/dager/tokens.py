@@ -55,13 +55,20 @@ def scan_tokens(
 ) -> TokenScan:
     """Returns the tokens that pass ``oracle`` at each position until a position where none does.
 
-    The threshold is derived at position 0, where every sequence has a token, unless ``tau`` is
-    given. Where the residuals show no gap (a saturated span), the ``fallback_count`` lowest
-    residuals at position 0 set it instead: a best-effort ranking, not a test. Models without
-    positions in the block-0 input (RoPE) are scanned once.
+    The threshold is derived where every sequence has a token, unless ``tau`` is given: at
+    positions 0 and 1 together for per-position scans, since position 0 may hold one token shared
+    by the whole batch (an encoder's [CLS]), whose row, repeated B times, sits decades closer to
+    the span than the batch's other rows. Where the residuals show no gap (a saturated span), the
+    ``fallback_count`` lowest residuals at position 0 set it instead: a best-effort ranking, not a
+    test. Models without positions in the block-0 input (RoPE) are scanned once.
     """
     first = vocabulary_residuals(oracle, vocab, position=0, chunk_size=chunk_size)
-    split = largest_gap_split(first)
+    second = (
+        vocabulary_residuals(oracle, vocab, position=1, chunk_size=chunk_size)
+        if per_position and max_length > 1
+        else None
+    )
+    split = largest_gap_split(first if second is None else torch.cat([first, second]))
     if tau is not None:
         threshold = tau
     elif split is not None:
@@ -84,7 +91,11 @@ def scan_tokens(
         position += 1
         if not per_position or position >= max_length:
             break
-        res = vocabulary_residuals(oracle, vocab, position=position, chunk_size=chunk_size)
+        res = (
+            second
+            if position == 1 and second is not None
+            else vocabulary_residuals(oracle, vocab, position=position, chunk_size=chunk_size)
+        )
     return TokenScan(sets=tuple(sets), residuals=tuple(residuals), threshold=threshold, split=split)
 
 

@@ -35,6 +35,8 @@ from gradleak.models.families import ArchitectureFamily, LinearLayer
 #: is zero).
 _TOKEN_ROLES = ("mlp_in", "mlp_gate", "v", "k", "o", "mlp_out", "q")
 _MLP_ROLES = ("mlp_in", "mlp_gate", "mlp_out")
+#: A drop this deep (decades) between singular values separates rows from the rounding bulk.
+_ROW_DROP_DECADES = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,17 @@ class Estimate:
 
 def gradient_rank(layer: LinearLayer, gradients: Mapping[str, torch.Tensor]) -> tuple[int, float]:
     """Returns (rank, gap in decades) of a linear layer's weight gradient."""
+    singular = _singular_values(layer, gradients)
+    return (0, 0.0) if singular is None else estimate_rank(singular)
+
+
+def _singular_values(
+    layer: LinearLayer, gradients: Mapping[str, torch.Tensor]
+) -> torch.Tensor | None:
     grad = layer.weight_gradient(gradients).double()
     if float(grad.abs().max()) == 0.0:
-        return 0, 0.0
-    singular = torch.linalg.svdvals(grad / grad.norm())
-    return estimate_rank(singular)
+        return None
+    return torch.linalg.svdvals(grad / grad.norm())
 
 
 def estimate_batch_size(
@@ -63,10 +71,20 @@ def estimate_batch_size(
     last = family.num_blocks - 1
     for role in _MLP_ROLES:
         layer = _layer(family, last, role)
-        if layer is not None and layer.weight_name in gradients:
-            rank, gap = gradient_rank(layer, gradients)
-            if rank > 0 and gap > 0:
-                return Estimate(rank, f"rank of {layer.key}")
+        if layer is None or layer.weight_name not in gradients:
+            continue
+        singular = _singular_values(layer, gradients)
+        if singular is None:
+            continue
+        rank, gap = estimate_rank(singular)
+        # Rows of similar sequences (a shallow random model's pooled states) give a first drop
+        # as deep as the one into the rounding bulk; the rows end at the last deep drop.
+        drops = torch.log10(singular[:-1].clamp_min(1e-300) / singular[1:].clamp_min(1e-300))
+        deep = torch.nonzero(drops >= _ROW_DROP_DECADES).flatten()
+        if deep.numel():
+            rank = max(rank, int(deep[-1]) + 1)
+        if rank > 0 and gap > 0:
+            return Estimate(rank, f"rank of {layer.key}")
     return None
 
 
