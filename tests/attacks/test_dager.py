@@ -195,3 +195,14 @@ def test_empty_search_returns_an_empty_reconstruction(gpt2):
 
 def test_registry_builds_dager_with_options():
     assert create_attack("dager", tau2=1e-3).config.tau2 == 1e-3
+
+
+def test_the_embedding_bag_narrows_the_scan_to_the_batch_and_known_false_tokens():
+    from gradleak.attacks.dager.tokens import searched_vocabulary
+
+    vocab = torch.arange(1, 1000)
+    bag = torch.tensor([5, 17, 400])
+    searched = searched_vocabulary(vocab, bag, known_false=50, seed=0)
+    assert torch.isin(bag, searched).all()
+    assert len(searched) == 53 and bool((searched[1:] > searched[:-1]).all())
+    assert searched_vocabulary(vocab, None, known_false=50, seed=0) is vocab

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks.span import estimate_rank, rank_above_bulk, span_basis
+from gradleak.attacks.span import estimate_rank, rank_above_bulk, span_basis, stacked_svd
 from gradleak.attacks.thresholds import largest_gap_split
 
 
@@ -101,3 +101,15 @@ def test_off_span_parts_have_the_residuals_as_norms():
     basis = span_basis([grad])
     rows = torch.cat([x, torch.randn(4, 16, dtype=torch.float64)])
     torch.testing.assert_close(basis.off_span(rows).norm(dim=-1), basis.residuals(rows))
+
+
+def test_a_stack_is_decomposed_once_until_a_tensor_changes():
+    fused = torch.randn(96, 32)
+    first = stacked_svd([fused[:48], fused[48:]])
+    # Views sliced again from the same weight hit the cache.
+    assert stacked_svd([fused[:48], fused[48:]])[1] is first[1]
+    fused.mul_(2.0)
+    fused[0].add_(1.0)
+    again = stacked_svd([fused[:48], fused[48:]])
+    assert again[1] is not first[1]
+    assert not torch.allclose(again[1], first[1])

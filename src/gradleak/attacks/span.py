@@ -26,12 +26,15 @@ resolution; the rank is where the spectrum rises clear of the tail's trend
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from gradleak.attacks.rounding import rounding_floor
+
+_Decomposition = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 #: A spectrum whose largest drop is smaller than this (in decades) has no usable gap.
 MIN_GAP_DECADES = 1.0
@@ -152,6 +155,37 @@ def estimate_rank(
     return index + 1, gap
 
 
+#: Stacked gradients whose decomposition is kept: a span is read again with another capacity or
+#: rank (a LayerNorm without bias, a saturated block) and by peeling, from the same tensors.
+_SVD_CACHE_SIZE = 8
+_svd_cache: OrderedDict[tuple, tuple[tuple[torch.Tensor, ...], _Decomposition]] = OrderedDict()
+
+
+def stacked_svd(gradients: Sequence[torch.Tensor]) -> _Decomposition:
+    """Returns (U, S, Vh) of the gradients stacked, each scaled to unit norm, in float64.
+
+    The last few are cached by the tensors' memory and version: views sliced again from one
+    fused weight hit the cache, and an in-place change to a tensor misses it.
+    """
+    key = tuple(
+        (g.data_ptr(), g.storage_offset(), tuple(g.shape), g.stride(), g._version, g.device)
+        for g in gradients
+    )
+    hit = _svd_cache.get(key)
+    if hit is not None:
+        _svd_cache.move_to_end(key)
+        return hit[1]
+    stacked = torch.cat(
+        [g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients]
+    )
+    u, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
+    # The tensors are kept alive with their entry, so no other tensor can reuse their memory.
+    _svd_cache[key] = (tuple(gradients), (u, s, vh))
+    while len(_svd_cache) > _SVD_CACHE_SIZE:
+        _svd_cache.popitem(last=False)
+    return u, s, vh
+
+
 def span_basis(
     gradients: Sequence[torch.Tensor],
     *,
@@ -180,10 +214,7 @@ def span_basis(
     if not gradients:
         raise ValueError("span_basis needs at least one gradient")
     in_features = gradients[0].shape[-1]
-    stacked = torch.cat(
-        [g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients]
-    )
-    u, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
+    u, s, vh = stacked_svd(gradients)
     floor = rounding_floor(gradients, (u, s, vh))
     relative_floor = None if floor is None else floor / max(float(s[0]), _TINY)
     if rank is not None:
@@ -200,7 +231,7 @@ def span_basis(
         bulk = rank_above_bulk(signal) if gap == 0.0 else None
         if bulk is not None:
             chosen, gap = bulk, _gap_at(s, bulk)
-    limit = min(in_features, stacked.shape[0], capacity if capacity is not None else in_features)
+    limit = min(in_features, u.shape[0], capacity if capacity is not None else in_features)
     saturated = chosen > 0 and (chosen >= limit or (gap == 0.0 and floor is None))
     if max_rank is not None:
         chosen = min(chosen, max_rank)

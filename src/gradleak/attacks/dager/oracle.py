@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -17,6 +18,10 @@ ATTENTION_INPUT_ROLES = ("q", "k", "v")
 #: The MLP layers that read the block's normalised input (one input, several weights).
 MLP_INPUT_ROLES = ("mlp_gate", "mlp_in")
 _ROUNDING = 1e-5
+#: Row room per model and layer: a fact of the public model, measured once.
+_row_rooms: WeakKeyDictionary[ArchitectureFamily, dict[tuple[str, int, int], int]] = (
+    WeakKeyDictionary()
+)
 
 
 @dataclass
@@ -114,6 +119,14 @@ def row_space_rank(oracle: SpanOracle, vocab: torch.Tensor, *, seed: int = 0) ->
     hyperplane (d - 1). A gradient span that reaches this dimension is saturated: every row
     passes, so membership certifies nothing.
     """
+    rooms = _row_rooms.setdefault(oracle.probe.family, {})
+    key = (oracle.layer.key, len(vocab), seed)
+    if key not in rooms:
+        rooms[key] = _measure_row_room(oracle, vocab, seed=seed)
+    return rooms[key]
+
+
+def _measure_row_room(oracle: SpanOracle, vocab: torch.Tensor, *, seed: int) -> int:
     d = oracle.basis.in_features
     generator = torch.Generator().manual_seed(seed)
     sample = vocab[torch.randperm(len(vocab), generator=generator)[: 2 * d + 64]]

@@ -114,3 +114,20 @@ def embedding_bag(
         return None
     used = torch.nonzero(gradient.detach().abs().amax(dim=1) > 0).flatten().cpu()
     return used if 0 < len(used) < gradient.shape[0] // 2 else None
+
+
+def searched_vocabulary(
+    vocab: torch.Tensor, bag: torch.Tensor | None, *, known_false: int, seed: int
+) -> torch.Tensor:
+    """Returns the tokens worth scanning: the embedding gradient's bag (every token the batch
+    holds, when the update shares that gradient unaltered) and ``known_false`` tokens outside it,
+    drawn at random, which no position can hold but which give the thresholds their false
+    cluster. Without a bag, the whole ``vocab``.
+    """
+    if bag is None:
+        return vocab
+    inside = torch.isin(vocab, bag)
+    outside = vocab[~inside]
+    generator = torch.Generator().manual_seed(seed)
+    sample = outside[torch.randperm(len(outside), generator=generator)[:known_false]]
+    return torch.sort(torch.cat([vocab[inside], sample])).values
