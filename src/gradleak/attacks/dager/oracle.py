@@ -19,9 +19,7 @@ ATTENTION_INPUT_ROLES = ("q", "k", "v")
 MLP_INPUT_ROLES = ("mlp_gate", "mlp_in")
 _ROUNDING = 1e-5
 #: Row room per model and layer: a fact of the public model, measured once.
-_row_rooms: WeakKeyDictionary[ArchitectureFamily, dict[tuple[str, int, int], int]] = (
-    WeakKeyDictionary()
-)
+_row_rooms: WeakKeyDictionary[ArchitectureFamily, dict[tuple[str, int], int]] = WeakKeyDictionary()
 
 
 @dataclass
@@ -112,24 +110,26 @@ def input_side_gradient(
     return gradients[factors[0]] if factors else None
 
 
-def row_space_rank(oracle: SpanOracle, vocab: torch.Tensor, *, seed: int = 0) -> int:
+def row_space_rank(oracle: SpanOracle, *, seed: int = 0) -> int:
     """Returns the dimension that this block's input rows can span at all.
 
     Usually the input dimension d, but a LayerNorm without bias maps every row into a
     hyperplane (d - 1). A gradient span that reaches this dimension is saturated: every row
-    passes, so membership certifies nothing.
+    passes, so membership certifies nothing. A fact of the public model, measured once per layer
+    from tokens drawn from the whole token table.
     """
     rooms = _row_rooms.setdefault(oracle.probe.family, {})
-    key = (oracle.layer.key, len(vocab), seed)
+    key = (oracle.layer.key, seed)
     if key not in rooms:
-        rooms[key] = _measure_row_room(oracle, vocab, seed=seed)
+        rooms[key] = _measure_row_room(oracle, seed=seed)
     return rooms[key]
 
 
-def _measure_row_room(oracle: SpanOracle, vocab: torch.Tensor, *, seed: int) -> int:
+def _measure_row_room(oracle: SpanOracle, *, seed: int) -> int:
     d = oracle.basis.in_features
     generator = torch.Generator().manual_seed(seed)
-    sample = vocab[torch.randperm(len(vocab), generator=generator)[: 2 * d + 64]]
+    table = oracle.probe.family.embedding().num_embeddings
+    sample = torch.randperm(table, generator=generator)[: 2 * d + 64]
     rows = oracle.probe(sample[:, None])[oracle.layer][:, 0]
     singular_values = torch.linalg.svdvals(rows.double().cpu())
     # Rows are float32: directions below ~1e-5 of the largest are rounding, not room.

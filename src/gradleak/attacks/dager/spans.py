@@ -138,9 +138,7 @@ def block_oracle(
     # Single-token rows show the room of a normalised input (attention or MLP); an attention
     # output's room (mixtures of values) is larger than they show, so only its spectrum is checked.
     capacity = (
-        row_space_rank(oracle, vocab, seed=config.seed)
-        if roles != ("o",)
-        else oracle.basis.in_features
+        row_space_rank(oracle, seed=config.seed) if roles != ("o",) else oracle.basis.in_features
     )
     if capacity < oracle.basis.in_features and config.rank is None:
         oracle = build_oracle(
