@@ -26,12 +26,16 @@ class RecoveredSequence:
         assurance: the verdict: certified (every token proved by a span test) or best-effort,
             with its causes.
         residuals: per position, the span residual that accepted the token (lower is surer).
+        confidence: for a ranked (never certified) sequence, a number in [0, 1] derived from how
+            far its tokens' scores stood above the noise (higher is surer; benchmarks calibrate
+            it against exactness); None where the search gives none.
     """
 
     token_ids: tuple[int, ...]
     text: str
     assurance: Assurance
     residuals: tuple[float, ...] = ()
+    confidence: float | None = None
 
     @property
     def certified(self) -> bool:
@@ -46,6 +50,7 @@ class RecoveredSequence:
             "certified": self.certified,
             "causes": [c.to_dict() for c in self.assurance.causes],
             "residuals": [float(r) for r in self.residuals],
+            "confidence": self.confidence,
         }
 
 

@@ -41,6 +41,12 @@ def _layer_span(**options: Any) -> Attack:
     return LayerSpan(_configured(LayerSpanConfig, options))
 
 
+def _subspace(**options: Any) -> Attack:
+    from gradleak.attacks.subspace import Subspace, SubspaceConfig
+
+    return Subspace(_configured(SubspaceConfig, options))
+
+
 def _optimization(recipe: str) -> Callable[..., Attack]:
     def factory(**options: Any) -> Attack:
         from gradleak.attacks.optimization import RECIPES, GradientInversion
@@ -53,6 +59,7 @@ def _optimization(recipe: str) -> Callable[..., Attack]:
 _ATTACKS: dict[str, Callable[..., Attack]] = {
     "dager": _dager,
     "layer-span": _layer_span,
+    "subspace": _subspace,
     "tag": _optimization("tag"),
     "lamp_cos": _optimization("lamp_cos"),
     "lamp_l1l2": _optimization("lamp_l1l2"),

@@ -53,6 +53,8 @@ class CauseKind(str, Enum):
     """Found on what best-effort peels left, whose spans hold only if every peel was exact."""
     OPTIMIZATION = "optimization"
     """Decoded from an optimisation attack, which has no span test."""
+    SUBSPACE = "subspace"
+    """Grown by the continuous subspace search, which ranks tokens by their distance to the spans."""
     MISSING_SEQUENCES = "missing_sequences"
     """Batch: the search ended before its sentences accounted for every row; some may be missing."""
     SURPLUS = "surplus"
@@ -253,6 +255,12 @@ _SENTENCES = {
     CauseKind.OPTIMIZATION: lambda c: (
         "optimisation attacks decode continuous embeddings to their nearest tokens and have no "
         "span test, so their results are never certified."
+    ),
+    CauseKind.SUBSPACE: lambda c: (
+        "the sequence was grown by the continuous subspace search: each token is the candidate "
+        "closest to the spans of blocks 0.."
+        f"{c.block if c.block is not None else 'L'} beside a null sample of wrong tokens, which "
+        "ranks tokens but proves none (its confidence says how far they stood out)."
     ),
     CauseKind.MISSING_SEQUENCES: lambda c: (
         f"{f'{c.count} sequence(s)' if c.count else 'sequences'} may be missing: "

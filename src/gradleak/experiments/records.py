@@ -34,6 +34,7 @@ def reconstruction_fields(reconstruction: Reconstruction) -> dict[str, Any]:
                 "certified": s.certified,
                 "causes": [c.to_dict() for c in s.assurance.causes],
                 "max_residual": _finite(max(s.residuals)) if s.residuals else None,
+                "confidence": s.confidence,
             }
             for s in reconstruction.sequences
         ],

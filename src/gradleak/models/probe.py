@@ -109,6 +109,11 @@ class LinearInputProbe:
         """Returns the device of the model's embedding table."""
         return self.family.embedding().weight.device
 
+    @property
+    def embedding_weight(self) -> torch.Tensor:
+        """Returns the token-embedding table the probe computes with (float32 for half models)."""
+        return self._compute.embedding().weight
+
     @torch.no_grad()
     def __call__(
         self,
@@ -207,6 +212,32 @@ class LinearInputProbe:
         finally:
             _crop(state.cache, state.length)
 
+    def embedded_rows(
+        self, state: PrefixState | None, embeds: torch.Tensor
+    ) -> dict[LinearLayer, torch.Tensor]:
+        """Returns the input rows (P, in) at the position after each prefix when that position is
+        fed the continuous input embedding ``embeds`` (P, d) instead of a token's; differentiable
+        in ``embeds``. ``state`` (None: an empty prefix) is unchanged.
+
+        The prefixes are copied first: the cache would otherwise keep the new position's keys,
+        and with them this call's autograd graph.
+        """
+        self._require_causal()
+        kwargs: dict = {"cache": None}
+        if state is not None:
+            kwargs["cache"] = state.select(torch.arange(state.size)).cache
+        length = 0 if state is None else state.length
+        positions = torch.full((embeds.shape[0], 1), length, device=self.device)
+        rows = self._run(
+            None,
+            inputs_embeds=embeds[:, None].to(self.device),
+            attention_mask=None,
+            token_type_ids=None,
+            position_ids=positions,
+            **kwargs,
+        )
+        return {layer: r[:, -1] for layer, r in rows.items()}
+
     def _as_attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """Returns a 4D mask in the form the model's attention implementation reads (bool or
         additive)."""
@@ -224,7 +255,14 @@ class LinearInputProbe:
             )
 
     def _run(
-        self, input_ids, *, attention_mask, token_type_ids, position_ids, cache
+        self,
+        input_ids,
+        *,
+        attention_mask,
+        token_type_ids,
+        position_ids,
+        cache,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> dict[LinearLayer, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
         handles = []
@@ -240,7 +278,11 @@ class LinearInputProbe:
         for name in self._by_module:
             module = self._compute.model.get_submodule(name)
             handles.append(module.register_forward_pre_hook(make_hook(name)))
-        kwargs = {"input_ids": input_ids.to(self.device)}
+        kwargs = (
+            {"inputs_embeds": inputs_embeds}
+            if inputs_embeds is not None
+            else {"input_ids": input_ids.to(self.device)}
+        )
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.to(self.device)
         if token_type_ids is not None:

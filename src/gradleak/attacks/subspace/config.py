@@ -1,0 +1,84 @@
+"""The subspace attack's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    """Settings of :class:`gradleak.attacks.subspace.Subspace`.
+
+    Attributes:
+        depth: the deepest block whose span scores prefixes (blocks 1..depth; block 0 scores
+            tokens). Deeper blocks mix more context into a row: on an int8 SmolLM2 update block 3
+            ranks the true next token first twice as often as block 1.
+        context_from: the shallowest block whose span scores positions after the first: block 1's
+            rows are mostly their token's embedding, so it scores the batch's whole bag alike at
+            every position (it scores first tokens, whose rows carry no context, well).
+        rank: rank of every basis; None reads it per block: the singular values above the
+            rounding floor's lower bound (a rounded update), above the noise bulk (a noised one),
+            or the spectrum's largest drop (float32), capped ``rank_cutoff`` below the width.
+        rank_cutoff: how far below the input width a basis must stay.
+        shortlist: tokens per position kept by block 0's span (the mixture's support and the
+            null sample's source).
+        steps: optimisation steps of the continuous input at each position (0: none, the
+            shortlist's best are rescored as they are).
+        lr: the optimiser's step size on the mixture's logits.
+        snap: tokens taken from each optimised mixture (its heaviest), and from block 0's ranking,
+            for the discrete rescoring.
+        null: shortlist tokens rescored beside the candidates as the step's null sample; every
+            candidate's z-score is read against them.
+        beam: prefixes kept per sequence.
+        z_stop: how many null standard deviations the best extension must stand below the null's
+            mean for a sequence to go on.
+        batch_size: sequences searched; None takes the disclosed batch size, else the first-token
+            candidates standing ``z_stop`` below the rest.
+        prior: a causal language model (a model spec) whose next-token log-probabilities break
+            ties between candidates the spans score alike, and which proposes ``prior_top``
+            candidates per prefix; None: no prior. It must share the victim's tokenizer.
+        prior_weight: z-score units per nat of the prior's negative log-likelihood.
+        prior_top: candidates the prior proposes per prefix and step.
+        max_length: longest sequence grown, in tokens.
+        chunk_size: candidate rows per forward pass.
+        seed: seeds the null samples.
+        time_budget: seconds the attack may search; then the live prefixes are returned. None:
+            no limit.
+    """
+
+    depth: int = 3
+    context_from: int = 2
+    rank: int | None = None
+    rank_cutoff: int = 20
+    shortlist: int = 512
+    steps: int = 20
+    lr: float = 0.5
+    snap: int = 8
+    null: int = 48
+    beam: int = 2
+    z_stop: float = 3.0
+    batch_size: int | None = None
+    prior: str | None = None
+    prior_weight: float = 0.3
+    prior_top: int = 8
+    max_length: int = 64
+    chunk_size: int = 4096
+    seed: int = 0
+    time_budget: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "shortlist", "snap", "null", "beam", "max_length", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"SubspaceConfig: {name} must be positive, got {getattr(self, name)}"
+                )
+        for name in ("steps", "prior_top", "rank_cutoff"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SubspaceConfig: {name} must be >= 0, got {getattr(self, name)}")
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"SubspaceConfig: rank must be positive or none, got {self.rank}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(
+                f"SubspaceConfig: time_budget must be positive seconds or none, got "
+                f"{self.time_budget}"
+            )
