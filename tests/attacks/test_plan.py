@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradleak.attacks import CauseKind
+from gradleak.attacks import Cause, CauseKind
 from gradleak.attacks.dager import DagerConfig
 from gradleak.attacks.dager.plan import (
     DRIFT_MIN_GAP,
@@ -13,6 +13,7 @@ from gradleak.attacks.dager.plan import (
     UpdateReading,
     plan_search,
     read_arithmetic,
+    refines_with_subspace,
 )
 from gradleak.attacks.span import MIN_GAP_DECADES
 from gradleak.update import ClientUpdate, UpdateMetadata
@@ -74,9 +75,10 @@ def test_multi_step_deltas_drift_and_float32_ones_lose_their_gap():
     assert kinds(plan_search(drift, DagerConfig())) == [CauseKind.DRIFT]
     assert drift.min_gap == DRIFT_MIN_GAP
     blurred = UpdateReading(causal=True, local_steps=4, dtype="float32", spectra=SATURATED)
-    plan = plan_search(blurred, DagerConfig())
+    plan = plan_search(blurred, DagerConfig(subspace="off"))
     assert plan.search is SearchKind.PREFIX and kinds(plan) == [CauseKind.PRECISION]
     assert not plan.scan_fallback
+    assert plan_search(blurred, DagerConfig()).search is SearchKind.SUBSPACE
 
 
 def test_the_metadata_is_read_before_any_spectrum():
@@ -91,3 +93,25 @@ def test_the_metadata_is_read_before_any_spectrum():
     )
     reading = read_arithmetic(delta, causal=False)
     assert reading.drifts and reading.local_steps == 0 and reading.noise_defence == "noise"
+
+
+def test_updates_no_span_test_can_read_go_to_the_subspace_search():
+    int8 = UpdateReading(causal=True, rounding="int8")
+    plan = plan_search(int8, DagerConfig())
+    assert plan.search is SearchKind.SUBSPACE and kinds(plan) == [CauseKind.LOSSY_UPDATE]
+    drifting = UpdateReading(causal=True, local_steps=4, spectra=SATURATED)
+    assert plan_search(drifting, DagerConfig()).search is SearchKind.SUBSPACE
+    off = DagerConfig(subspace="off")
+    assert plan_search(drifting, off).search is SearchKind.PREFIX
+    with pytest.raises(ValueError, match="spectra"):
+        plan_search(int8, off)
+    bf16 = UpdateReading(causal=True, rounding="bfloat16", spectra=CLEAN)
+    assert plan_search(bf16, DagerConfig()).search is SearchKind.PREFIX
+
+
+def test_the_subspace_search_refines_only_a_rounded_or_drifting_search_that_found_nothing():
+    lossy = (Cause(CauseKind.LOSSY_UPDATE, detail="bfloat16"), Cause(CauseKind.NO_TOKENS, block=0))
+    assert refines_with_subspace(lossy, 0, DagerConfig())
+    assert not refines_with_subspace(lossy, 2, DagerConfig())
+    assert not refines_with_subspace(lossy, 0, DagerConfig(subspace="off"))
+    assert not refines_with_subspace((Cause(CauseKind.NO_TOKENS, block=0),), 0, DagerConfig())

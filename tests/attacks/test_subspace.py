@@ -22,7 +22,7 @@ LLAMA = (
     "&num_attention_heads=4&num_key_value_heads=2&vocab_size=4000"
 )
 TEXT = "the story is so well made that you will want to see it again ."
-FAST = SubspaceConfig(shortlist=256, steps=4, max_length=24, time_budget=None)
+FAST = SubspaceConfig(shortlist=64, mixture=512, steps=2, null=32, max_length=20, time_budget=None)
 
 
 def _update(public, texts=(TEXT,), **settings):

@@ -54,7 +54,7 @@ class CauseKind(str, Enum):
     OPTIMIZATION = "optimization"
     """Decoded from an optimisation attack, which has no span test."""
     SUBSPACE = "subspace"
-    """Grown by the continuous subspace search, which ranks tokens by their distance to the spans."""
+    """Grown by the continuous subspace search, ranking tokens by their distance to the spans."""
     MISSING_SEQUENCES = "missing_sequences"
     """Batch: the search ended before its sentences accounted for every row; some may be missing."""
     SURPLUS = "surplus"

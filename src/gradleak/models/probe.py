@@ -20,6 +20,7 @@ import copy
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -278,7 +279,7 @@ class LinearInputProbe:
         for name in self._by_module:
             module = self._compute.model.get_submodule(name)
             handles.append(module.register_forward_pre_hook(make_hook(name)))
-        kwargs = (
+        kwargs: dict[str, Any] = (
             {"inputs_embeds": inputs_embeds}
             if inputs_embeds is not None
             else {"input_ids": input_ids.to(self.device)}

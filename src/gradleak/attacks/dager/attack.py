@@ -48,8 +48,10 @@ from gradleak.attacks.dager.plan import (
     plan_search,
     ranked_plan,
     read_arithmetic,
+    refines_with_subspace,
+    skips_exact_search,
 )
-from gradleak.attacks.dager.searches import SEARCHES, SearchJob, ranking_blocks
+from gradleak.attacks.dager.searches import SEARCHES, SearchJob, ranking_blocks, run_subspace
 from gradleak.attacks.dager.spans import DagerSpans, max_positions, read_spans, vocabulary
 from gradleak.attacks.dager.targets import complete_next_token
 from gradleak.attacks.dager.tokens import embedding_bag, searched_vocabulary
@@ -87,6 +89,8 @@ class Dager(Attack):
             result = complement(
                 result, lambda: self._ranked(public, update, gradients, result, deadline)
             )
+        if refines_with_subspace(result.all_causes, len(result.sequences), self.config):
+            result = self._subspace(public, update, result, deadline)
         if public.task == "next_token" and public.family.causal:
             result = complete_next_token(public, gradients, result)
         return account_for_batch(public, update, gradients, result)
@@ -108,6 +112,15 @@ class Dager(Attack):
             lambda rest: self.attack_gradients(public, update, rest, deadline),
             deadline=deadline,
         )
+
+    def _subspace(
+        self, public: PublicModel, update: ClientUpdate, exact: Reconstruction, deadline: Deadline
+    ) -> Reconstruction:
+        """Returns the subspace search's result for an update on which the exact search found
+        nothing, its diagnostics beside the exact search's."""
+        found = run_subspace(public, update, self.config, deadline)
+        diagnostics = {**found.diagnostics, "exact": exact.diagnostics}
+        return replace(found, diagnostics=diagnostics)
 
     def _ranked(
         self,
@@ -142,7 +155,7 @@ class Dager(Attack):
         vocab = vocabulary(public)
         reading = read_arithmetic(update, causal=public.family.causal)
         spans = None
-        if noise_search(reading, cfg) is None:
+        if noise_search(reading, cfg) is None and not skips_exact_search(reading, cfg):
             spans = read_spans(public, gradients, vocab, cfg, min_gap=reading.min_gap)
             reading = replace(reading, spectra=self._spectra(public, gradients, spans))
         plan = ranked_plan(reading, ranked_blocks) if ranked_blocks else plan_search(reading, cfg)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 #: Treatments of a noised update (see ``DagerConfig.noise``).
 NOISE_MODES = ("auto", "off", "filter", "beam")
+#: When the continuous subspace search runs (see ``DagerConfig.subspace``).
+SUBSPACE_MODES = ("auto", "off")
 #: Searches for a saturated span (see ``DagerConfig.saturated``).
 SATURATED_SEARCHES = ("rank", "cap")
 
@@ -57,6 +59,12 @@ class DagerConfig:
         rank_branches: most extensions kept per prefix and step (``rank``).
         rank_frontier: most prefixes kept per step (``rank``), those with the best mean score;
             false branches multiply once sentences run past a few dozen tokens.
+        subspace: ``auto`` lets the planner hand an update whose span tests cannot work to the
+            continuous subspace search (:mod:`gradleak.attacks.subspace`): an int8-quantised
+            update, a float32 multi-step delta whose spans are saturated, and a rounded or
+            drifting update on which the exact search found nothing. ``off`` never does.
+        subspace_prior: a causal LM spec (sharing the tokenizer) the subspace search uses as its
+            prior; None: none.
         time_budget: seconds the attack may search one update; when they run out, the best
             current sequences are returned best-effort with that cause. None: no limit.
     """
@@ -85,6 +93,8 @@ class DagerConfig:
     rank_z: float = 6.0
     rank_branches: int = 32
     rank_frontier: int = 256
+    subspace: str = "auto"
+    subspace_prior: str | None = None
     time_budget: float | None = 600.0
 
     def __post_init__(self) -> None:
@@ -93,6 +103,13 @@ class DagerConfig:
         if self.noise not in NOISE_MODES:
             raise ValueError(
                 f"DagerConfig: noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}"
+            )
+        if self.subspace is False:  # a bare "off" reads as false
+            object.__setattr__(self, "subspace", "off")
+        if self.subspace not in SUBSPACE_MODES:
+            raise ValueError(
+                f"DagerConfig: subspace must be one of {', '.join(SUBSPACE_MODES)}, "
+                f"got {self.subspace!r}"
             )
         if self.saturated not in SATURATED_SEARCHES:
             raise ValueError(

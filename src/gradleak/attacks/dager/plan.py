@@ -22,6 +22,11 @@ from gradleak.update import ClientUpdate
 NOISY_DEFENCES = ("noise", "dp-sgd")
 #: Client dtypes whose rounding keeps true rows a rounding step off the span.
 LOSSY_DTYPES = ("bfloat16", "float16")
+#: Roundings so coarse that true rows sit as far off the span as wrong ones (SmolLM2, int8:
+#: residuals 0.05 to 0.5): the exact search is not tried.
+COARSE_ROUNDINGS = ("int8",)
+#: Sequence causes of updates whose rows are only near their spans, not in them.
+_NEAR_SPAN = (CauseKind.LOSSY_UPDATE, CauseKind.DRIFT, CauseKind.PRECISION)
 #: Smallest spectral drop (decades) read as the end of a multi-step weight delta's signal: the
 #: drifting inputs of later blocks blur the gap that a one-step gradient shows.
 DRIFT_MIN_GAP = 0.5
@@ -40,6 +45,8 @@ class SearchKind(str, Enum):
     """Noised updates: the paper's statistical filter (App. C.4)."""
     NOISY_BEAM = "noise-beam"
     """Noised updates: gradleak's soft beam over summed z-scores."""
+    SUBSPACE = "subspace"
+    """Updates no span test can read: the continuous subspace search ranks tokens instead."""
 
 
 @dataclass(frozen=True)
@@ -137,9 +144,13 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
     noise = noise_search(reading, config)
     if noise is not None:
         return SearchPlan(noise, (Cause(CauseKind.NOISE, detail=_noise_detail(reading)),))
+    if skips_exact_search(reading, config):
+        return SearchPlan(SearchKind.SUBSPACE, _rounding_causes(reading))
     if reading.spectra is None:
         raise ValueError("plan_search needs the spans' spectra for an update searched exactly")
     causes = (*_arithmetic_causes(reading), *_rounding_causes(reading))
+    if config.subspace == "auto" and any(c.kind == CauseKind.PRECISION for c in causes):
+        return SearchPlan(SearchKind.SUBSPACE, causes)
     spectra = reading.spectra
     if (
         reading.causal
@@ -157,6 +168,22 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
         peel=config.peel and not causes,
         scan_fallback=bool(causes) and not reading.drifts,
     )
+
+
+def skips_exact_search(reading: UpdateReading, config: DagerConfig) -> bool:
+    """Returns whether the update goes to the subspace search before any span is read: its
+    values were rounded so coarsely that no span test can separate true rows."""
+    return (
+        config.subspace == "auto"
+        and reading.noise_defence is None
+        and reading.rounding in COARSE_ROUNDINGS
+    )
+
+
+def refines_with_subspace(causes: tuple[Cause, ...], found: int, config: DagerConfig) -> bool:
+    """Returns whether an exact search's result is handed to the subspace search: it found no
+    sequence on an update whose rows are only near their spans (rounded or drifting)."""
+    return config.subspace == "auto" and found == 0 and any(c.kind in _NEAR_SPAN for c in causes)
 
 
 def ranked_plan(reading: UpdateReading, blocks: tuple[int, ...]) -> SearchPlan:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -417,6 +417,33 @@ class NoisySearch:
         )
 
 
+class SubspaceSearch:
+    """Updates no span test can read: the continuous subspace search, under DAGER's name."""
+
+    kind = SearchKind.SUBSPACE
+
+    def run(self, job: SearchJob) -> Reconstruction:
+        return run_subspace(job.public, job.update, job.config, job.deadline)
+
+
+def run_subspace(
+    public: PublicModel, update: ClientUpdate, config: DagerConfig, deadline: Deadline
+) -> Reconstruction:
+    """Returns the subspace search's reconstruction of ``update`` under DAGER's settings."""
+    # Imported here: the subspace attack builds on DAGER's modules, which import this one.
+    from gradleak.attacks.subspace import Subspace, SubspaceConfig
+
+    settings = SubspaceConfig(
+        max_length=min(config.max_length, SubspaceConfig.max_length),
+        chunk_size=config.chunk_size,
+        seed=config.seed,
+        prior=config.subspace_prior,
+        time_budget=None,
+    )
+    result = Subspace(settings).attack_gradients(public, update, deadline)
+    return replace(result, attack="dager")
+
+
 #: The search that runs each planned kind.
 SEARCHES: dict[SearchKind, Search] = {
     SearchKind.PREFIX: PrefixSearch(),
@@ -424,6 +451,7 @@ SEARCHES: dict[SearchKind, Search] = {
     SearchKind.RANKED: RankedSearch(),
     SearchKind.NOISY_FILTER: NoisySearch(SearchKind.NOISY_FILTER),
     SearchKind.NOISY_BEAM: NoisySearch(SearchKind.NOISY_BEAM),
+    SearchKind.SUBSPACE: SubspaceSearch(),
 }
 
 

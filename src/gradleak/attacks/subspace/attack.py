@@ -8,7 +8,8 @@ blocks 0..L, snaps it to tokens, and grows each sequence with the candidates tha
 out of a null sample of wrong tokens. Decoders only (prefixes are scored with the model's cache).
 
 Nothing it returns is certified: every sequence carries the :attr:`CauseKind.SUBSPACE` cause, the
-update's own (rounding, noise, drift), and a confidence (:mod:`gradleak.attacks.subspace.confidence`).
+update's own (rounding, noise, drift), and a confidence
+(:mod:`gradleak.attacks.subspace.confidence`).
 """
 
 from __future__ import annotations
@@ -155,4 +156,3 @@ def read_evidence(public: PublicModel, update: ClientUpdate, config: SubspaceCon
 
 def _seconds(config: SubspaceConfig) -> int | None:
     return int(config.time_budget) if config.time_budget is not None else None
-

@@ -20,18 +20,22 @@ class SubspaceConfig:
             rounding floor's lower bound (a rounded update), above the noise bulk (a noised one),
             or the spectrum's largest drop (float32), capped ``rank_cutoff`` below the width.
         rank_cutoff: how far below the input width a basis must stay.
-        shortlist: tokens per position kept by block 0's span (the mixture's support and the
-            null sample's source).
-        steps: optimisation steps of the continuous input at each position (0: none, the
-            shortlist's best are rescored as they are).
+        shortlist: tokens per position closest to block 0's span, every one rescored discretely
+            by blocks ``context_from``..``depth`` (the null sample's source too).
+        mixture: tokens per position the continuous input mixes (block 0's closest): its
+            optimised mixture proposes tokens block 0 ranks past the shortlist.
+        steps: optimisation steps of the continuous input at each position (0: no continuous
+            step, the shortlist alone is rescored).
         lr: the optimiser's step size on the mixture's logits.
-        snap: tokens taken from each optimised mixture (its heaviest), and from block 0's ranking,
-            for the discrete rescoring.
+        snap: tokens taken from each optimised mixture (its heaviest) for the rescoring.
         null: shortlist tokens rescored beside the candidates as the step's null sample; every
             candidate's z-score is read against them.
         beam: prefixes kept per sequence.
         z_stop: how many null standard deviations the best extension must stand below the null's
             mean for a sequence to go on.
+        z_drop: an extension must also reach this fraction of its prefix's median z: past a
+            sentence's end the best wrong token still stands several deviations out of the null
+            (it is in the batch's bag) while true steps stand several times farther.
         batch_size: sequences searched; None takes the disclosed batch size, else the first-token
             candidates standing ``z_stop`` below the rest.
         prior: a causal language model (a model spec) whose next-token log-probabilities break
@@ -50,24 +54,35 @@ class SubspaceConfig:
     context_from: int = 2
     rank: int | None = None
     rank_cutoff: int = 20
-    shortlist: int = 512
-    steps: int = 20
+    shortlist: int = 128
+    mixture: int = 4096
+    steps: int = 4
     lr: float = 0.5
     snap: int = 8
     null: int = 48
     beam: int = 2
     z_stop: float = 3.0
+    z_drop: float = 0.5
     batch_size: int | None = None
     prior: str | None = None
     prior_weight: float = 0.3
     prior_top: int = 8
-    max_length: int = 64
+    max_length: int = 48
     chunk_size: int = 4096
     seed: int = 0
     time_budget: float | None = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("depth", "shortlist", "snap", "null", "beam", "max_length", "chunk_size"):
+        for name in (
+            "depth",
+            "shortlist",
+            "mixture",
+            "snap",
+            "null",
+            "beam",
+            "max_length",
+            "chunk_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"SubspaceConfig: {name} must be positive, got {getattr(self, name)}"

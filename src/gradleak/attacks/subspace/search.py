@@ -7,7 +7,8 @@ batch size). Each later position, for every live prefix: the continuous step
 theirs, and all of them are scored discretely beside a null sample of shortlisted tokens. A
 candidate's evidence is its z-score against that null, per block, combined as Stouffer's sum;
 each sequence keeps its ``beam`` best prefixes by summed evidence (plus the prior's weighted
-log-likelihood), and a prefix ends where no extension stands ``z_stop`` below the null.
+log-likelihood), and a prefix ends where no extension stands ``z_stop`` below the null and
+within ``z_drop`` of the prefix's median evidence.
 """
 
 from __future__ import annotations
@@ -160,29 +161,29 @@ def _step(
     prior: NextTokenPrior | None,
     generator: torch.Generator,
 ) -> tuple[list[Grown], PrefixState | None, list[Grown]]:
-    ids, token_scores = evidence.shortlist(position, config.shortlist)
-    snapped = relaxed_candidates(
-        evidence.probe,
-        evidence.spans,
-        state,
-        ids,
-        token_scores,
-        prefixes=len(live),
-        steps=config.steps,
-        lr=config.lr,
-        snap=config.snap,
-    )
-    pool = [snapped.flatten(), ids[: config.snap]]
+    ids, _ = evidence.shortlist(position, config.shortlist)
+    pool = [ids]
+    if config.steps:
+        support, support_scores = evidence.shortlist(position, config.mixture)
+        snapped = relaxed_candidates(
+            evidence.probe,
+            evidence.spans,
+            state,
+            support,
+            support_scores,
+            prefixes=len(live),
+            steps=config.steps,
+            lr=config.lr,
+            snap=config.snap,
+        )
+        pool.append(snapped.flatten())
     log_probs = prior.log_probs([g.ids for g in live]) if prior is not None else None
     if log_probs is not None and config.prior_top:
         pool.append(torch.topk(log_probs, config.prior_top, dim=-1).indices.flatten())
-    null = ids[torch.randperm(len(ids), generator=generator)[: config.null]]
-    candidates = torch.unique(torch.cat(pool))
-    candidates = candidates[~torch.isin(candidates, null)]
-    every = torch.cat([candidates, null])
-    rows = evidence.probe.branch(state, every)
-    views = evidence.views(rows, shallowest=config.context_from)
-    z = stouffer(views, views[:, len(candidates) :])  # (P, C)
+    every = torch.unique(torch.cat(pool))
+    null = torch.isin(every, ids[torch.randperm(len(ids), generator=generator)[: config.null]])
+    views = _branch_views(evidence, state, every, config)
+    z = stouffer(views, views[:, null])  # (P, C)
     # A RoPE model's rows for a repeated token repeat the previous position's (attention over
     # identical keys and values), so a batch's first token would pass at every later position.
     last = torch.tensor([g.ids[-1] for g in live])
@@ -208,6 +209,25 @@ def _step(
     return grown, grown_state, ended
 
 
+def cutoff(zs: tuple[float, ...], config: SubspaceConfig) -> float:
+    """Returns the z an extension of a prefix with per-position evidence ``zs`` must reach:
+    ``-z_stop``, or ``z_drop`` times the median of its steps after the first when lower."""
+    steps = torch.tensor(zs[1:] or zs, dtype=torch.float64)
+    return min(-config.z_stop, config.z_drop * float(steps.median()))
+
+
+def _branch_views(
+    evidence: Evidence, state: PrefixState, every: torch.Tensor, config: SubspaceConfig
+) -> torch.Tensor:
+    """Returns (P, C, L) log residuals of every prefix extended by each of ``every``."""
+    per_pass = max(1, config.chunk_size // max(1, state.size))
+    parts = [
+        evidence.views(evidence.probe.branch(state, chunk), shallowest=config.context_from)
+        for chunk in every.split(per_pass)
+    ]
+    return torch.cat(parts, dim=1)
+
+
 def _select(
     live: list[Grown],
     every: torch.Tensor,
@@ -216,9 +236,10 @@ def _select(
     config: SubspaceConfig,
 ) -> tuple[list[tuple[int, int]], list[Grown]]:
     """Returns the kept (prefix, candidate) extensions, each sequence's ``beam`` best, and the
-    prefixes that end here (no extension stands ``z_stop`` below the null)."""
+    prefixes that end here (no extension reaches its :func:`cutoff`)."""
     totals = torch.tensor([g.total for g in live], dtype=score.dtype)[:, None] + score
-    totals = torch.where(z < -config.z_stop, totals, torch.full_like(totals, math.inf))
+    cutoffs = torch.tensor([cutoff(g.zs, config) for g in live], dtype=z.dtype)[:, None]
+    totals = torch.where(z < cutoffs, totals, torch.full_like(totals, math.inf))
     ended = [g for i, g in enumerate(live) if not bool(torch.isfinite(totals[i]).any())]
     kept: list[tuple[int, int]] = []
     for sequence in dict.fromkeys(g.sequence for g in live):
