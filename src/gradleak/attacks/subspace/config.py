@@ -13,9 +13,10 @@ class SubspaceConfig:
         depth: the deepest block whose span scores prefixes (blocks 1..depth; block 0 scores
             tokens). Deeper blocks mix more context into a row: on an int8 SmolLM2 update block 3
             ranks the true next token first twice as often as block 1.
-        context_from: the shallowest block whose span scores positions after the first: block 1's
-            rows are mostly their token's embedding, so it scores the batch's whole bag alike at
-            every position (it scores first tokens, whose rows carry no context, well).
+        context_from: the shallowest block whose span scores positions after the first; None:
+            block 1 where positions are learned (its rows carry the position), block 2 for rotary
+            models, whose block-1 rows are mostly their token's embedding, so block 1 scores the
+            batch's whole bag alike at every position (it scores first tokens well).
         rank: rank of every basis; None reads it per block: the singular values above the
             rounding floor's lower bound (a rounded update), above the noise bulk (a noised one),
             or the spectrum's largest drop (float32), capped ``rank_cutoff`` below the width.
@@ -36,6 +37,8 @@ class SubspaceConfig:
         z_drop: an extension must also reach this fraction of its prefix's median z: past a
             sentence's end the best wrong token still stands several deviations out of the null
             (it is in the batch's bag) while true steps stand several times farther.
+        patience: consecutive extensions short of the ``z_drop`` test a prefix may take (each
+            still ``z_stop`` out); trailing ones are trimmed off the result.
         batch_size: sequences searched; None takes the disclosed batch size, else the first-token
             candidates standing ``z_stop`` below the rest.
         prior: a causal language model (a model spec) whose next-token log-probabilities break
@@ -51,7 +54,7 @@ class SubspaceConfig:
     """
 
     depth: int = 3
-    context_from: int = 2
+    context_from: int | None = None
     rank: int | None = None
     rank_cutoff: int = 20
     shortlist: int = 128
@@ -63,6 +66,7 @@ class SubspaceConfig:
     beam: int = 2
     z_stop: float = 3.0
     z_drop: float = 0.5
+    patience: int = 2
     batch_size: int | None = None
     prior: str | None = None
     prior_weight: float = 0.3
@@ -87,7 +91,7 @@ class SubspaceConfig:
                 raise ValueError(
                     f"SubspaceConfig: {name} must be positive, got {getattr(self, name)}"
                 )
-        for name in ("steps", "prior_top", "rank_cutoff"):
+        for name in ("steps", "prior_top", "rank_cutoff", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SubspaceConfig: {name} must be >= 0, got {getattr(self, name)}")
         if self.rank is not None and self.rank < 1:

@@ -8,7 +8,8 @@ theirs, and all of them are scored discretely beside a null sample of shortliste
 candidate's evidence is its z-score against that null, per block, combined as Stouffer's sum;
 each sequence keeps its ``beam`` best prefixes by summed evidence (plus the prior's weighted
 log-likelihood), and a prefix ends where no extension stands ``z_stop`` below the null and
-within ``z_drop`` of the prefix's median evidence.
+within ``z_drop`` of the prefix's median evidence (``patience`` such steps are tolerated, and
+trimmed off the end unless a confirmed one follows).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Grown:
     ids: tuple[int, ...]
     zs: tuple[float, ...]
     total: float
+    quiet: int = 0
 
 
 def stouffer(views: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
@@ -142,7 +144,7 @@ def grow(
         live, state, ended = _step(evidence, config, live, state, position, prior, generator)
         finished += ended
         positions += 1
-    finished += live
+    finished = [trimmed(g, config) for g in (*finished, *live)]
     if timings is not None:
         timings["positions"] = positions
     best: dict[int, Grown] = {}
@@ -182,7 +184,7 @@ def _step(
         pool.append(torch.topk(log_probs, config.prior_top, dim=-1).indices.flatten())
     every = torch.unique(torch.cat(pool))
     null = torch.isin(every, ids[torch.randperm(len(ids), generator=generator)[: config.null]])
-    views = _branch_views(evidence, state, every, config)
+    views = _branch_views(evidence, state, every, context_from(evidence, config))
     z = stouffer(views, views[:, null])  # (P, C)
     # A RoPE model's rows for a repeated token repeat the previous position's (attention over
     # identical keys and values), so a batch's first token would pass at every later position.
@@ -203,10 +205,23 @@ def _step(
             live[p].ids + (int(every[c]),),
             live[p].zs + (float(z[p, c]),),
             live[p].total + float(score[p, c]),
+            quiet=0 if float(z[p, c]) <= cutoff(live[p].zs, config) else live[p].quiet + 1,
         )
         for p, c in extensions
     ]
     return grown, grown_state, ended
+
+
+def trimmed(prefix: Grown, config: SubspaceConfig) -> Grown:
+    """Returns ``prefix`` without its trailing steps short of the ``z_drop`` test (tolerated by
+    ``patience``, then never confirmed)."""
+    end = len(prefix.zs)
+    while end > 1 and prefix.zs[end - 1] > cutoff(prefix.zs[: end - 1], config):
+        end -= 1
+    if end == len(prefix.zs):
+        return prefix
+    total = prefix.total - sum(prefix.zs[end:])
+    return Grown(prefix.sequence, prefix.ids[:end], prefix.zs[:end], total)
 
 
 def cutoff(zs: tuple[float, ...], config: SubspaceConfig) -> float:
@@ -216,13 +231,20 @@ def cutoff(zs: tuple[float, ...], config: SubspaceConfig) -> float:
     return min(-config.z_stop, config.z_drop * float(steps.median()))
 
 
+def context_from(evidence: Evidence, config: SubspaceConfig) -> int:
+    """Returns the shallowest block scoring later positions (see ``SubspaceConfig``)."""
+    if config.context_from is not None:
+        return config.context_from
+    return 1 if evidence.per_position else 2
+
+
 def _branch_views(
-    evidence: Evidence, state: PrefixState, every: torch.Tensor, config: SubspaceConfig
+    evidence: Evidence, state: PrefixState, every: torch.Tensor, shallowest: int
 ) -> torch.Tensor:
     """Returns (P, C, L) log residuals of every prefix extended by each of ``every``."""
-    per_pass = max(1, config.chunk_size // max(1, state.size))
+    per_pass = max(1, evidence.chunk_size // max(1, state.size))
     parts = [
-        evidence.views(evidence.probe.branch(state, chunk), shallowest=config.context_from)
+        evidence.views(evidence.probe.branch(state, chunk), shallowest=shallowest)
         for chunk in every.split(per_pass)
     ]
     return torch.cat(parts, dim=1)
@@ -239,7 +261,9 @@ def _select(
     prefixes that end here (no extension reaches its :func:`cutoff`)."""
     totals = torch.tensor([g.total for g in live], dtype=score.dtype)[:, None] + score
     cutoffs = torch.tensor([cutoff(g.zs, config) for g in live], dtype=z.dtype)[:, None]
-    totals = torch.where(z < cutoffs, totals, torch.full_like(totals, math.inf))
+    patient = torch.tensor([g.quiet < config.patience for g in live])[:, None]
+    allowed = (z <= cutoffs) | (patient & (z < -config.z_stop))
+    totals = torch.where(allowed, totals, torch.full_like(totals, math.inf))
     ended = [g for i, g in enumerate(live) if not bool(torch.isfinite(totals[i]).any())]
     kept: list[tuple[int, int]] = []
     for sequence in dict.fromkeys(g.sequence for g in live):
