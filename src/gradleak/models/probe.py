@@ -302,7 +302,9 @@ class LinearInputProbe:
         missing = [name for name in self._by_module if name not in captured]
         if missing:
             raise RuntimeError(f"the forward pass never reached {missing}")
-        shape = tuple(input_ids.shape)
+        shape = tuple(
+            input_ids.shape if input_ids is not None else kwargs["inputs_embeds"].shape[:-1]
+        )
         return {layer: _per_position(captured[layer.module_name], shape) for layer in self.layers}
 
 
