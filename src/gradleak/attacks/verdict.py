@@ -51,6 +51,9 @@ class CauseKind(str, Enum):
     """Grown by a ranking search, which orders candidates but proves none."""
     PEELED_REST = "peeled_rest"
     """Found on what best-effort peels left, whose spans hold only if every peel was exact."""
+    DROPOUT = "dropout"
+    """The client trained with dropout on: tokens were proved under fitted masks, but linked into
+    sentences by a ranking."""
     OPTIMIZATION = "optimization"
     """Decoded from an optimisation attack, which has no span test."""
     SUBSPACE = "subspace"
@@ -276,6 +279,13 @@ _SENTENCES = {
     ),
     CauseKind.NO_SEQUENCES: lambda c: (
         f"tokens passed block 0 but no sequence passed {_block(c)} span test."
+    ),
+    CauseKind.DROPOUT: lambda c: (
+        f"the client computed its update with dropout on ({c.detail or 'rate unknown'}): each "
+        "token was proved at its position by a dropout mask that fits its row into block 0's "
+        "span, but the tokens were linked into sentences by ranking block 0's attention-output "
+        "residuals (its attention weights were dropped too), which proves no link; the sequence "
+        "is best-effort."
     ),
     CauseKind.UNSUPPORTED: lambda c: f"{c.detail or 'this search does not apply here'}.",
 }

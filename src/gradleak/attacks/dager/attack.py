@@ -56,6 +56,7 @@ from gradleak.attacks.dager.spans import DagerSpans, max_positions, read_spans, 
 from gradleak.attacks.dager.targets import complete_next_token
 from gradleak.attacks.dager.tokens import embedding_bag, searched_vocabulary
 from gradleak.attacks.verdict import CauseKind
+from gradleak.models.dropout_site import input_dropout
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
 
@@ -153,7 +154,10 @@ class Dager(Attack):
         cfg = self.config
         started = time.perf_counter()
         vocab = vocabulary(public)
-        reading = read_arithmetic(update, causal=public.family.causal)
+        site = input_dropout(public.family) if update.metadata.train_mode else None
+        reading = read_arithmetic(
+            update, causal=public.family.causal, dropout=site.rate if site else None
+        )
         spans = None
         if noise_search(reading, cfg) is None and not skips_exact_search(reading, cfg):
             spans = read_spans(public, gradients, vocab, cfg, min_gap=reading.min_gap)

@@ -92,9 +92,10 @@ def link_prefixes(
         fit = rows.residuals(pairs)[:, position].reshape(len(alive), len(tokens))
         chosen = _assign(fit)
         for slot, index in enumerate(alive):
-            if chosen[slot] is not None:
-                prefixes[index] += (tokens[chosen[slot]],)
-                scores[index].append(float(fit[slot, chosen[slot]]))
+            pick = chosen[slot]
+            if pick is not None:
+                prefixes[index] += (tokens[pick],)
+                scores[index].append(float(fit[slot, pick]))
         alive = [index for slot, index in enumerate(alive) if chosen[slot] is not None]
     return Linked(tuple(prefixes), tuple(tuple(s) for s in scores))
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.oracle import SpanOracle
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.dropout_site import DropoutSite, single_token_inputs
@@ -32,6 +33,10 @@ from gradleak.models.families.base import ArchitectureFamily
 #: Lowest false residual / highest true residual observed is ~1e3; below this nothing was dropped
 #: that mattered, so the toggles stop.
 _TOGGLE_GAIN = 1e-14
+#: A toggled row's residual above this (float rounding is ~1e-7) is pursued again.
+_STALLED = 1e-4
+#: Stalled rows of a position's shortlist pursued, surest (lowest clean residual) first.
+PURSUED = 16
 
 
 class _Stop(Exception):
@@ -164,19 +169,36 @@ def widened_complement(oracle: SpanOracle, free: torch.Tensor) -> torch.Tensor:
     return torch.eye(basis.shape[1], dtype=torch.float64) - q @ q.T
 
 
-def fit_masks(targets: torch.Tensor, projector: torch.Tensor, *, max_toggles: int) -> MaskFit:
+def fit_masks(
+    targets: torch.Tensor,
+    projector: torch.Tensor,
+    *,
+    max_toggles: int,
+    pursued: int | None = None,
+) -> MaskFit:
     """Returns, per target row ``w``, a mask ``m`` that puts ``w * m`` in the span (``projector``
     onto its complement), and the relative size of the part left outside.
 
-    The dropped coordinates are found by orthogonal matching pursuit on ``P w = sum_{j dropped}
-    w_j P e_j`` (free coefficients, refitted each step, which a row resembling another token's
-    row does not mislead), read off where the fitted coefficient is nearer ``w_j`` than 0, and
-    polished by greedy toggles with the coefficients known.
+    Greedy toggles with the coefficients known fit most rows. A row whose toggles stall (one
+    resembling another token's row in the span can mislead them) is pursued: its dropped
+    coordinates are found by orthogonal matching pursuit on ``P w = sum_{j dropped} w_j P e_j``
+    (free coefficients, refitted each step), read off where the fitted coefficient is nearer
+    ``w_j`` than 0, and polished by toggles. Only the first ``pursued`` stalled rows are (all
+    when None): callers order rows by how likely they are to fit.
     """
     with _one_thread():
         w = targets.double()
-        keep = _pursuit(w, projector, max_toggles)
-        return _toggle(w, projector, max_toggles, keep)
+        fit = _toggle(w, projector, max_toggles, torch.ones_like(w, dtype=torch.bool))
+        stalled = torch.nonzero(fit.residuals > _STALLED).flatten()[:pursued]
+        if stalled.numel() == 0:
+            return fit
+        keep = _pursuit(w[stalled], projector, max_toggles)
+        retried = _toggle(w[stalled], projector, max_toggles, keep)
+        better = retried.residuals < fit.residuals[stalled]
+        residuals, masks = fit.residuals.clone(), fit.keep.clone()
+        residuals[stalled[better]] = retried.residuals[better]
+        masks[stalled[better]] = retried.keep[better]
+        return MaskFit(residuals, masks)
 
 
 def _pursuit(w: torch.Tensor, projector: torch.Tensor, steps: int) -> torch.Tensor:
@@ -272,6 +294,7 @@ def scan_masked_tokens(
     max_length: int,
     shortlist: int,
     chunk_size: int,
+    deadline: Deadline = NO_DEADLINE,
 ) -> MaskedScan:
     """Returns the tokens some mask fits into block 0's span, per position, until a position
     where none does.
@@ -287,10 +310,14 @@ def scan_masked_tokens(
     sets, residuals, keeps = [], [], []
     threshold = None
     for position in range(max_length):
+        if deadline.expired():
+            break
         clean = _clean_residuals(model, widened, vocab, position, chunk_size)
         short = torch.argsort(clean)[:shortlist]
         unmasked = model.unmasked(vocab[short], position)
-        fit = fit_masks(model.targets(unmasked).cpu(), projector, max_toggles=max_toggles)
+        fit = fit_masks(
+            model.targets(unmasked).cpu(), projector, max_toggles=max_toggles, pursued=PURSUED
+        )
         tested = oracle.basis.residuals(model.rows(unmasked, fit.keep.to(unmasked.device)))
         tested = tested.cpu()
         if threshold is None:

@@ -45,6 +45,8 @@ class SearchKind(str, Enum):
     """Noised updates: the paper's statistical filter (App. C.4)."""
     NOISY_BEAM = "noise-beam"
     """Noised updates: gradleak's soft beam over summed z-scores."""
+    DROPOUT = "dropout"
+    """Updates computed with dropout on: block 0's rows fitted under masks, linked by ranking."""
     SUBSPACE = "subspace"
     """Updates no span test can read: the continuous subspace search ranks tokens instead."""
 
@@ -78,6 +80,8 @@ class UpdateReading:
         rounding: how the update's values were rounded coarser than float32 (a 16-bit dtype or
             a recorded quantisation scheme), or None.
         spectra: what the spans show; None until they are read (a noised update needs none).
+        dropout: the rate of the dropout that masked block 0's rows, where the client trained
+            with dropout on and the model has one; None otherwise.
     """
 
     causal: bool
@@ -86,6 +90,7 @@ class UpdateReading:
     dtype: str = "float32"
     rounding: str | None = None
     spectra: Spectra | None = None
+    dropout: float | None = None
 
     @property
     def drifts(self) -> bool:
@@ -120,8 +125,11 @@ class SearchPlan:
         return not self.causes
 
 
-def read_arithmetic(update: ClientUpdate, *, causal: bool) -> UpdateReading:
-    """Returns what the update's metadata says of its arithmetic (no spectra yet)."""
+def read_arithmetic(
+    update: ClientUpdate, *, causal: bool, dropout: float | None = None
+) -> UpdateReading:
+    """Returns what the update's metadata says of its arithmetic (no spectra yet); ``dropout`` is
+    the rate of the model's dropout before block 0, which counts only if the client trained."""
     meta = update.metadata
     steps = None
     if meta.kind == "weight_delta" and meta.local_steps != 1:
@@ -132,6 +140,7 @@ def read_arithmetic(update: ClientUpdate, *, causal: bool) -> UpdateReading:
         local_steps=steps,
         dtype=meta.dtype,
         rounding=lossy_rounding(meta.dtype, meta.defence),
+        dropout=dropout if meta.train_mode and dropout else None,
     )
 
 
@@ -149,6 +158,9 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
     if reading.spectra is None:
         raise ValueError("plan_search needs the spans' spectra for an update searched exactly")
     causes = (*_arithmetic_causes(reading), *_rounding_causes(reading))
+    if reading.dropout is not None:
+        masked = Cause(CauseKind.DROPOUT, detail=f"p = {reading.dropout:g}")
+        return SearchPlan(SearchKind.DROPOUT, (*causes, masked))
     if config.subspace == "auto" and any(c.kind == CauseKind.PRECISION for c in causes):
         return SearchPlan(SearchKind.SUBSPACE, causes)
     spectra = reading.spectra

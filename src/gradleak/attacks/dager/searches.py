@@ -21,6 +21,7 @@ from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
+from gradleak.attacks.dager.dropout import DropoutSearch
 from gradleak.attacks.dager.encoder import search_sentences
 from gradleak.attacks.dager.noisy import reconstruct_noisy
 from gradleak.attacks.dager.oracle import build_oracle
@@ -452,6 +453,7 @@ SEARCHES: dict[SearchKind, Search] = {
     SearchKind.NOISY_FILTER: NoisySearch(SearchKind.NOISY_FILTER),
     SearchKind.NOISY_BEAM: NoisySearch(SearchKind.NOISY_BEAM),
     SearchKind.SUBSPACE: SubspaceSearch(),
+    SearchKind.DROPOUT: DropoutSearch(),
 }
 
 
