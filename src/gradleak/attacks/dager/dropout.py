@@ -63,6 +63,7 @@ class DropoutSearch:
             "dropout": {"module": site.module_name, "rate": site.rate, "norm": site.norm_name},
             "tau1": scan.threshold,
             "tokens_per_position": [len(s) for s in scan.sets],
+            "guessed_positions": list(scan.holes),
         }
         if not scan.sets:
             batch = (*causes, Cause(CauseKind.NO_TOKENS, block=0))

@@ -141,7 +141,9 @@ def link_sentences(
     for _ in range(_SWEEPS):
         moved = False
         for position, tokens in enumerate(scan.sets):
+            lengths = [len(sentence) for sentence in sentences]
             moved |= _best_assignment(rows, sentences, lengths, position, tokens)
+        moved |= _swap_suffixes(rows, sentences)
         if not moved:
             break
     fit = rows.residuals(sentences)
@@ -193,6 +195,26 @@ def _best_assignment(
         changed |= sentences[member][position] != token
         sentences[member][position] = token
     return changed
+
+
+def _swap_suffixes(rows: _Rows, sentences: list[list[int]]) -> bool:
+    """Swaps the tails of two sentences from a position on wherever that lowers their summed
+    residual (two sentences that traded tails fit worse token by token in either order, so the
+    position-wise moves alone cannot untangle them); returns whether any swap was made."""
+    swapped = False
+    for first, second in itertools.combinations(range(len(sentences)), 2):
+        a, b = sentences[first], sentences[second]
+        cuts = range(1, min(len(a), len(b)))
+        trials = [a, b]
+        for cut in cuts:
+            trials += [a[:cut] + b[cut:], b[:cut] + a[cut:]]
+        totals = torch.nan_to_num(rows.residuals(trials), nan=0.0).sum(1)
+        pair_totals = totals.reshape(-1, 2).sum(1)
+        best = int(torch.argmin(pair_totals))
+        if best > 0 and float(pair_totals[best]) < float(pair_totals[0]):
+            sentences[first], sentences[second] = trials[2 * best], trials[2 * best + 1]
+            swapped = True
+    return swapped
 
 
 def _cheapest_cover(fit: torch.Tensor) -> list[int]:

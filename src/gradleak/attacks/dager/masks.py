@@ -36,7 +36,10 @@ _TOGGLE_GAIN = 1e-14
 #: A toggled row's residual above this (float rounding is ~1e-7) is pursued again.
 _STALLED = 1e-4
 #: Stalled rows of a position's shortlist pursued, surest (lowest clean residual) first.
-PURSUED = 16
+PURSUED = 32
+#: Consecutive positions where no token passes before the scan ends (a true token whose mask
+#: fit stalled leaves a hole, not the end of the batch).
+MAX_HOLES = 2
 
 
 class _Stop(Exception):
@@ -278,12 +281,14 @@ class MaskedScan:
         residuals: their residuals (the masked rows' distances to block 0's span).
         keep: their fitted masks (n_p, d).
         threshold: the residual that accepted them (from the largest gap at position 0).
+        holes: positions where no token passed but a later one did; each holds its best guess.
     """
 
     sets: tuple[torch.Tensor, ...]
     residuals: tuple[torch.Tensor, ...]
     keep: tuple[torch.Tensor, ...]
     threshold: float
+    holes: tuple[int, ...] = ()
 
 
 def scan_masked_tokens(
@@ -296,8 +301,9 @@ def scan_masked_tokens(
     chunk_size: int,
     deadline: Deadline = NO_DEADLINE,
 ) -> MaskedScan:
-    """Returns the tokens some mask fits into block 0's span, per position, until a position
-    where none does.
+    """Returns the tokens some mask fits into block 0's span, per position, until
+    ``MAX_HOLES + 1`` positions in a row where none does (a lone empty position keeps its best
+    guess, listed in ``holes``).
 
     Each position's vocabulary is shortlisted by its clean residual (a masked true row keeps
     most of its clean row, so it ranks near the top), the shortlist's masks are fitted, and a
@@ -308,6 +314,7 @@ def scan_masked_tokens(
     widened = torch.linalg.qr(torch.cat([oracle.basis.basis.double().cpu(), free]).T)[0].T.float()
     max_toggles = int(model.site.rate * projector.shape[0] * 2) + 16
     sets, residuals, keeps = [], [], []
+    holes: list[int] = []
     threshold = None
     for position in range(max_length):
         if deadline.expired():
@@ -327,12 +334,18 @@ def scan_masked_tokens(
             threshold = split.threshold()
         accepted = torch.nonzero(tested < threshold).flatten()
         if accepted.numel() == 0:
-            break
+            if holes[-MAX_HOLES:] == list(range(position - MAX_HOLES, position)):
+                break
+            holes.append(position)
+            accepted = torch.argmin(tested).reshape(1)  # the best guess, in case more follow
         order = accepted[torch.argsort(tested[accepted])]
         sets.append(vocab[short[order]])
         residuals.append(tested[order])
         keeps.append(fit.keep[order])
-    return MaskedScan(tuple(sets), tuple(residuals), tuple(keeps), threshold or 0.0)
+    while holes and holes[-1] == len(sets) - 1:  # guesses past the last proved position
+        holes.pop()
+        sets.pop(), residuals.pop(), keeps.pop()
+    return MaskedScan(tuple(sets), tuple(residuals), tuple(keeps), threshold or 0.0, tuple(holes))
 
 
 def _clean_residuals(
