@@ -239,7 +239,8 @@ def main() -> None:
         "--only",
         nargs="*",
         default=None,
-        help="cell names, groups (fedavg, noise, dpsgd, lora, dropout) or substrings (default: all)",
+        help="cell names, groups (fedavg, noise, dpsgd, lora, dropout) or substrings "
+        "(default: all)",
     )
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--seed", type=int, default=101)
