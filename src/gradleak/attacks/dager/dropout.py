@@ -90,6 +90,7 @@ class DropoutSearch:
         size = batch_size(public, job.update, job.gradients)
         count = size.value if size is not None else None
         if public.family.causal:
-            return link_prefixes(model, scan, output, batch_size=count)
+            rows_total = job.require_spans().token.basis.rank
+            return link_prefixes(model, scan, output, batch_size=count, rows_total=rows_total)
         end = getattr(public.tokenizer, "sep_token_id", None)
         return link_sentences(model, scan, output, batch_size=count, end_token=end)

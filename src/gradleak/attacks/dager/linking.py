@@ -76,28 +76,67 @@ class _Rows:
 
 
 def link_prefixes(
-    model: MaskModel, scan: MaskedScan, output: SpanOracle, *, batch_size: int | None
+    model: MaskModel,
+    scan: MaskedScan,
+    output: SpanOracle,
+    *,
+    batch_size: int | None,
+    rows_total: int | None = None,
 ) -> Linked:
-    """Returns the prefixes grown from the proved tokens of a decoder, one per sentence."""
+    """Returns the prefixes grown from the proved tokens of a decoder, one per sentence, with
+    heads traded where whole sentences fit better that way and, where ``rows_total`` (block 0's
+    rank: every masked row is distinct, so it counts the batch's tokens) is exceeded, the worst
+    continuations that reuse another prefix's token cut."""
     rows = _Rows(model, scan, output)
     first = [int(t) for t in scan.sets[0]]
     wanted = max(batch_size or len(first), len(first))
-    prefixes: list[tuple[int, ...]] = [(t,) for t in first]
-    prefixes += [prefixes[i % len(first)] for i in range(wanted - len(first))]
-    scores: list[list[float]] = [[0.0] for _ in prefixes]
+    prefixes: list[list[int]] = [[t] for t in first]
+    prefixes += [list(prefixes[i % len(first)]) for i in range(wanted - len(first))]
     alive = list(range(len(prefixes)))
     for position in range(1, len(scan.sets)):
         tokens = [int(t) for t in scan.sets[position]]
-        pairs = [prefixes[i] + (t,) for i in alive for t in tokens]
+        pairs = [prefixes[i] + [t] for i in alive for t in tokens]
         fit = rows.residuals(pairs)[:, position].reshape(len(alive), len(tokens))
         chosen = _assign(fit)
         for slot, index in enumerate(alive):
             pick = chosen[slot]
             if pick is not None:
-                prefixes[index] += (tokens[pick],)
-                scores[index].append(float(fit[slot, pick]))
+                prefixes[index].append(tokens[pick])
         alive = [index for slot, index in enumerate(alive) if chosen[slot] is not None]
-    return Linked(tuple(prefixes), tuple(tuple(s) for s in scores))
+    for _ in range(_SWEEPS):
+        if not _swap_suffixes(rows, prefixes):
+            break
+    if rows_total is not None:
+        _cut_reused_ends(rows, prefixes, rows_total)
+    return _linked(rows, prefixes)
+
+
+def _cut_reused_ends(rows: _Rows, sentences: list[list[int]], rows_total: int) -> None:
+    """Cuts, while the sentences hold more tokens than the batch has rows, the last token that
+    another sentence also holds at that position and whose row fits worst."""
+    while sum(map(len, sentences)) > rows_total:
+        fit = rows.residuals(sentences)
+        ends = [
+            (float(fit[s, len(sentence) - 1]), s)
+            for s, sentence in enumerate(sentences)
+            if len(sentence) > 1
+            and any(
+                len(other) >= len(sentence) and other[len(sentence) - 1] == sentence[-1]
+                for o, other in enumerate(sentences)
+                if o != s
+            )
+        ]
+        if not ends:
+            return
+        sentences[max(ends)[1]].pop()
+
+
+def _linked(rows: _Rows, sentences: list[list[int]]) -> Linked:
+    fit = rows.residuals(sentences)
+    residuals = tuple(
+        tuple(float(r) for r in fit[s, : len(sentence)]) for s, sentence in enumerate(sentences)
+    )
+    return Linked(tuple(tuple(s) for s in sentences), residuals)
 
 
 def _assign(fit: torch.Tensor) -> list[int | None]:
@@ -146,11 +185,7 @@ def link_sentences(
         moved |= _swap_suffixes(rows, sentences)
         if not moved:
             break
-    fit = rows.residuals(sentences)
-    residuals = tuple(
-        tuple(float(r) for r in fit[s, : len(sentence)]) for s, sentence in enumerate(sentences)
-    )
-    return Linked(tuple(tuple(s) for s in sentences), residuals)
+    return _linked(rows, sentences)
 
 
 def _lengths(scan: MaskedScan, batch_size: int | None, end_token: int | None) -> list[int]:
