@@ -42,3 +42,14 @@ def test_several_local_steps_are_recovered_as_best_effort(gpt2_double):
     result, exact = recovered(gpt2_double, update)
     assert exact
     assert not result.certified and "weight delta over 4 local steps" in result.reason
+
+
+def test_a_multi_step_delta_is_never_counted_from_its_rank(gpt2_double):
+    from gradleak.attacks.dager.accounting import batch_size
+
+    batch = Batch(texts=TEXTS, labels=(0, 1))
+    several = ClientSettings(algo="fedavg", local_epochs=2, mini_batch=1, lr=1e-4)
+    update = simulate_update(gpt2_double, batch, settings=several)
+    assert batch_size(gpt2_double, update, update.gradients()) is None
+    one = simulate_update(gpt2_double, batch)
+    assert batch_size(gpt2_double, one, one.gradients()).value == 2

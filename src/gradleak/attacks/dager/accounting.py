@@ -17,6 +17,7 @@ import torch
 
 from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.budget import Deadline
+from gradleak.attacks.dager.plan import read_arithmetic
 from gradleak.attacks.optimization.shape import Estimate, estimate_batch_size
 from gradleak.attacks.verdict import Cause, CauseKind
 from gradleak.models.loading import PublicModel
@@ -26,9 +27,17 @@ from gradleak.update import ClientUpdate
 def batch_size(
     public: PublicModel, update: ClientUpdate, gradients: Mapping[str, torch.Tensor]
 ) -> Estimate | None:
-    """Returns how many sequences the batch holds, and how that is known, or None."""
+    """Returns how many sequences the batch holds, and how that is known, or None.
+
+    Only a one-step update in full precision is counted from its rank: a weight delta over
+    several steps, a noised or a rounded gradient has no rank that counts rows, and a wrong count
+    would cut true sequences as surplus.
+    """
     if update.metadata.batch_size is not None:
         return Estimate(update.metadata.batch_size, "disclosed by the client")
+    reading = read_arithmetic(update, causal=public.family.causal)
+    if reading.drifts or reading.noise_defence or reading.rounding:
+        return None
     return estimate_batch_size(public.family, gradients, task=public.task)
 
 
