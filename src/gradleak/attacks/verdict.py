@@ -49,6 +49,11 @@ class CauseKind(str, Enum):
     """Some position's residual did not pass the certifying span test."""
     RANKED = "ranked"
     """Grown by a ranking search, which orders candidates but proves none."""
+    PROJECTED = "projected"
+    """First LoRA round: only each row's image through the adapter's A factor (r < d) was tested."""
+    PURSUIT = "pursuit"
+    """Past an adapter's rank limit: rows found by a sparse pursuit, which explains the gradient
+    but proves no row, and cannot order a bag of tokens without positions."""
     PEELED_REST = "peeled_rest"
     """Found on what best-effort peels left, whose spans hold only if every peel was exact."""
     DROPOUT = "dropout"
@@ -249,6 +254,16 @@ _SENTENCES = {
         "the sequence was grown by gradleak's ranked search: each step keeps the candidates that "
         f"the MLP down-projection span of block(s) {c.detail or '0'} ranks far above the rest, "
         "which proves none of them."
+    ),
+    CauseKind.PROJECTED: lambda c: (
+        "first LoRA round (the B factor was still zero): rows were tested through the known A "
+        f"factor, so only their {c.count or 'r'}-dimensional image was shown to lie in the span, "
+        "not the rows themselves; the sequence is best-effort."
+    ),
+    CauseKind.PURSUIT: lambda c: (
+        "the batch has at least as many distinct rows as the LoRA adapters' rank, so no span test "
+        "applies: a sparse pursuit found rows that explain the adapters' gradient, which proves "
+        f"none of them{f' ({c.detail})' if c.detail else ''}."
     ),
     CauseKind.PEELED_REST: lambda c: (
         "the sequence was found on what was left after peeling best-effort sentences off the update"

@@ -2,7 +2,8 @@
 
 Nothing a search misses is dropped silently. The batch size is the client's when disclosed, else
 read from the gradient where it shows (a classifier's last MLP sees one row per sequence,
-:func:`gradleak.attacks.optimization.shape.estimate_batch_size`); fewer sequences recovered is a
+:func:`gradleak.attacks.optimization.shape.estimate_batch_size`; so does its last query adapter,
+:func:`gradleak.attacks.dager.adapters.batch_size_from_adapters`); fewer sequences recovered is a
 cause on the batch, with the count. More sequences than the batch holds (a ranking search cut off
 by its budget) are cut to the batch size, the surest kept, and that too is a cause on the batch.
 A search stopped by the time budget makes every sequence it returned best-effort.
@@ -17,6 +18,7 @@ import torch
 
 from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.budget import Deadline
+from gradleak.attacks.dager.adapters import adapters_only, batch_size_from_adapters, read_adapters
 from gradleak.attacks.dager.plan import read_arithmetic
 from gradleak.attacks.optimization.shape import Estimate, estimate_batch_size
 from gradleak.attacks.verdict import Cause, CauseKind
@@ -38,6 +40,8 @@ def batch_size(
     reading = read_arithmetic(update, causal=public.family.causal)
     if reading.drifts or reading.noise_defence or reading.rounding:
         return None
+    if adapters_only(public.family, gradients):
+        return batch_size_from_adapters(public, read_adapters(public, gradients))
     return estimate_batch_size(public.family, gradients, task=public.task)
 
 

@@ -37,6 +37,7 @@ import torch
 
 from gradleak.attacks.base import Attack, Reconstruction
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
+from gradleak.attacks.dager.adapters import adapters_only
 from gradleak.attacks.dager.accounting import account_for_batch, out_of_time
 from gradleak.attacks.dager.complement import complement, left_missing
 from gradleak.attacks.dager.config import DagerConfig
@@ -198,8 +199,12 @@ class Dager(Attack):
             if oracle.basis.saturated
         )
         blocks = ranking_blocks(public, gradients, self.config) if saturated else ()
+        projected = [o.projected for o in (spans.token, spans.sequence) if o.projected]
         return Spectra(
             saturated=saturated,
             ranking_blocks=blocks,
             sequence_saturated=spans.sequence.basis.saturated,
+            adapters=adapters_only(public.family, gradients),
+            projected=min(projected) if projected else None,
+            width=spans.token.basis.in_features,
         )

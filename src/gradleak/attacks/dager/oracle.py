@@ -8,7 +8,9 @@ from weakref import WeakKeyDictionary
 
 import torch
 
-from gradleak.attacks.span import MIN_GAP_DECADES, SpanBasis, span_basis
+from gradleak.attacks.dager.adapters import Adapter, adapter_for
+from gradleak.attacks.dager.projected import projected_basis
+from gradleak.attacks.span import FLOAT32_BULK_CEILING, MIN_GAP_DECADES, SpanBasis, span_basis
 from gradleak.errors import GradientNotExposedError
 from gradleak.models.families import ArchitectureFamily, LinearLayer
 from gradleak.models.probe import LinearInputProbe
@@ -31,12 +33,15 @@ class SpanOracle:
         layers: the exposed projections whose gradients form the basis.
         basis: their stacked span.
         probe: computes candidate rows for ``layers[0]`` (all share one input).
+        projected: the smallest adapter rank where the span was read through the adapters' A
+            factors (the first LoRA round, :mod:`gradleak.attacks.dager.projected`), else None.
     """
 
     block: int
     layers: tuple[LinearLayer, ...]
     basis: SpanBasis
     probe: LinearInputProbe
+    projected: int | None = None
 
     @property
     def layer(self) -> LinearLayer:
@@ -60,10 +65,13 @@ def build_oracle(
     rank_tol: float | None = None,
     min_gap: float = MIN_GAP_DECADES,
     capacity: int | None = None,
+    adapters: tuple[Adapter, ...] = (),
 ) -> SpanOracle:
     """Returns the oracle of ``block`` from whichever of its ``roles`` gradients the update shares.
 
-    ``roles`` must share one input (q, k and v do; so do mlp_gate and mlp_in).
+    ``roles`` must share one input (q, k and v do; so do mlp_gate and mlp_in). Where none shares
+    an input-side gradient but ``adapters`` in their first round do, the span is read through
+    their A factors.
 
     Raises:
         GradientNotExposedError: none of those gradients is shared.
@@ -76,6 +84,16 @@ def build_oracle(
     layers = tuple(
         layer for layer in candidates if input_side_gradient(layer, gradients) is not None
     )
+    first_round = _first_round(candidates, adapters)
+    if not layers and first_round:
+        layers = tuple(c for c in candidates if adapter_for(c, first_round) is not None)
+        return SpanOracle(
+            block=block,
+            layers=layers,
+            basis=projected_basis(first_round, min_gap=min_gap, rank=rank),
+            probe=LinearInputProbe(family, [layers[0]]),
+            projected=min(a.rank for a in first_round),
+        )
     if not layers:
         needed = sorted({layer.weight_name for layer in candidates})
         raise GradientNotExposedError(
@@ -85,6 +103,8 @@ def build_oracle(
         )
     stacked = (input_side_gradient(layer, gradients) for layer in layers)
     unique = {id(g): g for g in stacked if g is not None}
+    if rank is None and rank_tol is None and all(c.weight_name not in gradients for c in layers):
+        rank = _full_adapter_rank(list(unique.values()))
     basis = span_basis(
         list(unique.values()), rank=rank, rank_tol=rank_tol, min_gap=min_gap, capacity=capacity
     )
@@ -107,7 +127,34 @@ def input_side_gradient(
         return layer.weight_gradient(gradients)
     prefix = f"{layer.module_name}.lora_A."
     factors = [name for name in gradients if name.startswith(prefix) and name.endswith(".weight")]
-    return gradients[factors[0]] if factors else None
+    if not factors or not bool(gradients[factors[0]].detach().abs().amax() > 0):
+        return None  # the first round's A gradient is zero: it spans nothing
+    return gradients[factors[0]]
+
+
+def _full_adapter_rank(factors: list[torch.Tensor]) -> int | None:
+    """Returns the stacked rank of adapters' A gradients whose every direction stands above float32
+    rounding (the batch has at least r distinct rows: saturated), else None.
+
+    A spectrum past the rank limit need not show a gap at all, but it can drop steeply inside
+    the signal (the B factor's own spectrum): the largest gap would read that as the rank.
+    """
+    stacked = torch.cat([f.detach().double() / f.detach().double().norm() for f in factors])
+    if stacked.shape[0] >= stacked.shape[1]:
+        return None
+    singular = torch.linalg.svdvals(stacked.cpu())
+    return (
+        stacked.shape[0]
+        if float(singular[-1]) > FLOAT32_BULK_CEILING * float(singular[0])
+        else None
+    )
+
+
+def _first_round(layers: list[LinearLayer], adapters: tuple[Adapter, ...]) -> tuple[Adapter, ...]:
+    """Returns the distinct first-round adapters on ``layers``' modules."""
+    found = (adapter_for(layer, adapters) for layer in layers)
+    distinct = {a.layer.module_name: a for a in found if a is not None and a.first_round}
+    return tuple(distinct.values())
 
 
 def row_space_rank(oracle: SpanOracle, *, seed: int = 0) -> int:

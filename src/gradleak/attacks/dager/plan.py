@@ -41,6 +41,8 @@ class SearchKind(str, Enum):
     """Encoders: fill whole sentences of each likely length, peeling each one found."""
     RANKED = "rank"
     """Causal models past the hidden-size limit: rank candidates by MLP down-projection spans."""
+    PURSUIT = "pursuit"
+    """LoRA past the rank limit: rows found by a sparse pursuit over the adapters' gradients."""
     NOISY_FILTER = "noise-filter"
     """Noised updates: the paper's statistical filter (App. C.4)."""
     NOISY_BEAM = "noise-beam"
@@ -60,11 +62,19 @@ class Spectra:
         ranking_blocks: blocks whose MLP down-projection the update exposes, within
             ``rank_blocks`` (the ranked search's evidence).
         sequence_saturated: the span that tests sequences is saturated.
+        adapters: the spans are LoRA adapters' (the update carries no base weight): past their
+            rank limit no span test applies, and the pursuit replaces every other search.
+        projected: the adapter rank where the spans were read through the A factors (the first
+            LoRA round), else None.
+        width: the spans' input width (what a projected test falls short of).
     """
 
     saturated: tuple[tuple[int, int], ...] = ()
     ranking_blocks: tuple[int, ...] = ()
     sequence_saturated: bool = False
+    adapters: bool = False
+    projected: int | None = None
+    width: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,13 +167,15 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
         return SearchPlan(SearchKind.SUBSPACE, _rounding_causes(reading))
     if reading.spectra is None:
         raise ValueError("plan_search needs the spans' spectra for an update searched exactly")
-    causes = (*_arithmetic_causes(reading), *_rounding_causes(reading))
+    causes = (*_arithmetic_causes(reading), *_rounding_causes(reading), *_projected(reading))
     if reading.dropout is not None:
         masked = Cause(CauseKind.DROPOUT, detail=f"p = {reading.dropout:g}")
         return SearchPlan(SearchKind.DROPOUT, (*causes, masked))
     if config.subspace == "auto" and any(c.kind == CauseKind.PRECISION for c in causes):
         return SearchPlan(SearchKind.SUBSPACE, causes)
     spectra = reading.spectra
+    if spectra.adapters and spectra.saturated and not reading.drifts:
+        return SearchPlan(SearchKind.PURSUIT, (*causes, Cause(CauseKind.PURSUIT)))
     if (
         reading.causal
         and spectra.sequence_saturated
@@ -231,6 +243,15 @@ def _quantisation(defence: Mapping | list | None) -> str | None:
     if defence.get("name") == "quantize":
         return str(defence.get("scheme", "int8"))
     return _quantisation(defence.get("steps")) or _quantisation(defence.get("client_defence"))
+
+
+def _projected(reading: UpdateReading) -> tuple[Cause, ...]:
+    """Returns the cause of a first-round span read through an A factor narrower than the
+    input."""
+    spectra = reading.spectra or Spectra()
+    if spectra.projected is None or spectra.projected >= spectra.width:
+        return ()
+    return (Cause(CauseKind.PROJECTED, count=spectra.projected),)
 
 
 def _rounding_causes(reading: UpdateReading) -> tuple[Cause, ...]:

@@ -24,9 +24,10 @@ from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.dropout import DropoutSearch
 from gradleak.attacks.dager.encoder import search_sentences
 from gradleak.attacks.dager.noisy import reconstruct_noisy
-from gradleak.attacks.dager.oracle import build_oracle
+from gradleak.attacks.dager.oracle import build_oracle, input_side_gradient
 from gradleak.attacks.dager.placement import place_tokens
 from gradleak.attacks.dager.plan import SearchKind, SearchPlan
+from gradleak.attacks.dager.pursuit import token_bag
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
 from gradleak.attacks.dager.spans import (
     DagerSpans,
@@ -398,6 +399,93 @@ class RankedSearch:
         return Reconstruction("dager", sequences, causes=job.plan.causes, diagnostics=diagnostics)
 
 
+class PursuitSearch:
+    """LoRA past the rank limit: the tokens whose rows make up the adapters' block-0 gradient.
+
+    Block 0's rows are single tokens, so a sparse pursuit over the vocabulary's rows reads the
+    batch's tokens (:mod:`gradleak.attacks.dager.pursuit`); with learned positions each one comes
+    with its position, which orders them. With rotary positions the tokens come as a bag whose
+    order the adapters' spans cannot give. In the first LoRA round past the rank limit the B
+    gradient spans the A factor's whole image, and nothing at all can be read.
+    """
+
+    kind = SearchKind.PURSUIT
+
+    def run(self, job: SearchJob) -> Reconstruction:
+        spans, public = job.require_spans(), job.public
+        token = spans.token
+        causes = job.plan.causes
+        diagnostics: dict[str, Any] = {**spans.describe()}
+        if token.projected is not None and token.basis.saturated:
+            unread = Cause(CauseKind.UNSUPPORTED, detail=_FIRST_ROUND_FULL.format(token.projected))
+            return Reconstruction("dager", (), causes=(*causes, unread), diagnostics=diagnostics)
+        started = time.perf_counter()
+        learned = public.family.positions == "learned"
+        if token.basis.saturated:
+            scan = job.scan(per_position=True, fallback=True) if learned else None
+            at = _pursued(job, scan)
+        else:
+            scan = job.scan(per_position=learned, fallback=False)
+            at = [tuple(int(t) for t in tokens) for tokens in scan.sets]
+        job.timings["search"] = time.perf_counter() - started
+        diagnostics["tokens_per_position"] = [len(tokens) for tokens in at]
+        if not any(at):
+            none = Cause(CauseKind.NO_TOKENS, block=0)
+            return Reconstruction("dager", (), causes=(*causes, none), diagnostics=diagnostics)
+        bag = () if learned else (Cause(CauseKind.PURSUIT, detail=_BAG),)
+        verdict = Assurance((*causes, *bag))
+        groups = _by_position(at) if learned else [at[0]]
+        sequences = tuple(RecoveredSequence(ids, decode(public, ids), verdict) for ids in groups)
+        return Reconstruction("dager", sequences, causes=causes, diagnostics=diagnostics)
+
+
+_FIRST_ROUND_FULL = (
+    "first LoRA round with at least as many distinct rows as the adapter rank ({}): the B "
+    "factor's gradient spans the A factor's whole image, so it shows nothing of the inputs"
+)
+_BAG = "a bag of tokens: rotary positions leave their order unknown"
+
+
+def _pursued(job: SearchJob, scan: TokenScan | None) -> list[tuple[int, ...]]:
+    """Returns, per position, the tokens the pursuit keeps among the scan's candidates (learned
+    positions), or one bag from the whole vocabulary (rotary positions: ``scan`` is None)."""
+    oracle = job.require_spans().token
+    gradients = [input_side_gradient(layer, job.gradients) for layer in oracle.layers]
+    unique = {id(g): g / g.norm() for g in gradients if g is not None}
+    target = torch.cat(list(unique.values()))
+    atoms: list[tuple[int, int]] = []
+    rows = []
+    positions = range(len(scan.sets)) if scan is not None else range(1)
+    for position in positions:
+        tokens = scan.sets[position] if scan is not None else job.vocab
+        for chunk in tokens.split(job.config.chunk_size):
+            rows.append(oracle.probe.token_rows(chunk, position=position)[oracle.layer])
+            atoms.extend((position, int(t)) for t in chunk)
+    dictionary = torch.cat(rows).reshape(len(atoms), -1)
+    found = token_bag(
+        target,
+        dictionary,
+        torch.arange(len(atoms)),
+        max_rows=min(dictionary.shape[1] - 1, len(atoms)),
+        deadline=job.deadline,
+    )
+    at: list[list[int]] = [[] for _ in positions]
+    for index in found.tokens.tolist():
+        position, token_id = atoms[index]
+        at[position].append(token_id)
+    while at and not at[-1]:
+        at.pop()
+    return [tuple(tokens) for tokens in at]
+
+
+def _by_position(at: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Returns sequences read off per-position token lists: the j-th takes each position's j-th
+    token, where it has one."""
+    depth = max(map(len, at))
+    sequences = [tuple(tokens[j] for tokens in at if j < len(tokens)) for j in range(depth)]
+    return [s for s in sequences if s]
+
+
 class NoisySearch:
     """Noised updates: candidates ranked statistically (the paper's filter or gradleak's beam)."""
 
@@ -450,6 +538,7 @@ SEARCHES: dict[SearchKind, Search] = {
     SearchKind.PREFIX: PrefixSearch(),
     SearchKind.ENCODER: EncoderSearch(),
     SearchKind.RANKED: RankedSearch(),
+    SearchKind.PURSUIT: PursuitSearch(),
     SearchKind.NOISY_FILTER: NoisySearch(SearchKind.NOISY_FILTER),
     SearchKind.NOISY_BEAM: NoisySearch(SearchKind.NOISY_BEAM),
     SearchKind.SUBSPACE: SubspaceSearch(),

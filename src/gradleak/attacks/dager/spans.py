@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from gradleak.attacks.dager.adapters import adapters_only, read_adapters
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate
 from gradleak.attacks.dager.oracle import (
@@ -126,6 +127,7 @@ def block_oracle(
     ``rank_cutoff`` (the paper's) and the basis is marked saturated.
     """
     family = public.family
+    adapters = read_adapters(public, gradients) if adapters_only(family, gradients) else ()
     oracle = build_oracle(
         family,
         gradients,
@@ -134,6 +136,7 @@ def block_oracle(
         rank=config.rank,
         rank_tol=config.rank_tol,
         min_gap=min_gap,
+        adapters=adapters,
     )
     # Single-token rows show the room of a normalised input (attention or MLP); an attention
     # output's room (mixtures of values) is larger than they show, so only its spectrum is checked.
@@ -149,10 +152,13 @@ def block_oracle(
             rank_tol=config.rank_tol,
             min_gap=min_gap,
             capacity=capacity,
+            adapters=adapters,
         )
     if oracle.basis.rank >= capacity or oracle.basis.saturated:
         rank = min(oracle.basis.rank, max(1, capacity - config.rank_cutoff))
-        oracle = build_oracle(public.family, gradients, block, roles=roles, rank=rank)
+        oracle = build_oracle(
+            public.family, gradients, block, roles=roles, rank=rank, adapters=adapters
+        )
         oracle.basis = replace(oracle.basis, saturated=True)
     return oracle
 
