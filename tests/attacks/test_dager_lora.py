@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gradleak.attacks.dager import Dager
+from gradleak.attacks.dager.adapters import adapters_only, read_adapters
+from gradleak.attacks.verdict import CauseKind
 from gradleak.client import ClientSettings, prepare_model, simulate_update
 from gradleak.data import Batch
 from gradleak.models import load_model
@@ -23,3 +27,69 @@ def test_trained_adapter_update_is_inverted_exactly():
     result = Dager().reconstruct(start, update)
     truth = sorted(tuple(start.tokenizer(t)["input_ids"]) for t in TEXTS)
     assert sorted(s.token_ids for s in result.sequences) == truth and result.certified
+
+
+LLAMA = (
+    "random:llama?num_hidden_layers=3&hidden_size=64&intermediate_size=128"
+    "&num_attention_heads=4&num_key_value_heads=2"
+)
+SHORT = ("Call Maria at noon.", "The rent is due.")
+
+
+def _attack(spec: str, texts, *, rank: int, warmup: int):
+    settings = ClientSettings(lora_rank=rank, lora_warmup_steps=warmup)
+    start = prepare_model(load_model(spec), settings)
+    labels = tuple(i % 2 for i in range(len(texts)))
+    update = simulate_update(start, Batch(texts=texts, labels=labels), settings=settings)
+    truth = sorted(tuple(start.tokenizer(t)["input_ids"]) for t in texts)
+    return start, update, Dager().reconstruct(start, update), truth
+
+
+def test_adapters_are_read_off_the_update_with_their_round():
+    settings = ClientSettings(lora_rank=4)
+    start = prepare_model(load_model(LLAMA), settings)
+    update = simulate_update(start, Batch(texts=SHORT, labels=(0, 1)), settings=settings)
+    adapters = read_adapters(start, update.gradients())
+    assert {a.layer.role for a in adapters} == {"q", "v"}
+    assert len(adapters) == 2 * start.family.num_blocks
+    assert all(a.rank == 4 and a.first_round for a in adapters)
+    assert adapters_only(start.family, update.gradients())
+
+
+def test_trained_llama_adapter_below_the_limit_is_exact_and_batch_size_read():
+    start, update, result, truth = _attack(LLAMA, SHORT, rank=24, warmup=3)
+    assert sorted(s.token_ids for s in result.sequences) == truth and result.certified
+    assert "adapter" in result.diagnostics["batch_size"]["source"]
+
+
+def test_first_round_is_read_through_the_known_a_factor_and_not_certified():
+    start, update, result, truth = _attack(LLAMA, SHORT[:1], rank=24, warmup=0)
+    assert [s.token_ids for s in result.sequences] == truth
+    assert not result.certified
+    kinds = {c.kind for s in result.sequences for c in s.assurance.causes}
+    assert CauseKind.PROJECTED in kinds
+
+
+@pytest.mark.parametrize("spec", [LLAMA, GPT2])
+def test_past_the_rank_limit_answers_fast_with_at_most_the_batch(spec):
+    started = time.perf_counter()
+    start, update, result, truth = _attack(spec, SHORT, rank=2, warmup=3)
+    assert time.perf_counter() - started < 60
+    assert result.diagnostics["search"] == "pursuit"
+    assert 0 < len(result.sequences) <= len(SHORT)
+    assert not any(s.certified for s in result.sequences)
+    assert all(CauseKind.PURSUIT in {c.kind for c in s.assurance.causes} for s in result.sequences)
+
+
+def test_rotary_pursuit_reads_the_batch_bag_of_tokens():
+    start, update, result, truth = _attack(LLAMA, SHORT, rank=2, warmup=3)
+    bag = {t for ids in truth for t in ids}
+    (sequence,) = result.sequences
+    assert set(sequence.token_ids) == bag
+
+
+def test_first_round_past_the_limit_says_why_nothing_is_read():
+    start, update, result, truth = _attack(LLAMA, SHORT, rank=2, warmup=0)
+    assert result.sequences == ()
+    assert CauseKind.UNSUPPORTED in {c.kind for c in result.causes}
+    assert any("first LoRA round" in c.message() for c in result.causes)

@@ -37,8 +37,8 @@ import torch
 
 from gradleak.attacks.base import Attack, Reconstruction
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
-from gradleak.attacks.dager.adapters import adapters_only
 from gradleak.attacks.dager.accounting import account_for_batch, out_of_time
+from gradleak.attacks.dager.adapters import adapters_only
 from gradleak.attacks.dager.complement import complement, left_missing
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.peeling import peel_ranked

@@ -1,0 +1,26 @@
+"""The sparse pursuit: a jointly sparse combination of dictionary rows is read back exactly."""
+
+from __future__ import annotations
+
+import torch
+
+from gradleak.attacks.dager.pursuit import token_bag
+
+
+def test_token_bag_recovers_the_rows_that_make_up_the_target_and_nothing_else():
+    generator = torch.Generator().manual_seed(0)
+    dictionary = torch.randn(2000, 96, generator=generator)
+    support = torch.randperm(2000, generator=generator)[:30]
+    coefficients = torch.randn(6, 30, generator=generator, dtype=torch.float64)
+    target = coefficients @ dictionary[support].double()
+    found = token_bag(target.float(), dictionary, torch.arange(2000), max_rows=95)
+    assert found.explained
+    assert sorted(found.tokens.tolist()) == sorted(support.tolist())
+
+
+def test_token_bag_says_when_the_target_is_not_explained():
+    generator = torch.Generator().manual_seed(1)
+    dictionary = torch.randn(300, 32, generator=generator)
+    target = torch.randn(4, 32, generator=generator)  # no sparse combination
+    found = token_bag(target, dictionary, torch.arange(300), max_rows=8)
+    assert not found.explained and len(found.tokens) == 8
