@@ -35,7 +35,12 @@ from gradleak.attacks.dager.spans import (
     sequence_oracle,
     sequence_threshold,
 )
-from gradleak.attacks.dager.tokens import TokenScan, embedding_bag, scan_tokens
+from gradleak.attacks.dager.tokens import (
+    TokenScan,
+    embedding_bag,
+    scan_tokens,
+    vocabulary_residuals,
+)
 from gradleak.attacks.peel import peel
 from gradleak.attacks.span import span_basis
 from gradleak.attacks.verdict import Assurance, Cause, CauseKind
@@ -45,6 +50,10 @@ from gradleak.update import ClientUpdate
 
 #: Prefixes kept per step when a best-effort search can only rank candidates, not test them.
 BEST_EFFORT_FRONTIER = 256
+
+#: Positions a pursuit over learned positions reads, and candidate tokens per position.
+PURSUIT_POSITIONS = 64
+PURSUIT_CANDIDATES = 128
 
 #: A sequence found: (token ids, residual per position, the threshold that tests them).
 Found = tuple[tuple[int, ...], tuple[float, ...], float]
@@ -422,8 +431,7 @@ class PursuitSearch:
         started = time.perf_counter()
         learned = public.family.positions == "learned"
         if token.basis.saturated:
-            scan = job.scan(per_position=True, fallback=True) if learned else None
-            at = _pursued(job, scan)
+            at = _pursued(job, _closest_per_position(job) if learned else None)
         else:
             scan = job.scan(per_position=learned, fallback=False)
             at = [tuple(int(t) for t in tokens) for tokens in scan.sets]
@@ -446,18 +454,33 @@ _FIRST_ROUND_FULL = (
 _BAG = "a bag of tokens: rotary positions leave their order unknown"
 
 
-def _pursued(job: SearchJob, scan: TokenScan | None) -> list[tuple[int, ...]]:
-    """Returns, per position, the tokens the pursuit keeps among the scan's candidates (learned
-    positions), or one bag from the whole vocabulary (rotary positions: ``scan`` is None)."""
+def _closest_per_position(job: SearchJob) -> list[torch.Tensor]:
+    """Returns, for each position up to :data:`PURSUIT_POSITIONS`, the
+    :data:`PURSUIT_CANDIDATES` tokens whose block-0 rows lie closest to the saturated span: what
+    the pursuit then chooses from (every token at every position is too many to pursue)."""
+    oracle = job.require_spans().token
+    count = min(PURSUIT_CANDIDATES, len(job.vocab))
+    closest = []
+    for position in range(min(job.max_length, PURSUIT_POSITIONS)):
+        residuals = vocabulary_residuals(
+            oracle, job.vocab, position=position, chunk_size=job.config.chunk_size
+        )
+        closest.append(job.vocab[torch.topk(residuals, count, largest=False).indices])
+    return closest
+
+
+def _pursued(job: SearchJob, candidates: list[torch.Tensor] | None) -> list[tuple[int, ...]]:
+    """Returns, per position, the tokens the pursuit keeps among each position's candidates
+    (learned positions), or one bag from the whole vocabulary (rotary positions: None)."""
     oracle = job.require_spans().token
     gradients = [input_side_gradient(layer, job.gradients) for layer in oracle.layers]
     unique = {id(g): g / g.norm() for g in gradients if g is not None}
     target = torch.cat(list(unique.values()))
     atoms: list[tuple[int, int]] = []
     rows = []
-    positions = range(len(scan.sets)) if scan is not None else range(1)
+    positions = range(len(candidates)) if candidates is not None else range(1)
     for position in positions:
-        tokens = scan.sets[position] if scan is not None else job.vocab
+        tokens = candidates[position] if candidates is not None else job.vocab
         for chunk in tokens.split(job.config.chunk_size):
             rows.append(oracle.probe.token_rows(chunk, position=position)[oracle.layer])
             atoms.extend((position, int(t)) for t in chunk)
