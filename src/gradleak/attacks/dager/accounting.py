@@ -41,7 +41,8 @@ def batch_size(
     if reading.drifts or reading.noise_defence or reading.rounding:
         return None
     if adapters_only(public.family, gradients):
-        return batch_size_from_adapters(public, read_adapters(public, gradients))
+        read = batch_size_from_adapters(public, read_adapters(public, gradients))
+        return read[0] if read is not None and read[1] else None
     return estimate_batch_size(public.family, gradients, task=public.task)
 
 
@@ -55,7 +56,7 @@ def account_for_batch(
     sequences it lacks."""
     size = batch_size(public, update, gradients)
     if size is None:
-        return result
+        return _at_most_the_lower_bound(public, gradients, result)
     diagnostics = {**result.diagnostics, "batch_size": {"value": size.value, "source": size.source}}
     result = keep_at_most(result, size)
     found = len({s.token_ids for s in result.sequences})
@@ -69,6 +70,17 @@ def account_for_batch(
             Cause(CauseKind.MISSING_SEQUENCES, count=size.value - found, detail=detail),
         )
     return replace(result, causes=causes, diagnostics=diagnostics)
+
+
+def _at_most_the_lower_bound(
+    public: PublicModel, gradients: Mapping[str, torch.Tensor], result: Reconstruction
+) -> Reconstruction:
+    """Returns ``result`` cut to the fewest sequences an adapter update shows the batch to hold
+    (never more than it holds), where that is all that can be read."""
+    if not adapters_only(public.family, gradients):
+        return result
+    read = batch_size_from_adapters(public, read_adapters(public, gradients))
+    return result if read is None else keep_at_most(result, read[0])
 
 
 def keep_at_most(result: Reconstruction, size: Estimate) -> Reconstruction:

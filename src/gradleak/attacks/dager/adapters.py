@@ -105,29 +105,35 @@ def rank_limit(adapters: tuple[Adapter, ...]) -> int:
     return sum(a.rank for a in adapters)
 
 
-def batch_size_from_adapters(public: PublicModel, adapters: tuple[Adapter, ...]) -> Estimate | None:
-    """Returns the batch size read from the last block's query adapter of a causal classifier.
+def batch_size_from_adapters(
+    public: PublicModel, adapters: tuple[Adapter, ...]
+) -> tuple[Estimate, bool] | None:
+    """Returns the batch size read from the last block's query adapter of a causal classifier,
+    and whether it is exact (else it is a lower bound); None where nothing can be read.
 
     The classifier pools one row per sequence after the last block, so that block's query
-    projection receives gradient at those rows only: its factors' gradients have rank B while
-    B < r. Where the query shares a fused module with the keys and values (GPT-2), every row
-    reaches it and nothing can be read.
+    projection receives gradient at those rows only: the query rows of its B factor's gradient
+    (a slice of a fused qkv module) have rank B while B < r. A full rank r says only that the
+    batch holds at least r sequences.
     """
     family = public.family
     if public.task != "seq_class" or not family.causal:
         return None
     query = family.linear_layer(family.num_blocks - 1, "q")
     adapter = adapter_for(query, adapters)
-    if adapter is None or query.out_slice is not None:
+    if adapter is None or adapter.b_gradient is None:
         return None
-    gradient = adapter.a_gradient if adapter.a_gradient is not None else adapter.b_gradient
-    if gradient is None or not bool(gradient.abs().amax() > 0):
+    gradient = adapter.b_gradient
+    if query.out_slice is not None:
+        gradient = gradient[query.out_slice[0] : query.out_slice[1]]
+    if not bool(gradient.abs().amax() > 0):
         return None
     singular = torch.linalg.svdvals(gradient.double() / gradient.double().norm())
     rank, gap = estimate_rank(singular)
-    if rank <= 0 or gap <= 0 or rank >= adapter.rank:
-        return None
-    return Estimate(rank, f"rank of the {query.key} adapter")
+    source = f"rank of the {query.key} adapter's B gradient"
+    if rank > 0 and gap > 0 and rank < adapter.rank:
+        return Estimate(rank, source), True
+    return Estimate(adapter.rank, f"at least the adapter rank: full {source}"), False
 
 
 def _factor_name(names: Mapping[str, object], module: str, factor: str) -> str | None:
