@@ -123,8 +123,12 @@ def dpsgd_cells() -> list[Cell]:
     ]
 
 
+#: (rank, batch size) of the LoRA cells: the rank limit's both sides, and the paper's r = 256.
+LORA_SHAPES = ((8, 1), (8, 4), (8, 16), (16, 1), (16, 4), (64, 16), (256, 4), (256, 16))
+
+
 def lora_cells() -> list[Cell]:
-    return [
+    trained = [
         Cell(
             f"{m}-lora-r{r}" + ("" if b == 16 else f"-b{b}"),
             "lora",
@@ -135,9 +139,21 @@ def lora_cells() -> list[Cell]:
             note=f"rank={r} q,v adapters, 3 warm-up steps",
         )
         for m in MODELS
-        for b in (16, 4)
-        for r in (8, 64, 256)
+        for r, b in LORA_SHAPES
     ]
+    first_round = [
+        Cell(
+            f"{m}-lora-first-r16-b{b}",
+            "lora",
+            MODELS[m],
+            b,
+            {"lora_rank": 16, "lora_warmup_steps": 0},
+            note="rank=16 q,v adapters, first round (B factor zero)",
+        )
+        for m in MODELS
+        for b in (1, 4)
+    ]
+    return trained + first_round
 
 
 def dropout_cells() -> list[Cell]:
