@@ -18,6 +18,9 @@ import torch
 
 from gradleak.attacks.base import Reconstruction, RecoveredSequence
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
+from gradleak.attacks.dager.accounting import batch_size
+from gradleak.attacks.dager.adapters import batch_size_from_adapters, read_adapters
+from gradleak.attacks.dager.bag_order import has_language_prior, order_bag
 from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
@@ -440,9 +443,15 @@ class PursuitSearch:
         if not any(at):
             none = Cause(CauseKind.NO_TOKENS, block=0)
             return Reconstruction("dager", (), causes=(*causes, none), diagnostics=diagnostics)
-        bag = () if learned else (Cause(CauseKind.PURSUIT, detail=_BAG),)
+        if learned:
+            groups, bag = _by_position(at), ()
+        elif has_language_prior(public):
+            sentences = _sentences(job)
+            groups = order_bag(public, at[0], sentences, deadline=job.deadline)
+            bag = (Cause(CauseKind.PURSUIT, detail=_BAG_ORDERED.format(sentences)),)
+        else:
+            groups, bag = [at[0]], (Cause(CauseKind.PURSUIT, detail=_BAG),)
         verdict = Assurance((*causes, *bag))
-        groups = _by_position(at) if learned else [at[0]]
         sequences = tuple(RecoveredSequence(ids, decode(public, ids), verdict) for ids in groups)
         return Reconstruction("dager", sequences, causes=causes, diagnostics=diagnostics)
 
@@ -452,6 +461,20 @@ _FIRST_ROUND_FULL = (
     "factor's gradient spans the A factor's whole image, so it shows nothing of the inputs"
 )
 _BAG = "a bag of tokens: rotary positions leave their order unknown"
+_BAG_ORDERED = (
+    "a bag of tokens, which rotary positions leave unordered, shared out between {} sentence(s) "
+    "and ordered by the public model's language prior"
+)
+
+
+def _sentences(job: SearchJob) -> int:
+    """Returns how many sentences to share a bag out between: the batch size where it is read,
+    else the fewest sequences the adapters show, else one."""
+    size = batch_size(job.public, job.update, job.gradients)
+    if size is not None:
+        return size.value
+    read = batch_size_from_adapters(job.public, read_adapters(job.public, job.gradients))
+    return read[0].value if read is not None else 1
 
 
 def _closest_per_position(job: SearchJob) -> list[torch.Tensor]:
