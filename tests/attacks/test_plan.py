@@ -115,3 +115,26 @@ def test_the_subspace_search_refines_only_a_rounded_or_drifting_search_that_foun
     assert not refines_with_subspace(lossy, 2, DagerConfig())
     assert not refines_with_subspace(lossy, 0, DagerConfig(subspace="off"))
     assert not refines_with_subspace((Cause(CauseKind.NO_TOKENS, block=0),), 0, DagerConfig())
+
+
+@pytest.mark.parametrize("saturated", [((0, 576),), ((1, 576),), ((0, 576), (1, 576))])
+def test_saturated_adapters_get_the_pursuit_never_the_full_models_search(saturated):
+    spectra = Spectra(saturated=saturated, adapters=True, width=576)
+    plan = plan_search(UpdateReading(causal=True, spectra=spectra), DagerConfig())
+    assert plan.search is SearchKind.PURSUIT
+    assert kinds(plan) == [CauseKind.SATURATED, CauseKind.PURSUIT] and not plan.exact
+
+
+def test_adapters_below_the_limit_are_searched_exactly():
+    spectra = Spectra(adapters=True, width=576)
+    plan = plan_search(UpdateReading(causal=True, spectra=spectra), DagerConfig())
+    assert plan.search is SearchKind.PREFIX and plan.exact
+
+
+def test_a_first_round_span_read_through_a_narrow_a_factor_is_not_certifying():
+    narrow = Spectra(adapters=True, projected=16, width=576)
+    wide = Spectra(adapters=True, projected=576, width=576)
+    plan = plan_search(UpdateReading(causal=True, spectra=narrow), DagerConfig())
+    assert plan.search is SearchKind.PREFIX and kinds(plan) == [CauseKind.PROJECTED]
+    assert plan.causes[0].count == 16
+    assert plan_search(UpdateReading(causal=True, spectra=wide), DagerConfig()).exact
