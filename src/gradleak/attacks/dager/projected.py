@@ -69,6 +69,8 @@ def projected_basis(
 
 def _read(adapter: Adapter, min_gap: float):
     """Returns (rows read, constraint rows W A, B gradient's spectrum, its gap)."""
+    if adapter.b_gradient is None:
+        raise ValueError("a first-round adapter has a B-factor gradient")
     gradient = adapter.b_gradient.detach().double().cpu()
     gradient = gradient / gradient.norm().clamp_min(1e-300)
     _, s, vh = torch.linalg.svd(gradient, full_matrices=True)

@@ -9,8 +9,11 @@ explains most of what is left; once the true rows are all in, what is left drops
 rounding, by several decades at once, and a least-squares fit gives the false picks (near) zero
 weight, which prunes them.
 
-For a causal model the candidates of the sequence block grow as a tree: a prefix joins the
-candidates when its parent prefix has been picked, so the pursuit reads whole sequences.
+Block 0 is where this works: its rows are single tokens (with their positions, where those are
+learned), each an atom of a fixed dictionary. The same pursuit over the sequence block's rows, with
+prefixes joining the candidates as their parents are picked, was tried on SmolLM2 (r = 8, B = 4)
+and fails: rows of one token after different prefixes are too alike for greedy picks, even summed
+over eight blocks, so it is not used.
 
 Nothing here is a span test: the rows found explain the gradient, but other rows might too. Every
 result is best-effort (:data:`~gradleak.attacks.verdict.CauseKind.PURSUIT`).
@@ -18,8 +21,6 @@ result is best-effort (:data:`~gradleak.attacks.verdict.CauseKind.PURSUIT`).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,8 +28,6 @@ import torch
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.span import FLOAT32_BULK_CEILING
 from gradleak.attacks.thresholds import largest_gap_split
-from gradleak.models.families import LinearLayer
-from gradleak.models.probe import LinearInputProbe
 
 #: What is left of the gradient (relative) once every true row is in: float32 rounding.
 EXPLAINED = FLOAT32_BULK_CEILING
@@ -38,8 +37,6 @@ _EARLY_LEVEL = 1e-2
 #: Without an explaining set of rows, picks made after this much of the target was explained are
 #: dropped (measured on random GPT-2 at r = 8: mostly false ones).
 UNEXPLAINED_KEEP = 0.1
-#: Smallest new part (squared, relative) of a candidate worth scoring by what it adds.
-_NEW_FLOOR = 1e-6
 
 
 @dataclass
@@ -69,13 +66,6 @@ class Residual:
     def scores(self, candidates: torch.Tensor) -> torch.Tensor:
         """Returns how much of what is left each unit candidate row explains."""
         return (candidates @ self.left.T.to(candidates.dtype)).norm(dim=1).double()
-
-    def gains(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Returns how much of what is left each unit candidate would explain once the part the
-        picked rows already span is taken out of it (orthogonal least squares): a candidate
-        nearly parallel to a picked row scores by what it adds, not by what they share."""
-        new = 1 - (candidates.double() @ self.basis).square().sum(dim=1)
-        return self.scores(candidates) / new.clamp_min(_NEW_FLOOR).sqrt()
 
     def add(self, row: torch.Tensor) -> None:
         """Takes ``row``'s direction out of what is left."""
@@ -174,128 +164,3 @@ def row_space(target: torch.Tensor) -> torch.Tensor:
     """Returns an orthonormal basis (rows) of ``target``'s row space, above float32 rounding."""
     _, s, vh = torch.linalg.svd(target.double().cpu(), full_matrices=False)
     return vh[: max(1, int((s > EXPLAINED * s[0]).sum()))]
-
-
-@dataclass
-class TreeResult:
-    """The sequences a tree pursuit found.
-
-    Attributes:
-        sequences: token ids of every sequence (maximal kept prefix), strongest first, with the
-            weakest share among its rows.
-        picked: rows picked in all.
-        explained: whether what was left fell to rounding.
-    """
-
-    sequences: list[tuple[tuple[int, ...], float]]
-    picked: int
-    explained: bool
-
-
-def prefix_tree(
-    targets: Sequence[torch.Tensor],
-    probe: LinearInputProbe,
-    layers: Sequence[LinearLayer],
-    *,
-    tokens_at: Callable[[int], torch.Tensor | None],
-    max_rows: int,
-    max_length: int,
-    deadline: Deadline = NO_DEADLINE,
-) -> TreeResult:
-    """Returns the sequences whose rows at ``layers`` make up ``targets`` (one per layer), grown
-    as a tree of prefixes: a prefix is a candidate once its parent is picked.
-
-    Every layer sees the same positions, so one prefix is picked for all of them at once, by the
-    sum of what it explains in each; deeper layers mix more of the prefix into a row, which tells
-    two prefixes ending in one token apart.
-
-    Args:
-        targets: (k, d) gradient rows of each layer's adapters.
-        probe: computes every layer's input rows for prefixes.
-        layers: the layers whose inputs ``targets`` combine, in the same order.
-        tokens_at: candidate tokens for a position, or None past the last one.
-        max_rows: most rows picked.
-        max_length: longest sequence.
-        deadline: when it expires, the sequences picked so far are returned.
-    """
-    residuals = [Residual(t.double().cpu()) for t in targets]
-    first = tokens_at(0)
-    if first is None or first.numel() == 0:
-        return TreeResult([], 0, False)
-    rows, _ = probe.start(first[:, None])
-    pool = _Pool(len(layers))
-    pool.add([(int(t),) for t in first], [rows[layer][:, 0] for layer in layers])
-    picked: list[tuple[int, ...]] = []
-    picked_rows: list[list[torch.Tensor]] = [[] for _ in layers]
-
-    def left() -> float:
-        return max(r.fraction for r in residuals)
-
-    while len(picked) < max_rows and left() > EXPLAINED and pool.size and not deadline.expired():
-        count = _EARLY_PICKS if left() > _EARLY_LEVEL else 1
-        for prefix, unit_rows in pool.take(residuals, count):
-            picked.append(prefix)
-            for residual, row, kept in zip(residuals, unit_rows, picked_rows, strict=True):
-                residual.add(row)
-                kept.append(row)
-            _grow(pool, probe, layers, prefix, tokens_at, max_length)
-    explained = left() <= EXPLAINED
-    if not picked:
-        return TreeResult([], 0, explained)
-    shares = torch.stack(
-        [weights(r.target, torch.stack(k)) for r, k in zip(residuals, picked_rows, strict=True)]
-    ).amax(dim=0)
-    keep = kept_by_weight(shares) if explained else torch.ones(len(picked), dtype=torch.bool)
-    share_of = {p: float(s) for p, s, k in zip(picked, shares, keep, strict=True) if bool(k)}
-    return TreeResult(_maximal(share_of), len(picked), explained)
-
-
-class _Pool:
-    """Candidate prefixes not yet picked, with their unit rows at each layer."""
-
-    def __init__(self, layers: int) -> None:
-        self.prefixes: list[tuple[int, ...]] = []
-        self.rows: list[torch.Tensor] = [torch.zeros(0, 0) for _ in range(layers)]
-
-    @property
-    def size(self) -> int:
-        return len(self.prefixes)
-
-    def add(self, prefixes: Sequence[tuple[int, ...]], rows: Sequence[torch.Tensor]) -> None:
-        self.prefixes.extend(prefixes)
-        for i, layer_rows in enumerate(rows):
-            layer_rows = layer_rows.float().cpu()
-            unit = layer_rows / layer_rows.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            self.rows[i] = unit if self.rows[i].numel() == 0 else torch.cat([self.rows[i], unit])
-
-    def take(self, residuals: Sequence[Residual], count: int):
-        scores = sum(r.scores(rows).square() for r, rows in zip(residuals, self.rows, strict=True))
-        chosen = torch.topk(scores, min(count, self.size)).indices.tolist()
-        taken = [(self.prefixes[i], [rows[i] for rows in self.rows]) for i in chosen]
-        keep = torch.ones(self.size, dtype=torch.bool)
-        keep[chosen] = False
-        self.prefixes = [p for p, k in zip(self.prefixes, keep.tolist(), strict=True) if k]
-        self.rows = [rows[keep] for rows in self.rows]
-        return taken
-
-
-def _grow(pool, probe, layers, prefix, tokens_at, max_length) -> None:
-    if len(prefix) >= max_length:
-        return
-    tokens = tokens_at(len(prefix))
-    if tokens is None or tokens.numel() == 0:
-        return
-    _, state = probe.start(torch.tensor([prefix]))
-    rows = probe.branch(state, tokens)
-    pool.add([(*prefix, int(t)) for t in tokens], [rows[layer][0] for layer in layers])
-
-
-def _maximal(share_of: dict[tuple[int, ...], float]) -> list[tuple[tuple[int, ...], float]]:
-    """Returns the kept prefixes whose every ancestor is kept and that no kept prefix extends,
-    each with the weakest share along it, strongest first."""
-    whole = {p for p in share_of if all(p[:n] in share_of for n in range(1, len(p)))}
-    extended = {p[:-1] for p in whole}
-    found = [(p, min(share_of[p[:n]] for n in range(1, len(p) + 1))) for p in whole]
-    found = [(p, s) for p, s in found if p not in extended]
-    found.sort(key=lambda item: (-item[1], item[0]))
-    return [(p, s) for p, s in found if math.isfinite(s)]

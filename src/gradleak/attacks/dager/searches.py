@@ -443,8 +443,9 @@ class PursuitSearch:
         if not any(at):
             none = Cause(CauseKind.NO_TOKENS, block=0)
             return Reconstruction("dager", (), causes=(*causes, none), diagnostics=diagnostics)
+        bag: tuple[Cause, ...] = ()
         if learned:
-            groups, bag = _by_position(at), ()
+            groups = _by_position(at)
         elif has_language_prior(public):
             sentences = _sentences(job)
             groups = order_bag(public, at[0], sentences, deadline=job.deadline)
