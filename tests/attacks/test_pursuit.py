@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from gradleak.attacks.dager.adapters import numerical_rank
 from gradleak.attacks.dager.pursuit import token_bag
 
 
@@ -24,3 +25,10 @@ def test_token_bag_says_when_the_target_is_not_explained():
     target = torch.randn(4, 32, generator=generator)  # no sparse combination
     found = token_bag(target, dictionary, torch.arange(300), max_rows=8)
     assert not found.explained and len(found.tokens) == 8
+
+
+def test_a_b_factor_warmed_up_on_few_rows_caps_the_span_below_its_rank():
+    generator = torch.Generator().manual_seed(2)
+    b_factor = torch.randn(64, 3, generator=generator) @ torch.randn(3, 16, generator=generator)
+    assert numerical_rank(b_factor) == 3  # rank 16 adapter, rank 3 B: 3 rows show at most
+    assert numerical_rank(torch.zeros(64, 16)) == 0  # the first round

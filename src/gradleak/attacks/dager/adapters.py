@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.optimization.shape import Estimate
-from gradleak.attacks.span import estimate_rank
+from gradleak.attacks.span import FLOAT32_BULK_CEILING, estimate_rank
 from gradleak.models.families import ArchitectureFamily, LinearLayer
 from gradleak.models.loading import PublicModel
 
@@ -37,6 +37,8 @@ class Adapter:
         layer: the family's layer on the adapted module (its first role, e.g. q of a fused qkv).
         rank: the adapter rank r.
         a_weight: the A factor the server sent (r, in).
+        trained_rank: the numerical rank of the B factor the server sent (0 in the first round):
+            at most this many input rows show in the A factor's gradient.
         a_gradient: the A factor's gradient (r, in), None where the update holds none or it is
             exactly zero (the first round).
         b_gradient: the B factor's gradient (out, r), None where the update holds none.
@@ -45,6 +47,7 @@ class Adapter:
     layer: LinearLayer
     rank: int
     a_weight: torch.Tensor
+    trained_rank: int
     a_gradient: torch.Tensor | None
     b_gradient: torch.Tensor | None
 
@@ -81,6 +84,7 @@ def read_adapters(public: PublicModel, gradients: Gradients) -> tuple[Adapter, .
             layer=layer,
             rank=int(weights[a_name].shape[0]),
             a_weight=weights[a_name].detach(),
+            trained_rank=numerical_rank(weights[b_name].detach()) if b_name in weights else 0,
             a_gradient=None if a_gradient is None else a_gradient.detach(),
             b_gradient=None if b_name not in gradients else gradients[b_name].detach(),
         )
@@ -134,6 +138,14 @@ def batch_size_from_adapters(
     if rank > 0 and gap > 0 and rank < adapter.rank:
         return Estimate(rank, source), True
     return Estimate(adapter.rank, f"at least the adapter rank: full {source}"), False
+
+
+def numerical_rank(matrix: torch.Tensor) -> int:
+    """Returns the number of singular values above float32 rounding of the largest (0 for zero)."""
+    singular = torch.linalg.svdvals(matrix.double().cpu())
+    if len(singular) == 0 or float(singular[0]) == 0.0:
+        return 0
+    return int((singular > FLOAT32_BULK_CEILING * singular[0]).sum())
 
 
 def _factor_name(names: Mapping[str, object], module: str, factor: str) -> str | None:

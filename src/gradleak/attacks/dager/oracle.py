@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
 import torch
@@ -103,11 +103,12 @@ def build_oracle(
         )
     stacked = (input_side_gradient(layer, gradients) for layer in layers)
     unique = {id(g): g for g in stacked if g is not None}
-    if rank is None and rank_tol is None and all(c.weight_name not in gradients for c in layers):
-        rank = _full_adapter_rank(list(unique.values()))
     basis = span_basis(
         list(unique.values()), rank=rank, rank_tol=rank_tol, min_gap=min_gap, capacity=capacity
     )
+    limit = _adapter_limit(layers, gradients, adapters)
+    if rank is None and rank_tol is None and limit and _reaches(basis, limit):
+        basis = replace(span_basis(list(unique.values()), rank=limit), saturated=True)
     return SpanOracle(
         block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]])
     )
@@ -132,22 +133,31 @@ def input_side_gradient(
     return gradients[factors[0]]
 
 
-def _full_adapter_rank(factors: list[torch.Tensor]) -> int | None:
-    """Returns the stacked rank of adapters' A gradients whose every direction stands above float32
-    rounding (the batch has at least r distinct rows: saturated), else None.
+def _adapter_limit(
+    layers: tuple[LinearLayer, ...],
+    gradients: Mapping[str, torch.Tensor],
+    adapters: tuple[Adapter, ...],
+) -> int:
+    """Returns how many input rows the A gradients of ``layers``' adapters can span at most (the
+    sum of their trained B factors' ranks), or 0 where a layer shares its own weight gradient.
 
-    A spectrum past the rank limit need not show a gap at all, but it can drop steeply inside
-    the signal (the B factor's own spectrum): the largest gap would read that as the rank.
+    ``dL/dA = s B^T G^T X`` has rank at most rank(B): a B factor warmed up on a few batches has
+    rank below r, and a span that reaches it says nothing about how many rows the batch has.
     """
-    stacked = torch.cat([f.detach().double() / f.detach().double().norm() for f in factors])
-    if stacked.shape[0] >= stacked.shape[1]:
-        return None
-    singular = torch.linalg.svdvals(stacked.cpu())
-    return (
-        stacked.shape[0]
-        if float(singular[-1]) > FLOAT32_BULK_CEILING * float(singular[0])
-        else None
-    )
+    if any(layer.weight_name in gradients for layer in layers):
+        return 0
+    found = (adapter_for(layer, adapters) for layer in layers)
+    distinct = {a.layer.module_name: a for a in found if a is not None}
+    return sum(a.trained_rank for a in distinct.values())
+
+
+def _reaches(basis: SpanBasis, limit: int) -> bool:
+    """Returns whether a span read from adapters reaches their limit: by its rank, or by the
+    directions standing above float32 rounding (past the limit the spectrum can drop steeply
+    inside the signal, which the largest gap would take for the rank)."""
+    s = basis.singular_values
+    above = int((s > FLOAT32_BULK_CEILING * s[0]).sum()) if len(s) else 0
+    return max(basis.rank, above) >= limit
 
 
 def _first_round(layers: list[LinearLayer], adapters: tuple[Adapter, ...]) -> tuple[Adapter, ...]:
