@@ -197,12 +197,18 @@ def test_registry_builds_dager_with_options():
     assert create_attack("dager", tau2=1e-3).config.tau2 == 1e-3
 
 
-def test_the_embedding_bag_narrows_the_scan_to_the_batch_and_known_false_tokens():
-    from gradleak.attacks.dager.tokens import searched_vocabulary
+def test_the_embedding_bag_narrows_the_scan_past_the_threshold_positions(tiny_models):
+    from gradleak.attacks.dager.spans import read_spans, vocabulary
+    from gradleak.attacks.dager.tokens import embedding_bag, scan_tokens
 
-    vocab = torch.arange(1, 1000)
-    bag = torch.tensor([5, 17, 400])
-    searched = searched_vocabulary(vocab, bag, known_false=50, seed=0)
-    assert torch.isin(bag, searched).all()
-    assert len(searched) == 53 and bool((searched[1:] > searched[:-1]).all())
-    assert searched_vocabulary(vocab, None, known_false=50, seed=0) is vocab
+    public = tiny_models("gpt2")
+    update = compute_update(public, Batch(texts=("the cat sat on the mat",), labels=(1,)))
+    gradients = update.gradients()
+    spans = read_spans(public, gradients, vocabulary(public), DagerConfig(), min_gap=1.0)
+    bag = embedding_bag(public.family, gradients)
+    assert bag is not None
+    options = dict(per_position=True, max_length=16, tau=None, chunk_size=4096)
+    whole = scan_tokens(spans.token, vocabulary(public), **options)
+    narrowed = scan_tokens(spans.token, vocabulary(public), later=bag, **options)
+    assert narrowed.threshold == whole.threshold
+    assert [s.tolist() for s in narrowed.sets] == [s.tolist() for s in whole.sets]

@@ -55,7 +55,7 @@ from gradleak.attacks.dager.plan import (
 from gradleak.attacks.dager.searches import SEARCHES, SearchJob, ranking_blocks, run_subspace
 from gradleak.attacks.dager.spans import DagerSpans, max_positions, read_spans, vocabulary
 from gradleak.attacks.dager.targets import complete_next_token
-from gradleak.attacks.dager.tokens import embedding_bag, searched_vocabulary
+from gradleak.attacks.dager.tokens import embedding_bag
 from gradleak.attacks.verdict import CauseKind
 from gradleak.models.dropout_site import input_dropout
 from gradleak.models.loading import PublicModel
@@ -64,8 +64,6 @@ from gradleak.update import ClientUpdate
 Gradients = Mapping[str, torch.Tensor]
 #: Updates whose rows moved or were noised: the ranked search cannot tell their rows apart either.
 _MOVED_ROWS = (CauseKind.DRIFT, CauseKind.PRECISION, CauseKind.NOISE)
-#: Tokens outside the embedding gradient's bag still scanned, as the thresholds' false cluster.
-KNOWN_FALSE = 1024
 
 
 class Dager(Attack):
@@ -164,10 +162,12 @@ class Dager(Attack):
             spans = read_spans(public, gradients, vocab, cfg, min_gap=reading.min_gap)
             reading = replace(reading, spectra=self._spectra(public, gradients, spans))
         plan = ranked_plan(reading, ranked_blocks) if ranked_blocks else plan_search(reading, cfg)
-        if plan.exact and update.metadata.defence is None:
-            # An unaltered token-table gradient is zero on every token the batch lacks.
-            bag = embedding_bag(public.family, gradients)
-            vocab = searched_vocabulary(vocab, bag, known_false=KNOWN_FALSE, seed=cfg.seed)
+        # An unaltered token-table gradient is zero on every token the batch lacks.
+        bag = (
+            embedding_bag(public.family, gradients)
+            if plan.exact and update.metadata.defence is None
+            else None
+        )
         job = SearchJob(
             public=public,
             update=update,
@@ -180,6 +180,7 @@ class Dager(Attack):
             spans=spans,
             deadline=deadline,
             timings={"svd": time.perf_counter() - started},
+            bag=bag,
         )
         result = SEARCHES[plan.search].run(job)
         if deadline.expired():

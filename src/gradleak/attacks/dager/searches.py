@@ -78,6 +78,8 @@ class SearchJob:
         spans: block 0's and the sequence block's spans (None for the noise searches).
         deadline: when the searches must stop and answer with what they have.
         timings: seconds per stage, filled in as the search goes.
+        bag: every token the batch can hold (the embedding gradient's non-zero rows), where an
+            unaltered update shows it; block 0's scan then tests only these past position 1.
     """
 
     public: PublicModel
@@ -91,6 +93,7 @@ class SearchJob:
     spans: DagerSpans | None = None
     deadline: Deadline = NO_DEADLINE
     timings: dict[str, float] = field(default_factory=dict)
+    bag: torch.Tensor | None = None
 
     def require_spans(self) -> DagerSpans:
         """Returns the spans, which every search but the noise searches needs."""
@@ -110,6 +113,7 @@ class SearchJob:
             tau=self.config.tau1,
             chunk_size=self.config.chunk_size,
             fallback_count=token.basis.rank if fallback else 0,
+            later=self.bag,
         )
         self.timings["token_scan"] = time.perf_counter() - started
         return scan

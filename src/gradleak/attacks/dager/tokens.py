@@ -52,6 +52,7 @@ def scan_tokens(
     tau: float | None,
     chunk_size: int,
     fallback_count: int = 0,
+    later: torch.Tensor | None = None,
 ) -> TokenScan:
     """Returns the tokens that pass ``oracle`` at each position until a position where none does.
 
@@ -60,7 +61,9 @@ def scan_tokens(
     by the whole batch (an encoder's [CLS]), whose row, repeated B times, sits decades closer to
     the span than the batch's other rows. Where the residuals show no gap (a saturated span), the
     ``fallback_count`` lowest residuals at position 0 set it instead: a best-effort ranking, not a
-    test. Models without positions in the block-0 input (RoPE) are scanned once.
+    test. Models without positions in the block-0 input (RoPE) are scanned once. ``later``, the
+    only tokens the batch can hold where the update shows them, replaces the vocabulary past
+    position 1: the thresholds still come from the whole vocabulary.
     """
     first = vocabulary_residuals(oracle, vocab, position=0, chunk_size=chunk_size)
     second = (
@@ -91,11 +94,11 @@ def scan_tokens(
         position += 1
         if not per_position or position >= max_length:
             break
-        res = (
-            second
-            if position == 1 and second is not None
-            else vocabulary_residuals(oracle, vocab, position=position, chunk_size=chunk_size)
-        )
+        if position == 1 and second is not None:
+            res = second
+        else:
+            vocab = vocab if later is None else later
+            res = vocabulary_residuals(oracle, vocab, position=position, chunk_size=chunk_size)
     return TokenScan(sets=tuple(sets), residuals=tuple(residuals), threshold=threshold, split=split)
 
 
@@ -114,20 +117,3 @@ def embedding_bag(
         return None
     used = torch.nonzero(gradient.detach().abs().amax(dim=1) > 0).flatten().cpu()
     return used if 0 < len(used) < gradient.shape[0] // 2 else None
-
-
-def searched_vocabulary(
-    vocab: torch.Tensor, bag: torch.Tensor | None, *, known_false: int, seed: int
-) -> torch.Tensor:
-    """Returns the tokens worth scanning: the embedding gradient's bag (every token the batch
-    holds, when the update shares that gradient unaltered) and ``known_false`` tokens outside it,
-    drawn at random, which no position can hold but which give the thresholds their false
-    cluster. Without a bag, the whole ``vocab``.
-    """
-    if bag is None:
-        return vocab
-    inside = torch.isin(vocab, bag)
-    outside = vocab[~inside]
-    generator = torch.Generator().manual_seed(seed)
-    sample = outside[torch.randperm(len(outside), generator=generator)[:known_false]]
-    return torch.sort(torch.cat([vocab[inside], sample])).values
