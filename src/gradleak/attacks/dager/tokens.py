@@ -82,14 +82,15 @@ def scan_tokens(
         )
     else:
         threshold = 0.0
+    rest = vocab if later is None else later  # every position past 1
     sets, residuals = [], []
-    position, res = 0, first
+    position, res, scanned = 0, first, vocab
     while True:
         accepted = torch.nonzero(res < threshold).flatten()
         if accepted.numel() == 0:
             break
         order = torch.argsort(res[accepted])
-        sets.append(vocab[accepted[order]])
+        sets.append(scanned[accepted[order]])
         residuals.append(res[accepted[order]])
         position += 1
         if not per_position or position >= max_length:
@@ -97,8 +98,8 @@ def scan_tokens(
         if position == 1 and second is not None:
             res = second
         else:
-            vocab = vocab if later is None else later
-            res = vocabulary_residuals(oracle, vocab, position=position, chunk_size=chunk_size)
+            res = vocabulary_residuals(oracle, rest, position=position, chunk_size=chunk_size)
+            scanned = rest
     return TokenScan(sets=tuple(sets), residuals=tuple(residuals), threshold=threshold, split=split)
 
 
