@@ -125,6 +125,16 @@ def dpsgd_cells() -> list[Cell]:
 
 #: (rank, batch size) of the LoRA cells: the rank limit's both sides, and the paper's r = 256.
 LORA_SHAPES = ((8, 1), (8, 4), (8, 16), (16, 1), (16, 4), (64, 16), (256, 4), (256, 16))
+#: A client that has trained its adapters for a while has a full-rank B factor: each warm-up step
+#: shows B's gradient at most one batch's rows (4 x 16 random tokens), so the warm-up runs until it
+#: has seen twice r rows (never fewer than 3 steps). Three steps alone (192 rows) left B below
+#: rank 256, which capped every A gradient's span below the r = 256 rank limit.
+WARMUP_ROWS_PER_STEP = 64
+
+
+def warmup_steps(rank: int) -> int:
+    """Returns the warm-up steps that show B's gradient at least 2 r rows (at least 3)."""
+    return max(3, -(-2 * rank // WARMUP_ROWS_PER_STEP))
 
 
 def lora_cells() -> list[Cell]:
@@ -134,9 +144,9 @@ def lora_cells() -> list[Cell]:
             "lora",
             MODELS[m],
             b,
-            {"lora_rank": r, "lora_warmup_steps": 3},
+            {"lora_rank": r, "lora_warmup_steps": warmup_steps(r)},
             paper=PAPER_LORA.get(r) if b == 16 else None,
-            note=f"rank={r} q,v adapters, 3 warm-up steps",
+            note=f"rank={r} q,v adapters, {warmup_steps(r)} warm-up steps",
         )
         for m in MODELS
         for r, b in LORA_SHAPES

@@ -94,3 +94,34 @@ def test_first_round_past_the_limit_says_why_nothing_is_read():
     assert result.sequences == ()
     assert CauseKind.UNSUPPORTED in {c.kind for c in result.causes}
     assert any("first LoRA round" in c.message() for c in result.causes)
+
+
+WIDER = (
+    "random:llama?num_hidden_layers=3&hidden_size=128&intermediate_size=256"
+    "&num_attention_heads=4&num_key_value_heads=2"
+)
+LONGER = ("Call Maria at noon tomorrow please.", "The rent is due on friday evening.")
+
+
+def test_span_fit_past_block_0_starts_the_bag_sentences_with_the_batch_first_tokens():
+    from gradleak.attacks.dager.bag_order import order_bag
+    from gradleak.attacks.dager.span_fit import span_fits
+    from gradleak.scoring.metrics import score_batch
+
+    settings = ClientSettings(lora_rank=4, lora_warmup_steps=3)
+    start = prepare_model(load_model(WIDER), settings)
+    update = simulate_update(start, Batch(texts=LONGER, labels=(0, 1)), settings=settings)
+    truth = [start.tokenizer(t)["input_ids"] for t in LONGER]
+    bag = tuple(sorted({t for ids in truth for t in ids}))
+    fits = span_fits(start, update.gradients())
+    assert [f.layer.block for f in fits] == [1]
+    fitted = order_bag(start, bag, 2, fits=fits, prior=False)
+    blind = order_bag(start, bag, 2, prior=False)  # no evidence: the bag's own order
+    # A first token's block-1 row depends on that token alone: the fit picks the true ones.
+    assert {s[0] for s in fitted} == {ids[0] for ids in truth}
+    assert sorted(t for s in fitted for t in s) == sorted(bag)
+
+    def rouge1(groups):
+        return score_batch(list(LONGER), [start.tokenizer.decode(g) for g in groups]).rouge1
+
+    assert rouge1(fitted) > rouge1(blind)

@@ -1,23 +1,36 @@
-"""A bag of tokens put in order by the public model's own language-model prior.
+"""A bag of tokens shared out between the batch's sentences and put in order.
 
 Where the adapters' spans give the batch's tokens but not their order (rotary positions past the
-rank limit), the public model still knows which orders are likely. A classifier fine-tuned from
-a language model with tied embeddings keeps its language-model head in its embedding table, so
-the next-token scores over the bag are the final hidden state times the bag's embeddings. The
-batch's sentences are grown one after another, each taking the bag's likeliest unused token next,
-with the bag shared out evenly between them (their lengths are unknown). Nothing here is a test:
-what it returns is a guess, best-effort.
+rank limit), two things still judge an order. The public model knows which orders are likely: a
+classifier fine-tuned from a language model with tied embeddings keeps its language-model head in
+its embedding table, so the next-token scores over the bag are the final hidden state times the
+bag's embeddings. And the adapters past block 0 span a slice of their block's input rows, which
+depend on each token's prefix: rows after the right prefixes explain more of it
+(:mod:`gradleak.attacks.dager.span_fit`).
+
+The batch's sentences grow in lockstep, one token each per round, every token of the bag used
+once and the bag shared out evenly (their lengths are unknown): each round the best
+(sentence, token) pairs are taken first, scored by the prior's log-probability plus
+:data:`FIT_WEIGHT` times the log of the share of each span a token's row would explain. Nothing
+here is a test: what it returns is a guess, best-effort.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
+from gradleak.attacks.dager.span_fit import SpanFit
 from gradleak.models.loading import PublicModel
-from gradleak.models.probe import compute_family
+from gradleak.models.probe import LinearInputProbe, compute_family
+
+#: Weight of the spans' log fit beside the prior's log-probability (one batch of SmolLM2 at
+#: r = 8, B = 4: ROUGE-1 32 by the prior alone, 28 by the fit alone, 41 to 46 at 3).
+FIT_WEIGHT = 3.0
+_FLOOR = 1e-12
 
 
 def has_language_prior(public: PublicModel) -> bool:
@@ -33,41 +46,78 @@ def order_bag(
     bag: tuple[int, ...],
     sentences: int,
     *,
+    fits: Sequence[SpanFit] = (),
+    prior: bool = True,
     deadline: Deadline = NO_DEADLINE,
 ) -> list[tuple[int, ...]]:
-    """Returns ``bag`` shared out between ``sentences`` sequences, each grown by the prior.
+    """Returns ``bag`` shared out between ``sentences`` sequences grown in lockstep.
 
-    Each token is used once. A sentence starts after the tokenizer's start (or end) token where
-    it has one, else after nothing but the choice of its likeliest first token by the same
-    scores. When ``deadline`` expires, the tokens left are appended in the bag's own order.
+    Each token is used once. Sentences follow the tokenizer's start (or end) token where it has
+    one (the prior's context). ``fits`` (consumed: each accepts the rows chosen) add the spans'
+    evidence; ``prior`` uses the language prior (needs :func:`has_language_prior`). When
+    ``deadline`` expires, the tokens left are dealt out in the bag's own order.
     """
+    if not bag or sentences < 1:
+        return []
     family = compute_family(public.family)
-    tokenizer = public.tokenizer
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    device = family.embedding().weight.device
+    count = min(sentences, len(bag))
+    lengths = [len(bag) // count + (i < len(bag) % count) for i in range(count)]
+    grown: list[list[int]] = [[] for _ in range(count)]
     left = list(bag)
-    out: list[tuple[int, ...]] = []
-    for index in range(sentences):
-        if not left:
-            break
-        length = math.ceil(len(left) / (sentences - index))
-        sequence: list[int] = []
-        while left and len(sequence) < length:
-            if deadline.expired():
-                rest = length - len(sequence)
-                sequence.extend(left[:rest])
-                del left[:rest]
-                break
-            context = ([start] if start is not None else []) + sequence
-            choice = _likeliest(family, context, left, device) if context else left[0]
-            sequence.append(choice)
-            left.remove(choice)
-        out.append(tuple(sequence))
-    return out
+    candidates = torch.tensor(left)
+    probe = LinearInputProbe(public.family, [f.layer for f in fits]) if fits else None
+    while left and not deadline.expired():
+        active = [s for s in range(count) if len(grown[s]) < lengths[s]]
+        scores = torch.zeros(len(active), len(candidates), dtype=torch.float64)
+        if prior:
+            scores += _prior(public, family, [grown[s] for s in active], candidates)
+        if probe is not None:
+            rows = _rows(probe, [grown[s] for s in active], candidates)
+            for fit in fits:
+                gains = fit.gains(rows[fit.layer].reshape(-1, rows[fit.layer].shape[-1]))
+                scores += FIT_WEIGHT * gains.clamp_min(_FLOOR).log().reshape(scores.shape)
+        scores[:, [t not in left for t in candidates.tolist()]] = -math.inf
+        for _ in range(min(len(active), len(left))):
+            flat = int(torch.argmax(scores))
+            i, j = divmod(flat, scores.shape[1])
+            token = int(candidates[j])
+            grown[active[i]].append(token)
+            left.remove(token)
+            if probe is not None:
+                for fit in fits:
+                    fit.accept(rows[fit.layer][i, j][None])
+            scores[i, :] = -math.inf
+            scores[:, j] = -math.inf
+    for index, token in enumerate(left):  # past the deadline
+        short = [s for s in range(count) if len(grown[s]) < lengths[s]]
+        grown[short[index % len(short)]].append(token)
+    return [tuple(s) for s in grown if s]
 
 
-def _likeliest(family, context: list[int], candidates: list[int], device) -> int:
-    hidden = family.base(input_ids=torch.tensor([context], device=device)).last_hidden_state
-    table = family.embedding().weight[torch.tensor(candidates, device=device)]
-    scores = table @ hidden[0, -1]
-    return candidates[int(torch.argmax(scores))]
+def _start(public: PublicModel) -> int | None:
+    tokenizer = public.tokenizer
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def _prior(public: PublicModel, family, prefixes: list[list[int]], candidates: torch.Tensor):
+    """Returns the prior's log-probabilities (P, C) of each candidate after each prefix (all one
+    length), normalised over the candidates."""
+    start = _start(public)
+    context = [([start] if start is not None else []) + p for p in prefixes]
+    table = family.embedding().weight
+    if not context[0]:  # no start token and empty prefixes: no preference
+        return torch.zeros(len(prefixes), len(candidates), dtype=torch.float64)
+    ids = torch.tensor(context, device=table.device)
+    hidden = family.base(input_ids=ids).last_hidden_state[:, -1]
+    logits = hidden @ table[candidates.to(table.device)].T
+    return torch.log_softmax(logits.double().cpu(), dim=1)
+
+
+def _rows(probe: LinearInputProbe, prefixes: list[list[int]], candidates: torch.Tensor):
+    """Returns each probed layer's input rows (P, C, d) at the position after each prefix (all
+    one length) for every candidate."""
+    if not prefixes[0]:
+        rows = probe(candidates[:, None])
+        return {layer: r[:, 0][None].expand(len(prefixes), -1, -1) for layer, r in rows.items()}
+    _, state = probe.start(torch.tensor(prefixes))
+    return probe.branch(state, candidates)

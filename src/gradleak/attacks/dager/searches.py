@@ -32,6 +32,7 @@ from gradleak.attacks.dager.placement import place_tokens
 from gradleak.attacks.dager.plan import SearchKind, SearchPlan
 from gradleak.attacks.dager.pursuit import token_bag
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
+from gradleak.attacks.dager.span_fit import SpanFit, span_fits
 from gradleak.attacks.dager.spans import (
     DagerSpans,
     screening_gates,
@@ -448,12 +449,20 @@ class PursuitSearch:
             none = Cause(CauseKind.NO_TOKENS, block=0)
             return Reconstruction("dager", (), causes=(*causes, none), diagnostics=diagnostics)
         bag: tuple[Cause, ...] = ()
+        prior = has_language_prior(public)
+        fits = [] if learned else span_fits(public, job.gradients)
         if learned:
             groups = _by_position(at)
-        elif has_language_prior(public):
+        elif prior or fits:
             sentences = _sentences(job)
-            groups = order_bag(public, at[0], sentences, deadline=job.deadline)
-            bag = (Cause(CauseKind.PURSUIT, detail=_BAG_ORDERED.format(sentences)),)
+            started = time.perf_counter()
+            groups = order_bag(
+                public, at[0], sentences, fits=fits, prior=prior, deadline=job.deadline
+            )
+            job.timings["order"] = time.perf_counter() - started
+            judged = [*(["the public model's language prior"] if prior else []), *_fitted(fits)]
+            detail = _BAG_ORDERED.format(sentences, " and ".join(judged))
+            bag = (Cause(CauseKind.PURSUIT, detail=detail),)
         else:
             groups, bag = [at[0]], (Cause(CauseKind.PURSUIT, detail=_BAG),)
         verdict = Assurance((*causes, *bag))
@@ -468,8 +477,13 @@ _FIRST_ROUND_FULL = (
 _BAG = "a bag of tokens: rotary positions leave their order unknown"
 _BAG_ORDERED = (
     "a bag of tokens, which rotary positions leave unordered, shared out between {} sentence(s) "
-    "and ordered by the public model's language prior"
+    "and ordered by {}"
 )
+
+
+def _fitted(fits: list[SpanFit]) -> list[str]:
+    blocks = ", ".join(str(f.layer.block) for f in fits)
+    return [f"the fit of its rows to the adapters' spans at block(s) {blocks}"] if fits else []
 
 
 def _sentences(job: SearchJob) -> int:
