@@ -22,6 +22,7 @@ _FIELDS: dict[str, tuple[str, str, str | None, str, str | None]] = {
         None,
     ),
     "distilbert": ("n_layers", "dim", "hidden_dim", "n_heads", None),
+    "t5": ("num_layers", "d_model", "d_ff", "num_heads", None),
 }
 _LLAMA_FIELDS = (
     "num_hidden_layers",
@@ -51,12 +52,14 @@ DECODERS: tuple[str, ...] = (
     "opt",
     "falcon",
 )
-ENCODERS: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra")
+ENCODERS: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra", "deberta-v2", "t5")
 #: The family each model_type must be attacked as.
 FAMILY: dict[str, str] = {
     **{t: "llama" for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
     **{t: t for t in ("gpt2", "gpt_neox", "opt", "falcon", "bert", "roberta", "distilbert")},
     "electra": "electra",
+    "deberta-v2": "deberta-v2",
+    "t5": "t5",
 }
 #: Encoders whose B = 4 batches the encoder search does not recover at these widths (BERT's
 #: included): an attack limitation, reported by an expected failure, never hidden.

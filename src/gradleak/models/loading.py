@@ -204,7 +204,11 @@ def _build_random(parsed: ModelSpec, *, task: str, num_labels: int):
     tokenizer = load_tokenizer(source)
     vocab = None if "vocab_size" in parsed.options else len(tokenizer)
     config = random_config(
-        parsed.target, parsed.options, vocab_size=vocab, pad_token_id=_pad_id(tokenizer)
+        parsed.target,
+        parsed.options,
+        vocab_size=vocab,
+        pad_token_id=_pad_id(tokenizer),
+        eos_token_id=_end_id(tokenizer),
     )
     if task == "seq_class":
         config.num_labels = num_labels
@@ -216,6 +220,12 @@ def _pad_id(tokenizer: Any) -> int | None:
     """Returns the id the client will pad with (GPT-2 clients pad with EOS)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return None if pad is None else int(pad)
+
+
+def _end_id(tokenizer: Any) -> int | None:
+    """Returns the id that ends each tokenised text ([SEP] for WordPiece, else EOS)."""
+    end = getattr(tokenizer, "sep_token_id", None)
+    return int(end) if end is not None else tokenizer.eos_token_id
 
 
 def _init_head(

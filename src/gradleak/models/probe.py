@@ -148,7 +148,12 @@ class LinearInputProbe:
             if layer.block != 0 or layer.role not in ("q", "k", "v"):
                 raise ValueError(f"token_rows needs block-0 q/k/v layers, got {layer.key}")
         ids = token_ids.reshape(-1, 1).to(self.device)
-        positions = torch.full_like(ids, position + self.family.position_offset())
+        # Relative positions are the model's own business (T5 takes no position ids at all).
+        positions = (
+            None
+            if self.family.positions == "relative"
+            else torch.full_like(ids, position + self.family.position_offset())
+        )
         types = torch.full_like(ids, token_type) if self.family.token_types else None
         rows = self._run(
             ids, attention_mask=None, token_type_ids=types, position_ids=positions, cache=None
@@ -270,7 +275,9 @@ class LinearInputProbe:
 
         def make_hook(name: str):
             def hook(module: nn.Module, args: tuple) -> None:
-                captured[name] = args[0]
+                # The first call reads the block's input; DeBERTa's shared-key attention calls
+                # q and k again on its relative position table.
+                captured.setdefault(name, args[0])
                 if len(captured) == len(self._by_module):
                     raise _InputsCaptured
 

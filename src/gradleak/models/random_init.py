@@ -35,12 +35,30 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 8192,
     },
     "bert": {},
+    # DeBERTa-v3-small's shape and relative attention: the library default adds absolute
+    # positions to the input rows (DeBERTa v1's layout), which no v2/v3 checkpoint does.
+    "deberta-v2": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "relative_attention": True,
+        "position_biased_input": False,
+        "pos_att_type": ["p2c", "c2p"],
+        "max_relative_positions": -1,
+        "position_buckets": 256,
+        "norm_rel_ebd": "layer_norm",
+        "share_att_key": True,
+        "type_vocab_size": 0,
+    },
+    # T5-small's shape (the library default); the decoder starts from padding, as T5's does.
+    "t5": {},
 }
 _RESERVED = ("seed", "tokenizer")
 
 
 #: Tokenizers that belong with an architecture's default shape (SmolLM2's for random:llama).
-_TOKENIZERS: dict[str, str] = {"llama": "smollm2-135m"}
+_TOKENIZERS: dict[str, str] = {"llama": "smollm2-135m", "t5": "minilm"}
 
 
 def default_tokenizer_source(arch: str) -> str:
@@ -68,12 +86,13 @@ def random_config(
     *,
     vocab_size: int | None,
     pad_token_id: int | None = None,
+    eos_token_id: int | None = None,
 ) -> PretrainedConfig:
     """Returns the config of ``random:ARCH``: defaults, then the user's overrides.
 
     The config is built from the values, so fields derived from others (Falcon's MLP width, a
     head's width) follow them; ``pad_token_id`` is the tokenizer's (RoBERTa counts positions
-    from it).
+    from it), and so is ``eos_token_id`` for encoder-decoders (where a T5 classifier pools).
     """
     try:
         default = AutoConfig.for_model(arch)
@@ -87,6 +106,13 @@ def random_config(
         values["vocab_size"] = vocab_size
     if pad_token_id is not None:
         values["pad_token_id"] = pad_token_id
+    if getattr(default, "is_encoder_decoder", False):
+        # The tokenizer's ends: a T5 classifier pools at the end-of-sequence token, and its
+        # decoder starts from padding.
+        if eos_token_id is not None:
+            values["eos_token_id"] = eos_token_id
+        if pad_token_id is not None:
+            values.setdefault("decoder_start_token_id", pad_token_id)
     for key, raw in options.items():
         if key in _RESERVED:
             continue

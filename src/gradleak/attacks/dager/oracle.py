@@ -80,7 +80,9 @@ def build_oracle(
         raise GradientNotExposedError(
             f"the model has only {family.num_blocks} blocks; block {block} does not exist."
         )
-    candidates = [family.linear_layer(block, role) for role in roles]
+    # A projection that also reads a position table widens the span past the input rows.
+    clean = tuple(role for role in roles if role not in family.table_reading_roles())
+    candidates = [family.linear_layer(block, role) for role in clean or roles]
     layers = tuple(
         layer for layer in candidates if input_side_gradient(layer, gradients) is not None
     )

@@ -45,6 +45,7 @@ from gradleak.attacks.dager.tokens import (
     scan_tokens,
     vocabulary_residuals,
 )
+from gradleak.attacks.dager.unordered import bag_sets, likely_lengths
 from gradleak.attacks.peel import peel
 from gradleak.attacks.span import span_basis
 from gradleak.attacks.verdict import Assurance, Cause, CauseKind
@@ -309,11 +310,18 @@ class EncoderSearch(_ExactSearch):
         peeled: list[dict[str, Any]] = []
         peeling = exact and job.plan.peel
         disclosed = job.update.metadata.batch_size
+        size = batch_size(public, job.update, job.gradients)
         while True:
             likely, lengths = _placement(public, gradients, scan)
+            sets = scan.sets
+            if public.family.positions == "relative":  # a bag: order comes from block 1
+                rows_left = spans.sequence.basis.rank - sum(len(ids) for ids, _ in held)
+                sets = bag_sets(scan.sets[0], rows_left, job.max_length)
+                left = None if size is None else size.value - len(found)
+                lengths = likely_lengths(rows_left, left, job.max_length)
             results, gave_up = search_sentences(
                 spans.sequence,
-                scan.sets,
+                sets,
                 tokenizer=public.tokenizer,
                 threshold=tau2,
                 restarts=cfg.encoder_restarts,
@@ -675,7 +683,7 @@ def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences):
     scan = scan_tokens(
         token,
         job.vocab,
-        per_position=True,
+        per_position=public.family.positions == "learned",
         max_length=job.max_length,
         tau=cfg.tau1,
         chunk_size=cfg.chunk_size,

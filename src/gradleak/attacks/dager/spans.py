@@ -205,10 +205,11 @@ def _encoder_mlp_threshold(
     clean when they stand a decade apart.
     """
     tilt = max(FLOOR_MARGIN * oracle.basis.noise_floor, scan.threshold)
-    if len(scan.sets) < 2:
+    if len(scan.sets) < 2 and oracle.probe.family.positions != "relative":
         return tilt, False
     generator = torch.Generator().manual_seed(config.seed)
-    outside = vocab[~torch.isin(vocab, scan.sets[1])]
+    # Rows without positions (relative attention) are scanned once: that set holds everywhere.
+    outside = vocab[~torch.isin(vocab, scan.sets[min(1, len(scan.sets) - 1)])]
     sample = outside[torch.randperm(len(outside), generator=generator)[:256]]
     start = scan.sets[0][:1].expand(len(sample))
     false = oracle.residuals(oracle.probe(torch.stack([start, sample], dim=1)))[:, 1]

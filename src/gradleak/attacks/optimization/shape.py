@@ -34,9 +34,10 @@ from gradleak.models.families import ArchitectureFamily, LinearLayer
 #: Roles tried for the token count, most reliable first (a causal model's first query gradient
 #: is zero).
 _TOKEN_ROLES = ("mlp_in", "mlp_gate", "v", "k", "o", "mlp_out", "q")
-_MLP_ROLES = ("mlp_in", "mlp_gate", "mlp_out")
 #: A drop this deep (decades) between singular values separates rows from the rounding bulk.
 _ROW_DROP_DECADES = 2.0
+#: Relative singular values below this are exact zeros of a float32 gradient, not rows.
+_EXACT_ZERO = 1e-12
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,15 @@ def estimate_batch_size(
     """Returns the batch size read from the last block's MLP gradient of a classifier, or None."""
     if task != "seq_class":
         return None
-    last = family.num_blocks - 1
-    for role in _MLP_ROLES:
-        layer = _layer(family, last, role)
-        if layer is None or layer.weight_name not in gradients:
+    for layer in family.pooled_mlp():
+        if layer.weight_name not in gradients:
             continue
         singular = _singular_values(layer, gradients)
         if singular is None:
             continue
+        # A ReLU MLP's dead units leave exact zeros below float32's bulk; a drop into them
+        # counts no rows.
+        singular = singular.clamp_min(_EXACT_ZERO)
         rank, gap = estimate_rank(singular)
         # Rows of similar sequences (a shallow random model's pooled states) give a first drop
         # as deep as the one into the rounding bulk; the rows end at the last deep drop.

@@ -135,6 +135,19 @@ class ArchitectureFamily(ABC):
         padding_idx + 1); explicit position ids are this plus the position."""
         return 0
 
+    def pooled_mlp(self) -> list[LinearLayer]:
+        """Returns the MLP layers of the block a classifier pools its rows from, where only the
+        pooled rows have a gradient: the last block's (T5's decoder's last block)."""
+        last = self.num_blocks - 1
+        roles = ("mlp_in", "mlp_gate", "mlp_out")
+        return [self._layers[(last, role)] for role in roles if (last, role) in self._layers]
+
+    def table_reading_roles(self) -> tuple[str, ...]:
+        """Returns the roles whose projections also read rows that are no token's (DeBERTa's
+        shared-key attention projects its relative position table with q and k), so their
+        gradients span more than the block's input rows."""
+        return ()
+
     def embedding_norm(self) -> nn.Module | None:
         """Returns the LayerNorm that normalises the embedding sum before block 0 with no residual
         around it (BERT), or None."""

@@ -11,6 +11,7 @@ from gradleak.models.families.decoders import FalconFamily, GPTNeoXFamily, OPTFa
 from gradleak.models.families.encoders import DistilBertFamily, ElectraFamily, RobertaFamily
 from gradleak.models.families.gpt2 import GPT2Family
 from gradleak.models.families.llama import LlamaFamily
+from gradleak.models.families.relative import DebertaV2Family, T5Family
 
 _FAMILIES: dict[str, type[ArchitectureFamily]] = {
     "gpt2": GPT2Family,
@@ -22,15 +23,14 @@ _FAMILIES: dict[str, type[ArchitectureFamily]] = {
     "roberta": RobertaFamily,
     "distilbert": DistilBertFamily,
     "electra": ElectraFamily,
+    "deberta-v2": DebertaV2Family,
+    "t5": T5Family,
 }
 
 #: Architectures known and not yet supported: what is missing, said before any work.
 _MISSING: dict[str, str] = {
     "albert": "ALBERT shares one block across depth, and the probe keys a layer's input by its "
     "module, so it cannot tell block 0's input from block 1's",
-    "deberta-v2": "DeBERTa-v2 keeps positions inside attention only, and no encoder search "
-    "without positions in the input rows has been checked on it yet",
-    "t5": "encoder-decoders (T5) are not supported yet",
     "bart": "encoder-decoders (BART) are not supported yet",
 }
 

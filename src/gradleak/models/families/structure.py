@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-_QUERY = ("q_proj", "query", "q_lin", "q", "wq")
-_KEY = ("k_proj", "key", "k_lin", "k", "wk")
-_VALUE = ("v_proj", "value", "v_lin", "v", "wv")
+_QUERY = ("q_proj", "query_proj", "query", "q_lin", "q", "wq")
+_KEY = ("k_proj", "key_proj", "key", "k_lin", "k", "wk")
+_VALUE = ("v_proj", "value_proj", "value", "v_lin", "v", "wv")
 _FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "wqkv", "qkv")
 
 
