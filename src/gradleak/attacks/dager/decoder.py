@@ -140,7 +140,7 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
     residual = first.basis.residuals(rows).cpu()
     passed = residual < gates[0].threshold
     if len(gates) == 1:
-        passed &= ~_repeats_previous_row(rows, frontier.last_rows[:, None]).cpu()
+        passed &= ~repeats_previous_row(rows, frontier.last_rows[:, None]).cpu()
     parent, column = torch.nonzero(passed, as_tuple=True)
     token, residual = tokens[column], residual[parent, column]
     for gate in gates[1:]:
@@ -151,14 +151,15 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
         residual = gate.oracle.basis.residuals(new_rows).cpu()
         passed = residual < gate.threshold
         if gate is gates[-1]:
-            passed &= ~_repeats_previous_row(
+            passed &= ~repeats_previous_row(
                 new_rows, frontier.last_rows[parent.to(new_rows.device)]
             ).cpu()
         parent, token, residual = parent[passed], token[passed], residual[passed]
     return parent, token, residual
 
 
-def _repeats_previous_row(rows: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+def repeats_previous_row(rows: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Returns which rows equal the prefix's previous row (no new evidence, see ``_SAME_ROW``)."""
     return (rows - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)
 
 

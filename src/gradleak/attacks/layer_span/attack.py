@@ -15,6 +15,11 @@ Which layer, when several are exposed (pitfalls measured on SmolLM2):
 - in the last block only pooled rows (classification) or no rows (next-token targets) carry q and
   MLP gradients, so the last block is used only when nothing else is exposed.
 
+Candidates are tested in the public model's own next-token order where it has a language-model
+head (``order="lm"``, :mod:`gradleak.attacks.layer_span.ordered`): the likeliest first, widened
+only while the span's rank shows rows unexplained, up to the whole vocabulary. ``order="none"``
+scans the whole vocabulary at every step (:func:`gradleak.attacks.dager.decoder.search_prefixes`).
+
 Results are certified exactly as DAGER's are: every position passed the span test with a
 threshold read from the data, and a saturated span turns everything best-effort.
 """
@@ -34,12 +39,23 @@ from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
 from gradleak.attacks.dager.spans import vocabulary
+from gradleak.attacks.layer_span.ordered import OrderedSettings, ordered_search
+from gradleak.attacks.layer_span.prior import (
+    CONTEXTS,
+    NextTokenRanking,
+    context_ids,
+    end_ids,
+    has_next_token_head,
+)
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.attacks.verdict import Assurance, Cause, CauseKind
 from gradleak.errors import GradientNotExposedError, UnsupportedFamilyError
 from gradleak.models.families import ArchitectureFamily
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
+
+#: How candidates are ordered (see ``LayerSpanConfig.order``).
+ORDERS = ("lm", "none")
 
 #: Role groups that share one input, in order of preference within a block.
 ROLE_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -63,6 +79,19 @@ class LayerSpanConfig:
         max_frontier: most prefixes kept per step (more makes the result best-effort).
         time_budget: seconds the search may run; then the live prefixes are returned
             best-effort. None: no limit.
+        order: ``lm`` tests candidates in the public model's next-token order (where it has a
+            language-model head: a causal LM, or tied embeddings), ``none`` scans the whole
+            vocabulary at every step.
+        tiers: ranking heads tested in turn (increasing): each prefix tests the first; the rest
+            are tried only while the span's rank shows rows unexplained.
+        reference: random vocabulary tokens scored beside position 0's head, as the false
+            cluster the threshold is read against.
+        full_scan: after the last tier, widen to the whole vocabulary while rows are
+            unexplained; off, such rows make the result best-effort instead.
+        context: what the ranking conditions the first token on: ``chat`` (the tokenizer's chat
+            template up to a user message), ``bos`` (its start token), ``none``, or ``auto``
+            (chat where the tokenizer has a template, else bos).
+        seed: draws the reference sample.
     """
 
     block: int | None = None
@@ -72,6 +101,41 @@ class LayerSpanConfig:
     chunk_size: int = 8192
     max_frontier: int = 256
     time_budget: float | None = 600.0
+    order: str = "lm"
+    tiers: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
+    reference: int = 1024
+    full_scan: bool = True
+    context: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tiers, int | list):  # -o tiers=64 or -o tiers=[32,512] (YAML)
+            tiers = (self.tiers,) if isinstance(self.tiers, int) else tuple(self.tiers)
+            object.__setattr__(self, "tiers", tiers)
+        if self.context is False:  # YAML reads a bare "none"... and "off" as false
+            object.__setattr__(self, "context", "none")
+        problems = []
+        if self.order not in ORDERS:
+            problems.append(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.context not in CONTEXTS:
+            problems.append(f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
+        tiers = self.tiers
+        if (
+            not tiers
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tiers)
+            or list(tiers) != sorted(set(tiers))
+        ):
+            problems.append(f"tiers must be increasing positive integers, got {tiers!r}")
+        for name in ("reference", "max_length", "chunk_size", "max_frontier"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.full_scan, bool):
+            problems.append(f"full_scan must be true or false, got {self.full_scan!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            problems.append(f"time_budget must be positive or None, got {self.time_budget!r}")
+        if problems:
+            raise ValueError("LayerSpanConfig: " + "; ".join(problems))
 
 
 def choose_layer(family: ArchitectureFamily, exposed: set[str]) -> tuple[int, tuple[str, ...]]:
@@ -137,31 +201,16 @@ class LayerSpan(Attack):
         timings: dict[str, float] = {"svd": time.perf_counter() - started}
         vocab = vocabulary(public)
 
-        started = time.perf_counter()
-        tau = (
-            cfg.tau
-            if cfg.tau is not None
-            else _first_token_threshold(oracle, vocab, cfg.chunk_size)
-        )
-        timings["calibration"] = time.perf_counter() - started
         diagnostics: dict[str, Any] = {
             "layer": f"{block}.{'+'.join(roles)}",
             "rank": oracle.basis.rank,
             "gap_decades": round(oracle.basis.gap_decades, 2),
-            "tau": tau,
             "seconds": timings,
         }
         started = time.perf_counter()
-        search = search_prefixes(
-            [Gate(oracle, tau)],
-            tokens_at=lambda _: vocab,
-            max_length=cfg.max_length,
-            chunk_size=cfg.chunk_size,
-            max_frontier=cfg.max_frontier,
-            deadline=deadline,
-        )
+        outcome = self._search(public, update, oracle, vocab, deadline)
         timings["search"] = time.perf_counter() - started
-        diagnostics["prefix_accepted"] = search.accepted
+        diagnostics.update(outcome.diagnostics, tau=outcome.threshold)
 
         causes: tuple[Cause, ...] = ()
         if oracle.basis.saturated:
@@ -172,9 +221,9 @@ class LayerSpan(Attack):
                 detail="/".join(roles),
             )
             causes = (saturated,)
-        if search.truncated:
+        if outcome.truncated:
             causes = (*causes, Cause(CauseKind.FRONTIER_CUT))
-        found = [ids for ids, _ in search.sequences]
+        found = [ids for ids, _ in outcome.sequences]
         unexplained = 0 if causes else unexplained_rows(oracle.basis.rank, found)
         diagnostics["unexplained_rows"] = unexplained
         shortened = cut_short(public, gradients, found, unexplained=unexplained)
@@ -185,7 +234,7 @@ class LayerSpan(Attack):
                 Assurance((*causes, *([shortened[ids]] if ids in shortened else []))),
                 res,
             )
-            for ids, res in search.sequences
+            for ids, res in outcome.sequences
         )
         batch = causes
         if unexplained:
@@ -202,6 +251,80 @@ class LayerSpan(Attack):
                 )
         result = Reconstruction(self.name, sequences, causes=batch, diagnostics=diagnostics)
         return out_of_time(result, deadline) if deadline.expired() else result
+
+    def _search(
+        self,
+        public: PublicModel,
+        update: ClientUpdate,
+        oracle: SpanOracle,
+        vocab: torch.Tensor,
+        deadline: Deadline,
+    ) -> _Outcome:
+        """Runs the search in the public model's next-token order where it ranks tokens, else
+        the whole-vocabulary scan."""
+        cfg = self.config
+        if cfg.order == "lm" and has_next_token_head(public):
+            tokenizer = public.tokenizer
+            ranking = NextTokenRanking(
+                public, context_ids(tokenizer, cfg.context), end_ids(tokenizer, cfg.context)
+            )
+            settings = _ordered_settings(cfg, update.metadata.batch_size)
+            ordered = ordered_search(oracle, ranking, vocab, settings, deadline=deadline)
+            return _Outcome(
+                ordered.sequences,
+                ordered.threshold,
+                ordered.truncated,
+                {
+                    "order": "lm",
+                    "first_scored": ordered.first_scored,
+                    "tested": ordered.tested,
+                    "widened": ordered.widened,
+                },
+            )
+        started = time.perf_counter()
+        tau = cfg.tau
+        if tau is None:
+            tau = _first_token_threshold(oracle, vocab, cfg.chunk_size)
+        calibration = time.perf_counter() - started
+        search = search_prefixes(
+            [Gate(oracle, tau)],
+            tokens_at=lambda _: vocab,
+            max_length=cfg.max_length,
+            chunk_size=cfg.chunk_size,
+            max_frontier=cfg.max_frontier,
+            deadline=deadline,
+        )
+        diagnostics = {
+            "order": "none",
+            "prefix_accepted": search.accepted,
+            "calibration_seconds": calibration,
+        }
+        return _Outcome(search.sequences, tau, search.truncated, diagnostics)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A search's sequences (ids, residuals), its threshold, whether it cut its frontier, and
+    what it reports."""
+
+    sequences: list[tuple[tuple[int, ...], tuple[float, ...]]]
+    threshold: float
+    truncated: bool
+    diagnostics: dict[str, Any]
+
+
+def _ordered_settings(cfg: LayerSpanConfig, batch_size: int | None) -> OrderedSettings:
+    return OrderedSettings(
+        tiers=cfg.tiers,
+        reference=cfg.reference,
+        full_scan=cfg.full_scan,
+        max_length=cfg.max_length,
+        chunk_size=cfg.chunk_size,
+        max_frontier=cfg.max_frontier,
+        batch_size=batch_size,
+        threshold=cfg.tau,
+        seed=cfg.seed,
+    )
 
 
 def _first_token_threshold(oracle: SpanOracle, vocab: torch.Tensor, chunk_size: int) -> float:
