@@ -8,6 +8,7 @@ import torch
 from helpers import TINY
 
 from gradleak.attacks.dager import Dager, encoder
+from gradleak.attacks.dager.oracle import build_oracle
 from gradleak.attacks.dager.placement import TokenPlacement, place_tokens
 from gradleak.client import Exposure, compute_update
 from gradleak.data import Batch, load_texts, sample_batches
@@ -146,3 +147,21 @@ def test_a_rotten_tomatoes_batch_of_eight_is_recovered_exactly(shared_dir, minil
     truth = sorted(tuple(minilm.tokenizer(t)["input_ids"]) for t in batch.texts)
     assert sorted(s.token_ids for s in result.sequences) == truth
     assert result.certified and result.reason is None
+
+
+def test_the_gradient_ranks_the_fix_of_a_wrong_token_among_its_picks(minilm):
+    """A ranked round evaluates only the single changes the score's gradient favours; with one
+    token wrong, restoring it must be among them (out of several times as many changes)."""
+    texts = ("the film is a charming and often funny ride .", "a dull , tired and hollow plot .")
+    gradients = update_for(minilm, texts).gradients()
+    oracle = build_oracle(minilm.family, gradients, 1)
+    truth = torch.tensor(minilm.tokenizer(texts[0])["input_ids"])
+    bag = torch.unique(torch.cat([torch.tensor(minilm.tokenizer(t)["input_ids"]) for t in texts]))
+    options = [bag[(bag != truth[0]) & (bag != truth[-1])] for _ in range(len(truth) - 2)]
+    for position in (2, 5):
+        current = truth.clone()
+        current[position] = int(options[0][options[0] != truth[position]][0])
+        variants, positions = encoder._single_changes(current, options)
+        assert len(variants) > 2 * encoder._RANKED
+        picks = encoder._likeliest_changes(oracle, current, variants, positions)
+        assert any(torch.equal(variants[i], truth) for i in picks.tolist())

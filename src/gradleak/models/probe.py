@@ -244,6 +244,19 @@ class LinearInputProbe:
         )
         return {layer: r[:, -1] for layer, r in rows.items()}
 
+    def embedded_sequences(self, embeds: torch.Tensor) -> dict[LinearLayer, torch.Tensor]:
+        """Returns, per layer, the input rows (batch, length, in) of whole sequences given as
+        continuous token embeddings (batch, length, d) instead of ids; differentiable in
+        ``embeds``. Positions and token types are the model's defaults, as for ids."""
+        return self._run(
+            None,
+            inputs_embeds=embeds.to(self.device),
+            attention_mask=None,
+            token_type_ids=None,
+            position_ids=None,
+            cache=None,
+        )
+
     def _as_attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """Returns a 4D mask in the form the model's attention implementation reads (bool or
         additive)."""

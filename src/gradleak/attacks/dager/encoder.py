@@ -25,6 +25,8 @@ _FIRST_GUESSES = 2
 _RIDGE = 1e-3
 #: Changes of largest joint weight that a stalled round tries in pairs.
 _PAIRED = 16
+#: Single changes a ranked round evaluates: those the score's gradient predicts gain most.
+_RANKED = 48
 
 _log = logging.getLogger(__name__)
 
@@ -198,15 +200,21 @@ def _options(tokens: torch.Tensor, cls_id: int, sep_id: int) -> torch.Tensor:
 def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
     """Returns the local optimum reached from ``start``, and its per-row residuals.
 
-    A round scores every single-token change. One wrong token pushes every block-1 row off the
-    span (attention mixes it into all of them), so far from the truth single changes barely differ
-    in score and a one-at-a-time search stalls in mixtures of the batch's sentences. The rows'
+    A round scores single-token changes. One wrong token pushes every block-1 row off the span
+    (attention mixes it into all of them), so far from the truth single changes barely differ in
+    score and a one-at-a-time search stalls in mixtures of the batch's sentences. The rows'
     off-span parts are, however, close to additive in the changes, so a least-squares combination
     of the single changes' effects (a Gauss-Newton step over discrete choices) points at many right
     tokens at once; the round keeps whichever of it and the best single change scores better.
     Near the truth, with two tokens wrong, neither helps: fixing one leaves every row off, and the
     combination also applies spurious changes. So where both fail, the round tries every pair of
     the changes the combination weighs most.
+
+    Evaluating every single change costs a forward pass per change of a whole sentence, which
+    grows with the square of its length. So a round first evaluates only the :data:`_RANKED`
+    changes that the score's gradient with respect to the token embeddings predicts gain most
+    (one backward pass); only when that round finds no gain does one evaluate them all, so the
+    descent still stops only where no single change, combination or pair helps.
     """
     current = torch.tensor([cls_id, *[int(t) for t in start], sep_id])
     off = _off_span(oracle, current[None], chunk_size)[0]
@@ -214,16 +222,16 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
         variants, positions = _single_changes(current, options)
         if not len(variants):
             break
-        effects = _off_span(oracle, variants, chunk_size)
-        scores = _score(effects)
-        weights = _joint_weights(off, effects)
-        joint = _joint_change(current, weights, variants, positions)
-        joint_off = _off_span(oracle, joint[None], chunk_size)[0]
-        single = int(torch.argmin(scores))
-        best, best_off, best_score = (joint, joint_off, float(_score(joint_off[None])[0]))
-        if float(scores[single]) < best_score:
-            best, best_off, best_score = variants[single], effects[single], float(scores[single])
         now = float(_score(off[None])[0]) - 1e-9
+        if len(variants) > _RANKED:
+            pick = _likeliest_changes(oracle, current, variants, positions)
+            step = _best_step(oracle, current, off, variants[pick], positions[pick], chunk_size)
+            if step[2] < now:
+                current, off = step[0], step[1]
+                continue
+        best, best_off, best_score, weights = _best_step(
+            oracle, current, off, variants, positions, chunk_size
+        )
         if best_score >= now:
             pairs = _pair_changes(current, weights, variants, positions)
             if not len(pairs):
@@ -236,6 +244,38 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
             best, best_off = pairs[pick], pair_off[pick]
         current, off = best.clone(), best_off
     return tuple(int(t) for t in current), tuple(float(r) for r in off.norm(dim=-1))
+
+
+def _best_step(oracle, current, off, variants, positions, chunk_size):
+    """Returns (sentence, its off-span rows, its score, the joint weights): the better of the
+    best single change among ``variants`` and their least-squares combination."""
+    effects = _off_span(oracle, variants, chunk_size)
+    scores = _score(effects)
+    weights = _joint_weights(off, effects)
+    joint = _joint_change(current, weights, variants, positions)
+    joint_off = _off_span(oracle, joint[None], chunk_size)[0]
+    single = int(torch.argmin(scores))
+    best = (joint, joint_off, float(_score(joint_off[None])[0]), weights)
+    if float(scores[single]) < best[2]:
+        best = (variants[single].clone(), effects[single], float(scores[single]), weights)
+    return best
+
+
+def _likeliest_changes(
+    oracle: SpanOracle, current: torch.Tensor, variants: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """Returns the indices of the :data:`_RANKED` single changes whose first-order effect on the
+    sentence's score, through its token embeddings, is the most negative."""
+    table = oracle.probe.embedding_weight.detach()
+    embeds = table[current.to(table.device)].clone().requires_grad_(True)
+    with torch.enable_grad():
+        rows = oracle.probe.embedded_sequences(embeds[None])[oracle.layer]
+        score = _score(oracle.basis.off_span(rows[0])[None])[0]
+        (slope,) = torch.autograd.grad(score, embeds)
+    new = variants[torch.arange(len(variants)), positions].to(table.device)
+    old = current[positions].to(table.device)
+    gain = ((table[new] - table[old]) * slope[positions.to(table.device)]).sum(dim=-1)
+    return torch.argsort(gain.cpu())[:_RANKED]
 
 
 def _single_changes(

@@ -679,7 +679,8 @@ def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences):
     # Block 0 has no more distinct rows than block 1 has rows; the largest gap of a peeled
     # spectrum can fall short of that, leaving weak true directions out.
     token = build_oracle(public.family, rest, 0, rank=sequence.basis.rank)
-    # Rescanned to the full length: a weak true token can end the first scan early.
+    # Rescanned to the full length (past position 1, only the bag where the update shows it): a
+    # weak true token can end the first scan early.
     scan = scan_tokens(
         token,
         job.vocab,
@@ -687,6 +688,7 @@ def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences):
         max_length=job.max_length,
         tau=cfg.tau1,
         chunk_size=cfg.chunk_size,
+        later=job.bag,
     )
     tau2, clean = sequence_threshold(sequence, scan, job.vocab, cfg)
     if token.basis.saturated or scan.split is None or not clean or not scan.sets:
