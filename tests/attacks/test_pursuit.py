@@ -32,3 +32,15 @@ def test_a_b_factor_warmed_up_on_few_rows_caps_the_span_below_its_rank():
     b_factor = torch.randn(64, 3, generator=generator) @ torch.randn(3, 16, generator=generator)
     assert numerical_rank(b_factor) == 3  # rank 16 adapter, rank 3 B: 3 rows show at most
     assert numerical_rank(torch.zeros(64, 16)) == 0  # the first round
+
+
+def test_an_adapter_span_near_its_limit_ends_at_the_largest_drop_in_its_tail():
+    from gradleak.attacks.dager.oracle import tail_rank
+
+    generator = torch.Generator().manual_seed(3)
+    signal = torch.logspace(0, -7.7, 426, dtype=torch.float64)  # the weakest rows near rounding
+    bulk = 7e-9 * (1 - 0.02 * torch.rand(150, generator=generator, dtype=torch.float64)).cumprod(0)
+    spectrum = torch.cat([signal, bulk])  # the true rank is 426, below the limit of 448
+    assert tail_rank(spectrum, 419, 448) == 426  # the bulk's margin stopped 7 short
+    assert tail_rank(spectrum, 426, 448) == 426
+    assert tail_rank(bulk, 3, 100) == 3  # rounding alone has no drop to read

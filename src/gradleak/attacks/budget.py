@@ -22,6 +22,13 @@ class Deadline:
         """Returns whether the budget is spent."""
         return self.seconds is not None and time.perf_counter() - self.started >= self.seconds
 
+    def past(self, fraction: float) -> bool:
+        """Returns whether at least ``fraction`` of the budget is spent (never without one)."""
+        left = self.left()
+        return (
+            self.seconds is not None and left is not None and left <= (1 - fraction) * self.seconds
+        )
+
     def left(self) -> float | None:
         """Returns the seconds left (never below zero), or None without a budget."""
         if self.seconds is None:
