@@ -6,6 +6,7 @@ update alone and the scoring are the library's own. The DAGER paper's figures (G
 and 10, App. B.4) are printed beside each cell where it reports one.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only fedavg --batches 3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only fedavg32 --batches 10
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only gpt2-noise-1e-05-filter
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only dropout --batches 10
     .venv/bin/python benchmarks/defences_bench.py --list
@@ -85,6 +86,24 @@ def fedavg_cells() -> list[Cell]:
         for m in MODELS
         for e in (2, 5, 10)
         for lr in (1e-5, 1e-4, 5e-4)
+    ]
+
+
+def fedavg32_cells() -> list[Cell]:
+    """Issue 19's float32 FedAvg targets: the client trains in float32, so every local step is
+    rounded against its weights (DAGER ranks candidates above that rounding)."""
+    return [
+        Cell(
+            f"{m}-fedavg32-e{e}-lr0.0001",
+            "fedavg32",
+            MODELS[m],
+            16,
+            {"algo": "fedavg", "local_epochs": e, "lr": 1e-4, "mini_batch": 4},
+            paper=_fedavg_paper(m, e, 1e-4),
+            note=f"E={e} lr=1e-4 b=4 float32",
+        )
+        for m in MODELS
+        for e in (2, 5)
     ]
 
 
@@ -182,7 +201,7 @@ def dropout_cells() -> list[Cell]:
     ]
 
 
-CELLS = [*fedavg_cells(), *noise_cells(), *dpsgd_cells(), *lora_cells(), *dropout_cells()]
+CELLS = [*fedavg_cells(), *fedavg32_cells(), *noise_cells(), *dpsgd_cells(), *lora_cells(), *dropout_cells()]
 
 
 def run_cell(
@@ -267,7 +286,7 @@ def main() -> None:
         "--only",
         nargs="*",
         default=None,
-        help="cell names, groups (fedavg, noise, dpsgd, lora, dropout) or substrings "
+        help="cell names, groups (fedavg, fedavg32, noise, dpsgd, lora, dropout) or substrings "
         "(default: all)",
     )
     parser.add_argument("--batches", type=int, default=3)

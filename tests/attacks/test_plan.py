@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gradleak.attacks import Cause, CauseKind
@@ -138,3 +140,20 @@ def test_a_first_round_span_read_through_a_narrow_a_factor_is_not_certifying():
     assert plan.search is SearchKind.PREFIX and kinds(plan) == [CauseKind.PROJECTED]
     assert plan.causes[0].count == 16
     assert plan_search(UpdateReading(causal=True, spectra=wide), DagerConfig()).exact
+
+
+def test_a_float32_delta_read_above_its_weights_rounding_is_ranked_never_certified():
+    rounded = UpdateReading(
+        causal=True,
+        local_steps=8,
+        dtype="float32",
+        spectra=SATURATED,
+        weight_rounding="float32 grid, 8 steps at lr 0.0001",
+    )
+    plan = plan_search(rounded, DagerConfig())
+    assert plan.search is SearchKind.RANKED and not plan.exact and not plan.peel
+    assert kinds(plan) == [CauseKind.DRIFT, CauseKind.ROUNDING, CauseKind.RANKED]
+    encoder = plan_search(replace(rounded, causal=False), DagerConfig())
+    assert encoder.search is SearchKind.ENCODER
+    assert kinds(encoder) == [CauseKind.DRIFT, CauseKind.ROUNDING]
+    assert refines_with_subspace(plan.causes, 0, DagerConfig())

@@ -76,10 +76,16 @@ def rounding_floor(
     svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
     seed: int = 0,
+    element_std: Sequence[torch.Tensor] | None = None,
 ) -> float | None:
     """Returns the top of the noise bulk that rounding adds to the spectrum of the stacked,
     unit-scaled ``gradients`` (whose thin SVD ``svd`` is given), or None when none of them was
     rounded coarser than float32.
+
+    ``element_std``, where the caller knows each value's error (a float32 client's weights
+    rounding a multi-step delta, :mod:`gradleak.attacks.weight_rounding`), replaces the grid
+    read off the values; the gradients are then stacked as they are, scaled by one common norm
+    (:func:`gradleak.attacks.span.stacked_svd` with ``unit=False``).
 
     One draw of the rounding error (uniform over each value's step, values independent) stands
     for the error. Its own norm overshoots the observed bulk up to 2 times on SmolLM2: the
@@ -88,7 +94,11 @@ def rounding_floor(
     estimate, on both sides (closed-form bounds overshoot 2 to 5 times and would cut true
     directions off).
     """
-    errors = _error_draw(gradients, seed)
+    errors = (
+        _error_draw(gradients, seed)
+        if element_std is None
+        else _known_error_draw(gradients, element_std, seed)
+    )
     if errors is None:
         return None
     u, s, vh = svd
@@ -113,6 +123,16 @@ def _error_draw(gradients: Sequence[torch.Tensor], seed: int) -> torch.Tensor | 
         uniform = torch.rand(gradient.shape, generator=generator, dtype=torch.float64)
         errors.append((uniform - 0.5) * math.sqrt(12) * std)
     return torch.cat(errors)
+
+
+def _known_error_draw(
+    gradients: Sequence[torch.Tensor], element_std: Sequence[torch.Tensor], seed: int
+) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    norm = torch.cat([g.detach().double().cpu() for g in gradients]).norm().clamp_min(1e-300)
+    std = torch.cat([s.double().cpu() for s in element_std]) / norm
+    uniform = torch.rand(std.shape, generator=generator, dtype=torch.float64)
+    return (uniform - 0.5) * math.sqrt(12) * std
 
 
 def describe_rounding(gradients: Sequence[torch.Tensor]) -> str | None:

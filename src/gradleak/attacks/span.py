@@ -161,23 +161,31 @@ _SVD_CACHE_SIZE = 8
 _svd_cache: OrderedDict[tuple, tuple[tuple[torch.Tensor, ...], _Decomposition]] = OrderedDict()
 
 
-def stacked_svd(gradients: Sequence[torch.Tensor]) -> _Decomposition:
-    """Returns (U, S, Vh) of the gradients stacked, each scaled to unit norm, in float64.
+def stacked_svd(gradients: Sequence[torch.Tensor], *, unit: bool = True) -> _Decomposition:
+    """Returns (U, S, Vh) of the gradients stacked, each scaled to unit norm (``unit``; else all
+    by one common norm, keeping their relative weights), in float64.
 
     The last few are cached by the tensors' memory and version: views sliced again from one
     fused weight hit the cache, and an in-place change to a tensor misses it.
     """
-    key = tuple(
-        (g.data_ptr(), g.storage_offset(), tuple(g.shape), g.stride(), g._version, g.device)
-        for g in gradients
+    key = (
+        *(
+            (g.data_ptr(), g.storage_offset(), tuple(g.shape), g.stride(), g._version, g.device)
+            for g in gradients
+        ),
+        unit,
     )
     hit = _svd_cache.get(key)
     if hit is not None:
         _svd_cache.move_to_end(key)
         return hit[1]
-    stacked = torch.cat(
-        [g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients]
-    )
+    if unit:
+        stacked = torch.cat(
+            [g.detach().double() / g.detach().double().norm().clamp_min(_TINY) for g in gradients]
+        )
+    else:
+        stacked = torch.cat([g.detach().double() for g in gradients])
+        stacked = stacked / stacked.norm().clamp_min(_TINY)
     u, s, vh = torch.linalg.svd(stacked.cpu(), full_matrices=False)
     # The tensors are kept alive with their entry, so no other tensor can reuse their memory.
     _svd_cache[key] = (tuple(gradients), (u, s, vh))
@@ -194,6 +202,7 @@ def span_basis(
     max_rank: int | None = None,
     min_gap: float = MIN_GAP_DECADES,
     capacity: int | None = None,
+    element_std: Sequence[torch.Tensor] | None = None,
 ) -> SpanBasis:
     """Returns the basis of the input-side span of weight gradients laid out (out, in).
 
@@ -207,20 +216,29 @@ def span_basis(
         min_gap: smallest drop, in decades, that counts as the end of the signal.
         capacity: the dimension the input rows can span at all (d - 1 after a LayerNorm without
             bias); drops past it are structure, not signal, and a rank reaching it is saturated.
+        element_std: the standard deviation of each value's error, where the caller knows it
+            (one tensor per gradient, same shape); the gradients are then stacked with their
+            relative weights kept (whitened rows, :mod:`gradleak.attacks.weight_rounding`).
 
-    Where the gradients were rounded coarser than float32, the rank is the count of singular
-    values above the rounding's noise floor instead of the largest log-gap's position.
+    Where the gradients were rounded coarser than float32, or ``element_std`` is given, the rank
+    is read above the rounding's noise floor instead of at the largest log-gap's position.
     """
     if not gradients:
         raise ValueError("span_basis needs at least one gradient")
     in_features = gradients[0].shape[-1]
-    u, s, vh = stacked_svd(gradients)
-    floor = rounding_floor(gradients, (u, s, vh))
+    u, s, vh = stacked_svd(gradients, unit=element_std is None)
+    floor = rounding_floor(gradients, (u, s, vh), element_std=element_std)
     relative_floor = None if floor is None else floor / max(float(s[0]), _TINY)
     if rank is not None:
         chosen, gap = rank, _gap_at(s, rank)
     elif rank_tol is not None:
         chosen = int((s > rank_tol * s[0]).sum())
+        gap = _gap_at(s, chosen)
+    elif floor is not None and element_std is not None:
+        # Known per-entry noise: the weakest true directions sit inside it with no drop to read,
+        # and nothing is certified anyway, so every direction that may be signal is kept.
+        signal = s[:capacity] if capacity is not None else s
+        chosen = int((signal > floor / FLOOR_UNCERTAINTY).sum())
         gap = _gap_at(s, chosen)
     elif floor is not None:
         chosen = rank_above_floor(s[:capacity] if capacity is not None else s, floor)

@@ -28,7 +28,8 @@ class CauseKind(str, Enum):
     PRECISION = "precision"
     """The update's arithmetic (dtype, rounding of the weights) hides the per-step signal."""
     ROUNDING = "rounding"
-    """The client's weights round a one-step delta at a level that hides the gradient's span."""
+    """The client's weights round its delta (a Flower client's one step, or a float32 FedAvg
+    client's several) at a level that blurs the gradient's span."""
     LOSSY_UPDATE = "lossy_update"
     """The update's values were rounded coarser than float32 (a 16-bit client, quantisation)."""
     NOISE = "noise"
@@ -187,6 +188,14 @@ def _block(cause: Cause) -> str:
     return f"block {cause.block}'s" if cause.block is not None else "a"
 
 
+def _ranking(detail: str | None) -> str:
+    """Returns what ranked a search's candidates: ``detail`` names it, or (a bare block list, as
+    older records hold) the MLP down-projections of those blocks."""
+    if detail and not detail.replace(",", "").replace(" ", "").isdigit():
+        return detail
+    return f"the MLP down-projection span of block(s) {detail or '0'}"
+
+
 def _steps(cause: Cause) -> str:
     return f"{cause.count} local steps" if cause.count else "an unknown number of local steps"
 
@@ -209,9 +218,10 @@ _SENTENCES = {
         "one-step update. Results are best-effort."
     ),
     CauseKind.ROUNDING: lambda c: (
-        f"the client's weights round its delta at {c.detail or 'a level'}, which hides the "
-        "gradient's span at this learning rate; the same batch may leak exactly from a larger "
-        "learning rate or from float64 clients."
+        f"the client's weights round its delta at {c.detail or 'a level'}, which blurs the "
+        "gradient's span at this learning rate: true rows sit near it, not in it, so results "
+        "are best-effort; the same batch may leak exactly from a larger learning rate or from "
+        "float64 clients."
     ),
     CauseKind.LOSSY_UPDATE: lambda c: (
         f"the update was rounded ({c.detail or 'coarser than float32'}), so true rows sit at the "
@@ -252,8 +262,7 @@ _SENTENCES = {
     ),
     CauseKind.RANKED: lambda c: (
         "the sequence was grown by gradleak's ranked search: each step keeps the candidates that "
-        f"the MLP down-projection span of block(s) {c.detail or '0'} ranks far above the rest, "
-        "which proves none of them."
+        f"{_ranking(c.detail)} ranks far above the rest, which proves none of them."
     ),
     CauseKind.PROJECTED: lambda c: (
         "first LoRA round (the B factor was still zero): rows were tested through the known A "

@@ -45,6 +45,7 @@ from gradleak.attacks.dager.peeling import peel_ranked
 from gradleak.attacks.dager.plan import (
     SearchKind,
     Spectra,
+    UpdateReading,
     noise_search,
     plan_search,
     ranked_plan,
@@ -57,6 +58,7 @@ from gradleak.attacks.dager.spans import DagerSpans, max_positions, read_spans, 
 from gradleak.attacks.dager.targets import complete_next_token
 from gradleak.attacks.dager.tokens import embedding_bag
 from gradleak.attacks.verdict import CauseKind
+from gradleak.attacks.weight_rounding import WeightRounding, weight_rounding
 from gradleak.models.dropout_site import input_dropout
 from gradleak.models.loading import PublicModel
 from gradleak.update import ClientUpdate
@@ -103,8 +105,8 @@ class Dager(Attack):
         ranked: Reconstruction,
         deadline: Deadline,
     ) -> Reconstruction:
-        if not self.config.peel:
-            return ranked
+        if not self.config.peel or any(c.kind in _MOVED_ROWS for c in ranked.causes):
+            return ranked  # a multi-step or noised update holds no sentence's own gradient
         return peel_ranked(
             public,
             gradients,
@@ -158,14 +160,22 @@ class Dager(Attack):
             update, causal=public.family.causal, dropout=site.rate if site else None
         )
         spans = None
+        rounding = self._weight_rounding(public, update, reading)
         if noise_search(reading, cfg) is None and not skips_exact_search(reading, cfg):
-            spans = read_spans(public, gradients, vocab, cfg, min_gap=reading.min_gap)
-            reading = replace(reading, spectra=self._spectra(public, gradients, spans))
+            spans = read_spans(
+                public, gradients, vocab, cfg, min_gap=reading.min_gap, rounding=rounding
+            )
+            reading = replace(
+                reading,
+                spectra=self._spectra(public, gradients, spans),
+                weight_rounding=rounding.describe() if rounding else None,
+            )
         plan = ranked_plan(reading, ranked_blocks) if ranked_blocks else plan_search(reading, cfg)
-        # An unaltered token-table gradient is zero on every token the batch lacks.
+        # An unaltered token-table gradient (or weight delta) is zero on every token the batch
+        # lacks.
         bag = (
             embedding_bag(public.family, gradients)
-            if plan.exact and update.metadata.defence is None
+            if (plan.exact or reading.drifts) and update.metadata.defence is None
             else None
         )
         job = SearchJob(
@@ -181,6 +191,7 @@ class Dager(Attack):
             deadline=deadline,
             timings={"svd": time.perf_counter() - started},
             bag=bag,
+            rounding=rounding,
         )
         result = SEARCHES[plan.search].run(job)
         if deadline.expired():
@@ -192,6 +203,23 @@ class Dager(Attack):
             "seconds": job.timings,
         }
         return replace(result, diagnostics=diagnostics)
+
+    @staticmethod
+    def _weight_rounding(
+        public: PublicModel, update: ClientUpdate, reading: UpdateReading
+    ) -> WeightRounding | None:
+        """Returns the rounding a float32 client's weights applied to its multi-step delta, where
+        nothing coarser (a 16-bit grid, quantisation, noise) was applied on top."""
+        if reading.noise_defence or reading.rounding:
+            return None
+        meta = update.metadata
+        return weight_rounding(
+            dict(public.model.named_parameters()),
+            kind=meta.kind,
+            dtype=meta.dtype,
+            steps=meta.local_steps,
+            lr=meta.learning_rate,
+        )
 
     def _spectra(self, public: PublicModel, gradients: Gradients, spans: DagerSpans) -> Spectra:
         saturated = tuple(

@@ -11,6 +11,7 @@ import torch
 from gradleak.attacks.dager.adapters import Adapter, adapter_for
 from gradleak.attacks.dager.projected import projected_basis
 from gradleak.attacks.span import FLOAT32_BULK_CEILING, MIN_GAP_DECADES, SpanBasis, span_basis
+from gradleak.attacks.weight_rounding import WeightRounding, whiten
 from gradleak.errors import GradientNotExposedError
 from gradleak.models.families import ArchitectureFamily, LinearLayer
 from gradleak.models.probe import LinearInputProbe
@@ -69,12 +70,14 @@ def build_oracle(
     min_gap: float = MIN_GAP_DECADES,
     capacity: int | None = None,
     adapters: tuple[Adapter, ...] = (),
+    rounding: WeightRounding | None = None,
 ) -> SpanOracle:
     """Returns the oracle of ``block`` from whichever of its ``roles`` gradients the update shares.
 
     ``roles`` must share one input (q, k and v do; so do mlp_gate and mlp_in). Where none shares
     an input-side gradient but ``adapters`` in their first round do, the span is read through
-    their A factors.
+    their A factors. With ``rounding`` (a float32 multi-step delta), each gradient row is weighted
+    by its known rounding noise and the rank read above that noise's floor.
 
     Raises:
         GradientNotExposedError: none of those gradients is shared.
@@ -108,8 +111,24 @@ def build_oracle(
         )
     stacked = (input_side_gradient(layer, gradients) for layer in layers)
     unique = {id(g): g for g in stacked if g is not None}
+    stds = None
+    if rounding is not None and all(layer.weight_name in gradients for layer in layers):
+        pairs = [
+            whiten(
+                layer.weight_gradient(gradients),
+                layer.weight_gradient({layer.weight_name: rounding.error_std(layer.weight_name)}),
+            )
+            for layer in _distinct_weights(layers)
+        ]
+        unique = {i: g for i, (g, _) in enumerate(pairs)}
+        stds = [std for _, std in pairs]
     basis = span_basis(
-        list(unique.values()), rank=rank, rank_tol=rank_tol, min_gap=min_gap, capacity=capacity
+        list(unique.values()),
+        rank=rank,
+        rank_tol=rank_tol,
+        min_gap=min_gap,
+        capacity=capacity,
+        element_std=stds,
     )
     limit = _adapter_limit(layers, gradients, adapters)
     if rank is None and rank_tol is None and limit and _reaches(basis, limit):
@@ -121,6 +140,19 @@ def build_oracle(
     return SpanOracle(
         block=block, layers=layers, basis=basis, probe=LinearInputProbe(family, [layers[0]])
     )
+
+
+def _distinct_weights(layers: tuple[LinearLayer, ...]) -> list[LinearLayer]:
+    """Returns ``layers`` less those slicing the same weight rows as an earlier one (an
+    interleaved fused projection serves every role whole)."""
+    seen: set[tuple[str, object]] = set()
+    distinct = []
+    for layer in layers:
+        key = (layer.weight_name, layer.out_slice)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(layer)
+    return distinct
 
 
 def input_side_gradient(

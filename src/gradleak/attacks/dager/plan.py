@@ -26,10 +26,12 @@ LOSSY_DTYPES = ("bfloat16", "float16")
 #: residuals 0.05 to 0.5): the exact search is not tried.
 COARSE_ROUNDINGS = ("int8",)
 #: Sequence causes of updates whose rows are only near their spans, not in them.
-_NEAR_SPAN = (CauseKind.LOSSY_UPDATE, CauseKind.DRIFT, CauseKind.PRECISION)
+_NEAR_SPAN = (CauseKind.LOSSY_UPDATE, CauseKind.DRIFT, CauseKind.PRECISION, CauseKind.ROUNDING)
 #: Smallest spectral drop (decades) read as the end of a multi-step weight delta's signal: the
 #: drifting inputs of later blocks blur the gap that a one-step gradient shows.
 DRIFT_MIN_GAP = 0.5
+#: What ranks candidates on a float32 multi-step delta (the ranked search's evidence there).
+ROUNDED = "the attention-output spans of blocks 0 and 1, read above the weights' known rounding,"
 
 
 class SearchKind(str, Enum):
@@ -92,6 +94,8 @@ class UpdateReading:
         spectra: what the spans show; None until they are read (a noised update needs none).
         dropout: the rate of the dropout that masked block 0's rows, where the client trained
             with dropout on and the model has one; None otherwise.
+        weight_rounding: where the spans were read above the known rounding of a float32
+            multi-step delta (:mod:`gradleak.attacks.weight_rounding`), that rounding in words.
     """
 
     causal: bool
@@ -101,6 +105,7 @@ class UpdateReading:
     rounding: str | None = None
     spectra: Spectra | None = None
     dropout: float | None = None
+    weight_rounding: str | None = None
 
     @property
     def drifts(self) -> bool:
@@ -174,6 +179,8 @@ def plan_search(reading: UpdateReading, config: DagerConfig) -> SearchPlan:
     if config.subspace == "auto" and any(c.kind == CauseKind.PRECISION for c in causes):
         return SearchPlan(SearchKind.SUBSPACE, causes)
     spectra = reading.spectra
+    if reading.causal and reading.drifts and reading.weight_rounding is not None:
+        return SearchPlan(SearchKind.RANKED, (*causes, Cause(CauseKind.RANKED, detail=ROUNDED)))
     if spectra.adapters and spectra.saturated and not reading.drifts:
         return SearchPlan(SearchKind.PURSUIT, (*causes, Cause(CauseKind.PURSUIT)))
     if (
@@ -277,6 +284,9 @@ def _arithmetic_causes(reading: UpdateReading) -> tuple[Cause, ...]:
         return (Cause(CauseKind.NOISE, detail=_noise_detail(reading)),)
     spectra = reading.spectra or Spectra()
     drift = Cause(CauseKind.DRIFT, count=reading.local_steps) if reading.drifts else None
+    if drift is not None and reading.weight_rounding is not None:
+        # The spans were read above the weights' known rounding: searched, never certified.
+        return (drift, Cause(CauseKind.ROUNDING, detail=reading.weight_rounding))
     if spectra.saturated:
         if drift is None:
             block, width = spectra.saturated[0]

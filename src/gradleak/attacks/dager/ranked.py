@@ -44,6 +44,8 @@ _RUNNER_UP_FRACTION = 0.25
 #: A sequence's trailing token is dropped when its score is below this fraction of the median
 #: score of the tokens before it.
 _TAIL_FRACTION = 0.6
+#: Rows closer than this (relative) to the prefix's previous row carry no new evidence.
+_SAME_ROW = 1e-6
 #: 1.4826 x MAD estimates a normal distribution's standard deviation.
 _MAD_SCALE = 1.4826
 
@@ -99,6 +101,7 @@ def search_ranked(
     z_accept: float,
     per_prefix: int,
     deadline: Deadline = NO_DEADLINE,
+    first_by_gap: bool = False,
 ) -> DecoderSearch:
     """Returns best-effort sequences grown from the tokens whose scores stand out at every step.
 
@@ -112,13 +115,21 @@ def search_ranked(
             step's median.
         per_prefix: most extensions kept per prefix and step.
         deadline: when it expires, the live prefixes are returned as they are.
+        first_by_gap: first tokens are those before the largest gap among the scores below the
+            median (not those past ``z_accept``): a small candidate set (a bag of a few dozen
+            tokens) puts its true first tokens only a few deviations out, but clear of the rest.
     """
     result = DecoderSearch()
     first = tokens_at(0)
     if first is None or first.numel() == 0:
         return result
-    prefixes, scores, state = _first_tokens(
-        evidence, first, chunk_size=chunk_size, z_accept=z_accept, result=result
+    prefixes, scores, state, last_rows = _first_tokens(
+        evidence,
+        first,
+        chunk_size=chunk_size,
+        z_accept=z_accept,
+        result=result,
+        by_gap=first_by_gap,
     )
     position = 1
     while prefixes and position < max_length and not deadline.expired():
@@ -126,7 +137,7 @@ def search_ranked(
         if tokens is None or tokens.numel() == 0:
             break
         started = time.perf_counter()
-        step = _step_scores(evidence, state, tokens, chunk_size=chunk_size)
+        step = _step_scores(evidence, state, tokens, last_rows, chunk_size=chunk_size)
         parent, column, z = _select(step, z_accept=z_accept, per_prefix=per_prefix)
         if len(parent) > max_frontier:
             parent, column, z = _surest(parent, column, z, scores, max_frontier)
@@ -148,7 +159,8 @@ def search_ranked(
         if len(parent) == 0:
             prefixes = []
             break
-        _, state = evidence.probe.extend(state.select(parent), tokens[column])
+        rows, state = evidence.probe.extend(state.select(parent), tokens[column])
+        last_rows = rows[evidence.layers[0]]
         prefixes = [
             prefixes[p] + (int(tokens[c]),)
             for p, c in zip(parent.tolist(), column.tolist(), strict=False)
@@ -184,7 +196,7 @@ def _tidy(sequences):
     return kept
 
 
-def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result):
+def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result, by_gap=False):
     values = torch.cat(
         [
             evidence.log_residuals(evidence.probe.start(chunk[:, None])[0]).flatten()
@@ -192,32 +204,46 @@ def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result):
         ]
     )
     z = robust_z(values)
-    keep = torch.nonzero(z < -z_accept).flatten()
+    keep = _before_largest_gap(z) if by_gap else torch.nonzero(z < -z_accept).flatten()
     result.candidates.append(len(tokens))
     result.accepted.append(len(keep))
     if keep.numel() == 0:
-        return [], [], None
-    _, state = evidence.probe.start(tokens[keep][:, None])
-    return [(int(tokens[k]),) for k in keep], [(float(z[k]),) for k in keep], state
+        return [], [], None, None
+    rows, state = evidence.probe.start(tokens[keep][:, None])
+    last_rows = rows[evidence.layers[0]][:, -1]
+    return [(int(tokens[k]),) for k in keep], [(float(z[k]),) for k in keep], state, last_rows
+
+
+def _before_largest_gap(z: torch.Tensor) -> torch.Tensor:
+    """Returns the indices of the scores before the largest gap among those below the median."""
+    ordered, order = torch.sort(z)
+    low = int((ordered < 0).sum())
+    if low < 2:
+        return order[:low]
+    cut = int(torch.argmax(ordered[1:low] - ordered[: low - 1])) + 1
+    return order[:cut]
 
 
 def _step_scores(
-    evidence, state: PrefixState, tokens: torch.Tensor, *, chunk_size: int
+    evidence, state: PrefixState, tokens: torch.Tensor, last_rows: torch.Tensor, *, chunk_size: int
 ) -> torch.Tensor:
-    """Returns the (prefixes, tokens) matrix of centred log residuals, as robust z-scores."""
+    """Returns the (prefixes, tokens) matrix of centred log residuals, as robust z-scores; an
+    extension whose row repeats its prefix's last row (a rotary model's repeated token after a
+    prefix of that token alone) carries no evidence and scores +inf."""
     per_pass = max(1, chunk_size // max(1, state.size))
-    values = torch.cat(
-        [
-            evidence.log_residuals(evidence.probe.branch(state, chunk))
-            for chunk in tokens.split(per_pass)
-        ],
-        dim=1,
-    )
-    if values.shape[0] >= _MIN_COLUMN:
-        values = values - values.median(dim=0, keepdim=True).values
+    values, repeats = [], []
+    for chunk in tokens.split(per_pass):
+        rows = evidence.probe.branch(state, chunk)
+        values.append(evidence.log_residuals(rows))
+        first = rows[evidence.layers[0]]
+        previous = last_rows[:, None].to(first.device)
+        repeats.append(((first - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)).cpu())
+    scores, repeated = torch.cat(values, dim=1), torch.cat(repeats, dim=1)
+    if scores.shape[0] >= _MIN_COLUMN:
+        scores = scores - scores.median(dim=0, keepdim=True).values
     else:
-        values = values - values.median(dim=1, keepdim=True).values
-    return robust_z(values)
+        scores = scores - scores.median(dim=1, keepdim=True).values
+    return robust_z(scores).masked_fill(repeated, float("inf"))
 
 
 def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int):

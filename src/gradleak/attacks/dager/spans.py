@@ -25,6 +25,7 @@ from gradleak.attacks.dager.oracle import (
 )
 from gradleak.attacks.dager.tokens import TokenScan
 from gradleak.attacks.thresholds import MIN_SPLIT_DECADES, ResidualSplit, largest_gap_split
+from gradleak.attacks.weight_rounding import WeightRounding
 from gradleak.models.loading import PublicModel
 
 Gradients = Mapping[str, torch.Tensor]
@@ -64,11 +65,15 @@ def read_spans(
     config: DagerConfig,
     *,
     min_gap: float,
+    rounding: WeightRounding | None = None,
 ) -> DagerSpans:
-    """Returns block 0's span and the sequence block's, each capped where it is saturated."""
+    """Returns block 0's span and the sequence block's, each capped where it is saturated;
+    ``rounding`` is a float32 multi-step delta's known rounding (spans read above its floor)."""
     return DagerSpans(
-        token=block_oracle(public, gradients, 0, vocab, config, min_gap=min_gap),
-        sequence=sequence_oracle(public, gradients, vocab, config, min_gap=min_gap),
+        token=block_oracle(public, gradients, 0, vocab, config, min_gap=min_gap, rounding=rounding),
+        sequence=sequence_oracle(
+            public, gradients, vocab, config, min_gap=min_gap, rounding=rounding
+        ),
     )
 
 
@@ -79,10 +84,13 @@ def sequence_oracle(
     config: DagerConfig,
     *,
     min_gap: float,
+    rounding: WeightRounding | None = None,
 ) -> SpanOracle:
     """Returns the span that tests whole prefixes (decoders) or sentences (encoders)."""
     block, roles = sequence_layer(public, gradients, config)
-    return block_oracle(public, gradients, block, vocab, config, min_gap=min_gap, roles=roles)
+    return block_oracle(
+        public, gradients, block, vocab, config, min_gap=min_gap, roles=roles, rounding=rounding
+    )
 
 
 def sequence_layer(
@@ -120,6 +128,7 @@ def block_oracle(
     *,
     min_gap: float,
     roles: tuple[str, ...] = ATTENTION_INPUT_ROLES,
+    rounding: WeightRounding | None = None,
 ) -> SpanOracle:
     """Returns ``block``'s oracle, its rank read from the spectrum within the room its rows have.
 
@@ -137,6 +146,7 @@ def block_oracle(
         rank_tol=config.rank_tol,
         min_gap=min_gap,
         adapters=adapters,
+        rounding=rounding,
     )
     # Single-token rows show the room of a normalised input (attention or MLP); an attention
     # output's room (mixtures of values) is larger than they show, so only its spectrum is checked.
@@ -153,11 +163,18 @@ def block_oracle(
             min_gap=min_gap,
             capacity=capacity,
             adapters=adapters,
+            rounding=rounding,
         )
     if oracle.basis.rank >= capacity or oracle.basis.saturated:
         rank = min(oracle.basis.rank, max(1, capacity - config.rank_cutoff))
         oracle = build_oracle(
-            public.family, gradients, block, roles=roles, rank=rank, adapters=adapters
+            public.family,
+            gradients,
+            block,
+            roles=roles,
+            rank=rank,
+            adapters=adapters,
+            rounding=rounding,
         )
         oracle.basis = replace(oracle.basis, saturated=True)
     return oracle
@@ -226,11 +243,14 @@ def screening_gates(
     config: DagerConfig,
     *,
     min_gap: float,
+    rounding: WeightRounding | None = None,
 ) -> list[Gate]:
     """Returns the cheap screening gate (block 0's attention output) when the update exposes it."""
     if not config.screen or public.family.linear_layer(0, "o").weight_name not in gradients:
         return []
-    oracle = block_oracle(public, gradients, 0, vocab, config, min_gap=min_gap, roles=("o",))
+    oracle = block_oracle(
+        public, gradients, 0, vocab, config, min_gap=min_gap, roles=("o",), rounding=rounding
+    )
     if oracle.basis.saturated:
         return []
     tau, clean = sequence_threshold(oracle, scan, vocab, config)
