@@ -201,7 +201,14 @@ def dropout_cells() -> list[Cell]:
     ]
 
 
-CELLS = [*fedavg_cells(), *fedavg32_cells(), *noise_cells(), *dpsgd_cells(), *lora_cells(), *dropout_cells()]
+CELLS = [
+    *fedavg_cells(),
+    *fedavg32_cells(),
+    *noise_cells(),
+    *dpsgd_cells(),
+    *lora_cells(),
+    *dropout_cells(),
+]
 
 
 def run_cell(
