@@ -24,7 +24,7 @@ from gradleak.models.probe import PrefixState
 
 #: Rows closer than this (relative) to the prefix's previous row carry no new evidence: with RoPE a
 #: prefix of one repeated token gives the same block input as the token alone.
-_SAME_ROW = 1e-6
+SAME_ROW = 1e-6
 
 
 @dataclass
@@ -158,9 +158,12 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
     return parent, token, residual
 
 
-def repeats_previous_row(rows: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """Returns which rows equal the prefix's previous row (no new evidence, see ``_SAME_ROW``)."""
-    return (rows - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)
+def repeats_previous_row(
+    rows: torch.Tensor, previous: torch.Tensor, *, tolerance: float = SAME_ROW
+) -> torch.Tensor:
+    """Returns which rows equal the prefix's previous row within ``tolerance`` (relative): no new
+    evidence, see ``SAME_ROW``."""
+    return (rows - previous).norm(dim=-1) <= tolerance * previous.norm(dim=-1)
 
 
 def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max_frontier, result):

@@ -28,18 +28,20 @@ nearest false ones decades above).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
-from gradleak.attacks.dager.decoder import repeats_previous_row
+from gradleak.attacks.dager.decoder import SAME_ROW, repeats_previous_row
 from gradleak.attacks.dager.oracle import SpanOracle
 from gradleak.attacks.layer_span.prior import NextTokenRanking
 from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.models.probe import PrefixState
 
+_log = logging.getLogger(__name__)
 Prefix = tuple[int, ...]
 #: Candidates per cache-sharing pass: each attends to the prefix and to itself through a
 #: (candidates x candidates) mask, whose cost grows with the square (SmolLM2, block 10: 2.4 ms a
@@ -298,11 +300,20 @@ class _Search:
         for chunk in tokens.split(min(self.settings.chunk_size, BRANCH_CHUNK)):
             rows = self.oracle.probe.branch(state, chunk)[self.oracle.layer][0]
             residual = self.oracle.basis.residuals(rows).cpu()
-            ok = (residual < self.result.threshold) & ~repeats_previous_row(rows, last).cpu()
+            repeats = repeats_previous_row(rows, last, tolerance=self._same_row)
+            ok = (residual < self.result.threshold) & ~repeats.cpu()
             passed += [(int(chunk[i]), float(residual[i])) for i in torch.nonzero(ok).flatten()]
         return passed
 
     # -- widening -----------------------------------------------------------------------------
+
+    @property
+    def _same_row(self) -> float:
+        """How close (relative) a row may come to its prefix's last row and still count as new:
+        rows closer than the threshold are ones the span test cannot tell apart. A run of one
+        token from the start repeats its row exactly in theory, and after ten blocks of float32
+        to 5e-6 (SmolLM2, block 10), which the exact-repeat tolerance missed."""
+        return max(SAME_ROW, self.result.threshold)
 
     def _unexplained(self) -> int:
         return max(0, self.oracle.basis.rank - self.tree.rows())
@@ -337,6 +348,11 @@ class _Search:
         """Tests each node's ranking up to its next tier and grows what passes."""
         found: list[tuple[Prefix, int, float]] = []
         self.result.widened += len(nodes)
+        _log.info(
+            "%d row(s) unexplained: widening %s",
+            self._unexplained(),
+            ", ".join(f"{len(p)}-token prefix past {self.tree.tested[p]}" for p in nodes),
+        )
         for prefix in nodes:
             size = next(s for s in self._sizes(self.tree.tested[prefix]))
             tokens = self.tree.rankings[prefix][self.tree.tested[prefix] : size]
