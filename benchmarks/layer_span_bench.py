@@ -2,10 +2,10 @@
 
 The client shares only one layer of block 10 (its MLP down-projection, or its q/k/v), as under
 partial exposure; batches are drawn from the built-in ``demo`` set (invented private messages)
-with the random sampler (seed 101; DAGER's needs over 1,000 texts). Per configuration it prints, per batch and in total, ROUGE-1/2,
-how many sequences came back exactly, how many were certified (and certified but wrong, which
-must stay 0), the attack's seconds (per batch and per sentence) and how many candidates it
-tested; model loading and the client's gradient are excluded from the timings.
+with the random sampler (seed 101; DAGER's needs over 1,000 texts). Per configuration it prints,
+per batch and in total, ROUGE-1/2, how many sequences came back exactly, how many were certified
+(and certified but wrong, which must stay 0), the attack's seconds (per batch and per sentence)
+and how many candidates it tested; model loading and the client's gradient are not timed.
 
     .venv/bin/python benchmarks/layer_span_bench.py                       # every configuration
     .venv/bin/python benchmarks/layer_span_bench.py --only smollm2-mlp10-1 --batches 10
