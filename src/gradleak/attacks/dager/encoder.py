@@ -25,8 +25,9 @@ _FIRST_GUESSES = 2
 _RIDGE = 1e-3
 #: Changes of largest joint weight that a stalled round tries in pairs.
 _PAIRED = 16
-#: Single changes a ranked round evaluates: those the score's gradient predicts gain most.
-_RANKED = 48
+#: Single changes a ranked round evaluates, widening while none gains: those the score's
+#: gradient predicts gain most.
+_RANKED = (48, 192)
 
 _log = logging.getLogger(__name__)
 
@@ -211,10 +212,10 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
     the changes the combination weighs most.
 
     Evaluating every single change costs a forward pass per change of a whole sentence, which
-    grows with the square of its length. So a round first evaluates only the :data:`_RANKED`
-    changes that the score's gradient with respect to the token embeddings predicts gain most
-    (one backward pass); only when that round finds no gain does one evaluate them all, so the
-    descent still stops only where no single change, combination or pair helps.
+    grows with the square of its length. So a round first evaluates only the changes that the
+    score's gradient with respect to the token embeddings predicts gain most (one backward pass;
+    :data:`_RANKED` of them, then more); only when those find no gain does it evaluate them all,
+    so the descent still stops only where no single change, combination or pair helps.
     """
     current = torch.tensor([cls_id, *[int(t) for t in start], sep_id])
     off = _off_span(oracle, current[None], chunk_size)[0]
@@ -223,12 +224,10 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
         if not len(variants):
             break
         now = float(_score(off[None])[0]) - 1e-9
-        if len(variants) > _RANKED:
-            pick = _likeliest_changes(oracle, current, variants, positions)
-            step = _best_step(oracle, current, off, variants[pick], positions[pick], chunk_size)
-            if step[2] < now:
-                current, off = step[0], step[1]
-                continue
+        step = _ranked_step(oracle, current, off, variants, positions, chunk_size, now)
+        if step is not None:
+            current, off = step
+            continue
         best, best_off, best_score, weights = _best_step(
             oracle, current, off, variants, positions, chunk_size
         )
@@ -244,6 +243,22 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
             best, best_off = pairs[pick], pair_off[pick]
         current, off = best.clone(), best_off
     return tuple(int(t) for t in current), tuple(float(r) for r in off.norm(dim=-1))
+
+
+def _ranked_step(oracle, current, off, variants, positions, chunk_size, now):
+    """Returns (sentence, its off-span rows) of the first step that scores below ``now`` among the
+    gradient's likeliest changes, widening through :data:`_RANKED`; None if none does."""
+    order = None
+    for size in _RANKED:
+        if len(variants) <= size:
+            return None
+        if order is None:
+            order = _likeliest_changes(oracle, current, variants, positions)
+        pick = order[:size]
+        step = _best_step(oracle, current, off, variants[pick], positions[pick], chunk_size)
+        if step[2] < now:
+            return step[0], step[1]
+    return None
 
 
 def _best_step(oracle, current, off, variants, positions, chunk_size):
@@ -264,8 +279,8 @@ def _best_step(oracle, current, off, variants, positions, chunk_size):
 def _likeliest_changes(
     oracle: SpanOracle, current: torch.Tensor, variants: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
-    """Returns the indices of the :data:`_RANKED` single changes whose first-order effect on the
-    sentence's score, through its token embeddings, is the most negative."""
+    """Returns the indices of the single changes, the most negative first-order effect on the
+    sentence's score (through its token embeddings) first."""
     table = oracle.probe.embedding_weight.detach()
     embeds = table[current.to(table.device)].clone().requires_grad_(True)
     with torch.enable_grad():
@@ -275,7 +290,7 @@ def _likeliest_changes(
     new = variants[torch.arange(len(variants)), positions].to(table.device)
     old = current[positions].to(table.device)
     gain = ((table[new] - table[old]) * slope[positions.to(table.device)]).sum(dim=-1)
-    return torch.argsort(gain.cpu())[:_RANKED]
+    return torch.argsort(gain.cpu())
 
 
 def _single_changes(
