@@ -26,7 +26,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conformance import DECODERS, ENCODERS, TEXTS, TINY_SHAPES, Shape, spec_for  # noqa: E402
+from conformance import (  # noqa: E402
+    DECODERS,
+    ENCODER_DECODERS,
+    ENCODERS,
+    TEXTS,
+    TINY_SHAPES,
+    Shape,
+    spec_for,
+)
 
 from gradleak.attacks.dager import Dager  # noqa: E402
 from gradleak.client import simulate_update  # noqa: E402
@@ -43,6 +51,8 @@ REALISTIC: dict[str, Shape] = {
     "bert": Shape("bert-base", blocks=12, width=768, mlp=3072, heads=12),
     "distilbert": Shape("distilbert-base", blocks=6, width=768, mlp=3072, heads=12),
     "electra": Shape("electra-small", blocks=12, width=256, mlp=1024, heads=4),
+    "albert": Shape("albert-base", blocks=12, width=768, mlp=3072, heads=12, embedding=128),
+    "bart": Shape("bart-base", blocks=6, width=768, mlp=3072, heads=12),
     "qwen2": Shape("qwen2.5-0.5b", blocks=24, width=896, mlp=4864, heads=14, kv_heads=2),
     "llama": Shape("smollm2-135m", blocks=30, width=576, mlp=1536, heads=9, kv_heads=3),
     "gemma": Shape("gemma-270m-like", blocks=18, width=640, mlp=2048, heads=4, kv_heads=1),
@@ -102,7 +112,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated model types")
     parser.add_argument("--sizes", default="", help="comma-separated batch sizes (default 1,4)")
     args = parser.parse_args()
-    types = [t for t in args.only.split(",") if t] or list(DECODERS + ENCODERS)
+    types = [t for t in args.only.split(",") if t] or list(DECODERS + ENCODERS + ENCODER_DECODERS)
     sizes = [int(s) for s in args.sizes.split(",") if s] or ([1] if args.quick else [1, 4])
     columns = ("model_type", "shape", "task", "B", "rouge1", "exact", "certified")
     print(" ".join(f"{c:>12}" for c in (*columns, "wrong", "seconds")), flush=True)

@@ -23,6 +23,7 @@ _FIELDS: dict[str, tuple[str, str, str | None, str, str | None]] = {
     ),
     "distilbert": ("n_layers", "dim", "hidden_dim", "n_heads", None),
     "t5": ("num_layers", "d_model", "d_ff", "num_heads", None),
+    "bart": ("encoder_layers", "d_model", "encoder_ffn_dim", "encoder_attention_heads", None),
 }
 _LLAMA_FIELDS = (
     "num_hidden_layers",
@@ -52,7 +53,17 @@ DECODERS: tuple[str, ...] = (
     "opt",
     "falcon",
 )
-ENCODERS: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra", "deberta-v2", "t5")
+ENCODERS: tuple[str, ...] = (
+    "bert",
+    "roberta",
+    "distilbert",
+    "electra",
+    "deberta-v2",
+    "t5",
+    "albert",
+)
+#: Encoder-decoders attacked through their encoder, their decoder confirming (classification).
+ENCODER_DECODERS: tuple[str, ...] = ("bart",)
 #: The family each model_type must be attacked as.
 FAMILY: dict[str, str] = {
     **{t: "llama" for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
@@ -60,10 +71,15 @@ FAMILY: dict[str, str] = {
     "electra": "electra",
     "deberta-v2": "deberta-v2",
     "t5": "t5",
+    "albert": "albert",
+    "bart": "bart",
 }
 #: Encoders whose B = 4 batches the encoder search does not recover at these widths (BERT's
 #: included): an attack limitation, reported by an expected failure, never hidden.
-ENCODER_SEARCH_SHORT_AT_B4 = ENCODERS
+ENCODER_SEARCH_SHORT_AT_B4 = (*ENCODERS, *ENCODER_DECODERS)
+#: Model types whose B = 4 spans are saturated at the tiny widths: ALBERT's one block runs at
+#: every depth, so its gradient spans about depth x tokens rows (3 x 29 > 72, 2 x 29 near 64).
+SATURATED_AT_B4: tuple[str, ...] = ("albert",)
 #: Model types whose attention can share keys and values between heads (grouped or multi-query).
 _GROUPED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
 
@@ -85,6 +101,7 @@ class Shape:
     mlp: int
     heads: int
     kv_heads: int | None = None
+    embedding: int | None = None  # a factorised embedding's width E (ALBERT), if not d / 4
 
 
 TINY_SHAPES: tuple[Shape, ...] = (
@@ -112,5 +129,10 @@ def spec_for(model_type: str, shape: Shape, *, extra: str = "") -> str:
         values["num_kv_heads"] = shape.heads
     if model_type == "electra":
         values["embedding_size"] = shape.width * 2 // 3  # the projection E -> d
+    if model_type == "albert":
+        values["embedding_size"] = shape.embedding or shape.width // 4  # factorised E -> d
+    if model_type == "bart":  # the decoder as wide and deep as the encoder
+        values.update(decoder_layers=shape.blocks, decoder_attention_heads=shape.heads)
+        values["decoder_ffn_dim"] = shape.mlp
     query = "&".join(f"{key}={value}" for key, value in values.items())
     return f"random:{model_type}?{query}{extra}"

@@ -11,15 +11,26 @@ TINY = {
     "bert": (
         "random:bert?num_hidden_layers=4&hidden_size=32&intermediate_size=64&num_attention_heads=2"
     ),
+    "albert": "random:albert?num_hidden_layers=4&hidden_size=32&intermediate_size=64"
+    "&num_attention_heads=2&embedding_size=12",
+    "bart": "random:bart?encoder_layers=3&decoder_layers=2&d_model=32&encoder_ffn_dim=64"
+    "&decoder_ffn_dim=64&encoder_attention_heads=2&decoder_attention_heads=2",
 }
 
 
 def hooked_inputs(model, layers, **inputs):
-    """Returns each layer's input as seen by a plain forward hook on the full task model."""
-    seen = {}
+    """Returns each layer's input as seen by a plain forward hook on the full task model (the
+    ``layer.call``-th call of a module shared across depth)."""
+    seen, calls = {}, {}
+
+    def hook(module, args, layer):
+        calls[layer] = calls.get(layer, -1) + 1
+        if calls[layer] == layer.call:
+            seen[layer] = args[0]
+
     handles = [
         model.get_submodule(layer.module_name).register_forward_pre_hook(
-            lambda module, args, layer=layer: seen.__setitem__(layer, args[0])
+            lambda module, args, layer=layer: hook(module, args, layer)
         )
         for layer in layers
     ]

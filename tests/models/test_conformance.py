@@ -11,9 +11,11 @@ from __future__ import annotations
 import pytest
 from conformance import (
     DECODERS,
+    ENCODER_DECODERS,
     ENCODER_SEARCH_SHORT_AT_B4,
     ENCODERS,
     FAMILY,
+    SATURATED_AT_B4,
     TEXTS,
     TINY_SHAPES,
     Shape,
@@ -32,6 +34,8 @@ _DEFAULT = {("odd", "seq_class", 4), ("odd", "next_token", 1), ("shallow", "seq_
 
 
 def _slow(model_type: str, shape: Shape, task: str, size: int) -> bool:
+    if model_type in ENCODER_DECODERS:
+        return (shape.name, size) == ("shallow", 4)
     if model_type in ENCODERS:
         return size == 4
     return (shape.name, task, size) not in _DEFAULT
@@ -39,7 +43,7 @@ def _slow(model_type: str, shape: Shape, task: str, size: int) -> bool:
 
 def _cases() -> list:
     cases = []
-    for model_type in DECODERS + ENCODERS:
+    for model_type in DECODERS + ENCODERS + ENCODER_DECODERS:
         tasks = ("seq_class", "next_token") if model_type in DECODERS else ("seq_class",)
         for shape in TINY_SHAPES:
             for task in tasks:
@@ -81,6 +85,9 @@ def test_dager_recovers_every_sequence_exactly_and_certified(model_type, shape, 
     assert result.diagnostics["family"] == FAMILY[model_type]
     found = {s.token_ids for s in result.sequences if s.certified}
     missing = [t for t in texts if tuple(public.tokenizer(t)["input_ids"]) not in found]
+    if missing and size == 4 and model_type in SATURATED_AT_B4:
+        assert result.all_causes, "sequences not recovered, and no cause stated"
+        pytest.xfail(f"{model_type}'s spans are saturated at B = 4 at this width")
     if missing and size == 4 and model_type in ENCODER_SEARCH_SHORT_AT_B4:
         pytest.xfail(f"the encoder search misses {len(missing)} of 4 at this width")
     assert not missing, f"not recovered exactly and certified: {missing} ({result.reason})"

@@ -10,12 +10,15 @@ from gradleak.errors import UnsupportedFamilyError
 from gradleak.models import LinearInputProbe
 from gradleak.models.families import LINEAR_ROLES, family_class_for
 
-FAMILIES = ("gpt2", "llama", "bert")
+FAMILIES = ("gpt2", "llama", "bert", "albert", "bart")
 
 
 def random_ids(public, batch=3, length=9, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(100, len(public.tokenizer) - 1, (batch, length), generator=generator)
+    ids = torch.randint(100, len(public.tokenizer) - 1, (batch, length), generator=generator)
+    if public.model.config.is_encoder_decoder:  # BART's head reads the decoder at the EOS
+        ids[:, -1] = public.model.config.eos_token_id
+    return ids
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -135,3 +138,25 @@ def test_branch_equals_extending_each_candidate(tiny_models, name):
         expected, _ = probe.extend(state.select([0, 1]), token.repeat(2))
         for layer in layers:
             torch.testing.assert_close(rows[layer][:, j], expected[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_albert_blocks_share_one_module_each_call_its_own_input(tiny_models):
+    family = tiny_models("albert").family
+    first, third = family.linear_layer(0, "q"), family.linear_layer(2, "q")
+    assert first.weight_name == third.weight_name and (first.call, third.call) == (0, 2)
+    assert first.shared_by == family.num_blocks == 4
+    rows = LinearInputProbe(family, [first, third])(random_ids(tiny_models("albert")))
+    assert not torch.allclose(rows[first], rows[third])
+
+
+def test_albert_tests_tokens_on_its_embedding_projection(tiny_models):
+    family = tiny_models("albert").family
+    layer = family.token_layer()
+    assert layer is not None and layer.in_features == 12 and layer.role == "embedding"
+    assert family.token_layer() is not None and tiny_models("bert").family.token_layer() is None
+
+
+def test_bart_positions_start_at_the_tables_offset(tiny_models):
+    family = tiny_models("bart").family
+    assert family.position_offset() == 2 and not family.takes_position_ids
+    assert family.embedding_norm() is family.base.get_submodule("encoder.layernorm_embedding")

@@ -101,9 +101,10 @@ class LinearInputProbe:
         self.family = family
         self._compute = compute_family(family)
         self.layers = tuple(layers)
-        self._by_module: dict[str, list[LinearLayer]] = {}
+        # A module shared across depth (ALBERT) is called once per block: each call is an input.
+        self._calls: dict[str, set[int]] = {}
         for layer in self.layers:
-            self._by_module.setdefault(layer.module_name, []).append(layer)
+            self._calls.setdefault(layer.module_name, set()).add(layer.call)
 
     @property
     def device(self) -> torch.device:
@@ -142,10 +143,10 @@ class LinearInputProbe:
         in).
 
         Valid only for layers whose input depends on one token and its position: the q, k and v
-        projections of block 0.
+        projections of block 0, or an embedding projection before it (``role`` "embedding").
         """
         for layer in self.layers:
-            if layer.block != 0 or layer.role not in ("q", "k", "v"):
+            if layer.block != 0 or layer.role not in ("q", "k", "v", "embedding"):
                 raise ValueError(f"token_rows needs block-0 q/k/v layers, got {layer.key}")
         ids = token_ids.reshape(-1, 1).to(self.device)
         # Relative positions are the model's own business (T5 takes no position ids at all).
@@ -283,22 +284,31 @@ class LinearInputProbe:
         cache,
         inputs_embeds: torch.Tensor | None = None,
     ) -> dict[LinearLayer, torch.Tensor]:
-        captured: dict[str, torch.Tensor] = {}
+        captured: dict[tuple[str, int], torch.Tensor] = {}
+        wanted = sum(len(calls) for calls in self._calls.values())
         handles = []
 
-        def make_hook(name: str):
+        def make_hook(name: str, calls: set[int]):
+            seen = [0]
+
             def hook(module: nn.Module, args: tuple) -> None:
-                # The first call reads the block's input; DeBERTa's shared-key attention calls
-                # q and k again on its relative position table.
-                captured.setdefault(name, args[0])
-                if len(captured) == len(self._by_module):
+                # Each call of a module shared across depth (ALBERT) feeds its own block; the
+                # first call reads the block's input (DeBERTa's shared-key attention calls q and
+                # k again on its relative position table).
+                if seen[0] in calls:
+                    captured[(name, seen[0])] = args[0]
+                seen[0] += 1
+                if len(captured) == wanted:
                     raise _InputsCaptured
 
             return hook
 
-        for name in self._by_module:
+        for name, calls in self._calls.items():
             module = self._compute.model.get_submodule(name)
-            handles.append(module.register_forward_pre_hook(make_hook(name)))
+            handles.append(module.register_forward_pre_hook(make_hook(name, calls)))
+        if position_ids is not None and not self._compute.takes_position_ids:
+            handles.append(_place_positions(self._compute, position_ids.to(self.device)))
+            position_ids = None
         kwargs: dict[str, Any] = (
             {"inputs_embeds": inputs_embeds}
             if inputs_embeds is not None
@@ -319,13 +329,33 @@ class LinearInputProbe:
         finally:
             for handle in handles:
                 handle.remove()
-        missing = [name for name in self._by_module if name not in captured]
+        missing = [layer.key for layer in self.layers if layer_key(layer) not in captured]
         if missing:
-            raise RuntimeError(f"the forward pass never reached {missing}")
+            raise RuntimeError(f"the forward pass never reached the inputs of {missing}")
         shape = tuple(
             input_ids.shape if input_ids is not None else kwargs["inputs_embeds"].shape[:-1]
         )
-        return {layer: _per_position(captured[layer.module_name], shape) for layer in self.layers}
+        return {layer: _per_position(captured[layer_key(layer)], shape) for layer in self.layers}
+
+
+def layer_key(layer: LinearLayer) -> tuple[str, int]:
+    """Returns which module call carries ``layer``'s input: its module's name and call index."""
+    return layer.module_name, layer.call
+
+
+def _place_positions(family: ArchitectureFamily, position_ids: torch.Tensor):
+    """Makes the family's position table return the rows of ``position_ids`` (offset included),
+    for a model that computes its positions from the input's shape (BART's encoder); returns the
+    hook's handle."""
+    table = family.position_embedding()
+    if table is None:
+        raise ValueError(f"{family.name} has no position table to place positions with")
+    weight = table.get_parameter("weight")
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(position_ids, weight).to(output.dtype)
+
+    return table.register_forward_hook(hook)
 
 
 def _per_position(rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

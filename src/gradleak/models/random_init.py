@@ -57,8 +57,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 _RESERVED = ("seed", "tokenizer")
 
 
-#: Tokenizers that belong with an architecture's default shape (SmolLM2's for random:llama).
-_TOKENIZERS: dict[str, str] = {"llama": "smollm2-135m", "t5": "minilm"}
+#: Tokenizers that belong with an architecture's default shape (SmolLM2's for random:llama);
+#: MiniLM's [CLS] ... [SEP] play an encoder-decoder's <s> ... </s>.
+_TOKENIZERS: dict[str, str] = {"llama": "smollm2-135m", "t5": "minilm", "bart": "minilm"}
 
 
 def default_tokenizer_source(arch: str) -> str:

@@ -89,6 +89,9 @@ def build_oracle(
     # A projection that also reads a position table widens the span past the input rows.
     clean = tuple(role for role in roles if role not in family.table_reading_roles())
     candidates = [family.linear_layer(block, role) for role in clean or roles]
+    token_layer = family.token_layer() if block == 0 and roles == ATTENTION_INPUT_ROLES else None
+    if token_layer is not None and token_layer.weight_name in gradients:
+        candidates = [token_layer]
     layers = tuple(
         layer for layer in candidates if input_side_gradient(layer, gradients) is not None
     )

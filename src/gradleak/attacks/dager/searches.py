@@ -328,7 +328,11 @@ class EncoderSearch(_ExactSearch):
         found: list[Found] = []
         held: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
         peeled: list[dict[str, Any]] = []
-        peeling = exact and job.plan.peel
+        # A span of a module shared across depth (ALBERT) holds every depth's rows, some of
+        # block 0's shared between sentences: its rank counts no tokens, and no peel can be
+        # checked against it.
+        counted = exact and spans.sequence.layer.shared_by == 1
+        peeling = counted and job.plan.peel
         disclosed = job.update.metadata.batch_size
         size = batch_size(public, job.update, job.gradients)
         while True:
@@ -348,7 +352,7 @@ class EncoderSearch(_ExactSearch):
                 seed=cfg.seed,
                 chunk_size=cfg.chunk_size,
                 batch_size=None if disclosed is None else disclosed - len(found) + len(held),
-                rows=spans.sequence.basis.rank if exact else None,
+                rows=spans.sequence.basis.rank if counted else None,
                 likely=likely,
                 lengths=lengths,
                 first_find=peeling,

@@ -24,8 +24,10 @@ from gradleak.attacks.dager.oracle import (
     row_space_rank,
 )
 from gradleak.attacks.dager.tokens import TokenScan
+from gradleak.attacks.span import estimate_rank
 from gradleak.attacks.thresholds import MIN_SPLIT_DECADES, ResidualSplit, largest_gap_split
 from gradleak.attacks.weight_rounding import WeightRounding
+from gradleak.models.families import LinearLayer
 from gradleak.models.loading import PublicModel
 
 Gradients = Mapping[str, torch.Tensor]
@@ -153,7 +155,16 @@ def block_oracle(
     capacity = (
         row_space_rank(oracle, seed=config.seed) if roles != ("o",) else oracle.basis.in_features
     )
-    if capacity < oracle.basis.in_features and config.rank is None:
+    if oracle.layer.shared_by > 1:
+        # A module shared across depth (ALBERT) sums every depth's gradient: its span holds
+        # every depth's rows, whose room is the whole width, whatever block 0's rows keep to.
+        capacity = oracle.basis.in_features
+        least = least_shared_rank(public, gradients, oracle.layer)
+        # Deep rows' faint directions can read as a gap below the rows the span must hold; and
+        # rows the span must hold that reach the room less the paper's margin leave no room.
+        if oracle.basis.rank < least or least >= capacity - config.rank_cutoff:
+            oracle.basis = replace(oracle.basis, rank=max(least, oracle.basis.rank), saturated=True)
+    elif capacity < oracle.basis.in_features and config.rank is None:
         oracle = build_oracle(
             family,
             gradients,
@@ -178,6 +189,27 @@ def block_oracle(
         )
         oracle.basis = replace(oracle.basis, saturated=True)
     return oracle
+
+
+def least_shared_rank(public: PublicModel, gradients: Gradients, layer: LinearLayer) -> int:
+    """Returns the fewest rows the span of a module shared across depth holds: every block that
+    runs it but the last (a classifier's last block reaches the gradient only through its pooled
+    rows) sees at least as many distinct rows as block 0, which are counted where the family
+    has an embedding projection before block 0 (its gradient's rank; its width E if that is
+    reached), and otherwise not at all (one row per block).
+
+    Rows of deep blocks can carry gradients decades fainter than block 0's, so the spectrum of
+    a span past its bound can drop inside its signal and read a rank far below its rows.
+    """
+    projection = public.family.embedding_projection()
+    name = None if projection is None else public.family.weight_name(projection)
+    if name is None or name not in gradients:
+        return layer.shared_by - 1
+    grad = gradients[name].detach().double()
+    if float(grad.abs().max()) == 0.0:
+        return layer.shared_by - 1
+    rank, _ = estimate_rank(torch.linalg.svdvals(grad / grad.norm()))
+    return (layer.shared_by - 1) * rank
 
 
 def sequence_threshold(

@@ -67,7 +67,7 @@ def estimate_batch_size(
     family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str
 ) -> Estimate | None:
     """Returns the batch size read from the last block's MLP gradient of a classifier, or None."""
-    if task != "seq_class":
+    if task != "seq_class" or not family.last_block_pooled:
         return None
     for layer in family.pooled_mlp():
         if layer.weight_name not in gradients:
@@ -119,7 +119,7 @@ def _token_layers(
     layers = [
         layer
         for layer in family.linear_layers()
-        if layer.weight_name in gradients and layer.block < last
+        if layer.weight_name in gradients and layer.block < last and layer.shared_by == 1
     ]
 
     def preference(layer: LinearLayer) -> tuple:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -38,6 +38,10 @@ class LinearLayer:
         out_features: number of output features of this role (a slice of a fused weight).
         out_slice: (start, stop) of this role's output features inside a fused weight, or None.
         transposed: the weight is stored (in, out), as GPT-2's Conv1D does.
+        call: which call of the module in one forward pass feeds this block (a block shared
+            across depth, as ALBERT's, runs its modules once per block).
+        shared_by: how many blocks run this module (1 unless shared across depth); its gradient
+            is then the sum over those blocks, and spans all of their inputs.
     """
 
     block: int
@@ -49,6 +53,8 @@ class LinearLayer:
     out_features: int
     out_slice: tuple[int, int] | None = None
     transposed: bool = False
+    call: int = 0
+    shared_by: int = 1
 
     @property
     def key(self) -> str:
@@ -103,6 +109,13 @@ class ArchitectureFamily(ABC):
     token_types: ClassVar[bool] = False
     #: Linear weights are stored (in, out) (GPT-2's Conv1D).
     transposed_weights: ClassVar[bool] = False
+    #: The bare transformer's forward takes ``position_ids``; where it computes positions from
+    #: the input's shape (BART's encoder), the probe places positions at the position table.
+    takes_position_ids: ClassVar[bool] = True
+    #: A classifier reads its last block at one pooled position per sequence, so that block's MLP
+    #: gradient has one row per sequence (not so where the head reads another stack, as BART's
+    #: decoder, or where the last block is shared across depth, as ALBERT's).
+    last_block_pooled: ClassVar[bool] = True
     #: Attribute names of a classification head on the task model, tried in order.
     head_names: ClassVar[tuple[str, ...]] = ("score", "classifier")
 
@@ -152,6 +165,21 @@ class ArchitectureFamily(ABC):
         """Returns the LayerNorm that normalises the embedding sum before block 0 with no residual
         around it (BERT), or None."""
         return None
+
+    def embedding_projection(self) -> nn.Module | None:
+        """Returns the linear map from the embedding width E to d that runs before block 0
+        (ALBERT's factorised embedding), or None; its gradient spans block 0's rows in E."""
+        return None
+
+    def token_layer(self) -> LinearLayer | None:
+        """Returns the layer whose span tests block 0's tokens where block 0's q/k/v cannot:
+        blocks shared across depth sum every depth's gradient, so their span holds every depth's
+        rows, while an embedding projection's holds block 0's alone (E wide: it saturates past E
+        distinct rows). None where block 0's q/k/v test tokens."""
+        projection = self.embedding_projection()
+        if projection is None or self.linear_layer(0, "q").shared_by == 1:
+            return None
+        return self._describe(0, "embedding", ModuleSlot(projection))
 
     def constant_embedding(self) -> torch.Tensor | None:
         """Returns what every token's embedding sum holds besides its token and position rows
@@ -236,11 +264,15 @@ class ArchitectureFamily(ABC):
 
     def _collect_linear_layers(self) -> dict[tuple[int, str], LinearLayer]:
         layers: dict[tuple[int, str], LinearLayer] = {}
-        for index, block in enumerate(self.blocks()):
+        blocks = list(self.blocks())
+        for index, block in enumerate(blocks):
+            call = sum(earlier is block for earlier in blocks[:index])
+            shared_by = sum(other is block for other in blocks)
             for role in LINEAR_ROLES:
                 slot = self.block_linears(block).get(role)
                 if slot is not None:
-                    layers[(index, role)] = self._describe(index, role, slot)
+                    layer = self._describe(index, role, slot)
+                    layers[(index, role)] = replace(layer, call=call, shared_by=shared_by)
         return layers
 
     def _describe(self, block: int, role: str, slot: ModuleSlot) -> LinearLayer:

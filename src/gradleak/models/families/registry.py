@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from gradleak.errors import UnsupportedFamilyError
+from gradleak.models.families.albert import AlbertFamily
+from gradleak.models.families.bart import BartFamily
 from gradleak.models.families.base import ArchitectureFamily
 from gradleak.models.families.bert import BertFamily
 from gradleak.models.families.decoders import FalconFamily, GPTNeoXFamily, OPTFamily
@@ -25,13 +27,12 @@ _FAMILIES: dict[str, type[ArchitectureFamily]] = {
     "electra": ElectraFamily,
     "deberta-v2": DebertaV2Family,
     "t5": T5Family,
+    "albert": AlbertFamily,
+    "bart": BartFamily,
 }
 
 #: Architectures known and not yet supported: what is missing, said before any work.
 _MISSING: dict[str, str] = {
-    "albert": "ALBERT shares one block across depth, and the probe keys a layer's input by its "
-    "module, so it cannot tell block 0's input from block 1's",
-    "bart": "encoder-decoders (BART) are not supported yet",
 }
 
 

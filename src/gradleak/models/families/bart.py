@@ -1,0 +1,47 @@
+"""BART: an encoder-decoder whose encoder is attacked as a BERT-like encoder.
+
+The encoder's block-0 rows are ``layernorm_embedding(scale * token + position)``: (token,
+position) rows as BERT's, with learned positions from offset 2 (the table's own ``offset``) and no
+token types. The encoder computes its positions from the input's shape, so the probe places them
+at the position table. The classification head reads the decoder's last block at the EOS
+position, so the encoder's last block is not pooled. The token table is shared with the decoder,
+whose gradient it also holds. The decoder's rows are not attacked yet.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from torch import nn
+
+from gradleak.errors import UnsupportedFamilyError
+from gradleak.models.families.derived import DerivedFamily
+
+
+class BartFamily(DerivedFamily):
+    """BART (``model_type`` bart): the encoder's blocks, the decoder confirms nothing yet."""
+
+    name = "bart"
+    model_types = ("bart",)
+    causal = False
+    positions = "learned"
+    takes_position_ids = False
+    last_block_pooled = False
+    head_names = ("classification_head",)
+
+    def blocks(self) -> nn.ModuleList:
+        if not hasattr(self.base, "encoder"):
+            raise UnsupportedFamilyError(
+                f"{type(self.model).__name__} is BART's decoder alone; gradleak attacks BART "
+                "through its encoder, for the classification task (seq_class) only."
+            )
+        return cast(nn.ModuleList, self.base.get_submodule("encoder.layers"))
+
+    def position_embedding(self) -> nn.Embedding:
+        return cast(nn.Embedding, self.base.get_submodule("encoder.embed_positions"))
+
+    def position_offset(self) -> int:
+        return int(getattr(self.position_embedding(), "offset", 0))
+
+    def embedding_norm(self) -> nn.Module:
+        return self.base.get_submodule("encoder.layernorm_embedding")
