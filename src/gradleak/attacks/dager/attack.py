@@ -41,6 +41,7 @@ from gradleak.attacks.dager.accounting import account_for_batch, out_of_time
 from gradleak.attacks.dager.adapters import adapters_only
 from gradleak.attacks.dager.complement import complement, left_missing
 from gradleak.attacks.dager.config import DagerConfig
+from gradleak.attacks.dager.decoder_check import confirm_on_decoder
 from gradleak.attacks.dager.peeling import peel_ranked
 from gradleak.attacks.dager.plan import (
     SearchKind,
@@ -95,6 +96,7 @@ class Dager(Attack):
             result = self._subspace(public, update, result, deadline)
         if public.task == "next_token" and public.family.causal:
             result = complete_next_token(public, gradients, result)
+        result = confirm_on_decoder(public, gradients, result, self.config.seed)
         return account_for_batch(public, update, gradients, result)
 
     def _peeled(

@@ -5,7 +5,8 @@ position) rows as BERT's, with learned positions from offset 2 (the table's own 
 token types. The encoder computes its positions from the input's shape, so the probe places them
 at the position table. The classification head reads the decoder's last block at the EOS
 position, so the encoder's last block is not pooled. The token table is shared with the decoder,
-whose gradient it also holds. The decoder's rows are not attacked yet.
+whose gradient it also holds. The decoder's block 0 confirms what the encoder certified
+(:mod:`gradleak.attacks.dager.decoder_check`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import cast
 from torch import nn
 
 from gradleak.errors import UnsupportedFamilyError
+from gradleak.models.families.base import LinearLayer, ModuleSlot
 from gradleak.models.families.derived import DerivedFamily
 
 
 class BartFamily(DerivedFamily):
-    """BART (``model_type`` bart): the encoder's blocks, the decoder confirms nothing yet."""
+    """BART (``model_type`` bart): the encoder's blocks; the decoder's block 0 confirms."""
 
     name = "bart"
     model_types = ("bart",)
@@ -45,3 +47,10 @@ class BartFamily(DerivedFamily):
 
     def embedding_norm(self) -> nn.Module:
         return self.base.get_submodule("encoder.layernorm_embedding")
+
+    def decoder_token_layers(self) -> tuple[LinearLayer, ...]:
+        attention = self.base.get_submodule("decoder.layers.0.self_attn")
+        return tuple(
+            self._describe(0, role, ModuleSlot(attention.get_submodule(f"{role}_proj")))
+            for role in ("q", "k", "v")
+        )

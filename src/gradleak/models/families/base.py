@@ -181,6 +181,12 @@ class ArchitectureFamily(ABC):
             return None
         return self._describe(0, "embedding", ModuleSlot(projection))
 
+    def decoder_token_layers(self) -> tuple[LinearLayer, ...]:
+        """Returns the q/k/v layers of an encoder-decoder's decoder block 0 (its self-attention,
+        reading (token, position) rows of the shifted input), or () for a model with no decoder
+        beside the blocks attacked."""
+        return ()
+
     def constant_embedding(self) -> torch.Tensor | None:
         """Returns what every token's embedding sum holds besides its token and position rows
         (BERT's first token type), or None."""
