@@ -32,8 +32,7 @@ _FAMILIES: dict[str, type[ArchitectureFamily]] = {
 }
 
 #: Architectures known and not yet supported: what is missing, said before any work.
-_MISSING: dict[str, str] = {
-}
+_MISSING: dict[str, str] = {}
 
 
 def register_family(cls: type[ArchitectureFamily], *, force: bool = False) -> None:
