@@ -102,6 +102,10 @@ def search_ranked(
     per_prefix: int,
     deadline: Deadline = NO_DEADLINE,
     first_by_gap: bool = False,
+    drop: float = 0.0,
+    runner_up: float = _RUNNER_UP_FRACTION,
+    z_branch: float | None = None,
+    min_column: int = _MIN_COLUMN,
 ) -> DecoderSearch:
     """Returns best-effort sequences grown from the tokens whose scores stand out at every step.
 
@@ -118,6 +122,17 @@ def search_ranked(
         first_by_gap: first tokens are those before the largest gap among the scores below the
             median (not those past ``z_accept``): a small candidate set (a bag of a few dozen
             tokens) puts its true first tokens only a few deviations out, but clear of the rest.
+        drop: an extension is kept only where its score reaches this fraction of the median of
+            its prefix's earlier steps (0: no such test). A lone prefix's best wrong extension
+            among a few hundred candidates still stands about 3 deviations out, so past a
+            sentence's end a fixed ``z_accept`` alone would let it run on to ``max_length``.
+        runner_up: a prefix's further extensions are kept only where they reach this fraction
+            of its best one's score.
+        z_branch: where given, a prefix's extensions after its best must also stand this many
+            deviations out (a prefix shared by several sentences branches only on strong
+            evidence), and no prefix branches while fewer than ``min_column`` are live.
+        min_column: fewest live prefixes over which each token's median is its baseline (below
+            it, each prefix's own median is).
     """
     result = DecoderSearch()
     first = tokens_at(0)
@@ -137,8 +152,17 @@ def search_ranked(
         if tokens is None or tokens.numel() == 0:
             break
         started = time.perf_counter()
-        step = _step_scores(evidence, state, tokens, last_rows, chunk_size=chunk_size)
-        parent, column, z = _select(step, z_accept=z_accept, per_prefix=per_prefix)
+        step = _step_scores(
+            evidence, state, tokens, last_rows, chunk_size=chunk_size, min_column=min_column
+        )
+        # Below min_column prefixes each token is scored against its own prefix's others only,
+        # which cannot tell whose a token true elsewhere in the batch is: no branching on that.
+        branches = 1 if z_branch is not None and step.shape[0] < min_column else per_prefix
+        parent, column, z = _select(
+            step, z_accept=z_accept, per_prefix=branches, runner_up=runner_up, z_branch=z_branch
+        )
+        if drop > 0:
+            parent, column, z = _keeping_pace(parent, column, z, scores, drop)
         if len(parent) > max_frontier:
             parent, column, z = _surest(parent, column, z, scores, max_frontier)
             result.truncated = True
@@ -225,7 +249,13 @@ def _before_largest_gap(z: torch.Tensor) -> torch.Tensor:
 
 
 def _step_scores(
-    evidence, state: PrefixState, tokens: torch.Tensor, last_rows: torch.Tensor, *, chunk_size: int
+    evidence,
+    state: PrefixState,
+    tokens: torch.Tensor,
+    last_rows: torch.Tensor,
+    *,
+    chunk_size: int,
+    min_column: int = _MIN_COLUMN,
 ) -> torch.Tensor:
     """Returns the (prefixes, tokens) matrix of centred log residuals, as robust z-scores; an
     extension whose row repeats its prefix's last row (a rotary model's repeated token after a
@@ -239,25 +269,48 @@ def _step_scores(
         previous = last_rows[:, None].to(first.device)
         repeats.append(((first - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)).cpu())
     scores, repeated = torch.cat(values, dim=1), torch.cat(repeats, dim=1)
-    if scores.shape[0] >= _MIN_COLUMN:
+    if scores.shape[0] >= min_column:
         scores = scores - scores.median(dim=0, keepdim=True).values
     else:
         scores = scores - scores.median(dim=1, keepdim=True).values
     return robust_z(scores).masked_fill(repeated, float("inf"))
 
 
-def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int):
+def _select(
+    z: torch.Tensor,
+    *,
+    z_accept: float,
+    per_prefix: int,
+    runner_up: float = _RUNNER_UP_FRACTION,
+    z_branch: float | None = None,
+):
     """Returns (parent, column, score) of the extensions that stand out, best first."""
     k = min(per_prefix, z.shape[1])
     best, column = torch.topk(z, k, dim=1, largest=False)
     parent = torch.arange(z.shape[0])[:, None].expand_as(column)
     passed = best < -z_accept
+    if z_branch is not None:  # a prefix's further extensions must stand further out
+        passed[:, 1:] &= best[:, 1:] < -z_branch
     # A prefix shared by many sentences has many true extensions, all standing out; a near miss
     # beside a strong true one stands out far less.
-    passed &= best <= best[:, :1] * _RUNNER_UP_FRACTION
+    passed &= best <= best[:, :1] * runner_up
     parent, column, score = parent[passed], column[passed], best[passed]
     order = torch.argsort(score)
     return parent[order], column[order], score[order]
+
+
+def _keeping_pace(parent, column, z, scores, drop: float):
+    """Returns the extensions whose score reaches ``drop`` times the median of their prefix's
+    steps after the first token (every extension of a one-token prefix)."""
+    paces = torch.tensor(
+        [
+            drop * statistics.median(scores[p][1:]) if len(scores[p]) > 1 else float("inf")
+            for p in parent.tolist()
+        ],
+        dtype=z.dtype,
+    )
+    kept = z <= paces
+    return parent[kept], column[kept], z[kept]
 
 
 def _surest(parent, column, z, scores, keep: int):

@@ -62,7 +62,11 @@ ROUNDED_BLOCKS = 2
 #: where it reaches this robust z (SmolLM2, B = 4: z = 6 ended every sentence after 2 to 5
 #: tokens, 3 after 5 to 10).
 ROUNDED_Z = 2.0
-ROUNDED_BRANCHES = 1
+#: A prefix that several sentences share branches, but only to extensions past ``rank_z``:
+#: rounding noise puts wrong runners-up near a weak true step.
+ROUNDED_BRANCHES = 4
+#: ... and while it reaches this fraction of the prefix's median step (a sentence's end).
+ROUNDED_DROP = 0.3
 #: Prefixes kept per step when a best-effort search can only rank candidates, not test them.
 BEST_EFFORT_FRONTIER = 256
 
@@ -430,6 +434,8 @@ class RankedSearch:
             per_prefix=ROUNDED_BRANCHES if job.rounding else cfg.rank_branches,
             deadline=job.deadline,
             first_by_gap=job.rounding is not None,
+            drop=ROUNDED_DROP if job.rounding else 0.0,
+            z_branch=cfg.rank_z if job.rounding else None,
         )
         job.timings["search"] = time.perf_counter() - started
         diagnostics: dict[str, Any] = {
