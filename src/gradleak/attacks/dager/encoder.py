@@ -28,6 +28,8 @@ _PAIRED = 16
 #: Single changes a ranked round evaluates, widening while none gains: those the score's
 #: gradient predicts gain most.
 _RANKED = (48, 192)
+#: Single changes of a found sentence that :func:`nearest_neighbour` tests, the likeliest first.
+_NEIGHBOURS = 64
 
 _log = logging.getLogger(__name__)
 
@@ -150,6 +152,34 @@ def search_sentences(
         return found, left() > 0
     cut_short = first_find and len(found) > already and not disclosed_all()
     return found, cut_short or any(n not in {len(f[0]) for f in found} for n in options)
+
+
+def nearest_neighbour(
+    oracle: SpanOracle,
+    ids: tuple[int, ...],
+    sets: tuple[torch.Tensor, ...],
+    *,
+    tokenizer: Any,
+    chunk_size: int,
+) -> float:
+    """Returns the largest row residual of the closest sentence one token away from ``ids``
+    (within ``sets``); infinity where there is none.
+
+    No block-1 row depends on one token, so no row is known true, and the threshold is borrowed
+    from block 0. Where the span's weakest directions sit near float noise (a narrow or shallow
+    model), the rows of a sentence that is nearly right pass it too; a sentence is told apart only
+    if it stands clearly below its neighbours. The neighbours tested are the :data:`_NEIGHBOURS`
+    whose score the gradient predicts lowest, the likeliest to come close.
+    """
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    current = torch.tensor(ids)
+    options = [_options(sets[p], cls_id, sep_id) for p in range(1, min(len(ids) - 1, len(sets)))]
+    variants, positions = _single_changes(current, options)
+    if not len(variants):
+        return float("inf")
+    pick = _likeliest_changes(oracle, current, variants, positions)[:_NEIGHBOURS]
+    worst = _off_span(oracle, variants[pick], chunk_size).norm(dim=-1).amax(dim=-1)
+    return float(worst.min())
 
 
 def _start(

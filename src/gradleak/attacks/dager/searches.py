@@ -25,7 +25,7 @@ from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.dropout import DropoutSearch
-from gradleak.attacks.dager.encoder import search_sentences
+from gradleak.attacks.dager.encoder import nearest_neighbour, search_sentences
 from gradleak.attacks.dager.noisy import reconstruct_noisy
 from gradleak.attacks.dager.oracle import build_oracle, input_side_gradient
 from gradleak.attacks.dager.placement import place_tokens
@@ -49,6 +49,7 @@ from gradleak.attacks.dager.tokens import (
 from gradleak.attacks.dager.unordered import bag_sets, likely_lengths
 from gradleak.attacks.peel import peel
 from gradleak.attacks.span import span_basis
+from gradleak.attacks.thresholds import MIN_SPLIT_DECADES
 from gradleak.attacks.verdict import Assurance, Cause, CauseKind
 from gradleak.attacks.weight_rounding import WeightRounding
 from gradleak.models.loading import PublicModel
@@ -337,6 +338,7 @@ class EncoderSearch(_ExactSearch):
         # checked against it.
         counted = exact and spans.sequence.layer.shared_by == 1
         peeling = counted and job.plan.peel
+        own: dict[tuple[int, ...], tuple[Cause, ...]] = {}
         disclosed = job.update.metadata.batch_size
         size = batch_size(public, job.update, job.gradients)
         while True:
@@ -366,6 +368,16 @@ class EncoderSearch(_ExactSearch):
             new = results[len(held) :]
             found += [(ids, res, tau2) for ids, res in new]
             held = results
+            for ids, residuals in new:
+                nearest = nearest_neighbour(
+                    spans.sequence, ids, sets, tokenizer=public.tokenizer, chunk_size=cfg.chunk_size
+                )
+                if nearest < max(residuals) * 10**MIN_SPLIT_DECADES:
+                    detail = _NEIGHBOUR_CLOSE.format(nearest, max(residuals))
+                    own[ids] = (
+                        Cause(CauseKind.NO_SPECTRAL_GAP, block=spans.sequence.block, detail=detail),
+                    )
+                    peeling = False  # later sentences would be tested on an unproved rest
             if not (gave_up and new and peeling):
                 break
             rest = _peeled(job, gradients, spans, [ids for ids, _ in new])
@@ -384,9 +396,13 @@ class EncoderSearch(_ExactSearch):
         if peeled:
             diagnostics["peeled"] = peeled
         batch = (Cause(CauseKind.MISSING_SEQUENCES, detail=_MISSING),) if gave_up else ()
-        return Outcome(found, batch_causes=batch)
+        return Outcome(found, batch_causes=batch, own=own)
 
 
+_NEIGHBOUR_CLOSE = (
+    "a sentence one token away fits the sequence block's span almost as well (largest residual "
+    "{:.1e} against this one's {:.1e}, less than a decade apart): the test cannot tell them apart"
+)
 _UNEXPLAINED = (
     "the sequence block's span holds {} row(s) that no recovered sequence explains (sequences "
     "missing, or cut short where a true row failed the test)"
