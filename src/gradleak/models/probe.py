@@ -314,6 +314,9 @@ class LinearInputProbe:
             if inputs_embeds is not None
             else {"input_ids": input_ids.to(self.device)}
         )
+        if inputs_embeds is not None and self._compute.model.config.is_encoder_decoder:
+            # The hooks stop the pass in the encoder; the decoder only needs inputs to start.
+            kwargs["decoder_inputs_embeds"] = inputs_embeds
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.to(self.device)
         if token_type_ids is not None:
