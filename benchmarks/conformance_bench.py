@@ -56,6 +56,8 @@ REALISTIC: dict[str, Shape] = {
     "qwen2": Shape("qwen2.5-0.5b", blocks=24, width=896, mlp=4864, heads=14, kv_heads=2),
     "llama": Shape("smollm2-135m", blocks=30, width=576, mlp=1536, heads=9, kv_heads=3),
     "gemma": Shape("gemma-270m-like", blocks=18, width=640, mlp=2048, heads=4, kv_heads=1),
+    "deberta-v2": Shape("deberta-v3-small", blocks=6, width=768, mlp=3072, heads=12),
+    "t5": Shape("t5-small", blocks=6, width=512, mlp=2048, heads=8),
 }
 #: More texts than the tests' four, for B = 16.
 _MORE_TEXTS = (

@@ -48,6 +48,7 @@ def search_sentences(
     likely: tuple[torch.Tensor, ...] | None = None,
     lengths: tuple[int, ...] | None = None,
     first_find: bool = False,
+    swaps: bool = False,
     known: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None,
     deadline: Deadline = NO_DEADLINE,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
@@ -71,6 +72,9 @@ def search_sentences(
     ``first_find`` ends the search at the first new sentence, for a caller that peels it off the
     gradient before searching on; ``known`` holds sentences already found on these spans, which
     the returned list starts with. When ``deadline`` expires the search returns what it has.
+    ``swaps`` also moves by exchanging two positions' tokens: where every position may hold any
+    token of a bag, a sentence with the right tokens in the wrong order is reached by no single
+    change that does not score worse.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
@@ -138,7 +142,9 @@ def search_sentences(
                     generator=generator,
                     fresh=not any(len(f[0]) == length for f in found),
                 )
-                ids, residuals = _descend(oracle, cls_id, sep_id, guess, start, chunk_size)
+                ids, residuals = _descend(
+                    oracle, cls_id, sep_id, guess, start, chunk_size, swaps=swaps
+                )
                 if not keep(ids, residuals):
                     misses[length] += 1
                     if any(len(g) < len(o) for g, o in zip(guess, options[length], strict=False)):
@@ -147,7 +153,8 @@ def search_sentences(
     # Polishing with the full sets costs most: only once the cut sets are exhausted, closest first.
     for _, ids in sorted(unpolished):
         if fits(len(ids)):
-            keep(*_descend(oracle, cls_id, sep_id, options[len(ids)], ids[1:-1], chunk_size))
+            full = options[len(ids)]
+            keep(*_descend(oracle, cls_id, sep_id, full, ids[1:-1], chunk_size, swaps=swaps))
     if rows is not None:
         return found, left() > 0
     cut_short = first_find and len(found) > already and not disclosed_all()
@@ -228,7 +235,7 @@ def _options(tokens: torch.Tensor, cls_id: int, sep_id: int) -> torch.Tensor:
     return tokens[(tokens != cls_id) & (tokens != sep_id)]
 
 
-def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
+def _descend(oracle, cls_id, sep_id, options, start, chunk_size, *, swaps=False):
     """Returns the local optimum reached from ``start``, and its per-row residuals.
 
     A round scores single-token changes. One wrong token pushes every block-1 row off the span
@@ -254,13 +261,18 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size):
         if not len(variants):
             break
         now = float(_score(off[None])[0]) - 1e-9
+        swap = _best_swap(oracle, current, chunk_size) if swaps else None
         step = _ranked_step(oracle, current, off, variants, positions, chunk_size, now)
         if step is not None:
+            if swap is not None and swap[2] < float(_score(step[1][None])[0]):
+                step = swap[0], swap[1]
             current, off = step
             continue
         best, best_off, best_score, weights = _best_step(
             oracle, current, off, variants, positions, chunk_size
         )
+        if swap is not None and swap[2] < best_score:
+            best, best_off, best_score = swap
         if best_score >= now:
             pairs = _pair_changes(current, weights, variants, positions)
             if not len(pairs):
@@ -339,6 +351,31 @@ def _single_changes(
     if not variants:
         return current[None, :0].repeat(0, 1), torch.empty(0, dtype=torch.long)
     return torch.cat(variants), torch.cat(positions)
+
+
+def _best_swap(oracle, current, chunk_size):
+    """Returns (sentence, its off-span rows, its score) of the best exchange of two of
+    ``current``'s inner tokens, or None where there is none."""
+    exchanged = _swapped(current)
+    if not len(exchanged):
+        return None
+    effects = _off_span(oracle, exchanged, chunk_size)
+    scores = _score(effects)
+    pick = int(torch.argmin(scores))
+    return exchanged[pick], effects[pick], float(scores[pick])
+
+
+def _swapped(current: torch.Tensor) -> torch.Tensor:
+    """Returns ``current`` with each pair of its inner positions' (distinct) tokens exchanged."""
+    inner = range(1, len(current) - 1)
+    out = []
+    for i in inner:
+        for j in inner:
+            if i < j and current[i] != current[j]:
+                exchanged = current.clone()
+                exchanged[i], exchanged[j] = current[j], current[i]
+                out.append(exchanged)
+    return torch.stack(out) if out else current[None, :0].repeat(0, 1)
 
 
 def _joint_weights(off: torch.Tensor, effects: torch.Tensor) -> torch.Tensor:

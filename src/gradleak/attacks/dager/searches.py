@@ -362,6 +362,7 @@ class EncoderSearch(_ExactSearch):
                 likely=likely,
                 lengths=lengths,
                 first_find=peeling,
+                swaps=public.family.positions == "relative",
                 known=held,
                 deadline=job.deadline,
             )
