@@ -75,8 +75,10 @@ FAMILY: dict[str, str] = {
     "bart": "bart",
 }
 #: Encoders whose B = 4 batches the encoder search does not recover at these widths (BERT's
-#: included): an attack limitation, reported by an expected failure, never hidden.
-ENCODER_SEARCH_SHORT_AT_B4 = (*ENCODERS, *ENCODER_DECODERS)
+#: included): an attack limitation, reported by an expected failure, never hidden. (DeBERTa-v2:
+#: its tiny random blocks attend nearly uniformly, so block 1's span shows fewer directions than
+#: the batch has rows.) T5's encoder search recovers its B = 4 at both shapes.
+ENCODER_SEARCH_SHORT_AT_B4 = tuple(t for t in (*ENCODERS, *ENCODER_DECODERS) if t != "t5")
 #: Model types whose B = 4 spans are saturated at the tiny widths: ALBERT's one block runs at
 #: every depth, so its gradient spans about depth x tokens rows (3 x 29 > 72, 2 x 29 near 64).
 SATURATED_AT_B4: tuple[str, ...] = ("albert",)

@@ -51,8 +51,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "share_att_key": True,
         "type_vocab_size": 0,
     },
-    # T5-small's shape (the library default); the decoder starts from padding, as T5's does.
-    "t5": {},
 }
 _RESERVED = ("seed", "tokenizer")
 
