@@ -84,7 +84,7 @@ def test_encoder_search_stops_once_every_block1_row_is_accounted_for(minilm, mon
     assert update.metadata.batch_size is None
     calls, seen_rows = [], []
     descend, search = encoder._descend, dager_attack.search_sentences
-    monkeypatch.setattr(encoder, "_descend", lambda *a: calls.append(1) or descend(*a))
+    monkeypatch.setattr(encoder, "_descend", lambda *a, **k: calls.append(1) or descend(*a, **k))
 
     def spy(*args, **kwargs):
         seen_rows.append(kwargs["rows"])
@@ -137,7 +137,7 @@ def test_disclosed_batch_size_ends_the_encoder_search(minilm, monkeypatch):
     update = compute_update(minilm, Batch(texts=texts, labels=(0, 1)), disclose_batch_size=True)
     calls = []
     descend, search = encoder._descend, dager_attack.search_sentences
-    monkeypatch.setattr(encoder, "_descend", lambda *a: calls.append(1) or descend(*a))
+    monkeypatch.setattr(encoder, "_descend", lambda *a, **k: calls.append(1) or descend(*a, **k))
     monkeypatch.setattr(
         dager_attack, "search_sentences", lambda *a, **k: search(*a, **{**k, "rows": None})
     )
