@@ -125,3 +125,18 @@ def test_span_fit_past_block_0_starts_the_bag_sentences_with_the_batch_first_tok
         return score_batch(list(LONGER), [start.tokenizer.decode(g) for g in groups]).rouge1
 
     assert rouge1(fitted) > rouge1(blind)
+
+
+def test_the_last_query_adapter_shows_where_each_sequence_ends():
+    from gradleak.attacks.dager.ends import end_test
+
+    settings = ClientSettings(lora_rank=8, lora_warmup_steps=3)
+    start = prepare_model(load_model(LLAMA), settings)
+    update = simulate_update(start, Batch(texts=SHORT, labels=(0, 1)), settings=settings)
+    test = end_test(start, update.gradients())
+    assert test is not None and test.basis.shape[0] == len(SHORT)
+    for text in SHORT:
+        ids = tuple(start.tokenizer(text)["input_ids"])
+        assert test.whole(start, ids) == len(ids)
+        assert test.whole(start, (*ids, ids[-1])) == len(ids)  # one repeat too far: cut back
+        assert test.whole(start, ids[:-1]) is None  # cut short: no prefix ends a sentence

@@ -46,6 +46,9 @@ class CauseKind(str, Enum):
     """A token no shared tensor shows is missing (a next-token target with no head gradient)."""
     MAY_CONTINUE = "may_continue"
     """The span holds rows no recovered sequence explains, and this one is not shown whole."""
+    END_UNPROVED = "end_unproved"
+    """The last block's query adapter spans the batch's final rows, and no prefix of this
+    sequence ends on one of them: it is not whole as found."""
     ABOVE_THRESHOLD = "above_threshold"
     """Some position's residual did not pass the certifying span test."""
     RANKED = "ranked"
@@ -256,6 +259,10 @@ _SENTENCES = {
         f"the sequence block's span holds {c.count or 'some'} row(s) that no recovered sequence "
         "explains, and this sequence's own gradient does not fit the update exactly: it may "
         "continue past where it was found."
+    ),
+    CauseKind.END_UNPROVED: lambda _: (
+        "the last block's query adapter spans the batch's final rows, and neither this sequence "
+        "nor any of its prefixes ends on one of them: it is not whole as found; best-effort."
     ),
     CauseKind.ABOVE_THRESHOLD: lambda c: (
         f"a position's residual did not pass {_block(c)} span test; the sequence is best-effort."

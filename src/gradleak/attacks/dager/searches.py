@@ -26,6 +26,7 @@ from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.dropout import DropoutSearch
 from gradleak.attacks.dager.encoder import nearest_neighbour, search_sentences
+from gradleak.attacks.dager.ends import end_test
 from gradleak.attacks.dager.noisy import reconstruct_noisy
 from gradleak.attacks.dager.oracle import build_oracle, input_side_gradient
 from gradleak.attacks.dager.placement import place_tokens
@@ -290,10 +291,10 @@ class PrefixSearch(_ExactSearch):
         )
         diagnostics["prefix_candidates"] = result.candidates
         diagnostics["prefix_accepted"] = result.accepted
-        found = [(ids, res, tau2) for ids, res in result.sequences]
+        found, ends = _settle_ends(job, [(ids, res, tau2) for ids, res in result.sequences])
         cut = (Cause(CauseKind.FRONTIER_CUT),) if result.truncated else ()
         if not exact:
-            return Outcome(found, causes=cut)
+            return Outcome(found, causes=cut, own=ends)
         ids = [f[0] for f in found]
         unexplained = unexplained_rows(spans.sequence.basis.rank, ids)
         diagnostics["unexplained_rows"] = unexplained
@@ -304,7 +305,29 @@ class PrefixSearch(_ExactSearch):
             else ()
         )
         own = {seq: (cause,) for seq, cause in shortened.items()}
+        for seq, causes_of in ends.items():
+            own[seq] = (*own.get(seq, ()), *causes_of)
         return Outcome(found, causes=cut, batch_causes=missing, own=own)
+
+
+def _settle_ends(
+    job: SearchJob, found: list[Found]
+) -> tuple[list[Found], dict[tuple[int, ...], tuple[Cause, ...]]]:
+    """Returns the sequences cut back to the longest prefix whose final row the end test passes
+    (:mod:`gradleak.attacks.dager.ends`), and a cause for each of which no prefix passes; the
+    sequences unchanged where the update shows no end test."""
+    test = end_test(job.public, job.gradients)
+    if test is None:
+        return found, {}
+    settled: dict[tuple[int, ...], Found] = {}
+    unproved: dict[tuple[int, ...], tuple[Cause, ...]] = {}
+    for ids, residuals, tau in found:
+        length = test.whole(job.public, ids)
+        if length is None:
+            unproved[ids] = (Cause(CauseKind.END_UNPROVED),)
+            length = len(ids)
+        settled.setdefault(ids[:length], (ids[:length], residuals[:length], tau))
+    return list(settled.values()), unproved
 
 
 class EncoderSearch(_ExactSearch):
