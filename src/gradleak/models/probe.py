@@ -314,7 +314,8 @@ class LinearInputProbe:
             if inputs_embeds is not None
             else {"input_ids": input_ids.to(self.device)}
         )
-        if inputs_embeds is not None and self._compute.model.config.is_encoder_decoder:
+        config = getattr(self._compute.model, "config", None)
+        if inputs_embeds is not None and getattr(config, "is_encoder_decoder", False):
             # The hooks stop the pass in the encoder; the decoder only needs inputs to start.
             kwargs["decoder_inputs_embeds"] = inputs_embeds
         if attention_mask is not None:
