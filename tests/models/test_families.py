@@ -160,3 +160,12 @@ def test_bart_positions_start_at_the_tables_offset(tiny_models):
     family = tiny_models("bart").family
     assert family.position_offset() == 2 and not family.takes_position_ids
     assert family.embedding_norm() is family.base.get_submodule("encoder.layernorm_embedding")
+
+
+def test_bart_rows_from_embeddings_equal_rows_from_ids(tiny_models):
+    public = tiny_models("bart")
+    layer = public.family.linear_layer(1, "q")
+    probe = LinearInputProbe(public.family, [layer])
+    ids = random_ids(public)
+    embeds = public.family.embedding()(ids)  # BART's table applies its own embed scale
+    torch.testing.assert_close(probe.embedded_sequences(embeds)[layer], probe(ids)[layer])
