@@ -8,6 +8,7 @@ import torch
 from helpers import TINY
 
 from gradleak.attacks import CauseKind
+from gradleak.attacks.budget import Deadline
 from gradleak.attacks.dager import Dager, encoder
 from gradleak.attacks.dager.oracle import build_oracle
 from gradleak.attacks.dager.placement import TokenPlacement, place_tokens
@@ -201,3 +202,16 @@ def test_a_sentence_its_neighbours_fit_almost_as_well_is_not_certified():
     assert result.sequences and not any(s.certified for s in result.sequences)
     causes = {c.kind for s in result.sequences for c in s.assurance.causes}
     assert CauseKind.NO_SPECTRAL_GAP in causes
+
+
+def test_a_descent_stops_when_the_deadline_has_passed(minilm):
+    """One descent on a long sentence can take minutes: it checks the deadline every round."""
+    gradients = update_for(minilm, SAME_LENGTH).gradients()
+    oracle = build_oracle(minilm.family, gradients, 1)
+    truth = minilm.tokenizer(SAME_LENGTH[0])["input_ids"]
+    bag = torch.unique(torch.tensor(truth))
+    start = [int(bag[0])] * (len(truth) - 2)
+    options = [bag for _ in start]
+    args = (oracle, truth[0], truth[-1], options, start, 4096)
+    assert encoder._descend(*args, deadline=Deadline(1e-9))[0][1:-1] == tuple(start)
+    assert encoder._descend(*args)[0] == tuple(truth)

@@ -143,7 +143,7 @@ def search_sentences(
                     fresh=not any(len(f[0]) == length for f in found),
                 )
                 ids, residuals = _descend(
-                    oracle, cls_id, sep_id, guess, start, chunk_size, swaps=swaps
+                    oracle, cls_id, sep_id, guess, start, chunk_size, swaps=swaps, deadline=deadline
                 )
                 if not keep(ids, residuals):
                     misses[length] += 1
@@ -154,7 +154,18 @@ def search_sentences(
     for _, ids in sorted(unpolished):
         if fits(len(ids)):
             full = options[len(ids)]
-            keep(*_descend(oracle, cls_id, sep_id, full, ids[1:-1], chunk_size, swaps=swaps))
+            keep(
+                *_descend(
+                    oracle,
+                    cls_id,
+                    sep_id,
+                    full,
+                    ids[1:-1],
+                    chunk_size,
+                    swaps=swaps,
+                    deadline=deadline,
+                )
+            )
     if rows is not None:
         return found, left() > 0
     cut_short = first_find and len(found) > already and not disclosed_all()
@@ -235,7 +246,9 @@ def _options(tokens: torch.Tensor, cls_id: int, sep_id: int) -> torch.Tensor:
     return tokens[(tokens != cls_id) & (tokens != sep_id)]
 
 
-def _descend(oracle, cls_id, sep_id, options, start, chunk_size, *, swaps=False):
+def _descend(
+    oracle, cls_id, sep_id, options, start, chunk_size, *, swaps=False, deadline=NO_DEADLINE
+):
     """Returns the local optimum reached from ``start``, and its per-row residuals.
 
     A round scores single-token changes. One wrong token pushes every block-1 row off the span
@@ -252,13 +265,14 @@ def _descend(oracle, cls_id, sep_id, options, start, chunk_size, *, swaps=False)
     grows with the square of its length. So a round first evaluates only the changes that the
     score's gradient with respect to the token embeddings predicts gain most (one backward pass;
     :data:`_RANKED` of them, then more); only when those find no gain does it evaluate them all,
-    so the descent still stops only where no single change, combination or pair helps.
+    so the descent still stops only where no single change, combination or pair helps, or when
+    ``deadline`` expires (one descent on a long sentence can take minutes).
     """
     current = torch.tensor([cls_id, *[int(t) for t in start], sep_id])
     off = _off_span(oracle, current[None], chunk_size)[0]
     for _ in range(_MAX_ROUNDS):
         variants, positions = _single_changes(current, options)
-        if not len(variants):
+        if not len(variants) or deadline.expired():
             break
         now = float(_score(off[None])[0]) - 1e-9
         swap = _best_swap(oracle, current, chunk_size) if swaps else None
