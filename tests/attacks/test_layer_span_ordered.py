@@ -129,3 +129,23 @@ def test_the_settings_are_checked():
     for bad in ({"tiers": (128, 16)}, {"tiers": ()}, {"order": "random"}, {"reference": 0}):
         with pytest.raises(ValueError, match="LayerSpanConfig"):
             LayerSpanConfig(**bad)
+
+
+def test_the_whole_vocabulary_scan_counts_rows_within_the_threshold_of_the_last_as_repeats(
+    llama, monkeypatch
+):
+    """Deep in a model a run of one token repeats its row only to ~5e-6; the full scan
+    (order=none) must treat rows closer than its threshold as no new evidence, as the ordered
+    search does, or it certifies such runs."""
+    seen = []
+    search = layer_span_attack.search_prefixes
+
+    def spy(gates, **kwargs):
+        seen.extend(gates)
+        return search(gates, **kwargs)
+
+    monkeypatch.setattr(layer_span_attack, "search_prefixes", spy)
+    result = create_attack("layer-span", order="none").reconstruct(llama, _update(llama, ONE))
+    assert seen and seen[-1].same_row == max(layer_span_attack.SAME_ROW, seen[-1].threshold)
+    assert seen[-1].same_row > layer_span_attack.SAME_ROW
+    assert [ids for ids, certified in _answer(result) if certified] == sorted(_truth(llama, ONE))

@@ -46,10 +46,12 @@ class DecoderSearch:
 
 @dataclass(frozen=True)
 class Gate:
-    """An oracle and the residual below which a candidate passes it."""
+    """An oracle, the residual below which a candidate passes it, and how close (relative) a
+    certifying gate's row may come to its prefix's last row and still count as new evidence."""
 
     oracle: SpanOracle
     threshold: float
+    same_row: float = SAME_ROW
 
 
 @dataclass
@@ -140,7 +142,9 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
     residual = first.basis.residuals(rows).cpu()
     passed = residual < gates[0].threshold
     if len(gates) == 1:
-        passed &= ~repeats_previous_row(rows, frontier.last_rows[:, None]).cpu()
+        passed &= ~repeats_previous_row(
+            rows, frontier.last_rows[:, None], tolerance=gates[0].same_row
+        ).cpu()
     parent, column = torch.nonzero(passed, as_tuple=True)
     token, residual = tokens[column], residual[parent, column]
     for gate in gates[1:]:
@@ -152,7 +156,7 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
         passed = residual < gate.threshold
         if gate is gates[-1]:
             passed &= ~repeats_previous_row(
-                new_rows, frontier.last_rows[parent.to(new_rows.device)]
+                new_rows, frontier.last_rows[parent.to(new_rows.device)], tolerance=gate.same_row
             ).cpu()
         parent, token, residual = parent[passed], token[passed], residual[passed]
     return parent, token, residual

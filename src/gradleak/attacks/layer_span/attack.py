@@ -36,7 +36,7 @@ from gradleak.attacks.base import Attack, Reconstruction, RecoveredSequence
 from gradleak.attacks.budget import Deadline
 from gradleak.attacks.dager.accounting import out_of_time
 from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
-from gradleak.attacks.dager.decoder import Gate, search_prefixes
+from gradleak.attacks.dager.decoder import SAME_ROW, Gate, search_prefixes
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle
 from gradleak.attacks.dager.spans import vocabulary
 from gradleak.attacks.layer_span.ordered import OrderedSettings, ordered_search
@@ -286,8 +286,10 @@ class LayerSpan(Attack):
         if tau is None:
             tau = _first_token_threshold(oracle, vocab, cfg.chunk_size)
         calibration = time.perf_counter() - started
+        # Deep in the model a run of one token repeats its row only to ~5e-6, not SAME_ROW: rows
+        # closer to their prefix's last one than the threshold are no evidence the test resolves.
         search = search_prefixes(
-            [Gate(oracle, tau)],
+            [Gate(oracle, tau, same_row=max(SAME_ROW, tau))],
             tokens_at=lambda _: vocab,
             max_length=cfg.max_length,
             chunk_size=cfg.chunk_size,
