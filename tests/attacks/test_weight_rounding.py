@@ -32,14 +32,7 @@ def updates(models):
 
 
 def _rounding(public, update):
-    meta = update.metadata
-    return weight_rounding(
-        dict(public.model.named_parameters()),
-        kind=meta.kind,
-        dtype=meta.dtype,
-        steps=meta.local_steps,
-        lr=meta.learning_rate,
-    )
+    return weight_rounding(dict(public.model.named_parameters()), update.metadata)
 
 
 def test_the_rounding_is_modelled_only_for_float32_multi_step_deltas(models, updates):

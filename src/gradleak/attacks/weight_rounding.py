@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradleak.update import UpdateMetadata
+
 #: Explicit mantissa bits of the client dtypes whose weight rounding is modelled.
 MANTISSA_BITS = {"float32": 23}
 _SMALLEST_NORMAL = {"float32": 2.0**-126}
@@ -68,15 +70,13 @@ class WeightRounding:
 
 
 def weight_rounding(
-    weights: Mapping[str, torch.Tensor],
-    *,
-    kind: str,
-    dtype: str,
-    steps: int | None,
-    lr: float | None,
+    weights: Mapping[str, torch.Tensor], metadata: UpdateMetadata
 ) -> WeightRounding | None:
-    """Returns the rounding of a multi-step delta of ``dtype`` weights, or None where it is not
-    modelled (a one-step update, a dtype without a model, an undisclosed lr or step count)."""
+    """Returns the rounding of a multi-step delta of the weights' dtype (from the update's
+    metadata), or None where it is not modelled (a one-step update, a dtype without a model, an
+    undisclosed lr or step count)."""
+    kind, dtype = metadata.kind, metadata.dtype
+    steps, lr = metadata.local_steps, metadata.learning_rate
     if kind != "weight_delta" or dtype not in MANTISSA_BITS or not lr or not steps or steps < 2:
         return None
     return WeightRounding(weights=weights, dtype=dtype, steps=steps, lr=lr)

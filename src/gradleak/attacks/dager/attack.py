@@ -214,14 +214,7 @@ class Dager(Attack):
         nothing coarser (a 16-bit grid, quantisation, noise) was applied on top."""
         if reading.noise_defence or reading.rounding:
             return None
-        meta = update.metadata
-        return weight_rounding(
-            dict(public.model.named_parameters()),
-            kind=meta.kind,
-            dtype=meta.dtype,
-            steps=meta.local_steps,
-            lr=meta.learning_rate,
-        )
+        return weight_rounding(dict(public.model.named_parameters()), update.metadata)
 
     def _spectra(self, public: PublicModel, gradients: Gradients, spans: DagerSpans) -> Spectra:
         saturated = tuple(
