@@ -65,12 +65,16 @@ class Reconstruction:
             nothing passed a test); each sequence's own causes live on its verdict.
         diagnostics: ranks, thresholds, candidate counts per position, seconds per stage,
             the family and the search taken.
+        targets: for a sequence-to-sequence update, what was recovered of the decoder's
+            targets (its own sequences, causes and diagnostics); ``sequences`` are then the
+            encoder's sources. None for other tasks.
     """
 
     attack: str
     sequences: tuple[RecoveredSequence, ...]
     causes: tuple[Cause, ...] = ()
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    targets: Reconstruction | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -95,7 +99,7 @@ class Reconstruction:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the reconstruction as plain JSON values."""
-        return {
+        out = {
             "attack": self.attack,
             "sequences": [s.to_dict() for s in self.sequences],
             "certified": self.certified,
@@ -103,6 +107,9 @@ class Reconstruction:
             "reason": self.reason,
             "diagnostics": self.diagnostics,
         }
+        if self.targets is not None:
+            out["targets"] = self.targets.to_dict()
+        return out
 
 
 class Attack(ABC):

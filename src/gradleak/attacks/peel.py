@@ -247,6 +247,8 @@ def _subtract(
 
 
 def _labels(public: PublicModel) -> list[int | None]:
+    if public.task == "seq2seq":
+        return []  # a source's own gradient needs its target, which the encoder search lacks
     return [None] if public.task == "next_token" else list(range(public.num_labels))
 
 

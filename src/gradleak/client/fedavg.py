@@ -36,12 +36,13 @@ def minibatch_slices(n: int, size: int | None) -> list[slice]:
 
 
 def sub_batch(batch: Batch, part: slice) -> Batch:
-    """Returns the texts (and labels, indices) of ``batch`` in ``part``."""
+    """Returns the texts (and labels, indices, targets) of ``batch`` in ``part``."""
     return Batch(
         texts=batch.texts[part],
         labels=batch.labels[part] if batch.labels is not None else None,
         source=batch.source,
         indices=batch.indices[part] if batch.indices is not None else None,
+        targets=batch.targets[part] if batch.targets is not None else None,
     )
 
 

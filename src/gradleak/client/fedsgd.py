@@ -62,7 +62,7 @@ def batch_gradient(
 ) -> dict[str, torch.Tensor]:
     """Returns d(loss)/d(parameter) on ``batch`` for the named parameters (zeros where unused)."""
     params = dict(public.model.named_parameters())
-    inputs = encode(public, batch.texts, max_length=max_length)
+    inputs = encode(public, batch.texts, max_length=max_length, targets=batch.targets)
     with only_grad_for(public.model, set(names)), _mode(public.model, train=train_mode):
         public.model.zero_grad(set_to_none=True)
         task_loss(public, inputs, batch.labels).backward()

@@ -19,16 +19,21 @@ class Batch:
         labels: One integer label per text, or None for unlabelled data (e.g. next-token tasks).
         source: Where the texts came from, e.g. ``"cola/train"`` or a file path.
         indices: The row index of each text in its source, or None when unknown.
+        targets: For sequence-to-sequence training, each text's target text; None: each text is
+            its own target (reconstruction).
     """
 
     texts: tuple[str, ...]
     labels: tuple[int, ...] | None = None
     source: str = ""
     indices: tuple[int, ...] | None = None
+    targets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # Accept lists from callers but store tuples, so the batch stays hashable and immutable.
         object.__setattr__(self, "texts", tuple(self.texts))
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
         problems = []
         for field_name in ("labels", "indices"):
             values = getattr(self, field_name)
@@ -55,6 +60,11 @@ def _problems(batch: Batch) -> list[str]:
     bad = [i for i, t in enumerate(batch.texts) if not isinstance(t, str)]
     if bad:
         problems.append(f"texts must be strings, positions {bad[:5]} are not")
+    if batch.targets is not None:
+        if len(batch.targets) != n:
+            problems.append(f"targets has {len(batch.targets)} entries for {n} texts")
+        if not all(isinstance(t, str) for t in batch.targets):
+            problems.append("targets must be strings")
     for field_name in ("labels", "indices"):
         values = getattr(batch, field_name)
         if values is None:

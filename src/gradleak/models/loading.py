@@ -15,6 +15,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -29,7 +30,7 @@ from gradleak.models.spec import ModelSpec, parse_model_spec
 
 logger = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("seq_class", "next_token")
+TASKS: tuple[str, ...] = ("seq_class", "next_token", "seq2seq")
 #: DAGER initialises decoder classification heads N(0, 1e-3^2); encoders keep their config's range.
 DECODER_HEAD_STD = 1e-3
 
@@ -43,7 +44,7 @@ class PublicModel:
         model: the task model (sequence classifier or causal LM), in eval mode.
         tokenizer: its tokenizer (None for a random model built without one).
         family: the architecture family bound to ``model``.
-        task: "seq_class" or "next_token".
+        task: "seq_class", "next_token" or "seq2seq".
         num_labels: classes of the sequence-classification head.
         seed: the seed that initialised random weights and the head.
         head_init_std: standard deviation of the head initialisation (None: the model's own).
@@ -87,7 +88,9 @@ def load_model(
 
     Args:
         spec: bundled alias, ``random:ARCH[?k=v&...]``, ``.gguf`` file, local directory or hub id.
-        task: "seq_class" (classification head) or "next_token" (language-model head).
+        task: "seq_class" (classification head), "next_token" (language-model head) or
+            "seq2seq" (an encoder-decoder's language-model head, trained on (source, target)
+            pairs; see :mod:`gradleak.models.task_loss`).
         num_labels: classes of the classification head.
         seed: seeds random weights and the head, so the same arguments give the same model.
         head_init_std: head initialisation std; None picks 1e-3 for decoders (as DAGER does) and
@@ -172,11 +175,19 @@ def _local_dir(parsed: ModelSpec, *, need_config: bool = True) -> Path | str:
 
 def _task_class(model_type: str, task: str):
     family = family_class_for(model_type)
+    if task == "seq2seq":
+        if not family.encoder_decoder:
+            raise UnsupportedFamilyError(
+                f"{family.name} models have no decoder beside an encoder and cannot do "
+                "sequence-to-sequence training; use an encoder-decoder (bart, t5) or --task "
+                "next_token / seq_class."
+            )
+        return AutoModelForSeq2SeqLM
     if task == "next_token":
         if not family.causal:
             raise UnsupportedFamilyError(
                 f"{family.name} models are encoders and cannot do next-token prediction; use "
-                "--task seq_class."
+                "--task seq_class" + (" or seq2seq." if family.encoder_decoder else ".")
             )
         return AutoModelForCausalLM
     return AutoModelForSequenceClassification

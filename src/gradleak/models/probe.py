@@ -203,8 +203,10 @@ class LinearInputProbe:
         """
         self._require_causal()
         n_prefix, n_new = state.size, int(next_ids.numel())
+        if self.family.positions == "relative":
+            return self._branch_by_copies(state, next_ids)
         ids = next_ids.reshape(1, -1).expand(n_prefix, n_new).to(self.device)
-        positions = torch.full_like(ids, state.length)
+        positions = torch.full_like(ids, state.length + self.family.position_offset())
         allowed = torch.ones(n_new, state.length + n_new, dtype=torch.bool, device=self.device)
         allowed[:, state.length :] = torch.eye(n_new, dtype=torch.bool, device=self.device)
         mask = self._as_attention_mask(allowed).expand(n_prefix, 1, n_new, state.length + n_new)
@@ -218,6 +220,19 @@ class LinearInputProbe:
             )
         finally:
             _crop(state.cache, state.length)
+
+    def _branch_by_copies(
+        self, state: PrefixState, next_ids: torch.Tensor
+    ) -> dict[LinearLayer, torch.Tensor]:
+        """Returns :meth:`branch`'s rows with every (prefix, candidate) pair in its own sequence.
+
+        Relative positions (T5's decoder) enter attention as a bias that the model computes
+        from each query's place in the input, so candidates fed side by side would each sit at
+        another position."""
+        n_prefix, n_new = state.size, int(next_ids.numel())
+        copies = state.select(torch.arange(n_prefix).repeat_interleave(n_new))
+        rows, _ = self.extend(copies, next_ids.reshape(-1).repeat(n_prefix))
+        return {layer: r.reshape(n_prefix, n_new, -1) for layer, r in rows.items()}
 
     def embedded_rows(
         self, state: PrefixState | None, embeds: torch.Tensor
@@ -234,7 +249,9 @@ class LinearInputProbe:
         if state is not None:
             kwargs["cache"] = state.select(torch.arange(state.size)).cache
         length = 0 if state is None else state.length
-        positions = torch.full((embeds.shape[0], 1), length, device=self.device)
+        positions = torch.full(
+            (embeds.shape[0], 1), length + self.family.position_offset(), device=self.device
+        )
         rows = self._run(
             None,
             inputs_embeds=embeds[:, None].to(self.device),
@@ -327,7 +344,7 @@ class LinearInputProbe:
         if cache is not None:
             kwargs.update(past_key_values=cache, use_cache=True)
         try:
-            self._compute.base(**kwargs)
+            self._compute.probe_forward(**kwargs)
         except _InputsCaptured:
             pass
         finally:

@@ -4,6 +4,12 @@ The loss is public: the server knows the model and the task. The client trains o
 attacks that recompute a sentence's own gradient (peeling, reading next-token targets) must
 compute exactly the same thing, so both call this module. Inputs are right-padded with an
 attention mask, as real clients do.
+
+Sequence-to-sequence (``seq2seq``, encoder-decoders): the client trains the language-model head
+on (source, target) pairs, as a Hugging Face seq2seq trainer does: the source goes to the
+encoder, the target to ``labels`` (padding as -100), and the model feeds its decoder the target
+shifted right (its start token, then every target token but the last). The loss averages over
+every target token of the batch.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ Inputs = dict[str, torch.Tensor]
 def task_loss(public: PublicModel, inputs: Inputs, labels: Sequence[int] | None) -> torch.Tensor:
     """Returns the training loss on one encoded batch: the model's own loss for the task.
 
-    Next-token prediction averages over every target of the batch (padding excluded);
-    classification averages over the sequences, with ``labels`` (class 0 when None).
+    Next-token prediction averages over every target of the batch (padding excluded), and so
+    does sequence-to-sequence training (its targets are ``inputs["labels"]``); classification
+    averages over the sequences, with ``labels`` (class 0 when None).
     """
     device = public.family.embedding().weight.device
     inputs = {k: v.to(device) for k, v in inputs.items()}
+    if public.task == "seq2seq":
+        return public.model(**inputs).loss
     if public.task == "next_token":
         targets = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
         return public.model(**inputs, labels=targets).loss
@@ -44,6 +53,13 @@ def example_losses(
     device = public.family.embedding().weight.device
     inputs = {k: v.to(device) for k, v in inputs.items()}
     logits = public.model(**inputs).logits.float()
+    if public.task == "seq2seq":
+        targets = inputs["labels"]
+        token_losses = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), targets, reduction="none", ignore_index=-100
+        )
+        counted = (targets != -100).to(logits.dtype)
+        return token_losses.sum(1) / counted.sum(1).clamp_min(1.0)
     if public.task == "next_token":
         targets, mask = inputs["input_ids"][:, 1:], inputs["attention_mask"][:, 1:].to(logits.dtype)
         token_losses = torch.nn.functional.cross_entropy(
@@ -71,15 +87,38 @@ def token_inputs(public: PublicModel, batch: Sequence[Sequence[int]]) -> Inputs:
     return inputs
 
 
+def seq2seq_inputs(
+    public: PublicModel, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+) -> Inputs:
+    """Returns the model inputs of (source, target) token-id pairs: the sources right-padded for
+    the encoder, the targets as ``labels`` (padding -100), as a sequence-to-sequence client
+    feeds them."""
+    if len(sources) != len(targets):
+        raise ValueError(f"got {len(sources)} sources for {len(targets)} targets")
+    inputs = token_inputs(public, sources)
+    longest = max(len(ids) for ids in targets)
+    labels = torch.full((len(targets), longest), -100, device=inputs["input_ids"].device)
+    for row, target in enumerate(targets):
+        labels[row, : len(target)] = torch.tensor(list(target), device=labels.device)
+    inputs.pop("token_type_ids", None)
+    return {**inputs, "labels": labels}
+
+
 def loss_gradient(
     public: PublicModel,
     batch: Sequence[Sequence[int]],
     label: int | None,
     names: Collection[str],
+    *,
+    sources: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Returns the task loss's gradient on ``batch`` (every sequence with ``label``; None for
-    next-token prediction) for the named parameters: what a client with these sentences shares."""
-    inputs = token_inputs(public, batch)
+    next-token prediction) for the named parameters: what a client with these sentences shares.
+    For sequence-to-sequence training ``batch`` holds the targets and ``sources`` their
+    sources, pair by pair."""
+    inputs = (
+        token_inputs(public, batch) if sources is None else seq2seq_inputs(public, sources, batch)
+    )
     labels = None if label is None else [label] * len(batch)
     params = dict(public.model.named_parameters())
     names = list(names)

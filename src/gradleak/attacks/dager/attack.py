@@ -55,6 +55,7 @@ from gradleak.attacks.dager.plan import (
     skips_exact_search,
 )
 from gradleak.attacks.dager.searches import SEARCHES, SearchJob, ranking_blocks, run_subspace
+from gradleak.attacks.dager.seq2seq import complete_targets, search_targets
 from gradleak.attacks.dager.spans import DagerSpans, max_positions, read_spans, vocabulary
 from gradleak.attacks.dager.targets import complete_next_token
 from gradleak.attacks.dager.tokens import embedding_bag
@@ -85,6 +86,11 @@ class Dager(Attack):
         """Returns the sequences recovered from ``update``, each certified or best-effort."""
         deadline = Deadline(self.config.time_budget)
         gradients = update.gradients()
+        prefixes = (
+            search_targets(public, update, gradients, self.config, deadline)
+            if public.task == "seq2seq"
+            else None
+        )
         result = self.attack_gradients(public, update, gradients, deadline)
         if result.diagnostics["search"] == SearchKind.RANKED.value:
             result = self._peeled(public, update, gradients, result, deadline)
@@ -97,6 +103,9 @@ class Dager(Attack):
         if public.task == "next_token" and public.family.causal:
             result = complete_next_token(public, gradients, result)
         result = confirm_on_decoder(public, gradients, result, self.config.seed)
+        if prefixes is not None:
+            targets = complete_targets(public, gradients, prefixes, result.sequences)
+            result = replace(result, targets=targets)
         return account_for_batch(public, update, gradients, result)
 
     def _peeled(

@@ -39,7 +39,8 @@ def confirm_on_decoder(
     that fail lose their certificate (``above_threshold``)."""
     layers = public.family.decoder_token_layers()
     certified = [s for s in result.sequences if s.certified]
-    if not layers or not certified:
+    if public.task != "seq_class" or not layers or not certified:
+        # A sequence-to-sequence decoder reads its own target, not the source.
         return result
     found = [
         g for g in (input_side_gradient(layer, gradients) for layer in layers) if g is not None

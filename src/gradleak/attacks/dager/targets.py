@@ -29,7 +29,7 @@ from gradleak.attacks.base import Reconstruction, RecoveredSequence
 from gradleak.attacks.verdict import Cause, CauseKind
 from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
-from gradleak.models.task_loss import loss_gradient
+from gradleak.models.task_loss import loss_gradient, seq2seq_inputs
 
 #: Relative misfit (of the remainder against the targets' rows) below which the targets are proved.
 FIT_TOLERANCE = 1e-3
@@ -53,12 +53,18 @@ _UNREAD = Cause(
 
 
 def complete_next_token(
-    public: PublicModel, gradients: Mapping[str, torch.Tensor], result: Reconstruction
+    public: PublicModel,
+    gradients: Mapping[str, torch.Tensor],
+    result: Reconstruction,
+    *,
+    sources: Sequence[tuple[int, ...]] | None = None,
 ) -> Reconstruction:
     """Returns ``result`` with each sequence's last token (a next-token target) appended.
 
     The sequences stay certified only where every last target was proved by an exact fit of the
-    head's gradient; see the module's docstring.
+    head's gradient; see the module's docstring. For sequence-to-sequence updates the sequences
+    are decoder inputs (the start token, then the target but its last token) and ``sources``
+    their encoder inputs, pair by pair.
     """
     sequences = [s for s in result.sequences if s.token_ids]
     if not sequences:
@@ -68,8 +74,10 @@ def complete_next_token(
         marked = tuple(_with(public, s, (), _UNREAD) for s in result.sequences)
         return replace(result, sequences=marked)
     prefixes = [s.token_ids for s in sequences]
-    remainder, hidden = _remainder(public, gradients[name], prefixes)
-    targets, proved = _settle(public, gradients[name], name, prefixes, hidden, remainder)
+    remainder, hidden = _remainder(public, gradients[name], prefixes, sources)
+    targets, proved = _settle(
+        public, gradients[name], name, prefixes, hidden, remainder, sources=sources
+    )
     cause = None if proved else _INFERRED
     completed = {
         s.token_ids: _with(public, s, (int(t),), cause)
@@ -102,7 +110,10 @@ def _head_weight_name(public: PublicModel) -> str | None:
 
 
 def _remainder(
-    public: PublicModel, observed: torch.Tensor, prefixes: Sequence[tuple[int, ...]]
+    public: PublicModel,
+    observed: torch.Tensor,
+    prefixes: Sequence[tuple[int, ...]],
+    sources: Sequence[tuple[int, ...]] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (the head gradient less everything but the last targets' one-hot terms, the final
     hidden state of each prefix), both in float64."""
@@ -119,7 +130,14 @@ def _remainder(
     name = _head_weight_name(public) or ""
     try:
         with only_grad_for(model, {name}), torch.enable_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            if sources is None:
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            else:
+                encoded = seq2seq_inputs(public, sources, prefixes)
+                encoded.pop("labels")
+                logits = model(
+                    **encoded, decoder_input_ids=ids, decoder_attention_mask=mask
+                ).logits.float()
             lengths = mask.sum(1)
             known = torch.nn.functional.cross_entropy(
                 logits[:, :-1].transpose(1, 2),
@@ -167,6 +185,8 @@ def _settle(
     prefixes: list[tuple[int, ...]],
     hidden: torch.Tensor,
     remainder: torch.Tensor,
+    *,
+    sources: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """Returns the targets and whether they are proved, correcting a first reading of them.
 
@@ -177,14 +197,16 @@ def _settle(
     """
     targets = _aligned_rows(remainder, hidden)
     for _ in range(_ROUNDS):
-        misfit = _misfit(public, observed, name, prefixes, targets)
+        misfit = _misfit(public, observed, name, prefixes, targets, sources)
         if _explained(observed, misfit):
             return targets, True
         moved = _claimed_rows(misfit, hidden, targets)
         if torch.equal(moved, targets):
             return targets, False
         targets = moved
-    return targets, _explained(observed, _misfit(public, observed, name, prefixes, targets))
+    return targets, _explained(
+        observed, _misfit(public, observed, name, prefixes, targets, sources)
+    )
 
 
 def _misfit(
@@ -193,6 +215,7 @@ def _misfit(
     name: str,
     prefixes: list[tuple[int, ...]],
     targets: torch.Tensor,
+    sources: Sequence[tuple[int, ...]] | None,
 ) -> torch.Tensor:
     """Returns the head gradient less the completed batch's own gradient, in float64.
 
@@ -200,7 +223,10 @@ def _misfit(
     state, so only the whole gradient can confirm them.
     """
     batch = [(*p, int(t)) for p, t in zip(prefixes, targets, strict=True)]
-    predicted = loss_gradient(public, batch, None, [name])[name].double().to(observed.device)
+    if sources is not None:  # a decoder input's targets are all of it but its start token
+        batch = [ids[1:] for ids in batch]
+    predicted = loss_gradient(public, batch, None, [name], sources=sources)[name]
+    predicted = predicted.double().to(observed.device)
     return observed.double() - predicted
 
 

@@ -184,7 +184,7 @@ class DPGradient:
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Returns the clipped, noised, averaged gradient of ``batch`` (Opacus' ``p.grad`` after
         pre_step)."""
-        inputs = encode(self.public, batch.texts, max_length=self.max_length)
+        inputs = encode(self.public, batch.texts, max_length=self.max_length, targets=batch.targets)
         n, length = inputs["input_ids"].shape
         # Per-example position-embedding gradients need batched ids (else Opacus' clip fails).
         inputs["position_ids"] = torch.arange(length).expand(n, length)

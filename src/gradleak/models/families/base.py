@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -101,6 +101,9 @@ class ArchitectureFamily(ABC):
     model_types: ClassVar[tuple[str, ...]]
     #: Causal decoder (prefixes can be extended with a KV cache) or bidirectional encoder.
     causal: ClassVar[bool]
+    #: An encoder-decoder: these blocks are its encoder's, and :meth:`decoder_side` views its
+    #: decoder (a sequence-to-sequence client trains both).
+    encoder_decoder: ClassVar[bool] = False
     #: "learned" absolute position embeddings added to the input rows; "rotary" (or ALiBi) inside
     #: a decoder's attention; "relative" inside an encoder's attention. Only "learned" puts a
     #: position in the block-0 input rows.
@@ -186,6 +189,16 @@ class ArchitectureFamily(ABC):
         reading (token, position) rows of the shifted input), or () for a model with no decoder
         beside the blocks attacked."""
         return ()
+
+    def decoder_side(self) -> ArchitectureFamily | None:
+        """Returns an encoder-decoder's decoder seen as a causal family of its own (its blocks,
+        positions and a cross-attention query per block), or None."""
+        return None
+
+    def probe_forward(self, **inputs: Any) -> Any:
+        """Runs the bare transformer on the probe's inputs (the decoder side feeds its decoder
+        alone, see :mod:`gradleak.models.families.decoder_side`)."""
+        return self.base(**inputs)
 
     def constant_embedding(self) -> torch.Tensor | None:
         """Returns what every token's embedding sum holds besides its token and position rows

@@ -8,19 +8,21 @@ come from the search (:mod:`gradleak.attacks.dager.unordered`).
 
 T5 is an encoder-decoder. Its encoder is attacked like DeBERTa: its blocks are this family's
 blocks, and the probe runs the model only until the encoder's hooked layers have their inputs.
-The decoder reads the shifted sentence, whose last token never enters it, and its blocks past
-the first mix the encoder's output in through cross-attention, so the encoder's input is where
-whole sentences are tested.
+For classification the decoder reads the shifted sentence, whose last token never enters it,
+and its blocks past the first mix the encoder's output in through cross-attention, so the
+encoder's input is where whole sentences are tested. A sequence-to-sequence client trains the
+decoder on its own target, searched on the decoder's side
+(:mod:`gradleak.models.families.decoder_side`).
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import ClassVar, cast
 
 from torch import nn
 
 from gradleak.errors import UnsupportedFamilyError
-from gradleak.models.families.base import LinearLayer, ModuleSlot
+from gradleak.models.families.base import ArchitectureFamily, LinearLayer, ModuleSlot
 from gradleak.models.families.derived import DerivedFamily
 
 
@@ -59,8 +61,9 @@ class T5Family(DerivedFamily):
     """T5 (v1.0 ReLU and v1.1 gated-GELU MLPs): the encoder's blocks; RMSNorm inside each."""
 
     name = "t5"
-    model_types = ("t5",)
+    model_types: ClassVar[tuple[str, ...]] = ("t5",)
     causal = False
+    encoder_decoder = True
     positions = "relative"
     head_names = ("classification_head",)
 
@@ -75,6 +78,11 @@ class T5Family(DerivedFamily):
                 slots["mlp_gate"] = ModuleSlot(module)
                 slots["mlp_in"] = ModuleSlot(block.get_submodule(path[: -len("0")] + "1"))
         return slots
+
+    def decoder_side(self) -> ArchitectureFamily:
+        from gradleak.models.families.decoder_side import T5DecoderSide
+
+        return T5DecoderSide(self.model)
 
     def pooled_mlp(self) -> list[LinearLayer]:
         # The classifier pools the decoder's last state at the end-of-sequence token.
