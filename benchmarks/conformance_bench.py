@@ -3,13 +3,16 @@
 Each architecture is built at the width and depth of its smallest public model (Pythia-160M,
 OPT-125M, RoBERTa-base, ...; decoders without a small public model at GPT-2-small's), with
 random weights and the real tokenizers (GPT-2's for decoders, MiniLM's WordPiece for encoders).
-For each model type, task (next-token for decoders too) and batch size it prints ROUGE-1, how
-many sequences came back exactly, how many were certified, how many were certified but wrong
-(must be 0) and the attack's seconds (loading and the client's gradient excluded).
+For each model type, task (next-token for decoders too, sequence-to-sequence for encoder-decoders)
+and batch size it prints ROUGE-1, how many sequences came back exactly, how many were certified,
+how many were certified but wrong (must be 0) and the attack's seconds (loading and the client's
+gradient excluded). A sequence-to-sequence row counts the encoder's sources and the decoder's
+targets (each text its own target) together: 2 x B sequences.
 
     .venv/bin/python benchmarks/conformance_bench.py            # every model type, B = 1 and 4
     .venv/bin/python benchmarks/conformance_bench.py --quick    # the tiny test shapes, B = 1
     .venv/bin/python benchmarks/conformance_bench.py --only opt,roberta --sizes 4,16
+    .venv/bin/python benchmarks/conformance_bench.py --only bart,t5 --tasks seq2seq --sizes 4
 
 The tiny shapes and the texts are the test suite's (``tests/conformance.py``).
 """
@@ -30,6 +33,7 @@ from conformance import (  # noqa: E402
     DECODERS,
     ENCODER_DECODERS,
     ENCODERS,
+    SEQ2SEQ,
     TEXTS,
     TINY_SHAPES,
     Shape,
@@ -86,9 +90,11 @@ def run_case(model_type: str, shape: Shape, task: str, size: int) -> dict[str, o
     result = Dager().reconstruct(public, update)
     seconds = time.perf_counter() - start
     truth = {tuple(public.tokenizer(text)["input_ids"]) for text in texts}
+    # A sequence-to-sequence client's targets are its texts: sources and targets count alike.
+    found = [*result.sequences, *(result.targets.sequences if result.targets else ())]
     score = score_batch(
-        texts,
-        [s.text for s in result.sequences],
+        texts * (2 if result.targets else 1),
+        [s.text for s in found],
         special_tokens=public.tokenizer.all_special_tokens,
     )
     return {
@@ -97,11 +103,9 @@ def run_case(model_type: str, shape: Shape, task: str, size: int) -> dict[str, o
         "task": task,
         "B": size,
         "rouge1": round(score.rouge1, 1),
-        "exact": sum(s.token_ids in truth for s in result.sequences),
-        "certified": sum(s.certified for s in result.sequences),
-        "certified_but_wrong": sum(
-            s.certified and s.token_ids not in truth for s in result.sequences
-        ),
+        "exact": sum(s.token_ids in truth for s in found),
+        "certified": sum(s.certified for s in found),
+        "certified_but_wrong": sum(s.certified and s.token_ids not in truth for s in found),
         "family": result.diagnostics.get("family"),
         "search": result.diagnostics.get("search"),
         "seconds": round(seconds, 1),
@@ -113,14 +117,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny test shapes, B = 1 only")
     parser.add_argument("--only", default="", help="comma-separated model types")
     parser.add_argument("--sizes", default="", help="comma-separated batch sizes (default 1,4)")
+    parser.add_argument(
+        "--tasks", default="", help="comma-separated tasks (default: every task of each type)"
+    )
     args = parser.parse_args()
     types = [t for t in args.only.split(",") if t] or list(DECODERS + ENCODERS + ENCODER_DECODERS)
+    wanted = {t for t in args.tasks.split(",") if t}
     sizes = [int(s) for s in args.sizes.split(",") if s] or ([1] if args.quick else [1, 4])
     columns = ("model_type", "shape", "task", "B", "rouge1", "exact", "certified")
     print(" ".join(f"{c:>12}" for c in (*columns, "wrong", "seconds")), flush=True)
     for model_type in types:
         shapes = TINY_SHAPES[:1] if args.quick else (REALISTIC.get(model_type, _SMALL),)
         tasks = ("seq_class", "next_token") if model_type in DECODERS else ("seq_class",)
+        tasks += ("seq2seq",) if model_type in SEQ2SEQ else ()
+        tasks = tuple(t for t in tasks if not wanted or t in wanted)
         for shape in shapes:
             for task in tasks:
                 for size in sizes:

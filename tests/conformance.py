@@ -64,6 +64,9 @@ ENCODERS: tuple[str, ...] = (
 )
 #: Encoder-decoders attacked through their encoder, their decoder confirming (classification).
 ENCODER_DECODERS: tuple[str, ...] = ("bart",)
+#: Encoder-decoders trained sequence-to-sequence: the encoder's sources and the decoder's targets
+#: are both attacked.
+SEQ2SEQ: tuple[str, ...] = ("bart", "t5")
 #: The family each model_type must be attacked as.
 FAMILY: dict[str, str] = {
     **{t: "llama" for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
@@ -91,6 +94,8 @@ TEXTS: tuple[str, ...] = (
     "see you at six",
     "The rent is due Friday.",
 )
+#: Targets other than the texts, for sequence-to-sequence clients (summary-like).
+SUMMARIES: tuple[str, ...] = ("pin 4471", "Maria at noon", "six", "rent Friday")
 
 
 @dataclass(frozen=True)

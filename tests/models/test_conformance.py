@@ -16,6 +16,8 @@ from conformance import (
     ENCODERS,
     FAMILY,
     SATURATED_AT_B4,
+    SEQ2SEQ,
+    SUMMARIES,
     TEXTS,
     TINY_SHAPES,
     Shape,
@@ -93,3 +95,36 @@ def test_dager_recovers_every_sequence_exactly_and_certified(model_type, shape, 
         pytest.xfail(f"the encoder search misses {len(missing)} of 4 at this width")
     assert not missing, f"not recovered exactly and certified: {missing} ({result.reason})"
     assert len(result.sequences) == size
+
+
+def _seq2seq_cases() -> list:
+    return [
+        pytest.param(
+            model_type, shape, size, targets, id=f"{model_type}-{shape.name}-seq2seq-B{size}{tag}"
+        )
+        for model_type in SEQ2SEQ
+        for shape in TINY_SHAPES
+        for size in (1, 4)
+        for targets, tag in ((None, ""), (SUMMARIES, "-summaries"))
+        if targets is None or (shape.name, size) == ("odd", 4)
+    ]
+
+
+@pytest.mark.parametrize(("model_type", "shape", "size", "targets"), _seq2seq_cases())
+def test_dager_recovers_sources_and_targets_of_a_seq2seq_update(model_type, shape, size, targets):
+    public = _model(model_type, shape, "seq2seq")
+    texts = TEXTS[:size]
+    batch = Batch(texts=texts, targets=None if targets is None else targets[:size])
+    update = simulate_update(public, batch)
+    result = Dager().reconstruct(public, update)
+    assert result.targets is not None
+    for found, truth_texts in ((result, texts), (result.targets, targets or texts)):
+        truth = {tuple(public.tokenizer(text)["input_ids"]) for text in truth_texts[:size]}
+        lies = [s.text for s in found.sequences if s.certified and s.token_ids not in truth]
+        assert not lies, f"certified but not exact: {lies}"
+        certified = {s.token_ids for s in found.sequences if s.certified}
+        assert certified == truth, f"not recovered exactly and certified ({found.reason})"
+        assert len(found.sequences) == size
+    assert result.diagnostics["family"] == FAMILY[model_type]
+    assert result.targets.diagnostics["family"] == f"{FAMILY[model_type]}-decoder"
+    assert result.targets.diagnostics["last_targets"] == "proved"
