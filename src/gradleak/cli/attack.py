@@ -41,7 +41,9 @@ def attack_command(
     ),
     attack: str = typer.Option(None, help="Attack name (gradleak list attacks). (default: dager)"),
     task: str = typer.Option(
-        None, help="Client task: seq_class or next_token. (default: seq_class)"
+        None,
+        help="Client task: seq_class, next_token (decoders) or seq2seq (encoder-decoders; each "
+        "text is its own target). (default: seq_class)",
     ),
     seed: int = typer.Option(
         None, help="Seed of the sampler and the model's head. (default: 101, the papers')"

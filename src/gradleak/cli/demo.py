@@ -29,7 +29,11 @@ def demo(
     batch_size: int = typer.Option(
         4, min=1, help="How many private messages the client trains on."
     ),
-    task: str = typer.Option("seq_class", help="Client task: seq_class or next_token."),
+    task: str = typer.Option(
+        "seq_class",
+        help="Client task: seq_class, next_token (decoders) or seq2seq (encoder-decoders; each "
+        "text is its own target).",
+    ),
     save: str = typer.Option("", help="Also save the client's update to this .safetensors file."),
 ) -> None:
     from gradleak.attacks.dager import Dager

@@ -32,7 +32,11 @@ def simulate(
     split: str = typer.Option("train", help="Dataset split."),
     batch_size: int = typer.Option(4, min=1, help="Sequences in the client's batch."),
     seed: int = typer.Option(0, help="Seed of the sampler and of the model's head."),
-    task: str = typer.Option("seq_class", help="seq_class or next_token."),
+    task: str = typer.Option(
+        "seq_class",
+        help="seq_class, next_token (decoders) or seq2seq (encoder-decoders: the source to the "
+        "encoder, the target to the decoder; each text is its own target).",
+    ),
     truth: Path = typer.Option(
         None, help="Also write the batch's texts here (JSON) for later scoring."
     ),

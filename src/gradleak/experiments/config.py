@@ -79,7 +79,8 @@ class RunConfig:
         sampler: ``dager``, ``lamp``, ``random``, or ``auto``: ``dager`` for the papers'
             datasets and ``random`` for anything else (resolved before the run starts).
         seed: Seeds the sampler (papers: 101) and the model's head initialisation.
-        task: Client task, ``seq_class`` or ``next_token``.
+        task: Client task, ``seq_class``, ``next_token`` (decoders) or ``seq2seq``
+            (encoder-decoders; each text is its own target).
         attack: Attack name (``gradleak list attacks``).
         attack_options: Options of the attack's config, e.g. ``{"max_frontier": 512}``.
         client: How the client trains, what it shares and how it defends itself: FedAvg, LoRA,
@@ -107,7 +108,13 @@ class RunConfig:
     batches: int = field(default=1, metadata=_help("Number of batches to attack."))
     sampler: str = field(default=AUTO_SAMPLER, metadata=_help("dager, lamp, random or auto."))
     seed: int = field(default=101, metadata=_help("Seed of the sampler and of the model's head."))
-    task: str = field(default="seq_class", metadata=_help("seq_class or next_token."))
+    task: str = field(
+        default="seq_class",
+        metadata=_help(
+            "seq_class, next_token (decoders) or seq2seq (encoder-decoders: the source to the "
+            "encoder, the target to the decoder; each text is its own target)."
+        ),
+    )
     attack: str = field(default="dager", metadata=_help("Attack name (gradleak list attacks)."))
     attack_options: Mapping[str, Any] = field(
         default_factory=dict, metadata=_help("Attack settings.")

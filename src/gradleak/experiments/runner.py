@@ -26,6 +26,7 @@ from gradleak.attacks import Attack, create_attack
 from gradleak.client import prepare_model, simulate_update
 from gradleak.client.defences import secure_aggregate
 from gradleak.client.exposure import Exposure
+from gradleak.client.fedavg import sub_batch
 from gradleak.client.settings import ClientSettings
 from gradleak.data import Batch, load_texts, sample_batches
 from gradleak.errors import GradleakError, UnknownSpecError
@@ -184,9 +185,25 @@ def run_batch(
         matching=config.matching,
         keep_special_tokens=config.keep_special_tokens,
     )
+    # A sequence-to-sequence update's targets are scored on their own, beside the sources.
+    targets = (
+        {
+            **score_fields(
+                batch.targets or batch.texts,
+                reconstruction.targets,
+                public.tokenizer,
+                max_length=config.max_length,
+                matching=config.matching,
+                keep_special_tokens=config.keep_special_tokens,
+            ),
+            **reconstruction_fields(reconstruction.targets),
+        }
+        if reconstruction.targets is not None
+        else None
+    )
     scored = time.perf_counter()
     stages = dict(reconstruction.diagnostics.get("seconds", {}))
-    return {
+    record = {
         "batch": index,
         "config": config.fingerprint(),
         "source": batch.source,
@@ -204,6 +221,9 @@ def run_batch(
             "attack_stages": jsonable(stages),
         },
     }
+    if targets is not None:
+        record["targets"] = targets
+    return record
 
 
 def client_update(
@@ -233,14 +253,7 @@ def split_batch(batch: Batch, parts: int) -> list[Batch]:
     out, start = [], 0
     for part in range(parts):
         stop = start + size + (part < extra)
-        out.append(
-            Batch(
-                texts=batch.texts[start:stop],
-                labels=batch.labels[start:stop] if batch.labels is not None else None,
-                source=batch.source,
-                indices=batch.indices[start:stop] if batch.indices is not None else None,
-            )
-        )
+        out.append(sub_batch(batch, slice(start, stop)))
         start = stop
     return out
 

@@ -25,7 +25,7 @@ class UpdateMetadata:
         model: the model specification both sides load (see :func:`gradleak.models.load_model`).
         revision: hub commit of the model, when loaded from the hub.
         family: architecture family name.
-        task: "seq_class" or "next_token".
+        task: "seq_class", "next_token" or "seq2seq".
         num_labels: classes of the classification head.
         seed: seed of random weights and of the head initialisation.
         head_init_std: std of the head initialisation.

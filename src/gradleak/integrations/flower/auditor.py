@@ -85,7 +85,7 @@ class FlowerAuditor:
         out: The folder for the round directories.
         attack: Attack name (``gradleak list attacks``), ``dager`` by default.
         attack_options: Options of the attack's config.
-        task: ``seq_class`` or ``next_token``, as the clients train (for a spec).
+        task: ``seq_class``, ``next_token`` or ``seq2seq``, as the clients train (for a spec).
         num_labels: Classes of the classification head (for a spec).
         dtype: The auditor's model dtype (for a spec). Updates are differenced in float64 first.
         ground_truth: The clients' texts, when known (a simulation); records are then scored.
