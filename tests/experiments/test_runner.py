@@ -146,3 +146,17 @@ def test_records_and_summary_name_the_family_the_search_and_the_causes(tiny_text
         assert reconstruction["certified"] == (not reconstruction["causes"])
     assert set(summary["causes"]) == {c["cause"] for c in record["causes"]}
     assert all(c["message"] for c in record["causes"])
+
+
+def test_a_seq2seq_record_scores_the_targets_beside_the_sources(tiny_texts, tmp_path):
+    bart = (
+        "random:bart?encoder_layers=2&decoder_layers=2&d_model=64&encoder_ffn_dim=96"
+        "&decoder_ffn_dim=96&encoder_attention_heads=4&decoder_attention_heads=4"
+    )
+    config = _config(tiny_texts, model=bart, task="seq2seq", attack="dager", batches=1)
+    run_experiment(config, tmp_path)
+    (record,) = read_records(tmp_path)
+    targets = record["targets"]
+    assert targets["references"] == record["references"]  # each text is its own target
+    assert targets["metrics"]["exact_rate"] == 1.0 and targets["metrics"]["certified_rate"] == 1.0
+    assert targets["family"] == "bart-decoder" and targets["search"] == "prefix"
