@@ -138,3 +138,18 @@ def test_seq2seq_needs_an_encoder_decoder_and_next_token_a_decoder():
         load_model(spec_for("gpt2", TINY_SHAPES[1]), task="seq2seq")
     with pytest.raises(UnsupportedFamilyError, match="seq2seq"):
         load_model(spec_for("bart", TINY_SHAPES[1]), task="next_token")
+
+
+@pytest.mark.parametrize("model_type", ["bart", "t5"])
+def test_decoder_prefixes_are_tested_as_sources_never_trusted(model_type):
+    public = _public(model_type)
+    update = simulate_update(public, Batch(texts=TEXTS[:3]))
+    gradients = update.gradients()
+    truth = _ids(public, TEXTS[:3])
+    idle = Dager(DagerConfig(encoder_restarts=0))  # the search alone finds nothing
+    assert not idle.attack_gradients(public, update, gradients).sequences
+    hinted = idle.attack_gradients(public, update, gradients, hints=tuple(t[:-1] for t in truth))
+    assert {s.token_ids for s in hinted.sequences if s.certified} == set(truth)
+    wrong = tuple((*t[:2], t[3], t[2], *t[4:-1]) for t in truth)  # two tokens swapped
+    misled = idle.attack_gradients(public, update, gradients, hints=wrong)
+    assert not [s for s in misled.sequences if s.certified]

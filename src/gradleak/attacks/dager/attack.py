@@ -91,7 +91,10 @@ class Dager(Attack):
             if public.task == "seq2seq"
             else None
         )
-        result = self.attack_gradients(public, update, gradients, deadline)
+        # The decoder's proved prefixes are hypotheses for the encoder's sources (a
+        # reconstruction or denoising target repeats its source), tested as any other.
+        hints = tuple(s.token_ids[1:] for s in prefixes.sequences) if prefixes else ()
+        result = self.attack_gradients(public, update, gradients, deadline, hints=hints)
         if result.diagnostics["search"] == SearchKind.RANKED.value:
             result = self._peeled(public, update, gradients, result, deadline)
         elif result.diagnostics["search"] == SearchKind.PREFIX.value and left_missing(result):
@@ -160,9 +163,11 @@ class Dager(Attack):
         deadline: Deadline = NO_DEADLINE,
         *,
         ranked_blocks: tuple[int, ...] = (),
+        hints: tuple[tuple[int, ...], ...] = (),
     ) -> Reconstruction:
         """Returns what DAGER recovers from ``gradients`` (the update's, or what peeling left),
-        searching until ``deadline``; with ``ranked_blocks``, the ranked search over them."""
+        searching until ``deadline``; with ``ranked_blocks``, the ranked search over them; the
+        encoder search tests ``hints`` (sentences proposed elsewhere) first."""
         cfg = self.config
         started = time.perf_counter()
         vocab = vocabulary(public)
@@ -203,6 +208,7 @@ class Dager(Attack):
             timings={"svd": time.perf_counter() - started},
             bag=bag,
             rounding=rounding,
+            hints=hints,
         )
         result = SEARCHES[plan.search].run(job)
         if deadline.expired():

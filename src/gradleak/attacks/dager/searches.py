@@ -99,6 +99,9 @@ class SearchJob:
         bag: every token the batch can hold (the embedding gradient's non-zero rows), where an
             unaltered update shows it; block 0's scan then tests only these past position 1.
         rounding: a float32 multi-step delta's known rounding, which the spans were read with.
+        hints: sentences proposed from elsewhere (a sequence-to-sequence update's decoder
+            prefixes), which the encoder search tests, completed by one token, before searching:
+            each is certified by the same test as the search's own finds, never taken on trust.
     """
 
     public: PublicModel
@@ -114,6 +117,7 @@ class SearchJob:
     timings: dict[str, float] = field(default_factory=dict)
     bag: torch.Tensor | None = None
     rounding: WeightRounding | None = None
+    hints: tuple[tuple[int, ...], ...] = ()
 
     def require_spans(self) -> DagerSpans:
         """Returns the spans, which every search but the noise searches needs."""
@@ -364,6 +368,9 @@ class EncoderSearch(_ExactSearch):
         own: dict[tuple[int, ...], tuple[Cause, ...]] = {}
         disclosed = job.update.metadata.batch_size
         size = batch_size(public, job.update, job.gradients)
+        if job.hints and exact:
+            held = hinted_sentences(job, scan, tau2)
+            found += [(ids, res, tau2) for ids, res in held]
         while True:
             likely, lengths = _placement(public, gradients, scan)
             sets = scan.sets
@@ -421,6 +428,53 @@ class EncoderSearch(_ExactSearch):
             diagnostics["peeled"] = peeled
         batch = (Cause(CauseKind.MISSING_SEQUENCES, detail=_MISSING),) if gave_up else ()
         return Outcome(found, batch_causes=batch, own=own)
+
+
+def hinted_sentences(
+    job: SearchJob, scan: TokenScan, tau2: float
+) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Returns the sentences among the job's hints, each completed by one token of block 0's set
+    at the next position (or as it is), whose every row passes the sequence block's test and
+    which stand a decade below their closest neighbour, as the encoder search's own finds must."""
+    oracle, public = job.require_spans().sequence, job.public
+    relative = public.family.positions == "relative"
+
+    def sets_for(length: int) -> tuple[torch.Tensor, ...]:
+        return (scan.sets[0],) * length if relative else scan.sets
+
+    candidates = set(job.hints)
+    for hint in job.hints:
+        if relative or len(hint) < len(scan.sets):
+            ends = scan.sets[0] if relative else scan.sets[len(hint)]
+            candidates.update((*hint, int(token)) for token in ends)
+    kept = []
+    for length in sorted({len(ids) for ids in candidates}):
+        group = sorted(ids for ids in candidates if len(ids) == length and length > 1)
+        if not group or (not relative and length > len(scan.sets)):
+            continue
+        residuals = torch.cat(
+            [
+                oracle.residuals(oracle.probe(torch.tensor(chunk))).cpu()
+                for chunk in _chunks(group, job.config.chunk_size // length + 1)
+            ]
+        )
+        for ids, rows in zip(group, residuals, strict=True):
+            if float(rows.max()) >= tau2:
+                continue
+            nearest = nearest_neighbour(
+                oracle,
+                ids,
+                sets_for(length),
+                tokenizer=public.tokenizer,
+                chunk_size=job.config.chunk_size,
+            )
+            if nearest >= float(rows.max()) * 10**MIN_SPLIT_DECADES:
+                kept.append((ids, tuple(float(r) for r in rows)))
+    return kept
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 _NEIGHBOUR_CLOSE = (
