@@ -153,3 +153,12 @@ def test_decoder_prefixes_are_tested_as_sources_never_trusted(model_type):
     wrong = tuple((*t[:2], t[3], t[2], *t[4:-1]) for t in truth)  # two tokens swapped
     misled = idle.attack_gradients(public, update, gradients, hints=wrong)
     assert not [s for s in misled.sequences if s.certified]
+
+
+def test_targets_cut_off_by_the_time_budget_are_not_certified():
+    public = _public("bart")
+    update = simulate_update(public, Batch(texts=TEXTS[:2]))
+    result = Dager(DagerConfig(time_budget=1e-6)).reconstruct(public, update)
+    assert result.targets is not None
+    assert not [s for s in (*result.sequences, *result.targets.sequences) if s.certified]
+    assert CauseKind.TIME_BUDGET in {c.kind for c in result.targets.all_causes}

@@ -2,8 +2,10 @@
 
 The matrix (``conformance.py``): each decoder and encoder, a width that is not a power of two
 with grouped or multi-query attention where the architecture has it, and a two-block model;
-B = 1 and 4; the classification task, and next-token prediction for decoders. Certified implies
-exact is asserted on its own first, so a lie is reported as such even where recovery also fails.
+B = 1 and 4; the classification task, next-token prediction for decoders, and
+sequence-to-sequence training for encoder-decoders (sources and targets both recovered, also
+with targets other than the texts). Certified implies exact is asserted on its own first, so a
+lie is reported as such even where recovery also fails.
 """
 
 from __future__ import annotations

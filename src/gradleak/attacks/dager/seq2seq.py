@@ -32,6 +32,7 @@ import torch
 
 from gradleak.attacks.base import Reconstruction, RecoveredSequence
 from gradleak.attacks.budget import Deadline
+from gradleak.attacks.dager.accounting import out_of_time
 from gradleak.attacks.dager.adapters import adapters_only
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.oracle import MLP_INPUT_ROLES, input_side_gradient
@@ -114,6 +115,8 @@ def search_targets(
         deadline=deadline,
     )
     found = SEARCHES[SearchKind.PREFIX].run(job)
+    if deadline.expired():  # the frontier was returned as it stood
+        found = out_of_time(found, deadline)
     started = [s for s in found.sequences if s.token_ids[:1] == (side.start_token(),)]
     diagnostics = {
         **found.diagnostics,
