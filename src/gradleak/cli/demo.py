@@ -78,6 +78,16 @@ def demo(
     )
     if result.reason:
         console.print(f"[yellow]note:[/] {result.reason}")
+    if result.targets is not None:  # sequence-to-sequence: each text was also its own target
+        console.print("   the decoder's targets:")
+        targets = result.targets
+        console.print(
+            reconstruction_table(
+                targets, exact=[seq.token_ids in exact_ids for seq in targets.sequences]
+            )
+        )
+        if targets.reason:
+            console.print(f"[yellow]note:[/] {targets.reason}")
     seconds = result.diagnostics.get("seconds", {})
     console.print("   time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
 
