@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks.peel import might_fit, peel, peel_fitting
+from gradleak.attacks.peel import (
+    PARALLEL_TOLERANCE,
+    fit_share,
+    fit_shares,
+    might_fit,
+    peel,
+    peel_fitting,
+    subtract_shares,
+)
 from gradleak.client import Exposure, compute_update
 from gradleak.data import Batch
 from gradleak.models import load_model
@@ -109,3 +117,39 @@ def test_the_batched_screen_passes_the_exact_sentences_only(minilm):
         ids_of(minilm, "A quiet film about love."),
     ]
     assert might_fit(minilm, whole, candidates) == [True, False, True, False]
+
+
+def test_the_batched_fit_gives_each_sentence_its_own_fits_share(minilm):
+    whole = compute_update(minilm, Batch(texts=TEXTS, labels=LABELS)).gradients()
+    cut = ids_of(minilm, TEXTS[1])[:-2] + ids_of(minilm, TEXTS[1])[-1:]
+    candidates = [ids_of(minilm, TEXTS[0]), cut, ids_of(minilm, TEXTS[2])]
+    batched = fit_shares(minilm, whole, candidates)
+    single = [fitted[0] for ids in candidates if (fitted := fit_share(minilm, whole, ids))]
+    assert [(s.token_ids, s.label, s.parallel_rows) for s in batched] == [
+        (s.token_ids, s.label, s.parallel_rows) for s in single
+    ]
+    assert [s.weight for s in batched] == pytest.approx([s.weight for s in single], rel=1e-5)
+    assert [s.weight for s in batched] == pytest.approx([1 / 3, 1 / 3], rel=1e-4)
+
+
+@pytest.mark.parametrize("task", ["seq_class", "next_token"])
+def test_shares_taken_out_together_match_peeling_one_by_one(tiny_models, task):
+    # GPT-2's next-token head is its token table: each sentence's head-side rows count too.
+    public = tiny_models("gpt2", task)
+    texts = ("Call Maria at noon.", "The rent is due on Friday.", "A quiet film about loss.")
+    whole = compute_update(public, Batch(texts=texts, labels=LABELS)).gradients()
+    candidates = [ids_of(public, t) for t in texts[::2]]
+    shares = fit_shares(public, whole, candidates)
+    assert [s.token_ids for s in shares] == candidates
+    together = {name: value.clone() for name, value in whole.items()}
+    subtract_shares(public, together, shares)
+    one_by_one = peel(public, whole, candidates)
+    assert one_by_one is not None
+    got, expected = flat(together), flat(one_by_one[0])
+    # Each weight is a median over rows parallel to PARALLEL_TOLERANCE; one by one, the second
+    # sentence is fitted on more rows (those the first left to it), so the weights may differ
+    # within it (a tied head's softmax puts every sentence faintly on every row).
+    assert float((got - expected).norm()) <= PARALLEL_TOLERANCE * float(expected.norm())
+    if task == "seq_class":
+        alone = compute_update(public, Batch(texts=texts[1:2], labels=LABELS[1:2])).gradients()
+        assert float((got - flat(alone) / 3).norm()) <= 1e-5 * float(flat(alone).norm() / 3)

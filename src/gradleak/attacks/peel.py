@@ -27,7 +27,7 @@ import torch
 
 from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
-from gradleak.models.task_loss import loss_gradient, task_loss, token_inputs
+from gradleak.models.task_loss import example_losses, loss_gradient, token_inputs
 
 _log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ def peel_fitting(
     For candidates of unknown worth (a best-effort search's output): one that does not fit is
     skipped, and tried again once a sentence sharing one of its tokens has been peeled, since that
     can leave the token's row to it alone; ``passes`` bounds how often the candidates are gone
-    over (each pass costs a forward and backward pass per candidate tried).
+    over. Each pass fits every candidate tried against what the pass started from and takes the
+    fitted ones out together (:func:`fit_shares`, :func:`subtract_shares`): a few batched forward
+    and backward passes instead of several per candidate.
     """
     rest = _copy(gradients)
     shares: list[Share] = []
@@ -135,25 +137,83 @@ def peel_fitting(
         None  # tokens whose rows the last pass's peels changed; None: first pass
     )
     for _ in range(passes):
-        left: list[tuple[int, ...]] = []
-        peeled_tokens: set[int] = set()
         tried = [ids for ids in pending if freed is None or not freed.isdisjoint(ids)]
-        screened = {
-            ids for ids, hit in zip(tried, might_fit(public, rest, tried), strict=False) if hit
-        }
-        for ids in pending:
-            fitted = fit_share(public, rest, ids) if ids in screened else None
-            if fitted is None:
-                left.append(ids)
-                continue
-            _subtract(public, rest, *fitted)
-            shares.append(fitted[0])
-            peeled_tokens.update(ids)
-        _log.info("peel: %d of %d candidates fitted", len(pending) - len(left), len(pending))
-        if not peeled_tokens or not left:
+        fitted = fit_shares(public, rest, tried)
+        subtract_shares(public, rest, fitted)
+        shares += fitted
+        done = {share.token_ids for share in fitted}
+        left = [ids for ids in pending if ids not in done]
+        _log.info("peel: %d of %d candidates fitted", len(fitted), len(pending))
+        if not fitted or not left:
             break
-        pending, freed = left, peeled_tokens
+        pending, freed = left, {token for share in fitted for token in share.token_ids}
     return rest, shares
+
+
+def fit_shares(
+    public: PublicModel, gradients: Mapping[str, torch.Tensor], candidates: Sequence[Sequence[int]]
+) -> list[Share]:
+    """Returns the share of every candidate that fits ``gradients`` exactly, in their order.
+
+    :func:`fit_share`'s test, batched: each chunk's forward and backward pass per label gives
+    every candidate's own token rows (a sum of per-sentence losses, so no factor), and a
+    candidate fits where some label makes rows of ``gradients`` parallel to them.
+    """
+    table = _table_name(public)
+    if table not in gradients:
+        return []
+    shares = []
+    for start in range(0, len(candidates), _SCREEN_CHUNK):
+        chunk = [tuple(ids) for ids in candidates[start : start + _SCREEN_CHUNK]]
+        best: list[tuple[tuple[int, bool], Share] | None] = [None] * len(chunk)
+        for label in _labels(public):
+            for i, (ids, own) in enumerate(
+                zip(chunk, _own_token_rows(public, chunk, label), strict=True)
+            ):
+                fit = _parallel_weight(gradients[table][sorted(set(ids))].double(), own)
+                if fit is None:
+                    continue
+                weight, rows = fit
+                key = (rows, weight > 0)  # a mean loss weighs the true label positively
+                current = best[i]
+                if current is None or key > current[0]:
+                    best[i] = (key, Share(ids, label, weight, rows))
+        shares += [found[1] for found in best if found is not None]
+    return shares
+
+
+def subtract_shares(
+    public: PublicModel, rest: dict[str, torch.Tensor], shares: Sequence[Share]
+) -> None:
+    """Takes every share out of ``rest``, in place: one backward pass per chunk of sentences,
+    of their losses weighted by their shares, gives the sum of their weighted own gradients.
+
+    Token rows that the sentences alone accounted for are set to zero, as in :func:`peel`.
+    """
+    if not shares:
+        return
+    table = _table_name(public)
+    tokens = sorted({token for share in shares for token in share.token_ids})
+    before = rest[table][tokens].norm(dim=1)
+    params = dict(public.model.named_parameters())
+    names = list(rest)
+    for start in range(0, len(shares), _SCREEN_CHUNK):
+        chunk = shares[start : start + _SCREEN_CHUNK]
+        inputs = token_inputs(public, [share.token_ids for share in chunk])
+        labels = [share.label for share in chunk if share.label is not None] or None
+        with only_grad_for(public.model, set(names)), torch.enable_grad():
+            losses = example_losses(public, inputs, labels)
+            weights = torch.tensor([share.weight for share in chunk], device=losses.device)
+            grads = torch.autograd.grad(
+                (weights.to(losses.dtype) * losses).sum(),
+                [params[name] for name in names],
+                allow_unused=True,
+            )
+        for name, grad in zip(names, grads, strict=True):
+            if grad is not None:
+                rest[name] -= grad.detach().to(rest[name].device, rest[name].dtype)
+    emptied = rest[table][tokens].norm(dim=1) <= PARALLEL_TOLERANCE * before
+    rest[table][torch.tensor(tokens, device=emptied.device)[emptied]] = 0
 
 
 def might_fit(
@@ -163,8 +223,8 @@ def might_fit(
     ``gradients``'.
 
     A screen for :func:`fit_share`, batched: one forward and backward pass per chunk of
-    candidates and label gives every candidate's own token rows up to a factor (the batch's
-    mean loss), which the parallel test does not see. The weight is left to :func:`fit_share`.
+    candidates and label gives every candidate's own token rows, up to a factor the parallel
+    test does not see. The weight is left to :func:`fit_share`.
     """
     table = _table_name(public)
     if table not in gradients:
@@ -188,33 +248,56 @@ def might_fit(
 def _own_token_rows(
     public: PublicModel, batch: list[tuple[int, ...]], label: int | None
 ) -> list[torch.Tensor]:
-    """Returns each sentence's own token-embedding gradient rows (its distinct tokens, sorted), each
-    up to the factor the batch's mean loss puts on it.
+    """Returns each sentence's own token-table gradient rows (its distinct tokens, sorted).
 
-    Sentences in a padded batch do not see each other, so the gradient at each sentence's
-    embedded positions is its own; it is read off the embedding's output, summed per token.
+    Sentences in a padded batch do not see each other, so the gradient of the sum of their
+    losses at each sentence's embedded positions is its own; it is read off the embedding's
+    output, summed per token. Where the table is also the output head (a tied language model),
+    each sentence's head-side rows are added: its logits' gradient times the head's input, at
+    its own positions.
     """
     inputs = token_inputs(public, batch)
     labels = None if label is None else [label] * len(batch)
-    embedded: dict[str, torch.Tensor] = {}
-    hook = public.family.embedding().register_forward_hook(
-        lambda m, a, out: embedded.setdefault("out", out)
-    )
-    try:
-        with only_grad_for(public.model, {_table_name(public)}), torch.enable_grad():
-            loss = task_loss(public, inputs, labels)
-            (positions,) = torch.autograd.grad(loss, [embedded["out"]])
-    finally:
-        hook.remove()
-    rows = []
-    for ids, grad in zip(batch, positions.detach().double().cpu(), strict=False):
-        tokens, where = torch.unique(torch.tensor(ids), return_inverse=True)
-        rows.append(
-            torch.zeros(len(tokens), grad.shape[-1], dtype=grad.dtype).index_add_(
-                0, where, grad[: len(ids)]
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        public.family.embedding().register_forward_hook(
+            lambda m, a, out: seen.setdefault("embedded", out)
+        )
+    ]
+    head = _tied_head(public)
+    if head is not None:
+        hooks.append(
+            head.register_forward_hook(
+                lambda m, a, out: seen.update(head_input=a[0].detach(), logits=out)
             )
         )
+    try:
+        with only_grad_for(public.model, {_table_name(public)}), torch.enable_grad():
+            loss = example_losses(public, inputs, labels).sum()
+            wanted = [seen["embedded"], *([seen["logits"]] if head is not None else [])]
+            grads = torch.autograd.grad(loss, wanted)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    positions = grads[0].detach().double().cpu()
+    rows = []
+    for i, ids in enumerate(batch):
+        tokens, where = torch.unique(torch.tensor(ids), return_inverse=True)
+        own = torch.zeros(len(tokens), positions.shape[-1], dtype=torch.float64)
+        own.index_add_(0, where, positions[i, : len(ids)])
+        if head is not None:
+            logits = grads[1][i, : len(ids)][:, tokens.to(grads[1].device)].double().cpu()
+            own += logits.T @ seen["head_input"][i, : len(ids)].double().cpu()
+        rows.append(own)
     return rows
+
+
+def _tied_head(public: PublicModel) -> torch.nn.Module | None:
+    """Returns the output head that shares the token table's weight, or None."""
+    output = getattr(public.model, "get_output_embeddings", lambda: None)()
+    if output is None or output.weight is not public.family.embedding().weight:
+        return None
+    return output
 
 
 def _table_name(public: PublicModel) -> str:
