@@ -24,13 +24,14 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.decoder import DecoderSearch
 from gradleak.attacks.span import SpanBasis
+from gradleak.models.extension import FactoredExtension
 from gradleak.models.families import LinearLayer
 from gradleak.models.probe import LinearInputProbe, PrefixState
 
@@ -58,11 +59,28 @@ class RankingEvidence:
         layers: the layers (typically MLP down-projections of the first blocks).
         bases: each layer's gradient span, in the same order.
         probe: computes every layer's input in one pass (KV cache up to the deepest one).
+        extension: computes one-token extensions' rows with shared work, where the model's
+            block allows it (block 0's down-projection alone); the probe's rows otherwise.
     """
 
     layers: tuple[LinearLayer, ...]
     bases: tuple[SpanBasis, ...]
     probe: LinearInputProbe
+    extension: FactoredExtension | None = None
+
+    def branch(self, state: PrefixState, tokens: torch.Tensor) -> dict[LinearLayer, torch.Tensor]:
+        """Returns every layer's rows for each prefix extended by each token (P, C, in)."""
+        if self.extension is not None:
+            return self.extension.branch(state, tokens)
+        return self.probe.branch(state, tokens)
+
+    def checked(self, state: PrefixState, tokens: torch.Tensor) -> RankingEvidence:
+        """Returns this evidence without its factored extension where the extension's rows for
+        these extensions differ from the probe's."""
+        if self.extension is None or self.extension.agrees(state, tokens):
+            return self
+        logger.warning("factored extension disagrees with the probe; probing every pair")
+        return replace(self, extension=None)
 
     def log_residuals(self, rows: dict[LinearLayer, torch.Tensor]) -> torch.Tensor:
         """Returns the summed log residuals of probed rows over every layer.
@@ -147,6 +165,10 @@ def search_ranked(
         by_gap=first_by_gap,
     )
     position = 1
+    if prefixes and max_length > 1:
+        check = tokens_at(1)
+        if check is not None and check.numel() > 0:
+            evidence = evidence.checked(state.select(torch.arange(min(8, state.size))), check[:8])
     while prefixes and position < max_length and not deadline.expired():
         tokens = tokens_at(position)
         if tokens is None or tokens.numel() == 0:
@@ -263,7 +285,7 @@ def _step_scores(
     per_pass = max(1, chunk_size // max(1, state.size))
     values, repeats = [], []
     for chunk in tokens.split(per_pass):
-        rows = evidence.probe.branch(state, chunk)
+        rows = evidence.branch(state, chunk)
         values.append(evidence.log_residuals(rows))
         first = rows[evidence.layers[0]]
         previous = last_rows[:, None].to(first.device)

@@ -53,6 +53,7 @@ from gradleak.attacks.span import span_basis
 from gradleak.attacks.thresholds import MIN_SPLIT_DECADES
 from gradleak.attacks.verdict import Assurance, Cause, CauseKind
 from gradleak.attacks.weight_rounding import WeightRounding
+from gradleak.models.extension import FactoredExtension
 from gradleak.models.loading import PublicModel
 from gradleak.models.probe import LinearInputProbe
 from gradleak.update import ClientUpdate
@@ -776,9 +777,9 @@ def ranking_evidence(
         return None
     # Every direction the gradient has counts: the span is a strict subspace of the 4d-wide input.
     bases = tuple(span_basis([layer.weight_gradient(gradients)], min_gap=0.0) for layer in layers)
-    return RankingEvidence(
-        layers=layers, bases=bases, probe=LinearInputProbe(public.family, list(layers))
-    )
+    probe = LinearInputProbe(public.family, list(layers))
+    extension = FactoredExtension(probe) if FactoredExtension.available(probe) else None
+    return RankingEvidence(layers=layers, bases=bases, probe=probe, extension=extension)
 
 
 def rounded_evidence(job: SearchJob) -> RankingEvidence:

@@ -8,7 +8,7 @@ branch on the family's name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -79,6 +79,25 @@ class LinearLayer:
         if self.out_slice is not None:
             grad = grad[self.out_slice[0] : self.out_slice[1]]
         return grad
+
+
+@dataclass(frozen=True)
+class PreNormBlock:
+    """What :mod:`gradleak.models.extension` needs of a pre-norm block besides its linear layers.
+
+    Attributes:
+        attention_norm: the LayerNorm before attention.
+        mlp_norm: the LayerNorm before the MLP.
+        activation: the MLP's elementwise activation, the model's own.
+        heads: attention heads (keys and values have as many).
+        scaling: the factor on query-key products.
+    """
+
+    attention_norm: nn.LayerNorm
+    mlp_norm: nn.LayerNorm
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    heads: int
+    scaling: float
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,12 @@ class ArchitectureFamily(ABC):
     def constant_embedding(self) -> torch.Tensor | None:
         """Returns what every token's embedding sum holds besides its token and position rows
         (BERT's first token type), or None."""
+        return None
+
+    def pre_norm_block(self, index: int) -> PreNormBlock | None:
+        """Returns block ``index``'s norms, activation and attention shape where it is a plain
+        pre-norm block (``x + attn(norm(x))``, then an MLP ``act(W norm(h))``), which
+        :mod:`gradleak.models.extension` computes in factored form; None otherwise."""
         return None
 
     def hidden_size(self) -> int:

@@ -6,11 +6,14 @@ holds Q, K and V side by side along the output axis, so each role is a slice of 
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
 
+import torch
 from torch import nn
 
-from gradleak.models.families.base import ArchitectureFamily, ModuleSlot
+from gradleak.models.families.base import ArchitectureFamily, ModuleSlot, PreNormBlock
 
 
 class GPT2Family(ArchitectureFamily):
@@ -45,3 +48,22 @@ class GPT2Family(ArchitectureFamily):
 
     def _embedding_modules_params(self) -> list[nn.Parameter]:
         return [*self.embedding().parameters(), *self.position_embedding().parameters()]
+
+    def pre_norm_block(self, index: int) -> PreNormBlock | None:
+        block = self.blocks()[index]
+        attention: Any = block.get_submodule("attn")
+        return PreNormBlock(
+            attention_norm=cast(nn.LayerNorm, block.get_submodule("ln_1")),
+            mlp_norm=cast(nn.LayerNorm, block.get_submodule("ln_2")),
+            activation=_activation(block.get_submodule("mlp.act"), self.model.config),
+            heads=int(attention.num_heads),
+            scaling=float(attention.scaling),
+        )
+
+
+def _activation(module: nn.Module, config) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Returns the MLP's activation: GPT-2's ``gelu_new`` as torch's fused kernel of the same
+    formula (one pass over the rows instead of eight), else the model's own module."""
+    if getattr(config, "activation_function", None) == "gelu_new":
+        return partial(nn.functional.gelu, approximate="tanh")
+    return module

@@ -1,0 +1,64 @@
+"""The factored extension computes block 0's MLP activations exactly as the model does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks.dager.ranked import RankingEvidence
+from gradleak.attacks.span import span_basis
+from gradleak.models import LinearInputProbe
+from gradleak.models.extension import FactoredExtension
+
+
+def down_projection_probe(public):
+    return LinearInputProbe(public.family, [public.family.linear_layer(0, "mlp_out")])
+
+
+@pytest.mark.parametrize("length", [1, 4])
+def test_factored_rows_are_the_probes(tiny_models, length):
+    public = tiny_models("gpt2")
+    probe = down_projection_probe(public)
+    generator = torch.Generator().manual_seed(length)
+    _, state = probe.start(torch.randint(0, 5000, (6, length), generator=generator))
+    candidates = torch.randint(0, 5000, (9,), generator=generator)
+    extension = FactoredExtension(probe)
+    (layer,) = probe.layers
+    ours, theirs = (
+        extension.branch(state, candidates)[layer],
+        probe.branch(state, candidates)[layer],
+    )
+    assert ours.shape == theirs.shape == (6, 9, layer.in_features)
+    gap = (ours - theirs).norm(dim=-1) / theirs.norm(dim=-1)
+    assert float(gap.max()) < 1e-5
+    assert extension.agrees(state, candidates)
+    # The state is left as it was: the same call gives the same rows.
+    assert torch.equal(extension.branch(state, candidates)[layer], ours)
+
+
+def test_only_a_pre_norm_blocks_down_projection_is_factored(tiny_models):
+    gpt2, llama = tiny_models("gpt2"), tiny_models("llama")
+    assert FactoredExtension.available(down_projection_probe(gpt2))
+    assert not FactoredExtension.available(down_projection_probe(llama))  # rotary positions
+    block_one = LinearInputProbe(gpt2.family, [gpt2.family.linear_layer(1, "mlp_out")])
+    assert not FactoredExtension.available(block_one)
+    with pytest.raises(ValueError):
+        FactoredExtension(block_one)
+
+
+def test_evidence_whose_extension_disagrees_falls_back_to_the_probe(tiny_models, monkeypatch):
+    public = tiny_models("gpt2")
+    probe = down_projection_probe(public)
+    (layer,) = probe.layers
+    basis = span_basis([torch.randn(8, layer.in_features, dtype=torch.float64)], min_gap=0.0)
+    extension = FactoredExtension(probe)
+    evidence = RankingEvidence((layer,), (basis,), probe, extension)
+    _, state = probe.start(torch.tensor([[11, 12], [13, 14]]))
+    candidates = torch.tensor([5, 6, 7])
+    assert evidence.checked(state, candidates).extension is extension
+    wrong = extension.branch(state, candidates)[layer] * 1.01
+    monkeypatch.setattr(extension, "branch", lambda *args: {layer: wrong})
+    fallback = evidence.checked(state, candidates)
+    assert fallback.extension is None
+    expected = probe.branch(state, candidates)[layer]
+    assert torch.equal(fallback.branch(state, candidates)[layer], expected)
