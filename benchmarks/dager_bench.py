@@ -3,7 +3,9 @@
 Batches are drawn with DAGER's own sampler (train split, seed 101) from ../shared/data. For each
 configuration it prints, per batch and in total, the attack's seconds per stage (span bases,
 vocabulary scan, search), the peak memory the attack added, and how many sequences came back
-exactly; model loading and the client's own gradient are excluded from the timings.
+exactly; model loading and the client's own gradient are excluded from the timings. Each batch
+also records the process's CPU seconds and the load average, since wall seconds on a shared
+machine grow with the other jobs' load.
 
     .venv/bin/python benchmarks/dager_bench.py                     # every configuration, 20 batches
     .venv/bin/python benchmarks/dager_bench.py --only smollm2-rt-16 --batches 20
@@ -132,9 +134,9 @@ def run_config(
             continue
         update = compute_update(public, batch)
         with PeakMemory() as memory:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             result = attack.reconstruct(public, update)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         truth = [tuple(public.tokenizer(t)["input_ids"]) for t in batch.texts]
         got = {s.token_ids for s in result.sequences}
         exact = sum(t in got for t in truth)
@@ -147,6 +149,8 @@ def run_config(
             {
                 "batch": index,
                 "seconds": round(seconds, 3),
+                "cpu_seconds": round(cpu, 3),
+                "load_average": round(os.getloadavg()[0], 2),
                 "stages": {
                     k: round(v, 3) for k, v in result.diagnostics.get("seconds", {}).items()
                 },
@@ -178,7 +182,8 @@ def run_config(
             peels = f"; first scan {first:g} tokens per position{peels}"
         print(
             f"{config.name} batch {index}: {exact}/{len(truth)} exact, {records[-1]['certified']} "
-            f"certified, ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s{peels}",
+            f"certified, ROUGE-1 {score.rouge1:.1f}, {seconds:.2f} s ({cpu:.1f} s CPU, load "
+            f"{os.getloadavg()[0]:.1f}){peels}",
             file=sys.stderr,
         )
     return summarise(config, records)
@@ -206,6 +211,7 @@ def summarise(config: Config, records: list[dict]) -> dict:
         "config": config.__dict__,
         "batches": len(records),
         "median_seconds": statistics.median(r["seconds"] for r in records),
+        "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in records),
         "median_stage_seconds": {
             k: statistics.median(r["stages"].get(k, 0.0) for r in records) for k in stages
         },

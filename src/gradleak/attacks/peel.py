@@ -19,9 +19,11 @@ differs only by a negative factor) makes the rows parallel.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 
@@ -155,31 +157,48 @@ def fit_shares(
 ) -> list[Share]:
     """Returns the share of every candidate that fits ``gradients`` exactly, in their order.
 
-    :func:`fit_share`'s test, batched: each chunk's forward and backward pass per label gives
-    every candidate's own token rows (a sum of per-sentence losses, so no factor), and a
-    candidate fits where some label makes rows of ``gradients`` parallel to them.
+    :func:`fit_share`'s test, batched: a forward and backward pass per chunk (of candidates
+    of similar lengths, so little padding) and label gives every candidate's own token rows (a
+    sum of per-sentence losses, so no factor), and a candidate fits where some label makes rows
+    of ``gradients`` parallel to them. With two classes one pass serves both labels: the
+    other label's rows are these times ``-p0 / p1``.
     """
     table = _table_name(public)
     if table not in gradients:
         return []
-    shares = []
-    for start in range(0, len(candidates), _SCREEN_CHUNK):
-        chunk = [tuple(ids) for ids in candidates[start : start + _SCREEN_CHUNK]]
+    found: dict[int, Share] = {}
+    for chunk in _similar_lengths(candidates):
+        sentences = [tuple(candidates[i]) for i in chunk]
         best: list[tuple[tuple[int, bool], Share] | None] = [None] * len(chunk)
-        for label in _labels(public):
-            for i, (ids, own) in enumerate(
-                zip(chunk, _own_token_rows(public, chunk, label), strict=True)
-            ):
+        for label in _screen_labels(public):
+            rows, losses = _own_token_rows(public, sentences, label, with_losses=True)
+            for i, (ids, own, loss) in enumerate(zip(sentences, rows, losses, strict=True)):
                 fit = _parallel_weight(gradients[table][sorted(set(ids))].double(), own)
                 if fit is None:
                     continue
-                weight, rows = fit
-                key = (rows, weight > 0)  # a mean loss weighs the true label positively
-                current = best[i]
+                share = _labelled(public, Share(ids, label, *fit), loss)
+                key = (share.parallel_rows, share.weight > 0)  # a mean loss weighs the true
+                current = best[i]  # label positively
                 if current is None or key > current[0]:
-                    best[i] = (key, Share(ids, label, weight, rows))
-        shares += [found[1] for found in best if found is not None]
-    return shares
+                    best[i] = (key, share)
+        found.update({index: b[1] for index, b in zip(chunk, best, strict=True) if b is not None})
+    return [found[index] for index in sorted(found)]
+
+
+def _labelled(public: PublicModel, share: Share, loss: float) -> Share:
+    """Returns a two-class share fitted with label 0's rows as the share of the label whose
+    weight is positive: label 1's rows are label 0's times ``-p0 / p1`` and label 0's loss is
+    ``log(1 + p1 / p0)``."""
+    if len(_labels(public)) != 2 or share.weight > 0:
+        return share
+    ratio = math.expm1(loss)  # p1 / p0
+    return Share(share.token_ids, 1, -share.weight * ratio, share.parallel_rows)
+
+
+def _similar_lengths(candidates: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Returns the candidates' indices in chunks of similar lengths."""
+    order = sorted(range(len(candidates)), key=lambda i: len(candidates[i]))
+    return [order[start : start + _SCREEN_CHUNK] for start in range(0, len(order), _SCREEN_CHUNK)]
 
 
 def subtract_shares(
@@ -197,8 +216,8 @@ def subtract_shares(
     before = rest[table][tokens].norm(dim=1)
     params = dict(public.model.named_parameters())
     names = list(rest)
-    for start in range(0, len(shares), _SCREEN_CHUNK):
-        chunk = shares[start : start + _SCREEN_CHUNK]
+    for indices in _similar_lengths([share.token_ids for share in shares]):
+        chunk = [shares[i] for i in indices]
         inputs = token_inputs(public, [share.token_ids for share in chunk])
         labels = [share.label for share in chunk if share.label is not None] or None
         with only_grad_for(public.model, set(names)), torch.enable_grad():
@@ -245,16 +264,32 @@ def might_fit(
     return out
 
 
+@overload
 def _own_token_rows(
     public: PublicModel, batch: list[tuple[int, ...]], label: int | None
-) -> list[torch.Tensor]:
+) -> list[torch.Tensor]: ...
+
+
+@overload
+def _own_token_rows(
+    public: PublicModel,
+    batch: list[tuple[int, ...]],
+    label: int | None,
+    *,
+    with_losses: Literal[True],
+) -> tuple[list[torch.Tensor], list[float]]: ...
+
+
+def _own_token_rows(
+    public: PublicModel, batch: list[tuple[int, ...]], label: int | None, *, with_losses=False
+):
     """Returns each sentence's own token-table gradient rows (its distinct tokens, sorted).
 
     Sentences in a padded batch do not see each other, so the gradient of the sum of their
     losses at each sentence's embedded positions is its own; it is read off the embedding's
     output, summed per token. Where the table is also the output head (a tied language model),
     each sentence's head-side rows are added: its logits' gradient times the head's input, at
-    its own positions.
+    its own positions. ``with_losses`` also returns each sentence's loss.
     """
     inputs = token_inputs(public, batch)
     labels = None if label is None else [label] * len(batch)
@@ -273,9 +308,9 @@ def _own_token_rows(
         )
     try:
         with only_grad_for(public.model, {_table_name(public)}), torch.enable_grad():
-            loss = example_losses(public, inputs, labels).sum()
+            losses = example_losses(public, inputs, labels)
             wanted = [seen["embedded"], *([seen["logits"]] if head is not None else [])]
-            grads = torch.autograd.grad(loss, wanted)
+            grads = torch.autograd.grad(losses.sum(), wanted)
     finally:
         for hook in hooks:
             hook.remove()
@@ -289,7 +324,7 @@ def _own_token_rows(
             logits = grads[1][i, : len(ids)][:, tokens.to(grads[1].device)].double().cpu()
             own += logits.T @ seen["head_input"][i, : len(ids)].double().cpu()
         rows.append(own)
-    return rows
+    return (rows, losses.detach().double().tolist()) if with_losses else rows
 
 
 def _tied_head(public: PublicModel) -> torch.nn.Module | None:

@@ -92,8 +92,9 @@ class RankingEvidence:
         total: torch.Tensor | None = None
         for layer, basis in zip(self.layers, self.bases, strict=True):
             flat = rows[layer].reshape(-1, basis.in_features).to(torch.float32)
-            norms = flat.square().sum(dim=-1)
-            projected = (flat @ basis.basis.to(flat.device).T).square().sum(dim=-1)
+            norms = torch.einsum("ij,ij->i", flat, flat)
+            inside = flat @ basis.basis.to(flat.device).T
+            projected = torch.einsum("ij,ij->i", inside, inside)
             value = 0.5 * torch.log((1 - projected / norms.clamp_min(1e-30)).clamp_min(1e-12))
             value = value.reshape(rows[layer].shape[:-1]).cpu()
             total = value if total is None else total + value
