@@ -3,9 +3,10 @@
 Batches are drawn with DAGER's own sampler (train split, seed 101) from ../shared/data. For each
 configuration it prints, per batch and in total, the attack's seconds per stage (span bases,
 vocabulary scan, search), the peak memory the attack added, and how many sequences came back
-exactly; model loading and the client's own gradient are excluded from the timings. Each batch
-also records the process's CPU seconds and the load average, since wall seconds on a shared
-machine grow with the other jobs' load.
+exactly; model loading and the client's own gradient are excluded from the attack's timings.
+Each batch also records the attack's and the client's gradient step's CPU seconds (the step is
+timed just before the attack, in the same process) and the load average: wall seconds on a
+shared machine grow with the other jobs' load.
 
     .venv/bin/python benchmarks/dager_bench.py                     # every configuration, 20 batches
     .venv/bin/python benchmarks/dager_bench.py --only smollm2-rt-16 --batches 20
@@ -132,7 +133,9 @@ def run_config(
     ):
         if index in skip:
             continue
+        client, client_cpu = time.perf_counter(), time.process_time()
         update = compute_update(public, batch)
+        client, client_cpu = time.perf_counter() - client, time.process_time() - client_cpu
         with PeakMemory() as memory:
             started, cpu = time.perf_counter(), time.process_time()
             result = attack.reconstruct(public, update)
@@ -150,6 +153,8 @@ def run_config(
                 "batch": index,
                 "seconds": round(seconds, 3),
                 "cpu_seconds": round(cpu, 3),
+                "client_seconds": round(client, 3),
+                "client_cpu_seconds": round(client_cpu, 3),
                 "load_average": round(os.getloadavg()[0], 2),
                 "stages": {
                     k: round(v, 3) for k, v in result.diagnostics.get("seconds", {}).items()
@@ -212,6 +217,10 @@ def summarise(config: Config, records: list[dict]) -> dict:
         "batches": len(records),
         "median_seconds": statistics.median(r["seconds"] for r in records),
         "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in records),
+        "median_client_cpu_seconds": statistics.median(r["client_cpu_seconds"] for r in records),
+        "median_attack_to_client_cpu": statistics.median(
+            r["cpu_seconds"] / max(r["client_cpu_seconds"], 1e-9) for r in records
+        ),
         "median_stage_seconds": {
             k: statistics.median(r["stages"].get(k, 0.0) for r in records) for k in stages
         },

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from gradleak.attacks.dager.ranked import RankingEvidence
+from gradleak.attacks.dager import DagerConfig
+from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
+from gradleak.attacks.dager.searches import ranking_evidence
+from gradleak.attacks.dager.tokens import embedding_bag
+from gradleak.client import compute_update
+from gradleak.data import Batch
 from gradleak.attacks.span import span_basis
 from gradleak.models import LinearInputProbe
 from gradleak.models.extension import FactoredExtension
@@ -62,3 +69,34 @@ def test_evidence_whose_extension_disagrees_falls_back_to_the_probe(tiny_models,
     assert fallback.extension is None
     expected = probe.branch(state, candidates)[layer]
     assert torch.equal(fallback.branch(state, candidates)[layer], expected)
+
+
+def test_the_ranked_search_finds_the_same_with_and_without_it(tiny_models):
+    public = tiny_models("gpt2")  # d = 32: four sentences hold more rows than that
+    texts = (
+        "Call Maria at 555-0147 before noon.",
+        "The rent is due on Friday, not Monday.",
+        "My new password is blue-harbor-42.",
+        "Her flight lands in Oslo at seven in the evening.",
+    )
+    gradients = compute_update(public, Batch(texts=texts, labels=(0, 1, 0, 1))).gradients()
+    evidence = ranking_evidence(public, gradients, DagerConfig())
+    assert evidence is not None and evidence.extension is not None
+    bag = embedding_bag(public.family, gradients)
+    assert bag is not None
+
+    def search(chosen):
+        return search_ranked(
+            chosen,
+            tokens_at=lambda p: bag,
+            max_length=16,
+            chunk_size=512,
+            max_frontier=64,
+            z_accept=3.0,
+            per_prefix=4,
+        ).sequences
+
+    factored, probed = search(evidence), search(replace(evidence, extension=None))
+    assert [ids for ids, _ in factored] == [ids for ids, _ in probed] and factored
+    for (_, ours), (_, theirs) in zip(factored, probed, strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-3, abs=1e-3)
