@@ -11,9 +11,9 @@ from gradleak.attacks.dager import DagerConfig
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
 from gradleak.attacks.dager.searches import ranking_evidence
 from gradleak.attacks.dager.tokens import embedding_bag
+from gradleak.attacks.span import span_basis
 from gradleak.client import compute_update
 from gradleak.data import Batch
-from gradleak.attacks.span import span_basis
 from gradleak.models import LinearInputProbe
 from gradleak.models.extension import FactoredExtension
 
