@@ -153,3 +153,20 @@ def test_shares_taken_out_together_match_peeling_one_by_one(tiny_models, task):
     if task == "seq_class":
         alone = compute_update(public, Batch(texts=texts[1:2], labels=LABELS[1:2])).gradients()
         assert float((got - flat(alone) / 3).norm()) <= 1e-5 * float(flat(alone).norm() / 3)
+
+
+def test_a_candidate_holding_a_token_the_peels_emptied_is_not_tried_again(minilm, monkeypatch):
+    texts, labels = ("the film", "the film was good"), (0, 1)
+    whole = compute_update(minilm, Batch(texts=texts, labels=labels)).gradients()
+    short, long = (ids_of(minilm, t) for t in texts)
+    cut = long[:-2] + long[-1:]  # keeps "was", which only the long sentence uses
+    tried = []
+
+    def recording(public, gradients, candidates):
+        tried.append(list(candidates))
+        return fit_shares(public, gradients, candidates)
+
+    monkeypatch.setattr("gradleak.attacks.peel.fit_shares", recording)
+    _, shares = peel_fitting(minilm, whole, [short, cut, long])
+    assert [s.token_ids for s in shares] == [long, short]
+    assert tried == [[short, cut, long], [short]]

@@ -144,12 +144,26 @@ def peel_fitting(
         subtract_shares(public, rest, fitted)
         shares += fitted
         done = {share.token_ids for share in fitted}
-        left = [ids for ids in pending if ids not in done]
+        left = _still_possible(public, rest, [ids for ids in pending if ids not in done])
         _log.info("peel: %d of %d candidates fitted", len(fitted), len(pending))
         if not fitted or not left:
             break
         pending, freed = left, {token for share in fitted for token in share.token_ids}
     return rest, shares
+
+
+def _still_possible(
+    public: PublicModel, rest: Mapping[str, torch.Tensor], candidates: list[tuple[int, ...]]
+) -> list[tuple[int, ...]]:
+    """Returns the candidates none of whose token rows is zero in ``rest``: a sentence with a
+    token whose row the peels emptied (or the batch never used) can never fit."""
+    table = rest.get(_table_name(public))
+    if table is None or not candidates:
+        return candidates
+    tokens = sorted({token for ids in candidates for token in ids})
+    used = table[tokens].abs().amax(dim=1) > 0
+    empty = {token for token, kept in zip(tokens, used.tolist(), strict=True) if not kept}
+    return [ids for ids in candidates if empty.isdisjoint(ids)]
 
 
 def fit_shares(
