@@ -41,9 +41,14 @@ def invert(
         public = apply_lora(public, LoraSpec.from_dict(update.metadata.extra["lora"]))
     check_fits(update, public.model, source=str(update_file), loaded=model or None)
     result = attacker.reconstruct(public, update)
-    console.print(reconstruction_table(result))
-    if result.reason:
-        console.print(f"[yellow]note:[/] {result.reason}")
+    for part, title in ((result, None), (result.targets, "the decoder's targets:")):
+        if part is None:  # only a sequence-to-sequence update has targets
+            continue
+        if title:
+            console.print(title)
+        console.print(reconstruction_table(part))
+        if part.reason:
+            console.print(f"[yellow]note:[/] {part.reason}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "reconstruction.json", result.to_dict())
