@@ -14,9 +14,10 @@ from dataclasses import replace
 import pytest
 
 from gradleak.attacks import CauseKind, create_attack
-from gradleak.attacks.base import RecoveredSequence
-from gradleak.attacks.dager.accounting import account_for_batch
-from gradleak.attacks.verdict import Cause, best_effort
+from gradleak.attacks.base import Reconstruction, RecoveredSequence
+from gradleak.attacks.budget import Deadline
+from gradleak.attacks.dager.accounting import account_for_batch, out_of_time
+from gradleak.attacks.verdict import CERTIFIED, Cause, best_effort
 from gradleak.client import ClientSettings, simulate_update
 from gradleak.data import Batch
 
@@ -90,6 +91,19 @@ def test_a_spent_time_budget_answers_best_effort_with_that_cause(tiny_models):
     assert all(
         CauseKind.TIME_BUDGET in {c.kind for c in s.assurance.causes} for s in result.sequences
     )
+
+
+def test_whole_sentences_proved_before_the_budget_ran_out_keep_their_certificate():
+    proved = RecoveredSequence((1, 5, 2), "a", CERTIFIED, (1e-7,) * 3)
+    guessed = RecoveredSequence((1, 6, 2), "b", best_effort(Cause(CauseKind.RANKED)), (0.1,) * 3)
+    result = Reconstruction("dager", (proved, guessed))
+    spent = Deadline(1.0, started=0.0)
+    whole = out_of_time(result, spent, whole=True)
+    assert [s.certified for s in whole.sequences] == [True, False]
+    assert CauseKind.TIME_BUDGET in {c.kind for c in whole.sequences[1].assurance.causes}
+    assert CauseKind.TIME_BUDGET in {c.kind for c in whole.causes}
+    cut = out_of_time(result, spent)  # a prefix may have been cut mid-way: nothing stays proved
+    assert not any(s.certified for s in cut.sequences)
 
 
 def test_sequences_the_batch_holds_but_the_attack_missed_are_counted(tiny_models):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.attacks.span import estimate_rank, rank_above_bulk, span_basis, stacked_svd
+from gradleak.attacks.span import (
+    drops_at,
+    estimate_rank,
+    rank_above_bulk,
+    span_basis,
+    stacked_svd,
+)
 from gradleak.attacks.thresholds import largest_gap_split
 
 
@@ -113,3 +119,13 @@ def test_a_stack_is_decomposed_once_until_a_tensor_changes():
     again = stacked_svd([fused[:48], fused[48:]])
     assert again[1] is not first[1]
     assert not torch.allclose(again[1], first[1])
+
+
+def test_drops_at_reads_a_clear_drop_that_is_not_the_largest():
+    # A weak true direction sits between the bulk and float noise: the largest drop is above it,
+    # but the drop right after it is clear too (a peeled T5 span, B = 16).
+    spectrum = torch.tensor([1.0, 0.5, 10**-2.8, 10**-4.9, 10**-5.0], dtype=torch.float64)
+    assert estimate_rank(spectrum)[0] == 2
+    assert drops_at(spectrum, 3) and drops_at(spectrum, 2)
+    assert not drops_at(spectrum, 4) and not drops_at(spectrum, 1)
+    assert not drops_at(spectrum, 0) and not drops_at(spectrum, len(spectrum))

@@ -155,6 +155,15 @@ def estimate_rank(
     return index + 1, gap
 
 
+def drops_at(singular_values: torch.Tensor, rank: int, min_gap: float = MIN_GAP_DECADES) -> bool:
+    """Returns whether a descending spectrum drops by at least ``min_gap`` decades right after its
+    first ``rank`` values (a reading of that rank, though not necessarily the largest drop)."""
+    s = singular_values.double().clamp_min(_TINY)
+    if not 0 < rank < len(s):
+        return False
+    return float(torch.log10(s[rank - 1] / s[rank])) >= min_gap
+
+
 #: Stacked gradients whose decomposition is kept: a span is read again with another capacity or
 #: rank (a LayerNorm without bias, a saturated block) and by peeling, from the same tensors.
 _SVD_CACHE_SIZE = 8

@@ -96,10 +96,20 @@ def keep_at_most(result: Reconstruction, size: Estimate) -> Reconstruction:
     return replace(result, sequences=tuple(kept), causes=(*result.causes, cut))
 
 
-def out_of_time(result: Reconstruction, deadline: Deadline) -> Reconstruction:
-    """Returns ``result`` with every sequence marked as cut off by the time budget."""
+def out_of_time(
+    result: Reconstruction, deadline: Deadline, *, whole: bool = False
+) -> Reconstruction:
+    """Returns ``result`` with its sequences marked as cut off by the time budget.
+
+    ``whole`` says the search proves only whole sequences (an encoder's sentences: every row
+    depends on the whole sentence, so one that passes is complete); its certified ones were
+    proved before the budget ran out and keep their certificate, and the batch carries the cause.
+    Elsewhere a sequence may have been cut mid-way (a prefix still growing), so every one loses
+    its certificate.
+    """
     budget = Cause(CauseKind.TIME_BUDGET, count=round(deadline.seconds or 0))
     sequences = tuple(
-        replace(s, assurance=s.assurance.with_causes([budget])) for s in result.sequences
+        s if whole and s.certified else replace(s, assurance=s.assurance.with_causes([budget]))
+        for s in result.sequences
     )
     return replace(result, sequences=sequences, causes=(*result.causes, budget))

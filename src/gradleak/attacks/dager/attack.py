@@ -212,7 +212,7 @@ class Dager(Attack):
         )
         result = SEARCHES[plan.search].run(job)
         if deadline.expired():
-            result = out_of_time(result, deadline)
+            result = out_of_time(result, deadline, whole=plan.search is SearchKind.ENCODER)
         diagnostics = {
             **result.diagnostics,
             "family": public.family.name,
