@@ -28,6 +28,8 @@ _PAIRED = 16
 #: Single changes a ranked round evaluates, widening while none gains: those the score's
 #: gradient predicts gain most.
 _RANKED = (48, 192)
+#: Random draws that look for a start not yet descended from.
+_REDRAWS = 8
 #: Single changes of a found sentence that :func:`nearest_neighbour` tests, the likeliest first.
 _NEIGHBOURS = 64
 
@@ -97,6 +99,7 @@ def search_sentences(
     if lengths is not None:
         options = {n: options[n] for n in lengths if n in options}
     misses = dict.fromkeys(options, 0)
+    tried: dict[int, set[tuple[int, ...]]] = {n: set() for n in options}
 
     def left() -> int:
         return rows - sum(len(f[0]) for f in found) if rows is not None else 0
@@ -142,6 +145,15 @@ def search_sentences(
                     generator=generator,
                     fresh=not any(len(f[0]) == length for f in found),
                 )
+                # The deterministic starts coincide where every position holds the same bag
+                # (relative positions): a start already descended from gives a random one.
+                for _ in range(_REDRAWS):
+                    if tuple(map(int, start)) not in tried[length]:
+                        break
+                    start = _start(
+                        guess, options[length], attempt=0, generator=generator, fresh=False
+                    )
+                tried[length].add(tuple(map(int, start)))
                 ids, residuals = _descend(
                     oracle, cls_id, sep_id, guess, start, chunk_size, swaps=swaps, deadline=deadline
                 )
