@@ -8,10 +8,16 @@ sentence's rows therefore stay close to the o projection's span (relative residu
 p = 0.1), a wrong one's move further off; the links are chosen by that residual, a ranking that
 proves nothing.
 
-- Decoders grow prefixes: at each position every proved token is given to the prefix that fits it
-  best, and a prefix no token fits as well as the others ends (or waits for a repeated token).
-- Encoders fill sentences whose lengths the end token's positions give, then swap tokens between
-  sentences, position by position, while the summed residual falls.
+A sentence is a list of row indices, one per position (a proved row: a token and its mask), so
+two sentences with one token at one position keep their own masks.
+
+- Decoders grow prefixes: at each position every proved row is given to the prefix that fits it
+  best. Where the scan accounted for every row of the batch (:attr:`MaskedScan.complete`), each
+  row goes to exactly one prefix and the prefixes left over end; otherwise a prefix no row fits
+  as well as the others ends (or waits for a repeated token).
+- Encoders fill sentences whose lengths the row counts give (where every row is accounted for)
+  or the end token's positions, then reassign each position's rows to sentences, least summed
+  residual first, and swap tails between sentences while the summed residual falls.
 """
 
 from __future__ import annotations
@@ -21,17 +27,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
-from gradleak.attacks.dager.masks import MaskedScan, MaskModel
+from gradleak.attacks.dager.mask_scan import MaskedScan
+from gradleak.attacks.dager.masks import MaskModel
 from gradleak.attacks.dager.oracle import SpanOracle
 
 #: A prefix with no token of its own continues with its best one only within this factor of the
 #: worst residual that a token's own prefix showed at that position.
 _CONTINUE_SLACK = 1.25
+#: What an end token out of place adds to a sentence's summed residual (true rows sit near
+#: 0.2 each): an encoder's sentence ends with its end token and holds it nowhere else.
+_MISPLACED_END = 1e3
 #: Encoder sweeps over the positions (each lowers the summed residual or stops the search).
-_SWEEPS = 3
-#: Most assignments of one position's tokens to sentences compared exhaustively.
-_MAX_ASSIGNMENTS = 4096
+_SWEEPS = 10
 
 
 @dataclass(frozen=True)
@@ -48,15 +57,37 @@ class Linked:
 
 
 class _Rows:
-    """Block 0's attention-output residuals of candidate sentences, under the fitted masks."""
+    """Block 0's attention-output residuals of candidate sentences (row indices per position),
+    under the fitted masks."""
 
-    def __init__(self, model: MaskModel, scan: MaskedScan, output: SpanOracle) -> None:
+    def __init__(
+        self,
+        model: MaskModel,
+        scan: MaskedScan,
+        output: SpanOracle,
+        end_token: int | None = None,
+    ) -> None:
         self.model, self.scan, self.output = model, scan, output
+        self.end_token = end_token
 
-    def keep(self, position: int, token: int) -> torch.Tensor:
-        tokens = self.scan.sets[position]
-        index = int(torch.nonzero(tokens == token)[0, 0])
-        return self.scan.keep[position][index]
+    def totals(self, sentences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Returns each sentence's summed residual, plus :data:`_MISPLACED_END` for every
+        position where the end token stands other than last (or the last token is not it)."""
+        totals = torch.nan_to_num(self.residuals(sentences), nan=0.0).sum(1)
+        if self.end_token is None:
+            return totals
+        misplaced = [
+            sum(
+                (token == self.end_token) != (p == len(s) - 1)
+                for p, token in enumerate(self.tokens(s))
+            )
+            for s in sentences
+        ]
+        return totals + _MISPLACED_END * torch.tensor(misplaced, dtype=totals.dtype)
+
+    def tokens(self, sentence: Sequence[int]) -> tuple[int, ...]:
+        """Returns the token ids of a sentence given as row indices."""
+        return tuple(int(self.scan.sets[p][r]) for p, r in enumerate(sentence))
 
     def residuals(self, sentences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Returns (S, L) residuals of right-padded ``sentences``; NaN past each one's end."""
@@ -66,10 +97,10 @@ class _Rows:
         keep = torch.ones(len(sentences), length, d, dtype=torch.bool)
         mask = torch.zeros(len(sentences), length, dtype=torch.long)
         for row, sentence in enumerate(sentences):
-            ids[row, : len(sentence)] = torch.tensor(list(sentence))
             mask[row, : len(sentence)] = 1
-            for position, token in enumerate(sentence):
-                keep[row, position] = self.keep(position, token)
+            for position, index in enumerate(sentence):
+                ids[row, position] = self.scan.sets[position][index]
+                keep[row, position] = self.scan.keep[position][index]
         rows = self.model.attention_outputs(ids, keep, mask)
         out = self.output.basis.residuals(rows).cpu()
         return out.masked_fill(mask == 0, float("nan"))
@@ -81,39 +112,55 @@ def link_prefixes(
     output: SpanOracle,
     *,
     batch_size: int | None,
-    rows_total: int | None = None,
 ) -> Linked:
-    """Returns the prefixes grown from the proved tokens of a decoder, one per sentence, with
-    heads traded where whole sentences fit better that way and, where ``rows_total`` (block 0's
-    rank: every masked row is distinct, so it counts the batch's tokens) is exceeded, the worst
-    continuations that reuse another prefix's token cut."""
+    """Returns the prefixes grown from the proved rows of a decoder, one per sentence, with tails
+    traded where whole sentences fit better that way and, where the scan did not account for
+    every row (:attr:`MaskedScan.complete`) and so rows were shared, the worst continuations
+    that reuse another prefix's row cut while the prefixes hold more rows than the batch."""
     rows = _Rows(model, scan, output)
-    first = [int(t) for t in scan.sets[0]]
-    wanted = max(batch_size or len(first), len(first))
-    prefixes: list[list[int]] = [[t] for t in first]
-    prefixes += [list(prefixes[i % len(first)]) for i in range(wanted - len(first))]
-    alive = list(range(len(prefixes)))
-    for position in range(1, len(scan.sets)):
-        tokens = [int(t) for t in scan.sets[position]]
-        pairs = [prefixes[i] + [t] for i in alive for t in tokens]
-        fit = rows.residuals(pairs)[:, position].reshape(len(alive), len(tokens))
-        chosen = _assign(fit)
-        for slot, index in enumerate(alive):
-            pick = chosen[slot]
-            if pick is not None:
-                prefixes[index].append(tokens[pick])
-        alive = [index for slot, index in enumerate(alive) if chosen[slot] is not None]
+    prefixes = _grow(rows, batch_size)
     for _ in range(_SWEEPS):
         if not _swap_suffixes(rows, prefixes):
             break
-    if rows_total is not None:
-        _cut_reused_ends(rows, prefixes, rows_total)
+    if not scan.complete and scan.rows_total is not None:
+        _cut_reused_ends(rows, prefixes, scan.rows_total)
     return _linked(rows, prefixes)
 
 
+def _grow(rows: _Rows, batch_size: int | None) -> list[list[int]]:
+    """Returns prefixes grown position by position, each position's rows given to the prefixes
+    whose rows at that position then fit best (one prefix per row at position 0, or the batch
+    size where the scan did not account for every row)."""
+    scan = rows.scan
+    first = len(scan.sets[0])
+    wanted = first if scan.complete else max(batch_size or first, first)
+    prefixes: list[list[int]] = [[i % first] for i in range(wanted)]
+    alive = list(range(len(prefixes)))
+    for position in range(1, len(scan.sets)):
+        count = len(scan.sets[position])
+        pairs = [prefixes[i] + [r] for i in alive for r in range(count)]
+        fit = rows.residuals(pairs)[:, position].reshape(len(alive), count)
+        chosen = _one_each(fit) if scan.complete and count <= len(alive) else _assign(fit)
+        for slot, index in enumerate(alive):
+            pick = chosen[slot]
+            if pick is not None:
+                prefixes[index].append(pick)
+        alive = [index for slot, index in enumerate(alive) if chosen[slot] is not None]
+    return prefixes
+
+
+def _one_each(fit: torch.Tensor) -> list[int | None]:
+    """Returns, per prefix (row of ``fit``), the row of the position (column) it takes, each
+    column taken once at the least summed residual; prefixes left without one end."""
+    chosen: list[int | None] = [None] * fit.shape[0]
+    for prefix, column in zip(*linear_sum_assignment(fit.double().numpy()), strict=True):
+        chosen[int(prefix)] = int(column)
+    return chosen
+
+
 def _cut_reused_ends(rows: _Rows, sentences: list[list[int]], rows_total: int) -> None:
-    """Cuts, while the sentences hold more tokens than the batch has rows, the last token that
-    another sentence also holds at that position and whose row fits worst."""
+    """Cuts, while the sentences hold more rows than the batch has, the last row that another
+    sentence also holds at that position and whose fit is worst."""
     while sum(map(len, sentences)) > rows_total:
         fit = rows.residuals(sentences)
         ends = [
@@ -136,13 +183,13 @@ def _linked(rows: _Rows, sentences: list[list[int]]) -> Linked:
     residuals = tuple(
         tuple(float(r) for r in fit[s, : len(sentence)]) for s, sentence in enumerate(sentences)
     )
-    return Linked(tuple(tuple(s) for s in sentences), residuals)
+    return Linked(tuple(rows.tokens(s) for s in sentences), residuals)
 
 
 def _assign(fit: torch.Tensor) -> list[int | None]:
-    """Returns, per prefix (row), the token (column) it takes or None where it ends: every token
-    first goes to its best free prefix, then a prefix left over takes its best token if that fits
-    about as well as the tokens' own prefixes did."""
+    """Returns, per prefix (row), the position's row (column) it takes or None where it ends:
+    every column first goes to its best free prefix, then a prefix left over takes its best
+    column if that fits about as well as the columns' own prefixes did."""
     n_prefixes, n_tokens = fit.shape
     chosen: list[int | None] = [None] * n_prefixes
     claimed: set[int] = set()
@@ -169,32 +216,42 @@ def link_sentences(
     batch_size: int | None,
     end_token: int | None,
 ) -> Linked:
-    """Returns the sentences of an encoder's batch, filled from the proved tokens per position."""
-    rows = _Rows(model, scan, output)
-    lengths = _lengths(scan, batch_size, end_token)
-    sentences = [[0] * length for length in lengths]
-    for position, tokens in enumerate(scan.sets):
-        members = [s for s, length in enumerate(lengths) if length > position]
-        for slot, member in enumerate(members):
-            sentences[member][position] = int(tokens[slot % len(tokens)])
+    """Returns the sentences of an encoder's batch, filled from the proved rows per position."""
+    rows = _Rows(model, scan, output, end_token)
+    if scan.complete and _counts_fall(scan):
+        # Every row is accounted for: grown like a decoder's prefixes (each prefix attending to
+        # itself only), which also gives each sentence its length.
+        sentences = _grow(rows, batch_size)
+    else:
+        lengths = _lengths(scan, batch_size, end_token)
+        sentences = [[0] * length for length in lengths]
+        for position, tokens in enumerate(scan.sets):
+            members = [s for s, length in enumerate(lengths) if length > position]
+            for slot, member in enumerate(members):
+                sentences[member][position] = slot % len(tokens)
     for _ in range(_SWEEPS):
         moved = False
-        for position, tokens in enumerate(scan.sets):
-            lengths = [len(sentence) for sentence in sentences]
-            moved |= _best_assignment(rows, sentences, lengths, position, tokens)
+        for position in range(len(scan.sets)):
+            moved |= _best_assignment(rows, sentences, position)
         moved |= _swap_suffixes(rows, sentences)
         if not moved:
             break
     return _linked(rows, sentences)
 
 
+def _counts_fall(scan: MaskedScan) -> bool:
+    """Returns whether no position holds more rows than the one before (sentences only end)."""
+    counts = [len(s) for s in scan.sets]
+    return all(after <= before for before, after in itertools.pairwise(counts))
+
+
 def _lengths(scan: MaskedScan, batch_size: int | None, end_token: int | None) -> list[int]:
-    """Returns one length per sentence: a position after each proved end token, the batch's
+    """Returns one length per sentence: a position after each proved end-token row, the batch's
     sentences that no end token accounts for running to the last proved position."""
     ends = [
         position + 1
         for position, tokens in enumerate(scan.sets)
-        if end_token is not None and bool((tokens == end_token).any())
+        for _ in range(int((tokens == end_token).sum()) if end_token is not None else 0)
     ]
     count = max(batch_size or 0, len(ends), max(len(t) for t in scan.sets))
     lengths = sorted(ends, reverse=True)[:count]
@@ -202,39 +259,32 @@ def _lengths(scan: MaskedScan, batch_size: int | None, end_token: int | None) ->
     return sorted(lengths, reverse=True)
 
 
-def _best_assignment(
-    rows: _Rows,
-    sentences: list[list[int]],
-    lengths: list[int],
-    position: int,
-    tokens: torch.Tensor,
-) -> bool:
-    """Gives ``position``'s tokens to its sentences in the way whose rows fit best (every token
+def _best_assignment(rows: _Rows, sentences: list[list[int]], position: int) -> bool:
+    """Gives ``position``'s rows to its sentences in the way whose sentences fit best (every row
     used at least once); returns whether the assignment changed."""
-    members = [s for s, length in enumerate(lengths) if length > position]
-    if len(members) <= 1 and len(tokens) <= 1:
+    members = [s for s, sentence in enumerate(sentences) if len(sentence) > position]
+    count = len(rows.scan.sets[position])
+    if len(members) <= 1 and count <= 1:
         return False
     trials = []
     for member in members:
-        for token in tokens.tolist():
+        for index in range(count):
             trial = list(sentences[member])
-            trial[position] = int(token)
+            trial[position] = index
             trials.append(trial)
     # Sentences are independent: a choice's total is the sum of its members' own fits.
-    fit = torch.nan_to_num(rows.residuals(trials), nan=0.0).sum(1)
-    fit = fit.reshape(len(members), len(tokens))
-    best = _cheapest_cover(fit)
+    fit = rows.totals(trials)
+    best = _cover(fit.reshape(len(members), count))
     changed = False
     for member, pick in zip(members, best, strict=True):
-        token = int(tokens[pick])
-        changed |= sentences[member][position] != token
-        sentences[member][position] = token
+        changed |= sentences[member][position] != pick
+        sentences[member][position] = pick
     return changed
 
 
 def _swap_suffixes(rows: _Rows, sentences: list[list[int]]) -> bool:
     """Swaps the tails of two sentences from a position on wherever that lowers their summed
-    residual (two sentences that traded tails fit worse token by token in either order, so the
+    residual (two sentences that traded tails fit worse row by row in either order, so the
     position-wise moves alone cannot untangle them); returns whether any swap was made."""
     swapped = False
     for first, second in itertools.combinations(range(len(sentences)), 2):
@@ -243,7 +293,7 @@ def _swap_suffixes(rows: _Rows, sentences: list[list[int]]) -> bool:
         trials = [a, b]
         for cut in cuts:
             trials += [a[:cut] + b[cut:], b[:cut] + a[cut:]]
-        totals = torch.nan_to_num(rows.residuals(trials), nan=0.0).sum(1)
+        totals = rows.totals(trials)
         pair_totals = totals.reshape(-1, 2).sum(1)
         best = int(torch.argmin(pair_totals))
         if best > 0 and float(pair_totals[best]) < float(pair_totals[0]):
@@ -252,17 +302,17 @@ def _swap_suffixes(rows: _Rows, sentences: list[list[int]]) -> bool:
     return swapped
 
 
-def _cheapest_cover(fit: torch.Tensor) -> list[int]:
-    """Returns, per sentence (row), the token (column) it takes, every token taken at least once,
-    at the least summed cost: exhaustively when few choices exist, else greedily."""
-    n_rows, n_tokens = fit.shape
-    if n_tokens**n_rows <= _MAX_ASSIGNMENTS:
-        options = [
-            choice
-            for choice in itertools.product(range(n_tokens), repeat=n_rows)
-            if len(set(choice)) == min(n_tokens, n_rows)
-        ]
-        totals = [sum(float(fit[r, c]) for r, c in enumerate(choice)) for choice in options]
-        return list(options[min(range(len(options)), key=totals.__getitem__)])
-    chosen = _assign(fit)
-    return [c if c is not None else int(torch.argmin(fit[r])) for r, c in enumerate(chosen)]
+def _cover(fit: torch.Tensor) -> list[int]:
+    """Returns, per sentence (row), the column it takes at the least summed cost, every column
+    taken at least once where the columns are no more than the rows (else each row takes its
+    own column): an assignment problem, the rows beyond the columns taking their best column."""
+    n_rows, n_columns = fit.shape
+    cost = fit.double()
+    if n_columns < n_rows:
+        cost = torch.cat(
+            [cost, cost.min(1, keepdim=True).values.expand(n_rows, n_rows - n_columns)], 1
+        )
+    picked = [0] * n_rows
+    for row, column in zip(*linear_sum_assignment(cost.numpy()), strict=True):
+        picked[int(row)] = int(column) if column < n_columns else int(torch.argmin(fit[row]))
+    return picked
