@@ -11,6 +11,9 @@ import torch
 
 from gradleak.attacks import CauseKind
 from gradleak.attacks.dager import Dager, DagerConfig
+from gradleak.attacks.dager.rounded import rounded_gate
+from gradleak.attacks.dager.spans import read_spans, sequence_threshold, vocabulary
+from gradleak.attacks.dager.tokens import scan_tokens
 from gradleak.attacks.rounding import read_rounding, rounding_floor
 from gradleak.attacks.span import span_basis
 from gradleak.client import ClientSettings, simulate_update
@@ -103,6 +106,7 @@ def test_sixteen_bit_updates_recovered_exactly_never_certified(
     # Best-effort extras (a wrong digit that passed near the threshold) rank after the truth.
     surest = result.sequences[: len(TEXTS)]
     assert sorted(s.token_ids for s in surest) == _truth(public), result.texts
+    assert result.diagnostics["gates"] == ["1.q"]  # the gate scored above the noise floors
     for sequence in result.sequences:
         assert not sequence.certified
         assert any(
@@ -119,3 +123,72 @@ def test_int8_update_recovers_text_never_certified(llama32):
     found = {s.token_ids for s in result.sequences}
     assert found & set(_truth(llama32)), result.texts
     assert not any(s.certified for s in result.sequences)
+
+
+# Six sentences, 69 rows in 96 dimensions: in bfloat16 the batch's weakest directions sink into the
+# rounding bulk, and later rows stand further off the span than the first ones.
+WIDE = (
+    "random:llama?num_hidden_layers=4&hidden_size=96&intermediate_size=192"
+    "&num_attention_heads=4&num_key_value_heads=2"
+)
+CROWDED = (
+    *TEXTS,
+    "My password is hunter2, please keep it safe.",
+    "Meet me at the old bridge after dark.",
+    "The patient in room 12 was discharged on Tuesday.",
+    "Wire the money to account 4417 today.",
+)
+
+
+@pytest.fixture(scope="module")
+def crowded_bf16():
+    public = load_model(WIDE, dtype=torch.bfloat16)
+    batch = Batch(texts=CROWDED, labels=tuple(i % 2 for i in range(len(CROWDED))))
+    return public, simulate_update(public, batch, settings=ClientSettings())
+
+
+def _spans_and_scan(public, gradients):
+    config = DagerConfig()
+    vocab = vocabulary(public)
+    spans = read_spans(public, gradients, vocab, config, min_gap=1.0)
+    scan = scan_tokens(
+        spans.token,
+        vocab,
+        per_position=False,
+        max_length=64,
+        tau=None,
+        chunk_size=config.chunk_size,
+        fallback_count=spans.token.basis.rank,
+    )
+    return config, vocab, spans, scan
+
+
+def test_precision_aware_gate_keeps_true_rows_the_exact_test_cuts(crowded_bf16):
+    """The exact-arithmetic test (block 1's span, its threshold read at position 0) cuts true
+    sentences of a bfloat16 update; the gate scored above the spans' noise floors passes every
+    true row and still refuses nearly every wrong extension of a true prefix."""
+    public, update = crowded_bf16
+    gradients = update.gradients()
+    config, vocab, spans, scan = _spans_and_scan(public, gradients)
+    exact_tau, _ = sequence_threshold(spans.sequence, scan, vocab, config)
+    gate = rounded_gate(public, gradients, vocab, scan, spans.sequence, config, min_gap=1.0)
+    assert len(gate.oracles) == 3 and gate.first < gate.sure <= gate.threshold
+    floors = [o.basis.rounding_floor for o in gate.oracles]
+    assert list(gate.floors) == pytest.approx(floors)
+    cut_exactly, wrong_passed, wrong_tried = 0, 0, 0
+    for ids in (public.tokenizer(t)["input_ids"] for t in CROWDED):
+        rows = gate.probe(torch.tensor([ids]))
+        exact = spans.sequence.basis.residuals(rows[spans.sequence.layer])[0]
+        cut_exactly += bool((exact > exact_tau).any())
+        scores = gate.residuals(rows)[0]
+        assert scores[0] < gate.first and bool((scores[1:] < gate.threshold).all())
+        for length in range(1, len(ids)):
+            _, state = gate.probe.start(torch.tensor([ids[:length]]))
+            # Wrong: every token of block 0's set but the true one and a repeat of the last.
+            true = torch.tensor(ids[length - 1 : length + 1])
+            wrong = scan.sets[0][~torch.isin(scan.sets[0], true)]
+            passed = gate.residuals(gate.probe.branch(state, wrong))[0] < gate.sure
+            wrong_passed += int(passed.sum())
+            wrong_tried += len(wrong)
+    assert cut_exactly >= 1
+    assert wrong_passed <= 0.002 * wrong_tried

@@ -20,7 +20,8 @@ import torch
 
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.oracle import SpanOracle
-from gradleak.models.probe import PrefixState
+from gradleak.models.families import LinearLayer
+from gradleak.models.probe import LinearInputProbe, PrefixState
 
 #: Rows closer than this (relative) to the prefix's previous row carry no new evidence: with RoPE a
 #: prefix of one repeated token gives the same block input as the token alone.
@@ -47,11 +48,36 @@ class DecoderSearch:
 @dataclass(frozen=True)
 class Gate:
     """An oracle, the residual below which a candidate passes it, and how close (relative) a
-    certifying gate's row may come to its prefix's last row and still count as new evidence."""
+    certifying gate's row may come to its prefix's last row and still count as new evidence;
+    ``first``, where set, is the threshold of first tokens (whose rows can sit closer to a
+    rounded span than later rows); ``sure``, where set on the last gate, is the level below which
+    an extension is sure: a prefix with a sure extension keeps only those, and one with none
+    also ends there."""
 
     oracle: SpanOracle
     threshold: float
     same_row: float = SAME_ROW
+    first: float | None = None
+    sure: float | None = None
+
+    @property
+    def first_threshold(self) -> float:
+        """Returns the threshold first tokens are tested against."""
+        return self.threshold if self.first is None else self.first
+
+    @property
+    def probe(self) -> LinearInputProbe:
+        """Returns the probe computing the rows this gate reads."""
+        return self.oracle.probe
+
+    @property
+    def layer(self) -> LinearLayer:
+        """Returns the layer whose rows count as a prefix's rows (the repeat rule's)."""
+        return self.oracle.layer
+
+    def residuals(self, rows: dict[LinearLayer, torch.Tensor]) -> torch.Tensor:
+        """Returns the score each probed row is tested on: its residual against the span."""
+        return self.oracle.basis.residuals(rows[self.oracle.layer])
 
 
 @dataclass
@@ -111,17 +137,17 @@ def _first_tokens(gates, tokens, *, chunk_size, result) -> _Frontier | None:
             break
         residuals = torch.cat(
             [
-                gate.oracle.residuals(gate.oracle.probe.start(chunk[:, None])[0]).flatten().cpu()
+                gate.residuals(gate.probe.start(chunk[:, None])[0]).flatten().cpu()
                 for chunk in tokens[keep].split(chunk_size)
             ]
         )
-        passed = residuals < gate.threshold
+        passed = residuals < gate.first_threshold
         keep, residuals = keep[passed], residuals[passed]
     result.candidates.append(len(tokens))
     result.accepted.append(len(keep))
     if keep.numel() == 0:
         return None
-    last = gates[-1].oracle
+    last = gates[-1]
     rows, state = last.probe.start(tokens[keep][:, None])
     return _Frontier(
         prefixes=[(int(t),) for t in tokens[keep]],
@@ -137,24 +163,24 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
     The first gate sees every pair in one cache-sharing pass (``probe.branch``); later gates
     see only its survivors.
     """
-    first = gates[0].oracle
-    rows = first.probe.branch(frontier.state, tokens)[first.layer]  # (prefixes, tokens, in)
-    residual = first.basis.residuals(rows).cpu()
-    passed = residual < gates[0].threshold
+    first = gates[0]
+    branched = first.probe.branch(frontier.state, tokens)  # (prefixes, tokens, in) per layer
+    residual = first.residuals(branched).cpu()
+    passed = residual < first.threshold
     if len(gates) == 1:
         passed &= ~repeats_previous_row(
-            rows, frontier.last_rows[:, None], tolerance=gates[0].same_row
+            branched[first.layer], frontier.last_rows[:, None], tolerance=first.same_row
         ).cpu()
     parent, column = torch.nonzero(passed, as_tuple=True)
     token, residual = tokens[column], residual[parent, column]
     for gate in gates[1:]:
         if parent.numel() == 0:
             break
-        rows, _ = gate.oracle.probe.extend(frontier.state.select(parent), token)
-        new_rows = rows[gate.oracle.layer]
-        residual = gate.oracle.basis.residuals(new_rows).cpu()
+        rows, _ = gate.probe.extend(frontier.state.select(parent), token)
+        residual = gate.residuals(rows).cpu()
         passed = residual < gate.threshold
         if gate is gates[-1]:
+            new_rows = rows[gate.layer]
             passed &= ~repeats_previous_row(
                 new_rows, frontier.last_rows[parent.to(new_rows.device)], tolerance=gate.same_row
             ).cpu()
@@ -170,6 +196,15 @@ def repeats_previous_row(
     return (rows - previous).norm(dim=-1) <= tolerance * previous.norm(dim=-1)
 
 
+def _sure_first(parent: torch.Tensor, token: torch.Tensor, score: torch.Tensor, sure: float):
+    """Returns the extensions kept where a gate knows a sure level: a prefix with a sure
+    extension keeps only those; a prefix with none keeps its unsure ones but also ends (so the
+    prefix itself is returned). Returns (parent, token, score, prefixes not ended)."""
+    sure_parents = torch.unique(parent[score < sure])
+    keep = (score < sure) | ~torch.isin(parent, sure_parents)
+    return parent[keep], token[keep], score[keep], set(sure_parents.tolist())
+
+
 def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max_frontier, result):
     n_prefix, n_tok = len(frontier.prefixes), len(tokens)
     parents, children, scores = [], [], []
@@ -182,6 +217,8 @@ def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max
     result.candidates.append(n_prefix * n_tok)
     result.accepted.append(len(parent))
     extended = set(parent.tolist())
+    if gates[-1].sure is not None:
+        parent, token, score, extended = _sure_first(parent, token, score, gates[-1].sure)
     for i in range(n_prefix):
         if i not in extended:  # nothing continues this prefix: a complete sequence
             result.sequences.append((frontier.prefixes[i], frontier.residuals[i]))
@@ -191,7 +228,7 @@ def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max
         keep = torch.argsort(score)[:max_frontier]
         parent, token, score = parent[keep], token[keep], score[keep]
         result.truncated = True
-    last = gates[-1].oracle
+    last = gates[-1]
     rows, state = last.probe.extend(frontier.state.select(parent), token)
     return _Frontier(
         prefixes=[

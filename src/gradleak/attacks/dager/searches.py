@@ -33,6 +33,7 @@ from gradleak.attacks.dager.placement import place_tokens
 from gradleak.attacks.dager.plan import SearchKind, SearchPlan
 from gradleak.attacks.dager.pursuit import token_bag
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
+from gradleak.attacks.dager.rounded import rounded_gate, scores_above_floor
 from gradleak.attacks.dager.span_fit import SpanFit, span_fits
 from gradleak.attacks.dager.spans import (
     DagerSpans,
@@ -270,19 +271,35 @@ class PrefixSearch(_ExactSearch):
         diagnostics: dict[str, Any],
     ) -> Outcome:
         cfg, spans = job.config, job.require_spans()
-        gates = [
-            *screening_gates(
-                job.public,
-                job.gradients,
-                job.vocab,
-                scan,
-                cfg,
-                min_gap=job.min_gap,
-                rounding=job.rounding,
-            ),
-            Gate(spans.sequence, tau2),
-        ]
+        if cfg.tau2 is None and scores_above_floor(job.plan.causes):
+            gates: list[Gate] = [
+                rounded_gate(
+                    job.public,
+                    job.gradients,
+                    job.vocab,
+                    scan,
+                    spans.sequence,
+                    cfg,
+                    min_gap=job.min_gap,
+                )
+            ]
+            tau2 = gates[-1].threshold
+        else:
+            gates = [
+                *screening_gates(
+                    job.public,
+                    job.gradients,
+                    job.vocab,
+                    scan,
+                    cfg,
+                    min_gap=job.min_gap,
+                    rounding=job.rounding,
+                ),
+                Gate(spans.sequence, tau2),
+            ]
         diagnostics["gates"] = [f"{g.oracle.block}.{g.oracle.layer.role}" for g in gates]
+        diagnostics["gate_thresholds"] = [g.threshold for g in gates]
+        diagnostics["gate_first"] = [g.first_threshold for g in gates]
         per_position = job.public.family.positions == "learned"
         result = search_prefixes(
             gates,
