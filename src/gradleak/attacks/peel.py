@@ -23,7 +23,6 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, overload
 
 import torch
 
@@ -184,15 +183,16 @@ def fit_shares(
     for chunk in _similar_lengths(candidates):
         sentences = [tuple(candidates[i]) for i in chunk]
         best: list[tuple[tuple[int, bool], Share] | None] = [None] * len(chunk)
-        for label in _screen_labels(public):
-            rows, losses = _own_token_rows(public, sentences, label, with_losses=True)
+        for label in _fitted_labels(public):
+            rows, losses = _own_token_rows(public, sentences, label)
             for i, (ids, own, loss) in enumerate(zip(sentences, rows, losses, strict=True)):
                 fit = _parallel_weight(gradients[table][sorted(set(ids))].double(), own)
                 if fit is None:
                     continue
                 share = _labelled(public, Share(ids, label, *fit), loss)
-                key = (share.parallel_rows, share.weight > 0)  # a mean loss weighs the true
-                current = best[i]  # label positively
+                # A mean loss weighs the true label positively.
+                key = (share.parallel_rows, share.weight > 0)
+                current = best[i]
                 if current is None or key > current[0]:
                     best[i] = (key, share)
         found.update({index: b[1] for index, b in zip(chunk, best, strict=True) if b is not None})
@@ -249,61 +249,16 @@ def subtract_shares(
     rest[table][torch.tensor(tokens, device=emptied.device)[emptied]] = 0
 
 
-def might_fit(
-    public: PublicModel, gradients: Mapping[str, torch.Tensor], candidates: Sequence[Sequence[int]]
-) -> list[bool]:
-    """Returns, per candidate, whether some label makes one of its token rows parallel to
-    ``gradients``'.
-
-    A screen for :func:`fit_share`, batched: one forward and backward pass per chunk of
-    candidates and label gives every candidate's own token rows, up to a factor the parallel
-    test does not see. The weight is left to :func:`fit_share`.
-    """
-    table = _table_name(public)
-    if table not in gradients:
-        return [False] * len(candidates)
-    out = []
-    for start in range(0, len(candidates), _SCREEN_CHUNK):
-        chunk = [tuple(ids) for ids in candidates[start : start + _SCREEN_CHUNK]]
-        hits = [False] * len(chunk)
-        for label in _screen_labels(public):
-            for i, (ids, own) in enumerate(
-                zip(chunk, _own_token_rows(public, chunk, label), strict=False)
-            ):
-                tokens = sorted(set(ids))
-                hits[i] = (
-                    hits[i] or _parallel_weight(gradients[table][tokens].double(), own) is not None
-                )
-        out += hits
-    return out
-
-
-@overload
 def _own_token_rows(
     public: PublicModel, batch: list[tuple[int, ...]], label: int | None
-) -> list[torch.Tensor]: ...
-
-
-@overload
-def _own_token_rows(
-    public: PublicModel,
-    batch: list[tuple[int, ...]],
-    label: int | None,
-    *,
-    with_losses: Literal[True],
-) -> tuple[list[torch.Tensor], list[float]]: ...
-
-
-def _own_token_rows(
-    public: PublicModel, batch: list[tuple[int, ...]], label: int | None, *, with_losses=False
-):
+) -> tuple[list[torch.Tensor], list[float]]:
     """Returns each sentence's own token-table gradient rows (its distinct tokens, sorted).
 
     Sentences in a padded batch do not see each other, so the gradient of the sum of their
     losses at each sentence's embedded positions is its own; it is read off the embedding's
     output, summed per token. Where the table is also the output head (a tied language model),
     each sentence's head-side rows are added: its logits' gradient times the head's input, at
-    its own positions. ``with_losses`` also returns each sentence's loss.
+    its own positions. Each sentence's loss comes with them.
     """
     inputs = token_inputs(public, batch)
     labels = None if label is None else [label] * len(batch)
@@ -338,7 +293,7 @@ def _own_token_rows(
             logits = grads[1][i, : len(ids)][:, tokens.to(grads[1].device)].double().cpu()
             own += logits.T @ seen["head_input"][i, : len(ids)].double().cpu()
         rows.append(own)
-    return (rows, losses.detach().double().tolist()) if with_losses else rows
+    return rows, losses.detach().double().tolist()
 
 
 def _tied_head(public: PublicModel) -> torch.nn.Module | None:
@@ -384,8 +339,9 @@ def _labels(public: PublicModel) -> list[int | None]:
     return [None] if public.task == "next_token" else list(range(public.num_labels))
 
 
-def _screen_labels(public: PublicModel) -> list[int | None]:
-    """Returns the labels whose own gradients differ by more than a factor.
+def _fitted_labels(public: PublicModel) -> list[int | None]:
+    """Returns the labels whose own gradients differ by more than a factor: one of two classes
+    serves both (see :func:`_labelled`).
 
     With two classes the loss gradient under one label is a negative multiple of the other's.
     """
