@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import psutil
 import torch
-import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -48,6 +47,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from gradleak.attacks.dager import Dager, DagerConfig  # noqa: E402
 from gradleak.client import compute_update  # noqa: E402
 from gradleak.data import load_texts, sample_batches  # noqa: E402
+from gradleak.experiments.config import ConfigError, parse_options  # noqa: E402
 from gradleak.models import load_model  # noqa: E402
 from gradleak.scoring import score_batch  # noqa: E402
 
@@ -315,12 +315,10 @@ def main() -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
         )
-    options: dict = {"time_budget": None}
-    for pair in args.option:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            parser.error(f"-o {pair!r} must look like KEY=VALUE, e.g. -o saturated=cap")
-        options[key] = yaml.safe_load(value)
+    try:
+        options = {"time_budget": None, **(parse_options(args.option) or {})}
+    except ConfigError as error:
+        parser.error(str(error))
     torch.manual_seed(0)
     chosen = [c for c in CONFIGS if args.only is None or c.name in args.only]
     unknown = set(args.only or ()) - {c.name for c in CONFIGS}

@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -34,6 +33,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from gradleak.attacks.layer_span import LayerSpan, LayerSpanConfig  # noqa: E402
 from gradleak.client import Exposure, compute_update  # noqa: E402
 from gradleak.data import load_texts, sample_batches  # noqa: E402
+from gradleak.experiments.config import ConfigError, parse_options  # noqa: E402
 from gradleak.models import load_model  # noqa: E402
 from gradleak.scoring import score_batch  # noqa: E402
 
@@ -134,12 +134,10 @@ def main() -> None:
         help="LayerSpanConfig setting, repeatable (e.g. -o order=none)",
     )
     args = parser.parse_args()
-    options: dict = {"time_budget": None}
-    for pair in args.option:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            parser.error(f"-o {pair!r} must look like KEY=VALUE, e.g. -o order=none")
-        options[key] = yaml.safe_load(value)
+    try:
+        options = {"time_budget": None, **(parse_options(args.option) or {})}
+    except ConfigError as error:
+        parser.error(str(error))
     unknown = set(args.only or ()) - {c.name for c in CONFIGS}
     if unknown:
         parser.error(f"unknown configurations {sorted(unknown)}; choose from {CONFIGS}")

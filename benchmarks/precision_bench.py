@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from gradleak.experiments import run_experiment
-from gradleak.experiments.config import RunConfig
+from gradleak.experiments.config import ConfigError, RunConfig, parse_options
 
 #: cell name -> (model dtype, client settings)
 CELLS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -130,10 +130,17 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/precision_bench"))
     parser.add_argument("--attack", default="dager", help="the attack (dager, subspace, ...)")
     parser.add_argument(
-        "-o", "--option", action="append", default=[], help="attack option KEY=VALUE (JSON value)"
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        help="attack option KEY=VALUE (YAML value), repeatable",
     )
     args = parser.parse_args()
-    options = dict(_option(o) for o in args.option)
+    try:
+        options = parse_options(args.option) or {}
+    except ConfigError as error:
+        parser.error(str(error))
     rows = []
     for batch_size in args.batch_size:
         for name in args.only:
@@ -167,14 +174,6 @@ def main() -> None:
             )
     json.dump({"rows": rows}, sys.stdout, indent=1)
     print()
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, _, value = text.partition("=")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 if __name__ == "__main__":
