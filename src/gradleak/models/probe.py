@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from gradleak.models.branch_attention import branch_attention, projected_once
 from gradleak.models.families.base import ArchitectureFamily, LinearLayer
 
 #: Parameter dtypes too coarse to compute candidate rows in; the probe upcasts them to float32.
@@ -211,15 +212,26 @@ class LinearInputProbe:
         allowed[:, state.length :] = torch.eye(n_new, dtype=torch.bool, device=self.device)
         mask = self._as_attention_mask(allowed).expand(n_prefix, 1, n_new, state.length + n_new)
         try:
-            return self._run(
-                ids,
-                attention_mask=mask,
-                token_type_ids=None,
-                position_ids=positions,
-                cache=state.cache,
-            )
+            with branch_attention(self._compute.model), projected_once(self._block_zero_inputs()):
+                return self._run(
+                    ids,
+                    attention_mask=mask,
+                    token_type_ids=None,
+                    position_ids=positions,
+                    cache=state.cache,
+                )
         finally:
             _crop(state.cache, state.length)
+
+    def _block_zero_inputs(self) -> list[nn.Module]:
+        """Returns block 0's query, key and value projections (one module where fused)."""
+        family = self._compute
+        names = {
+            family.linear_layer(0, role).module_name
+            for role in ("q", "k", "v")
+            if family.has_linear_layer(0, role)
+        }
+        return [family.model.get_submodule(name) for name in sorted(names)]
 
     def _branch_by_copies(
         self, state: PrefixState, next_ids: torch.Tensor
