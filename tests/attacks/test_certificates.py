@@ -16,7 +16,7 @@ import pytest
 from gradleak.attacks import CauseKind, create_attack
 from gradleak.attacks.base import Reconstruction, RecoveredSequence
 from gradleak.attacks.budget import Deadline
-from gradleak.attacks.dager.accounting import account_for_batch, out_of_time
+from gradleak.attacks.dager.accounting import account_for_batch, best_supported, out_of_time
 from gradleak.attacks.verdict import CERTIFIED, Cause, best_effort
 from gradleak.client import ClientSettings, simulate_update
 from gradleak.data import Batch
@@ -132,6 +132,28 @@ def test_never_more_sequences_than_the_batch_holds(tiny_models):
     assert sure in kept.sequences  # the certified one is kept before any best-effort one
     surplus = [c for c in kept.causes if c.kind is CauseKind.SURPLUS]
     assert [c.count for c in surplus] == [3]
+
+
+def _guess(ids, residuals):
+    return RecoveredSequence(ids, "", best_effort(Cause(CauseKind.LOSSY_UPDATE)), residuals)
+
+
+def test_the_best_supported_sequences_are_kept():
+    """Each kept by its last row, then its weakest own row: a wrong branch or a wrong extension of
+    a kept sentence ends on a weak row, and a prefix of a kept one adds nothing."""
+    true_a = _guess((1, 2, 3, 4), (10.0, 40.0, 30.0, 9.0))  # a weak middle row, a strong end
+    branch_a = _guess((1, 2, 3, 7), (10.0, 40.0, 30.0, 35.0))
+    wrong_end_a = _guess((1, 2, 3, 4, 5), (10.0, 40.0, 30.0, 9.0, 60.0))
+    prefix_a = _guess((1, 2), (10.0, 40.0))
+    true_b = _guess((6, 2, 8), (12.0, 20.0, 11.0))
+    true_c = _guess((9, 9, 5), (15.0, 5.0, 20.0))
+    found = [branch_a, wrong_end_a, prefix_a, true_a, true_c, true_b]
+    assert best_supported(found, 3) == [true_a, true_b, true_c]
+    assert best_supported(found, 1) == [true_a]
+    # With room for all, every sequence but the prefix of a kept one, best-supported first.
+    assert best_supported(found, 10) == [true_a, true_b, true_c, branch_a, wrong_end_a]
+    certified = replace(branch_a, assurance=CERTIFIED)
+    assert best_supported([*found, certified], 2) == [certified, true_a]
 
 
 def test_a_classifier_shows_its_batch_size_in_the_gradient(tiny_models):

@@ -11,6 +11,7 @@ import torch
 
 from gradleak.attacks import CauseKind
 from gradleak.attacks.dager import Dager, DagerConfig
+from gradleak.attacks.dager.accounting import batch_size
 from gradleak.attacks.dager.rounded import rounded_gate
 from gradleak.attacks.dager.spans import read_spans, sequence_threshold, vocabulary
 from gradleak.attacks.dager.tokens import scan_tokens
@@ -78,6 +79,39 @@ def test_rounding_floor_bounds_the_noise_bulk(scheme):
     assert rounding_floor([exact], torch.linalg.svd(exact.double(), full_matrices=False)) is None
 
 
+def test_float16_floor_counts_the_uniform_step_below_its_normal_range():
+    """A float16 update's small values are subnormal, on a uniform grid: the floor counts that
+    step, and a rank-4 gradient of such values reads as rank 4, not as a saturated span."""
+    generator = torch.Generator().manual_seed(2)
+    exact = torch.randn(96, 4, generator=generator) @ torch.randn(4, 48, generator=generator)
+    rounded = (exact * 1e-5).half().float()
+    reading = read_rounding(rounded)
+    subnormal = (rounded != 0) & (rounded.abs() < 2.0**-14)
+    assert bool(subnormal.any())
+    std = reading.element_std(rounded)[subnormal]
+    assert torch.allclose(std, torch.full_like(std, 2.0**-24 / 12**0.5))
+    basis = span_basis([rounded])
+    assert basis.rank == 4 and not basis.saturated
+
+
+@pytest.mark.parametrize(
+    ("dtype", "settings"),
+    [("bfloat16", {}), ("float32", {"defence": ("quantize",), "quant": "fp16"})],
+)
+def test_batch_size_is_read_above_the_rounding_floor(llama32, llama_bf16, dtype, settings):
+    public = llama_bf16 if dtype == "bfloat16" else llama32
+    update = _update(public, **settings)
+    size = batch_size(public, update, update.gradients())
+    assert size is not None and size.value == len(TEXTS)
+    assert "rounding floor" in size.source
+
+
+def test_int8_update_shows_no_batch_size(llama32):
+    """An int8 step buries rows below it whole: no count is read that could cut true ones."""
+    update = _update(llama32, defence=("quantize",), quant="int8")
+    assert batch_size(llama32, update, update.gradients()) is None
+
+
 def test_half_precision_models_are_probed_in_float32(llama_bf16):
     layer = llama_bf16.family.linear_layer(1, "q")
     rows = LinearInputProbe(llama_bf16.family, [layer])(torch.tensor([[5, 6, 7]]))[layer]
@@ -103,9 +137,10 @@ def test_sixteen_bit_updates_recovered_exactly_never_certified(
 ):
     public = llama_bf16 if dtype == "bfloat16" else llama32
     result = Dager().reconstruct(public, _update(public, **settings))
-    # Best-effort extras (a wrong digit that passed near the threshold) rank after the truth.
-    surest = result.sequences[: len(TEXTS)]
-    assert sorted(s.token_ids for s in surest) == _truth(public), result.texts
+    # Best-effort extras (a wrong digit that passed near the threshold) are cut to the batch size
+    # read above the rounding floor.
+    assert sorted(s.token_ids for s in result.sequences) == _truth(public), result.texts
+    assert result.diagnostics["batch_size"]["value"] == len(TEXTS)
     assert result.diagnostics["gates"] == ["1.q"]  # the gate scored above the noise floors
     for sequence in result.sequences:
         assert not sequence.certified

@@ -19,6 +19,8 @@ import torch
 
 #: Explicit mantissa bits of the float formats an update can be rounded to, coarsest first.
 _MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10}
+#: Exponent of the smallest normal value of each float format (by mantissa bits).
+_MIN_EXPONENT = {7: -126, 10: -14}
 #: Largest int8 code of a symmetric per-tensor quantiser.
 _INT8_MAX = 127
 #: Codes this close to integers (in units of the step) count as quantised.
@@ -50,8 +52,10 @@ class Rounding:
         values = tensor.detach().double()
         if self.kind == "step":
             return torch.full_like(values, self.step / math.sqrt(12))
+        # Below the format's smallest normal value the grid is uniform (subnormals): a float16
+        # gradient's small values there carry that absolute step, not one relative to them.
         exponent = torch.floor(torch.log2(values.abs().clamp_min(1e-300)))
-        ulp = torch.exp2(exponent - self.bits)
+        ulp = torch.exp2(exponent.clamp_min(_MIN_EXPONENT[self.bits]) - self.bits)
         return torch.where(values == 0, torch.zeros_like(values), ulp / math.sqrt(12))
 
 

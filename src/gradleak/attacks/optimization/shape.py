@@ -22,12 +22,14 @@ to replace with the true lengths (``lengths=``) when they are known.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from gradleak.attacks.span import estimate_rank
+from gradleak.attacks.rounding import read_rounding
+from gradleak.attacks.span import FLOOR_UNCERTAINTY, estimate_rank, span_basis
 from gradleak.errors import GradleakError
 from gradleak.models.families import ArchitectureFamily, LinearLayer
 
@@ -88,6 +90,42 @@ def estimate_batch_size(
         if rank > 0 and gap > 0:
             return Estimate(rank, f"rank of {layer.key}")
     return None
+
+
+def estimate_batch_size_above_floor(
+    family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str
+) -> Estimate | None:
+    """Returns the batch size read from a rounded classifier's last MLP, or None.
+
+    Rounding (a 16-bit client, a quantised update) gives the spectrum a noise bulk, and the rank
+    is read where it drops into it (:func:`~gradleak.attacks.span.rank_above_floor`). Each of the
+    pooled MLP's inputs is read alone (on SmolLM2 a dominant row makes their stacked spectrum's
+    drop unreadable at times), and the reading whose drop is deepest counts, only where that
+    drop spans more than the floor estimate's own uncertainty: a row count must stand clear of
+    the bulk, or a buried row would be cut as surplus. Only a float format's grid counts: its
+    steps scale with each value, where a uniform step (int8) buries every row below it whole
+    (SmolLM2, B = 16: one row stands clear).
+    """
+    if task != "seq_class" or not family.last_block_pooled:
+        return None
+    readings = []
+    for layer in family.pooled_mlp():
+        if layer.weight_name not in gradients:
+            continue
+        gradient = layer.weight_gradient(gradients)
+        rounding = read_rounding(gradient)
+        if rounding is None or rounding.kind != "float":
+            continue
+        basis = span_basis([gradient])
+        width = min(layer.in_features, layer.out_features)
+        if basis.rounding_floor is not None and 0 < basis.rank < width:
+            readings.append((basis.gap_decades, basis.rank, layer.key))
+    if not readings:
+        return None
+    gap, rank, key = max(readings)
+    if gap < math.log10(FLOOR_UNCERTAINTY):
+        return None
+    return Estimate(rank, f"rank of {key} above its rounding floor")
 
 
 def estimate_total_tokens(
