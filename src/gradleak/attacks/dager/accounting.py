@@ -111,9 +111,7 @@ def keep_at_most(result: Reconstruction, size: Estimate) -> Reconstruction:
     return replace(result, sequences=tuple(kept), causes=(*result.causes, cut))
 
 
-def best_supported(
-    sequences: Sequence[RecoveredSequence], count: int
-) -> list[RecoveredSequence]:
+def best_supported(sequences: Sequence[RecoveredSequence], count: int) -> list[RecoveredSequence]:
     """Returns at most ``count`` of ``sequences``: the certified first (in their order), then, one
     at a time, the best-supported of the rest.
 
