@@ -15,7 +15,12 @@ from typing import Any
 import torch
 
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
+from gradleak.attacks.dager.contexts import SentenceContexts
 from gradleak.attacks.dager.oracle import SpanOracle
+
+#: What scores the descents: a span oracle's probe, or block 0's attention output computed from
+#: each (token, position)'s query, key and value.
+Steer = SpanOracle | SentenceContexts
 
 #: Rounds of the local search from one start.
 _MAX_ROUNDS = 30
@@ -52,6 +57,7 @@ def search_sentences(
     first_find: bool = False,
     swaps: bool = False,
     known: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None,
+    steer: Steer | None = None,
     deadline: Deadline = NO_DEADLINE,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
     """Returns (sentences with per-position residuals, whether some sentence may be missing).
@@ -77,7 +83,13 @@ def search_sentences(
     ``swaps`` also moves by exchanging two positions' tokens: where every position may hold any
     token of a bag, a sentence with the right tokens in the wrong order is reached by no single
     change that does not score worse.
+
+    ``steer``, a cheaper span whose rows also depend on the whole sentence (block 0's attention
+    output, see :func:`gradleak.attacks.dager.searches.steering_oracle`), scores the descents in
+    ``oracle``'s place; every sentence kept is still tested on ``oracle`` alone, so the steer only
+    decides where the search looks.
     """
+    steer = oracle if steer is None else steer
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     generator = torch.Generator().manual_seed(seed)
     found: list[tuple[tuple[int, ...], tuple[float, ...]]] = list(known or ())
@@ -115,8 +127,11 @@ def search_sentences(
             or (first_find and len(found) > already)
         )
 
-    def keep(ids: tuple[int, ...], residuals: tuple[float, ...]) -> bool:
-        if max(residuals) >= threshold or ids in {f[0] for f in found}:
+    def keep(ids: tuple[int, ...], steered: tuple[float, ...]) -> bool:
+        if ids in {f[0] for f in found}:
+            return False
+        residuals = steered if steer is oracle else _residuals(oracle, ids, chunk_size)
+        if max(residuals) >= threshold:
             return False
         found.append((ids, residuals))
         misses[len(ids)] = 0
@@ -155,7 +170,7 @@ def search_sentences(
                     )
                 tried[length].add(tuple(map(int, start)))
                 ids, residuals = _descend(
-                    oracle, cls_id, sep_id, guess, start, chunk_size, swaps=swaps, deadline=deadline
+                    steer, cls_id, sep_id, guess, start, chunk_size, swaps=swaps, deadline=deadline
                 )
                 if not keep(ids, residuals):
                     misses[length] += 1
@@ -168,7 +183,7 @@ def search_sentences(
             full = options[len(ids)]
             keep(
                 *_descend(
-                    oracle,
+                    steer,
                     cls_id,
                     sep_id,
                     full,
@@ -210,6 +225,12 @@ def nearest_neighbour(
     pick = _likeliest_changes(oracle, current, variants, positions)[:_NEIGHBOURS]
     worst = _off_span(oracle, variants[pick], chunk_size).norm(dim=-1).amax(dim=-1)
     return float(worst.min())
+
+
+def _residuals(oracle: SpanOracle, ids: tuple[int, ...], chunk_size: int) -> tuple[float, ...]:
+    """Returns the residuals of the sentence ``ids``'s rows on ``oracle``."""
+    off = _off_span(oracle, torch.tensor(ids)[None], chunk_size)[0]
+    return tuple(float(r) for r in off.norm(dim=-1))
 
 
 def _start(
@@ -288,7 +309,11 @@ def _descend(
             break
         now = float(_score(off[None])[0]) - 1e-9
         swap = _best_swap(oracle, current, chunk_size) if swaps else None
-        step = _ranked_step(oracle, current, off, variants, positions, chunk_size, now)
+        step = (
+            None
+            if isinstance(oracle, SentenceContexts)  # every change is cheap: no ranked round
+            else _ranked_step(oracle, current, off, variants, positions, chunk_size, now)
+        )
         if step is not None:
             if swap is not None and swap[2] < float(_score(step[1][None])[0]):
                 step = swap[0], swap[1]
@@ -332,7 +357,7 @@ def _ranked_step(oracle, current, off, variants, positions, chunk_size, now):
 def _best_step(oracle, current, off, variants, positions, chunk_size):
     """Returns (sentence, its off-span rows, its score, the joint weights): the better of the
     best single change among ``variants`` and their least-squares combination."""
-    effects = _off_span(oracle, variants, chunk_size)
+    effects = _changes_off_span(oracle, current, variants, positions, chunk_size)
     scores = _score(effects)
     weights = _joint_weights(off, effects)
     joint = _joint_change(current, weights, variants, positions)
@@ -440,8 +465,17 @@ def _pair_changes(current, weights, variants, positions) -> torch.Tensor:
     return torch.stack(pairs) if pairs else current[None, :0].repeat(0, 1)
 
 
+def _changes_off_span(oracle, current, variants, positions, chunk_size) -> torch.Tensor:
+    """Returns the off-span parts of ``variants``, each ``current`` changed at ``positions``."""
+    if isinstance(oracle, SentenceContexts):
+        return oracle.changes(current, positions, variants[torch.arange(len(variants)), positions])
+    return _off_span(oracle, variants, chunk_size)
+
+
 def _off_span(oracle, sentences: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Returns the off-span parts of the sentences' block-1 rows, (sentences, length, m)."""
+    """Returns the off-span parts of the sentences' rows on the steer, (sentences, length, m)."""
+    if isinstance(oracle, SentenceContexts):
+        return oracle.off_span(sentences)
     rows_per_batch = max(1, chunk_size // sentences.shape[1])
     out = [
         oracle.basis.off_span(oracle.probe(chunk)[oracle.layer]).cpu()
