@@ -1,4 +1,4 @@
-"""Block 0's attention output from each (token, position)'s q, k and v: the encoder search's steer."""
+"""The encoder search's steer: block 0's attention output from each (token, position)'s q, k, v."""
 
 from __future__ import annotations
 
@@ -91,4 +91,5 @@ def test_the_steer_only_decides_where_to_look(minilm):
 def test_tiny_bert_contexts_agree():
     public = load_model(TINY["bert"])
     _, contexts = contexts_of(public, gradients_of(public, OTHER))
-    assert contexts.agrees(torch.stack([ids_of(public, OTHER[0])[:6], ids_of(public, OTHER[1])[:6]]))
+    sentences = torch.stack([ids_of(public, text)[:6] for text in OTHER])
+    assert contexts.agrees(sentences)
