@@ -8,6 +8,8 @@ import torch
 
 from gradleak.attacks import CauseKind
 from gradleak.attacks.dager import Dager
+from gradleak.attacks.dager.ends import weight_end_test
+from gradleak.attacks.dager.grown import UNCLEAR_PATIENCE, _Ends
 from gradleak.attacks.rounding import rounding_floor
 from gradleak.attacks.span import stacked_svd
 from gradleak.attacks.weight_rounding import weight_rounding, whiten
@@ -73,3 +75,32 @@ def test_a_float32_fedavg_delta_is_ranked_above_the_rounding_and_never_certified
         kinds = {c.kind for c in sequence.assurance.causes}
         assert {CauseKind.DRIFT, CauseKind.ROUNDING, CauseKind.RANKED} <= kinds
         assert not sequence.certified
+
+
+def test_the_last_query_span_puts_each_sentence_end_at_its_final_row(models, updates):
+    """A causal classifier pools final rows only: of each true sentence's rows, its final one
+    lies nearest the last block's query span, although that span is read through the rounding."""
+    public = models[0]
+    gradients = updates[0].gradients()
+    test = weight_end_test(public, gradients, _rounding(public, updates[0]), min_rank=2)
+    assert test is not None and test.layer.block == public.family.num_blocks - 1
+    for text in TEXTS:
+        ids = tuple(public.tokenizer(text)["input_ids"])
+        residuals = test.residuals(public, ids)
+        assert int(residuals[1:].argmin()) + 1 == len(ids) - 1, (text, residuals)
+
+
+def test_a_clear_end_cuts_a_grown_sentence_and_an_unclear_one_trims_weak_steps():
+    ends = _Ends(test=None, probe=None)  # type: ignore[arg-type]
+    ends.seen = [-0.5 + 0.01 * i for i in range(-10, 11)] * 5
+    level = ends.level()
+    ends.scores = [[-0.1, -0.6, -0.5, -1.4, -0.6, -0.5], [-0.1, -0.7, -0.6, -0.65, -0.5, -0.6]]
+    steps = (-9.0, -8.0, -7.5, -8.5, -1.0, -0.5)
+    assert ends.cut(0, level, steps) == 4  # the clear end, whatever the steps say
+    assert ends.cut(1, level, steps) == 4  # no clear end: the weak trailing steps go
+    assert ends.best(1) == 2
+    ends.scores[1] += [-0.6] * (UNCLEAR_PATIENCE - 5)  # 1 short of the patience
+    assert not ends.ended(1, level, (-3.0,) * len(ends.scores[1]), 4.0)
+    ends.scores[1].append(-0.6)
+    assert ends.ended(1, level, (-3.0,) * len(ends.scores[1]), 4.0)
+    assert not ends.ended(1, level, (-9.0,) * len(ends.scores[1]), 4.0)  # strong steps go on

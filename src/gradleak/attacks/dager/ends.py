@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.dager.adapters import adapter_for, read_adapters
-from gradleak.attacks.span import estimate_rank
+from gradleak.attacks.span import estimate_rank, span_basis
+from gradleak.attacks.weight_rounding import WeightRounding, whiten
 from gradleak.models.families import LinearLayer
 from gradleak.models.loading import PublicModel
 from gradleak.models.probe import LinearInputProbe
@@ -72,4 +73,34 @@ def end_test(public: PublicModel, gradients: Mapping[str, torch.Tensor]) -> EndT
     rank, gap = estimate_rank(s)
     if rank == 0 or gap == 0.0 or rank >= adapter.trained_rank:
         return None
+    return EndTest(layer=query, basis=vh[:rank])
+
+
+def weight_end_test(
+    public: PublicModel,
+    gradients: Mapping[str, torch.Tensor],
+    rounding: WeightRounding,
+    *,
+    min_rank: int = 1,
+) -> EndTest | None:
+    """Returns the end test of a causal classifier's rounded weight delta: its last block's query
+    weight gets gradient at the pooled final rows only, so its span (read above the weights' known
+    rounding, at least ``min_rank`` directions: the batch holds at least that many sentences)
+    holds the sentences' final rows. Rounding blurs it, so it ranks positions instead of proving
+    them: on SmolLM2 (float32 FedAvg, B = 16, E = 2, lr 1e-4) each true sentence's final row lies
+    nearer it than any of the sentence's other rows (16 of 16), although only one to three of its
+    directions stand above the rounding. None where the query weight is not shared."""
+    family = public.family
+    if public.task != "seq_class" or not family.causal:
+        return None
+    query = family.linear_layer(family.num_blocks - 1, "q")
+    if query.weight_name not in gradients:
+        return None
+    gradient, std = whiten(
+        query.weight_gradient(gradients),
+        query.weight_gradient({query.weight_name: rounding.error_std(query.weight_name)}),
+    )
+    read = span_basis([gradient], element_std=[std])
+    rank = min(max(read.rank, min_rank), query.in_features - 1)
+    _, _, vh = torch.linalg.svd(gradient, full_matrices=False)
     return EndTest(layer=query, basis=vh[:rank])

@@ -39,16 +39,16 @@ logger = logging.getLogger(__name__)
 
 #: Fewest live prefixes for which a token's median over them is a fair baseline; below it each
 #: prefix's own median is used.
-_MIN_COLUMN = 8
+MIN_COLUMN = 8
 #: A runner-up extension is kept only when its score reaches this fraction of the prefix's best.
-_RUNNER_UP_FRACTION = 0.25
+RUNNER_UP_FRACTION = 0.25
 #: A sequence's trailing token is dropped when its score is below this fraction of the median
 #: score of the tokens before it.
 _TAIL_FRACTION = 0.6
 #: Rows closer than this (relative) to the prefix's previous row carry no new evidence.
 _SAME_ROW = 1e-6
 #: 1.4826 x MAD estimates a normal distribution's standard deviation.
-_MAD_SCALE = 1.4826
+MAD_SCALE = 1.4826
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class RankingEvidence:
 def robust_z(values: torch.Tensor) -> torch.Tensor:
     """Returns ``(values - median) / (1.4826 MAD)`` over all entries."""
     median = values.median()
-    spread = (values - median).abs().median().clamp_min(1e-12) * _MAD_SCALE
+    spread = (values - median).abs().median().clamp_min(1e-12) * MAD_SCALE
     return (values - median) / spread
 
 
@@ -120,11 +120,6 @@ def search_ranked(
     z_accept: float,
     per_prefix: int,
     deadline: Deadline = NO_DEADLINE,
-    first_by_gap: bool = False,
-    drop: float = 0.0,
-    runner_up: float = _RUNNER_UP_FRACTION,
-    z_branch: float | None = None,
-    min_column: int = _MIN_COLUMN,
 ) -> DecoderSearch:
     """Returns best-effort sequences grown from the tokens whose scores stand out at every step.
 
@@ -138,20 +133,6 @@ def search_ranked(
             step's median.
         per_prefix: most extensions kept per prefix and step.
         deadline: when it expires, the live prefixes are returned as they are.
-        first_by_gap: first tokens are those before the largest gap among the scores below the
-            median (not those past ``z_accept``): a small candidate set (a bag of a few dozen
-            tokens) puts its true first tokens only a few deviations out, but clear of the rest.
-        drop: an extension is kept only where its score reaches this fraction of the median of
-            its prefix's earlier steps (0: no such test). A lone prefix's best wrong extension
-            among a few hundred candidates still stands about 3 deviations out, so past a
-            sentence's end a fixed ``z_accept`` alone would let it run on to ``max_length``.
-        runner_up: a prefix's further extensions are kept only where they reach this fraction
-            of its best one's score.
-        z_branch: where given, a prefix's extensions after its best must also stand this many
-            deviations out (a prefix shared by several sentences branches only on strong
-            evidence), and no prefix branches while fewer than ``min_column`` are live.
-        min_column: fewest live prefixes over which each token's median is its baseline (below
-            it, each prefix's own median is).
     """
     result = DecoderSearch()
     first = tokens_at(0)
@@ -163,7 +144,6 @@ def search_ranked(
         chunk_size=chunk_size,
         z_accept=z_accept,
         result=result,
-        by_gap=first_by_gap,
     )
     position = 1
     if prefixes and max_length > 1:
@@ -175,17 +155,8 @@ def search_ranked(
         if tokens is None or tokens.numel() == 0:
             break
         started = time.perf_counter()
-        step = _step_scores(
-            evidence, state, tokens, last_rows, chunk_size=chunk_size, min_column=min_column
-        )
-        # Below min_column prefixes each token is scored against its own prefix's others only,
-        # which cannot tell whose a token true elsewhere in the batch is: no branching on that.
-        branches = 1 if z_branch is not None and step.shape[0] < min_column else per_prefix
-        parent, column, z = _select(
-            step, z_accept=z_accept, per_prefix=branches, runner_up=runner_up, z_branch=z_branch
-        )
-        if drop > 0:
-            parent, column, z = _keeping_pace(parent, column, z, scores, drop)
+        step = step_scores(evidence, state, tokens, last_rows, chunk_size=chunk_size)
+        parent, column, z = _select(step, z_accept=z_accept, per_prefix=per_prefix)
         if len(parent) > max_frontier:
             parent, column, z = _surest(parent, column, z, scores, max_frontier)
             result.truncated = True
@@ -229,21 +200,33 @@ def _tidy(sequences):
     the step's threshold, but such a token scores far weaker than the sentence's own (and under a
     classification loss the true last token, whose row is pooled, scores strongest of all).
     """
-    trimmed = {}
-    for ids, z in sequences:
-        end = len(ids)
-        while end > 1 and z[end - 1] > _TAIL_FRACTION * statistics.median(z[: end - 1]):
-            end -= 1
+    return distinct((ids, z, trimmed_length(z)) for ids, z in sequences)
+
+
+def trimmed_length(z) -> int:
+    """Returns a sequence's length without its trailing tokens whose score is below
+    ``_TAIL_FRACTION`` of the median score of the tokens before them."""
+    end = len(z)
+    while end > 1 and z[end - 1] > _TAIL_FRACTION * statistics.median(z[: end - 1]):
+        end -= 1
+    return end
+
+
+def distinct(sequences):
+    """Returns the sequences (ids, scores, length) cut to their lengths, minus duplicates and
+    prefixes of others, surest (lowest mean score) first."""
+    cut = {}
+    for ids, z, end in sequences:
         key = ids[:end]
-        if key not in trimmed or sum(z[:end]) < sum(trimmed[key]):
-            trimmed[key] = z[:end]
-    prefixes = {ids[:n] for ids in trimmed for n in range(1, len(ids))}
-    kept = [(ids, z) for ids, z in trimmed.items() if ids not in prefixes]
+        if key not in cut or sum(z[:end]) < sum(cut[key]):
+            cut[key] = z[:end]
+    prefixes = {ids[:n] for ids in cut for n in range(1, len(ids))}
+    kept = [(ids, z) for ids, z in cut.items() if ids not in prefixes]
     kept.sort(key=lambda seq: sum(seq[1]) / len(seq[1]))
     return kept
 
 
-def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result, by_gap=False):
+def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result):
     values = torch.cat(
         [
             evidence.log_residuals(evidence.probe.start(chunk[:, None])[0]).flatten()
@@ -251,7 +234,7 @@ def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result, by_gap=Fals
         ]
     )
     z = robust_z(values)
-    keep = _before_largest_gap(z) if by_gap else torch.nonzero(z < -z_accept).flatten()
+    keep = torch.nonzero(z < -z_accept).flatten()
     result.candidates.append(len(tokens))
     result.accepted.append(len(keep))
     if keep.numel() == 0:
@@ -261,7 +244,7 @@ def _first_tokens(evidence, tokens, *, chunk_size, z_accept, result, by_gap=Fals
     return [(int(tokens[k]),) for k in keep], [(float(z[k]),) for k in keep], state, last_rows
 
 
-def _before_largest_gap(z: torch.Tensor) -> torch.Tensor:
+def before_largest_gap(z: torch.Tensor) -> torch.Tensor:
     """Returns the indices of the scores before the largest gap among those below the median."""
     ordered, order = torch.sort(z)
     low = int((ordered < 0).sum())
@@ -271,14 +254,14 @@ def _before_largest_gap(z: torch.Tensor) -> torch.Tensor:
     return order[:cut]
 
 
-def _step_scores(
+def step_scores(
     evidence,
     state: PrefixState,
     tokens: torch.Tensor,
     last_rows: torch.Tensor,
     *,
     chunk_size: int,
-    min_column: int = _MIN_COLUMN,
+    min_column: int = MIN_COLUMN,
 ) -> torch.Tensor:
     """Returns the (prefixes, tokens) matrix of centred log residuals, as robust z-scores; an
     extension whose row repeats its prefix's last row (a rotary model's repeated token after a
@@ -299,41 +282,18 @@ def _step_scores(
     return robust_z(scores).masked_fill(repeated, float("inf"))
 
 
-def _select(
-    z: torch.Tensor,
-    *,
-    z_accept: float,
-    per_prefix: int,
-    runner_up: float = _RUNNER_UP_FRACTION,
-    z_branch: float | None = None,
-):
+def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int):
     """Returns (parent, column, score) of the extensions that stand out, best first."""
     k = min(per_prefix, z.shape[1])
     best, column = torch.topk(z, k, dim=1, largest=False)
     parent = torch.arange(z.shape[0])[:, None].expand_as(column)
     passed = best < -z_accept
-    if z_branch is not None:  # a prefix's further extensions must stand further out
-        passed[:, 1:] &= best[:, 1:] < -z_branch
     # A prefix shared by many sentences has many true extensions, all standing out; a near miss
     # beside a strong true one stands out far less.
-    passed &= best <= best[:, :1] * runner_up
+    passed &= best <= best[:, :1] * RUNNER_UP_FRACTION
     parent, column, score = parent[passed], column[passed], best[passed]
     order = torch.argsort(score)
     return parent[order], column[order], score[order]
-
-
-def _keeping_pace(parent, column, z, scores, drop: float):
-    """Returns the extensions whose score reaches ``drop`` times the median of their prefix's
-    steps after the first token (every extension of a one-token prefix)."""
-    paces = torch.tensor(
-        [
-            drop * statistics.median(scores[p][1:]) if len(scores[p]) > 1 else float("inf")
-            for p in parent.tolist()
-        ],
-        dtype=z.dtype,
-    )
-    kept = z <= paces
-    return parent[kept], column[kept], z[kept]
 
 
 def _surest(parent, column, z, scores, keep: int):

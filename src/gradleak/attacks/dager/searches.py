@@ -27,7 +27,8 @@ from gradleak.attacks.dager.contexts import SentenceContexts
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.dropout import DropoutSearch
 from gradleak.attacks.dager.encoder import Steer, nearest_neighbour, search_sentences
-from gradleak.attacks.dager.ends import end_test
+from gradleak.attacks.dager.ends import end_test, weight_end_test
+from gradleak.attacks.dager.grown import grow_sequences
 from gradleak.attacks.dager.noisy import reconstruct_noisy
 from gradleak.attacks.dager.oracle import build_oracle, input_side_gradient
 from gradleak.attacks.dager.placement import place_tokens
@@ -62,16 +63,6 @@ from gradleak.update import ClientUpdate
 
 #: Blocks (from 0) whose attention outputs rank a float32 multi-step delta's candidates.
 ROUNDED_BLOCKS = 2
-#: On a float32 multi-step delta a candidate set is the batch's bag (a few dozen to a few hundred
-#: tokens), so true extensions stand only a few deviations out: each prefix keeps its best one
-#: where it reaches this robust z (SmolLM2, B = 4: z = 6 ended every sentence after 2 to 5
-#: tokens, 3 after 5 to 10).
-ROUNDED_Z = 2.0
-#: A prefix that several sentences share branches, but only to extensions past ``rank_z``:
-#: rounding noise puts wrong runners-up near a weak true step.
-ROUNDED_BRANCHES = 4
-#: ... and while it reaches this fraction of the prefix's median step (a sentence's end).
-ROUNDED_DROP = 0.3
 #: Prefixes kept per step when a best-effort search can only rank candidates, not test them.
 BEST_EFFORT_FRONTIER = 256
 
@@ -541,18 +532,31 @@ class RankedSearch:
             source = "block-0 scan"
         job.timings["token_scan"] = time.perf_counter() - started
         started = time.perf_counter()
-        search = search_ranked(
-            evidence,
-            tokens_at=lambda p: candidates,
-            max_length=job.max_length,
-            chunk_size=cfg.chunk_size,
-            max_frontier=cfg.rank_frontier,
-            z_accept=ROUNDED_Z if job.rounding else cfg.rank_z,
-            per_prefix=ROUNDED_BRANCHES if job.rounding else cfg.rank_branches,
-            deadline=job.deadline,
-            first_by_gap=job.rounding is not None,
-            drop=ROUNDED_DROP if job.rounding else 0.0,
-            z_branch=cfg.rank_z if job.rounding else None,
+        rounding = job.rounding
+        search = (
+            grow_sequences(
+                evidence,
+                public.family,
+                candidates,
+                max_length=job.max_length,
+                chunk_size=cfg.chunk_size,
+                max_frontier=cfg.rank_frontier,
+                end=lambda sentences: weight_end_test(
+                    public, job.gradients, rounding, min_rank=sentences
+                ),
+                deadline=job.deadline,
+            )
+            if rounding is not None
+            else search_ranked(
+                evidence,
+                tokens_at=lambda p: candidates,
+                max_length=job.max_length,
+                chunk_size=cfg.chunk_size,
+                max_frontier=cfg.rank_frontier,
+                z_accept=cfg.rank_z,
+                per_prefix=cfg.rank_branches,
+                deadline=job.deadline,
+            )
         )
         job.timings["search"] = time.perf_counter() - started
         diagnostics: dict[str, Any] = {
