@@ -127,6 +127,14 @@ def test_span_fit_past_block_0_starts_the_bag_sentences_with_the_batch_first_tok
     assert rouge1(fitted) > rouge1(blind)
 
 
+def test_span_fit_reads_blocks_from_1_through_half_the_depth():
+    from gradleak.attacks.dager.span_fit import fit_blocks
+
+    assert fit_blocks(30) == tuple(range(1, 16))
+    assert fit_blocks(3) == (1,)
+    assert fit_blocks(1) == (1,)  # no block 1: span_fits then finds no adapter there
+
+
 def test_the_last_query_adapter_shows_where_each_sequence_ends():
     from gradleak.attacks.dager.ends import end_test
 

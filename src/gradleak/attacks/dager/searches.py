@@ -644,8 +644,11 @@ _BAG_ORDERED = (
 
 
 def _fitted(fits: list[SpanFit]) -> list[str]:
-    blocks = ", ".join(str(f.layer.block) for f in fits)
-    return [f"the fit of its rows to the adapters' spans at block(s) {blocks}"] if fits else []
+    if not fits:
+        return []
+    first, last = fits[0].layer.block, fits[-1].layer.block
+    blocks = f"block {first}" if first == last else f"blocks {first} to {last}"
+    return [f"the fit of its rows to the adapters' spans at {blocks}"]
 
 
 def _sentences(job: SearchJob) -> int:
