@@ -77,8 +77,10 @@ class SentenceContexts:
             self._map = torch.eye(width) - basis.basis.T.float().cpu() @ basis.basis.float().cpu()
         # Per head, the map of that head's columns: (heads, head_dim, m).
         self._head_maps = self._map.reshape(heads, self.head_dim, -1)
-        self._ids: dict[int, torch.Tensor] = {}
-        self._qkv: dict[int, torch.Tensor] = {}
+        # Every (position, token) pair computed so far, keyed position x vocabulary + token.
+        self._vocab = int(family.embedding().num_embeddings)
+        self._keys = torch.empty(0, dtype=torch.long)
+        self._rows = torch.empty(0, 3, *self._shape)
 
     def agrees(self, sentences: torch.Tensor) -> bool:
         """Returns whether these rows match the probe's for ``sentences`` (S, n)."""
@@ -183,31 +185,35 @@ class SentenceContexts:
 
     def _lookup(self, positions: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Returns the q, k and v of each (``positions[i]``, ``tokens[i]``), (N, 3, heads,
-        head_dim)."""
-        out = torch.empty(len(tokens), 3, *self._shape)
-        for position in positions.unique().tolist():
-            mine = positions == position
-            here = tokens[mine]
-            self._cache(position, here.unique())
-            out[mine] = self._qkv[position][torch.searchsorted(self._ids[position], here)]
-        return out
+        head_dim), computing the pairs not seen before."""
+        keys = positions * self._vocab + tokens
+        index = torch.searchsorted(self._keys, keys).clamp_max(max(len(self._keys) - 1, 0))
+        seen = (
+            self._keys[index] == keys
+            if len(self._keys)
+            else torch.zeros_like(keys, dtype=torch.bool)
+        )
+        if not bool(seen.all()):
+            self._cache(keys[~seen].unique())
+            index = torch.searchsorted(self._keys, keys)
+        return self._rows[index]
 
-    def _cache(self, position: int, tokens: torch.Tensor) -> None:
-        known = self._ids.get(position, tokens[:0])
-        new = tokens[~torch.isin(tokens, known)]
-        if not len(new):
-            return
-        (inputs,) = self._inputs.token_rows(new, position=position).values()
-        with torch.no_grad():
-            parts = []
-            for layer, module in zip(self._roles, self._modules, strict=True):
-                part = module(inputs)
-                if layer.out_slice is not None:
-                    part = part[..., layer.out_slice[0] : layer.out_slice[1]]
-                parts.append(part.float().cpu().reshape(len(new), *self._shape))
-        rows = torch.stack(parts, dim=1)
-        ids = torch.cat([known, new])
-        order = torch.argsort(ids)
-        previous = self._qkv.get(position, rows[:0])
-        self._ids[position] = ids[order]
-        self._qkv[position] = torch.cat([previous, rows])[order]
+    def _cache(self, keys: torch.Tensor) -> None:
+        """Computes the q, k and v of the (position, token) pairs ``keys`` encodes (sorted, so
+        that the rows below come out in the keys' order)."""
+        positions, tokens = keys // self._vocab, keys % self._vocab
+        rows = []
+        for position in positions.unique().tolist():
+            here = tokens[positions == position]
+            (inputs,) = self._inputs.token_rows(here, position=position).values()
+            with torch.no_grad():
+                parts = []
+                for layer, module in zip(self._roles, self._modules, strict=True):
+                    part = module(inputs)
+                    if layer.out_slice is not None:
+                        part = part[..., layer.out_slice[0] : layer.out_slice[1]]
+                    parts.append(part.float().cpu().reshape(len(here), *self._shape))
+            rows.append(torch.stack(parts, dim=1))
+        order = torch.argsort(torch.cat([self._keys, keys]))
+        self._keys = torch.cat([self._keys, keys])[order]
+        self._rows = torch.cat([self._rows, *rows])[order]

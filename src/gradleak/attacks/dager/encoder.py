@@ -28,6 +28,9 @@ _MAX_ROUNDS = 30
 _FIRST_GUESSES = 2
 #: Ridge of the joint step, relative to the mean squared effect of a single change.
 _RIDGE = 1e-3
+#: Single changes the joint step combines, those that score best alone: its Gram matrix costs the
+#: square of their number, and more than the changes' evaluation once those share their work.
+_JOINT = 128
 #: Changes of largest joint weight that a stalled round tries in pairs.
 _PAIRED = 16
 #: Single changes a ranked round evaluates, widening while none gains: those the score's
@@ -359,7 +362,9 @@ def _best_step(oracle, current, off, variants, positions, chunk_size):
     best single change among ``variants`` and their least-squares combination."""
     effects = _changes_off_span(oracle, current, variants, positions, chunk_size)
     scores = _score(effects)
-    weights = _joint_weights(off, effects)
+    weights = torch.full((len(variants),), float("-inf"), dtype=torch.float64)
+    pick = torch.argsort(scores)[:_JOINT]
+    weights[pick] = _joint_weights(off, effects[pick])
     joint = _joint_change(current, weights, variants, positions)
     joint_off = _off_span(oracle, joint[None], chunk_size)[0]
     single = int(torch.argmin(scores))
