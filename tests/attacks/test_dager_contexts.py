@@ -7,7 +7,7 @@ import torch
 from helpers import TINY
 
 from gradleak.attacks.dager import encoder
-from gradleak.attacks.dager.contexts import SentenceContexts
+from gradleak.attacks.dager.contexts import PairRows, SentenceContexts
 from gradleak.attacks.dager.oracle import build_oracle
 from gradleak.client import compute_update
 from gradleak.data import Batch
@@ -29,7 +29,8 @@ def gradients_of(public, texts):
 
 def contexts_of(public, gradients, heads=None):
     oracle = build_oracle(public.family, gradients, 0, roles=("o",))
-    return oracle, SentenceContexts(oracle, heads or public.family.model.config.num_attention_heads)
+    heads = heads or public.family.model.config.num_attention_heads
+    return oracle, SentenceContexts(oracle, PairRows(public.family, heads))
 
 
 def ids_of(public, text):
@@ -65,10 +66,8 @@ def test_a_wrong_reading_of_the_attention_disagrees_with_the_probe(minilm):
 
 def test_attention_with_relative_positions_is_refused():
     public = load_model("random:t5?num_layers=2&d_model=32&d_ff=64&num_heads=2&d_kv=16")
-    gradients = gradients_of(public, OTHER)
-    oracle = build_oracle(public.family, gradients, 0, roles=("o",))
     with pytest.raises(ValueError, match="learned positions"):
-        SentenceContexts(oracle, 2)
+        PairRows(public.family, 2)
 
 
 def test_the_steer_only_decides_where_to_look(minilm):

@@ -27,6 +27,7 @@ import torch
 
 from gradleak.attacks.dager.oracle import SpanOracle
 from gradleak.models.extension import AGREEMENT
+from gradleak.models.families import ArchitectureFamily
 from gradleak.models.probe import LinearInputProbe, compute_family
 
 #: Sentence rows per product, bounding memory (the heads' scores are heads x n x n per sentence).
@@ -46,27 +47,82 @@ class _Base:
     squares: torch.Tensor
 
 
+class PairRows:
+    """Block 0's query, key and value of each (token, position) pair, computed once per pair.
+
+    They depend on the public model alone (its embedding LayerNorm and q, k, v projections), so
+    one table serves every span a search is steered on, peel after peel.
+
+    Args:
+        family: the public model's family (learned, absolute positions).
+        heads: block 0's attention heads; each reads ``hidden / heads`` columns, in order.
+    """
+
+    def __init__(self, family: ArchitectureFamily, heads: int) -> None:
+        if family.positions != "learned":
+            raise ValueError("pair rows need learned positions (a token's row there is its own)")
+        self.family, self.heads = family, heads
+        self.head_dim = family.hidden_size() // heads
+        compute = compute_family(family)
+        self._roles = [compute.linear_layer(0, role) for role in ("q", "k", "v")]
+        self._modules = [compute.model.get_submodule(layer.module_name) for layer in self._roles]
+        self._inputs = LinearInputProbe(family, [family.linear_layer(0, "q")])
+        # Every pair computed so far, keyed position x vocabulary + token, sorted.
+        self._vocab = int(family.embedding().num_embeddings)
+        self._keys = torch.empty(0, dtype=torch.long)
+        self._rows = torch.empty(0, 3, heads, self.head_dim)
+
+    def lookup(self, positions: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Returns the q, k and v of each (``positions[i]``, ``tokens[i]``), (N, 3, heads,
+        head_dim), computing the pairs not seen before."""
+        keys = positions * self._vocab + tokens
+        index = torch.searchsorted(self._keys, keys).clamp_max(max(len(self._keys) - 1, 0))
+        seen = (
+            self._keys[index] == keys
+            if len(self._keys)
+            else torch.zeros_like(keys, dtype=torch.bool)
+        )
+        if not bool(seen.all()):
+            self._compute(keys[~seen].unique())
+            index = torch.searchsorted(self._keys, keys)
+        return self._rows[index]
+
+    def _compute(self, keys: torch.Tensor) -> None:
+        """Adds the q, k and v of the pairs ``keys`` encodes, in one pass of length-1 sequences
+        each placed at its position."""
+        positions, tokens = keys // self._vocab, keys % self._vocab
+        ids = tokens[:, None].to(self._inputs.device)
+        where = (positions[:, None] + self.family.position_offset()).to(self._inputs.device)
+        types = torch.zeros_like(ids) if self.family.token_types else None
+        (inputs,) = self._inputs(ids, position_ids=where, token_type_ids=types).values()
+        parts = []
+        with torch.no_grad():
+            for layer, module in zip(self._roles, self._modules, strict=True):
+                part = module(inputs[:, 0])
+                if layer.out_slice is not None:
+                    part = part[..., layer.out_slice[0] : layer.out_slice[1]]
+                parts.append(part.float().cpu().reshape(len(keys), self.heads, self.head_dim))
+        order = torch.argsort(torch.cat([self._keys, keys]))
+        self._keys = torch.cat([self._keys, keys])[order]
+        self._rows = torch.cat([self._rows, torch.stack(parts, dim=1)])[order]
+
+
 class SentenceContexts:
     """Off-span parts of block 0's attention-output rows on ``oracle``'s span (block 0, ``o``).
 
     Args:
         oracle: the span of block 0's attention-output projection's input.
-        heads: the attention heads; each reads ``in_features / heads`` columns, in order.
+        pairs: the (token, position) pairs' queries, keys and values of the oracle's model.
     """
 
-    def __init__(self, oracle: SpanOracle, heads: int) -> None:
-        family = oracle.probe.family
-        if oracle.block != 0 or oracle.layer.role != "o" or family.positions != "learned":
-            raise ValueError("sentence contexts need block 0's attention output, learned positions")
-        self.oracle, self.heads = oracle, heads
-        width = oracle.basis.in_features
-        self.head_dim = width // heads
-        self._shape = (heads, self.head_dim)
-        self.scaling = 1.0 / math.sqrt(self.head_dim)
-        compute = compute_family(family)
-        self._roles = [compute.linear_layer(0, role) for role in ("q", "k", "v")]
-        self._modules = [compute.model.get_submodule(layer.module_name) for layer in self._roles]
-        self._inputs = LinearInputProbe(family, [family.linear_layer(0, "q")])
+    def __init__(self, oracle: SpanOracle, pairs: PairRows) -> None:
+        if oracle.block != 0 or oracle.layer.role != "o" or oracle.probe.family is not pairs.family:
+            raise ValueError(
+                "sentence contexts need block 0's attention output of the pairs' model"
+            )
+        self.oracle, self.pairs = oracle, pairs
+        self._shape = (pairs.heads, pairs.head_dim)
+        self.scaling = 1.0 / math.sqrt(pairs.head_dim)
         basis = oracle.basis
         complement = basis.complement
         # The span's product as one (d, m) map: the complement's coordinates where that is the
@@ -74,13 +130,10 @@ class SentenceContexts:
         if complement is not None and complement.shape[0] < 2 * basis.rank:
             self._map = complement.T.float().cpu()
         else:
+            width = basis.in_features
             self._map = torch.eye(width) - basis.basis.T.float().cpu() @ basis.basis.float().cpu()
         # Per head, the map of that head's columns: (heads, head_dim, m).
-        self._head_maps = self._map.reshape(heads, self.head_dim, -1)
-        # Every (position, token) pair computed so far, keyed position x vocabulary + token.
-        self._vocab = int(family.embedding().num_embeddings)
-        self._keys = torch.empty(0, dtype=torch.long)
-        self._rows = torch.empty(0, 3, *self._shape)
+        self._head_maps = self._map.reshape(*self._shape, -1)
 
     def agrees(self, sentences: torch.Tensor) -> bool:
         """Returns whether these rows match the probe's for ``sentences`` (S, n)."""
@@ -119,7 +172,7 @@ class SentenceContexts:
         out = []
         per_chunk = max(1, _ROWS_PER_CHUNK // n)
         for at, new in zip(positions.split(per_chunk), tokens.split(per_chunk), strict=True):
-            new_q, new_k, new_v = self._lookup(at, new).unbind(1)  # each (V, heads, dh)
+            new_q, new_k, new_v = self.pairs.lookup(at, new).unbind(1)  # each (V, heads, dh)
             # Each row's softmax loses the old key's weight and gains the new key's.
             old = weights[:, :, at].permute(2, 1, 0)  # (V, n, heads)
             fresh = torch.exp(torch.einsum("ihd,vhd->vih", q, new_k) * self.scaling - top.T)
@@ -181,39 +234,4 @@ class SentenceContexts:
         """Returns each (token, position)'s q, k and v, (S, n, 3, heads, head_dim)."""
         count, n = sentences.shape
         positions = torch.arange(n).repeat(count)
-        return self._lookup(positions, sentences.flatten()).reshape(count, n, 3, *self._shape)
-
-    def _lookup(self, positions: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Returns the q, k and v of each (``positions[i]``, ``tokens[i]``), (N, 3, heads,
-        head_dim), computing the pairs not seen before."""
-        keys = positions * self._vocab + tokens
-        index = torch.searchsorted(self._keys, keys).clamp_max(max(len(self._keys) - 1, 0))
-        seen = (
-            self._keys[index] == keys
-            if len(self._keys)
-            else torch.zeros_like(keys, dtype=torch.bool)
-        )
-        if not bool(seen.all()):
-            self._cache(keys[~seen].unique())
-            index = torch.searchsorted(self._keys, keys)
-        return self._rows[index]
-
-    def _cache(self, keys: torch.Tensor) -> None:
-        """Computes the q, k and v of the (position, token) pairs ``keys`` encodes (sorted, so
-        that the rows below come out in the keys' order)."""
-        positions, tokens = keys // self._vocab, keys % self._vocab
-        rows = []
-        for position in positions.unique().tolist():
-            here = tokens[positions == position]
-            (inputs,) = self._inputs.token_rows(here, position=position).values()
-            with torch.no_grad():
-                parts = []
-                for layer, module in zip(self._roles, self._modules, strict=True):
-                    part = module(inputs)
-                    if layer.out_slice is not None:
-                        part = part[..., layer.out_slice[0] : layer.out_slice[1]]
-                    parts.append(part.float().cpu().reshape(len(here), *self._shape))
-            rows.append(torch.stack(parts, dim=1))
-        order = torch.argsort(torch.cat([self._keys, keys]))
-        self._keys = torch.cat([self._keys, keys])[order]
-        self._rows = torch.cat([self._rows, *rows])[order]
+        return self.pairs.lookup(positions, sentences.flatten()).reshape(count, n, 3, *self._shape)

@@ -23,7 +23,7 @@ from gradleak.attacks.dager.adapters import batch_size_from_adapters, read_adapt
 from gradleak.attacks.dager.bag_order import has_language_prior, order_bag
 from gradleak.attacks.dager.completeness import cut_short, unexplained_rows
 from gradleak.attacks.dager.config import DagerConfig
-from gradleak.attacks.dager.contexts import SentenceContexts
+from gradleak.attacks.dager.contexts import PairRows, SentenceContexts
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.dropout import DropoutSearch
 from gradleak.attacks.dager.encoder import Steer, nearest_neighbour, search_sentences
@@ -57,6 +57,7 @@ from gradleak.attacks.thresholds import MIN_SPLIT_DECADES
 from gradleak.attacks.verdict import Assurance, Cause, CauseKind
 from gradleak.attacks.weight_rounding import WeightRounding
 from gradleak.models.extension import FactoredExtension
+from gradleak.models.families import ArchitectureFamily
 from gradleak.models.loading import PublicModel
 from gradleak.models.probe import LinearInputProbe
 from gradleak.update import ClientUpdate
@@ -381,6 +382,7 @@ class EncoderSearch(_ExactSearch):
         own: dict[tuple[int, ...], tuple[Cause, ...]] = {}
         disclosed = job.update.metadata.batch_size
         size = batch_size(public, job.update, job.gradients)
+        pairs = attention_pairs(public.family)
         if job.hints and exact:
             held = hinted_sentences(job, scan, tau2)
             found += [(ids, res, tau2) for ids, res in held]
@@ -407,7 +409,7 @@ class EncoderSearch(_ExactSearch):
                 first_find=peeling,
                 swaps=public.family.positions == "relative",
                 known=held,
-                steer=steering_oracle(job, gradients, spans, scan),
+                steer=steering_oracle(job, gradients, spans, scan, pairs),
                 deadline=job.deadline,
             )
             new = results[len(held) :]
@@ -850,12 +852,16 @@ def rounded_evidence(job: SearchJob) -> RankingEvidence:
 
 
 def steering_oracle(
-    job: SearchJob, gradients: Mapping[str, torch.Tensor], spans: DagerSpans, scan: TokenScan
+    job: SearchJob,
+    gradients: Mapping[str, torch.Tensor],
+    spans: DagerSpans,
+    scan: TokenScan,
+    pairs: PairRows | None,
 ) -> Steer | None:
     """Returns what steers the encoder search in the sequence span's place: block 0's
-    attention-output span, computed from each (token, position)'s q, k and v where that agrees
-    with the probe (:class:`gradleak.attacks.dager.contexts.SentenceContexts`); None where that
-    span cannot steer.
+    attention-output span, computed from ``pairs`` where that agrees with the probe
+    (:class:`gradleak.attacks.dager.contexts.SentenceContexts`); None where that span cannot
+    steer.
 
     Block 0's attention output already depends on the whole sentence, and one token off puts it
     off that span as far as block 1's input (MiniLM, Rotten Tomatoes B = 8: the closest one-token
@@ -877,12 +883,20 @@ def steering_oracle(
     )
     if oracle.basis.saturated or oracle.basis.rank != sequence.basis.rank:
         return None
-    heads = getattr(getattr(family.model, "config", None), "num_attention_heads", None)
-    if family.positions != "learned" or not isinstance(heads, int) or not scan.sets:
+    if pairs is None or not scan.sets:
         return oracle
-    contexts = SentenceContexts(oracle, heads)
+    contexts = SentenceContexts(oracle, pairs)
     sample = torch.stack([tokens[0] for tokens in scan.sets[:_AGREEMENT_LENGTH] if len(tokens)])
     return contexts if contexts.agrees(sample[None]) else oracle
+
+
+def attention_pairs(family: ArchitectureFamily) -> PairRows | None:
+    """Returns an empty table of block 0's (token, position) queries, keys and values, where the
+    model's positions are learned and its config states the heads; else None."""
+    heads = getattr(getattr(family.model, "config", None), "num_attention_heads", None)
+    if family.positions != "learned" or not isinstance(heads, int):
+        return None
+    return PairRows(family, heads)
 
 
 def _tokens_at(scan: TokenScan, per_position: bool) -> Callable[[int], torch.Tensor | None]:
