@@ -17,12 +17,13 @@ decoder on its own target, searched on the decoder's side
 
 from __future__ import annotations
 
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 from torch import nn
 
 from gradleak.errors import UnsupportedFamilyError
 from gradleak.models.families.base import ArchitectureFamily, LinearLayer, ModuleSlot
+from gradleak.models.families.deberta_bias import ShortAttentionBias
 from gradleak.models.families.derived import DerivedFamily
 
 
@@ -44,6 +45,12 @@ class DebertaV2Family(DerivedFamily):
                 "v3 checkpoints set it false, and their relative positions are what the "
                 "deberta-v2 family attacks"
             )
+        self.short_bias = ShortAttentionBias(model)
+
+    def probe_forward(self, **inputs: Any) -> Any:
+        # The probe's candidates are short: their position terms need a few table rows of 512.
+        with self.short_bias.active():
+            return super().probe_forward(**inputs)
 
     def table_reading_roles(self) -> tuple[str, ...]:
         shared = getattr(self.config, "share_att_key", False)
