@@ -16,7 +16,7 @@ import torch
 
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.contexts import SentenceContexts
-from gradleak.attacks.dager.oracle import SpanOracle
+from gradleak.attacks.dager.oracle import MLP_GATE_ROLES, SpanOracle
 
 #: What scores the descents: a span oracle's probe, or block 0's attention output computed from
 #: each (token, position)'s query, key and value.
@@ -62,6 +62,7 @@ def search_sentences(
     known: list[tuple[tuple[int, ...], tuple[float, ...]]] | None = None,
     steer: Steer | None = None,
     deadline: Deadline = NO_DEADLINE,
+    best_effort: int = 0,
 ) -> tuple[list[tuple[tuple[int, ...], tuple[float, ...]]], bool]:
     """Returns (sentences with per-position residuals, whether some sentence may be missing).
 
@@ -85,7 +86,9 @@ def search_sentences(
     the returned list starts with. When ``deadline`` expires the search returns what it has.
     ``swaps`` also moves by exchanging two positions' tokens: where every position may hold any
     token of a bag, a sentence with the right tokens in the wrong order is reached by no single
-    change that does not score worse.
+    change that does not score worse. ``best_effort``, for spans that certify nothing (saturated),
+    fills the sentences found up to that many with the closest other descents' ends (lowest mean
+    log residual), so the search still answers where no sentence passes the threshold.
 
     ``steer``, a cheaper span whose rows also depend on the whole sentence (block 0's attention
     output, see :func:`gradleak.attacks.dager.searches.steering_oracle`), scores the descents in
@@ -145,6 +148,7 @@ def search_sentences(
         return not done() and (rows is None or length <= left())
 
     per_pass, unpolished = _FIRST_GUESSES, []
+    ends: dict[tuple[int, ...], tuple[float, ...]] = {}
     while not done():
         live = [n for n in options if misses[n] < restarts and fits(n)]
         if lengths is not None:  # ordered, the likeliest first: widen the window pass by pass
@@ -175,6 +179,7 @@ def search_sentences(
                 ids, residuals = _descend(
                     steer, cls_id, sep_id, guess, start, chunk_size, swaps=swaps, deadline=deadline
                 )
+                ends[ids] = residuals
                 if not keep(ids, residuals):
                     misses[length] += 1
                     if any(len(g) < len(o) for g, o in zip(guess, options[length], strict=False)):
@@ -184,22 +189,36 @@ def search_sentences(
     for _, ids in sorted(unpolished):
         if fits(len(ids)):
             full = options[len(ids)]
-            keep(
-                *_descend(
-                    steer,
-                    cls_id,
-                    sep_id,
-                    full,
-                    ids[1:-1],
-                    chunk_size,
-                    swaps=swaps,
-                    deadline=deadline,
-                )
+            polished = _descend(
+                steer, cls_id, sep_id, full, ids[1:-1], chunk_size, swaps=swaps, deadline=deadline
             )
+            ends[polished[0]] = polished[1]
+            keep(*polished)
     if rows is not None:
-        return found, left() > 0
-    cut_short = first_find and len(found) > already and not disclosed_all()
-    return found, cut_short or any(n not in {len(f[0]) for f in found} for n in options)
+        missing = left() > 0
+    else:
+        cut_short = first_find and len(found) > already and not disclosed_all()
+        missing = cut_short or any(n not in {len(f[0]) for f in found} for n in options)
+    if len(found) < best_effort:
+        closest = _closest(ends, found, best_effort - len(found))
+        found += [(ids, _residuals(oracle, ids, chunk_size)) for ids, _ in closest]
+    return found, missing
+
+
+def _closest(
+    ends: dict[tuple[int, ...], tuple[float, ...]],
+    found: list[tuple[tuple[int, ...], tuple[float, ...]]],
+    count: int,
+) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Returns up to ``count`` of the descents' ``ends`` not in ``found``, the lowest mean log
+    residual first."""
+    taken = {ids for ids, _ in found}
+    spare = sorted(
+        (float(_mean_log10(torch.tensor(res))), ids)
+        for ids, res in ends.items()
+        if ids not in taken
+    )
+    return [(ids, ends[ids]) for _, ids in spare[:count]]
 
 
 def nearest_neighbour(
@@ -211,22 +230,27 @@ def nearest_neighbour(
     chunk_size: int,
 ) -> float:
     """Returns the largest row residual of the closest sentence one token away from ``ids``
-    (within ``sets``); infinity where there is none.
+    (within ``sets``) or with two of its tokens exchanged; infinity where there is none.
 
     No block-1 row depends on one token, so no row is known true, and the threshold is borrowed
     from block 0. Where the span's weakest directions sit near float noise (a narrow or shallow
     model), the rows of a sentence that is nearly right pass it too; a sentence is told apart only
-    if it stands clearly below its neighbours. The neighbours tested are the :data:`_NEIGHBOURS`
-    whose score the gradient predicts lowest, the likeliest to come close.
+    if it stands clearly below its neighbours. On attention inputs the single changes tested are
+    the :data:`_NEIGHBOURS` whose score the gradient predicts lowest, the likeliest to come close.
+    On block 0's MLP layers (a shallow classifier's gate, a shared block's) wrong sentences of
+    the batch's tokens can sit under the threshold itself, so this check is what certifies
+    there, and it tests every single change.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     current = torch.tensor(ids)
     options = [_options(sets[p], cls_id, sep_id) for p in range(1, min(len(ids) - 1, len(sets)))]
     variants, positions = _single_changes(current, options)
+    if len(variants) and oracle.layers[0].role not in MLP_GATE_ROLES:
+        variants = variants[_likeliest_changes(oracle, current, variants, positions)[:_NEIGHBOURS]]
+    variants = torch.cat([variants, _swapped(current)])
     if not len(variants):
         return float("inf")
-    pick = _likeliest_changes(oracle, current, variants, positions)[:_NEIGHBOURS]
-    worst = _off_span(oracle, variants[pick], chunk_size).norm(dim=-1).amax(dim=-1)
+    worst = _off_span(oracle, variants, chunk_size).norm(dim=-1).amax(dim=-1)
     return float(worst.min())
 
 

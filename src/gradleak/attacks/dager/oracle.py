@@ -20,6 +20,9 @@ from gradleak.models.probe import LinearInputProbe
 ATTENTION_INPUT_ROLES = ("q", "k", "v")
 #: The MLP layers that read the block's normalised input (one input, several weights).
 MLP_INPUT_ROLES = ("mlp_gate", "mlp_in")
+#: The MLP layers a sequence gate reads at block 0 (a shallow classifier's, a shared block's):
+#: every row there depends on the whole sentence, and no row on one token.
+MLP_GATE_ROLES = (*MLP_INPUT_ROLES, "mlp_out")
 _ROUNDING = 1e-5
 #: Smallest drop (decades) read as the end of an adapter span's signal in its tail (rounding's
 #: own drops there stay below 0.15).

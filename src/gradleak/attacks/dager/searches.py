@@ -411,6 +411,8 @@ class EncoderSearch(_ExactSearch):
                 known=held,
                 steer=steering_oracle(job, gradients, spans, scan, pairs),
                 deadline=job.deadline,
+                # Spans that certify nothing (saturated) still answer with the closest ends.
+                best_effort=0 if exact else (size.value if size is not None else 1),
             )
             new = results[len(held) :]
             found += [(ids, res, tau2) for ids, res in new]

@@ -17,6 +17,7 @@ from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate
 from gradleak.attacks.dager.oracle import (
     ATTENTION_INPUT_ROLES,
+    MLP_GATE_ROLES,
     MLP_INPUT_ROLES,
     SpanOracle,
     build_oracle,
@@ -88,11 +89,28 @@ def sequence_oracle(
     min_gap: float,
     rounding: WeightRounding | None = None,
 ) -> SpanOracle:
-    """Returns the span that tests whole prefixes (decoders) or sentences (encoders)."""
+    """Returns the span that tests whole prefixes (decoders) or sentences (encoders).
+
+    A block shared across depth (ALBERT) whose attention inputs fill their width is read at its
+    MLP down-projection instead where that is not full: its input is the MLP's width (4d), and
+    every depth's rows together can leave room there (ALBERT-base at B = 16: about 11 x 150 rows
+    of 3072), while block 0's rows there already depend on the whole sentence.
+    """
     block, roles = sequence_layer(public, gradients, config)
-    return block_oracle(
+    oracle = block_oracle(
         public, gradients, block, vocab, config, min_gap=min_gap, roles=roles, rounding=rounding
     )
+    if not (oracle.basis.saturated and oracle.layer.shared_by > 1) or config.rank is not None:
+        return oracle
+    family = public.family
+    if not family.has_linear_layer(0, "mlp_out"):
+        return oracle
+    if input_side_gradient(family.linear_layer(0, "mlp_out"), gradients) is None:
+        return oracle
+    wide = block_oracle(
+        public, gradients, 0, vocab, config, min_gap=min_gap, roles=("mlp_out",), rounding=rounding
+    )
+    return oracle if wide.basis.saturated else wide
 
 
 def sequence_layer(
@@ -152,13 +170,15 @@ def block_oracle(
     )
     # Single-token rows show the room of a normalised input (attention or MLP); an attention
     # output's room (mixtures of values) is larger than they show, so only its spectrum is checked.
+    # A module shared across depth (ALBERT) sums every depth's gradient: its span holds every
+    # depth's rows, whose room is the whole width, whatever block 0's rows keep to.
+    shared = oracle.layer.shared_by > 1
     capacity = (
-        row_space_rank(oracle, seed=config.seed) if roles != ("o",) else oracle.basis.in_features
+        row_space_rank(oracle, seed=config.seed)
+        if roles not in (("o",), ("mlp_out",)) and not shared
+        else oracle.basis.in_features
     )
-    if oracle.layer.shared_by > 1:
-        # A module shared across depth (ALBERT) sums every depth's gradient: its span holds
-        # every depth's rows, whose room is the whole width, whatever block 0's rows keep to.
-        capacity = oracle.basis.in_features
+    if shared:
         least = least_shared_rank(public, gradients, oracle.layer)
         # Deep rows' faint directions can read as a gap below the rows the span must hold; and
         # rows the span must hold that reach the room less the paper's margin leave no room.
@@ -222,7 +242,7 @@ def sequence_threshold(
     threshold is their largest log-gap. Encoders have no such position; they reuse block 0's.
     """
     if not oracle.probe.family.causal:
-        if oracle.layers[0].role in MLP_INPUT_ROLES:
+        if oracle.layers[0].role in MLP_GATE_ROLES:
             return _encoder_mlp_threshold(oracle, scan, vocab, config)
         return scan.threshold, scan.split is not None
     generator = torch.Generator().manual_seed(config.seed)
@@ -245,13 +265,17 @@ def sequence_threshold(
 def _encoder_mlp_threshold(
     oracle: SpanOracle, scan: TokenScan, vocab: torch.Tensor, config: DagerConfig
 ) -> tuple[float, bool]:
-    """Returns (threshold, clean) for an encoder's block-0 MLP input, where no row depends on one
+    """Returns (threshold, clean) for an encoder's block-0 MLP layer, where no row depends on one
     token, so no row is known true.
 
     A true row sits off the span by at most the tilt float noise gives the span's weakest
-    direction (``FLOOR_MARGIN`` times its noise floor). Known-false rows come from two-token
-    sentences whose second token failed block 0 there; the threshold splits the two levels and is
-    clean when they stand a decade apart.
+    direction (``FLOOR_MARGIN`` times its noise floor), and the threshold is that tilt, never
+    more: wrong sentences of the batch's own tokens (one token off, two exchanged) can sit far
+    below rows of tokens the batch lacks, so a threshold placed between the tilt and those rows
+    passes them (T5-small at B = 16: 0.026, three wrong sentences certified). Known-false rows
+    come from two-token sentences whose second token failed block 0 there; the threshold is clean
+    when they stand a decade above the tilt, and what tells a sentence from its close wrong
+    neighbours is :func:`~gradleak.attacks.dager.encoder.nearest_neighbour`.
     """
     tilt = max(FLOOR_MARGIN * oracle.basis.noise_floor, scan.threshold)
     if len(scan.sets) < 2 and oracle.probe.family.positions != "relative":
@@ -263,8 +287,7 @@ def _encoder_mlp_threshold(
     start = scan.sets[0][:1].expand(len(sample))
     false = oracle.residuals(oracle.probe(torch.stack([start, sample], dim=1)))[:, 1]
     split = ResidualSplit(low=tilt, high=float(torch.quantile(false.double().cpu(), 0.01)), count=0)
-    clean = scan.split is not None and split.decades >= MIN_SPLIT_DECADES
-    return (split.threshold() if clean else tilt), clean
+    return tilt, scan.split is not None and split.decades >= MIN_SPLIT_DECADES
 
 
 def screening_gates(
