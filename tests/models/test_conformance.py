@@ -17,6 +17,7 @@ from conformance import (
     ENCODER_SEARCH_SHORT_AT_B4,
     ENCODERS,
     FAMILY,
+    ORDER_UNPROVED,
     SATURATED_AT_B4,
     SEQ2SEQ,
     SUMMARIES,
@@ -93,6 +94,9 @@ def test_dager_recovers_every_sequence_exactly_and_certified(model_type, shape, 
     if missing and size == 4 and model_type in SATURATED_AT_B4:
         assert result.all_causes, "sequences not recovered, and no cause stated"
         pytest.xfail(f"{model_type}'s spans are saturated at B = 4 at this width")
+    if missing and model_type in ORDER_UNPROVED:
+        assert result.all_causes, "sequences not recovered, and no cause stated"
+        pytest.xfail(f"{model_type}'s tiny blocks cannot tell two tokens exchanged")
     if missing and size == 4 and model_type in ENCODER_SEARCH_SHORT_AT_B4:
         pytest.xfail(f"the encoder search misses {len(missing)} of 4 at this width")
     assert not missing, f"not recovered exactly and certified: {missing} ({result.reason})"

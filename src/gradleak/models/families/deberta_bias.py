@@ -106,42 +106,38 @@ def _project(attention: Any, projection: nn.Module, rows: torch.Tensor) -> torch
 
 class ShortAttentionBias:
     """Swaps :func:`short_attention_bias` into a DeBERTa model's attention modules while the
-    probe runs, on each module where it matched the library's terms on a check input."""
+    probe runs, on each module where it matched the library's terms on a check input.
+
+    The checks run here, once: run inside the probe's pass, their projections of the table would
+    reach the probe's hooks.
+    """
 
     def __init__(self, model: nn.Module) -> None:
-        self._modules: list[Any] = [
+        modules = [
             m
             for m in model.modules()
             if isinstance(m, hf.DisentangledSelfAttention) and m.relative_attention
         ]
-        self._encoder = next(
-            (m for m in model.modules() if isinstance(m, hf.DebertaV2Encoder)), None
-        )
-        self._checked: dict[int, bool] = {}
+        encoder = next((m for m in model.modules() if isinstance(m, hf.DebertaV2Encoder)), None)
+        with torch.no_grad():
+            table = None if encoder is None else encoder.get_rel_embedding()
+        self._passed: list[Any] = [m for m in modules if table is not None and _matches(m, table)]
+        self._modules: list[Any] = modules
 
     @contextmanager
     def active(self) -> Iterator[None]:
         """Within the block, every module that passed its check computes the short terms."""
-        swapped = [m for m in self._modules if self._passes(m)]
-        for module in swapped:
+        for module in self._passed:
             module.disentangled_attention_bias = MethodType(short_attention_bias, module)
         try:
             yield
         finally:
-            for module in swapped:
+            for module in self._passed:
                 del module.disentangled_attention_bias
 
     def matches(self) -> list[bool]:
         """Returns, per relative attention module, whether the short terms matched."""
-        return [self._passes(m) for m in self._modules]
-
-    def _passes(self, module: Any) -> bool:
-        if id(module) not in self._checked:
-            encoder = self._encoder
-            with torch.no_grad():
-                table = None if encoder is None else encoder.get_rel_embedding()
-            self._checked[id(module)] = table is not None and _matches(module, table)
-        return self._checked[id(module)]
+        return [any(m is p for p in self._passed) for m in self._modules]
 
 
 @torch.no_grad()
