@@ -12,6 +12,7 @@ import torch
 from gradleak.attacks import CauseKind
 from gradleak.attacks.dager import Dager, DagerConfig
 from gradleak.attacks.dager.accounting import batch_size
+from gradleak.attacks.dager.ends import rounded_end_test
 from gradleak.attacks.dager.rounded import rounded_gate
 from gradleak.attacks.dager.spans import read_spans, sequence_threshold, vocabulary
 from gradleak.attacks.dager.tokens import scan_tokens
@@ -227,3 +228,16 @@ def test_precision_aware_gate_keeps_true_rows_the_exact_test_cuts(crowded_bf16):
             wrong_tried += len(wrong)
     assert cut_exactly >= 1
     assert wrong_passed <= 0.002 * wrong_tried
+
+
+def test_rounded_end_test_cuts_a_wrong_extension_back_to_the_sentence(llama_bf16):
+    """The pooled rows of a bfloat16 classifier's last block hold each sentence's final row: a
+    sentence ends there, a wrong token past it or a prefix short of it does not."""
+    update = _update(llama_bf16)
+    truth = _truth(llama_bf16)
+    extended = [ids + (ids[1],) for ids in truth]
+    test = rounded_end_test(llama_bf16, update.gradients(), [*truth, *extended])
+    assert test is not None
+    for ids, longer in zip(truth, extended, strict=True):
+        assert test.whole(llama_bf16, longer) == len(ids)
+        assert test.whole(llama_bf16, ids[:-2]) is None

@@ -115,14 +115,15 @@ def best_supported(sequences: Sequence[RecoveredSequence], count: int) -> list[R
     """Returns at most ``count`` of ``sequences``: the certified first (in their order), then, one
     at a time, the best-supported of the rest.
 
-    A sequence's support is first its last row's residual, then its weakest own row's: its own
-    rows are those past the longest prefix it shares with a sequence already kept (shared rows
-    were counted with that one). A true sentence ends on a row that carries its own loss (a
-    classifier pools it), among the best supported of all: on SmolLM2's bfloat16 spans true
-    sentences ended at 9 to 12 floors where their middle rows reached 70 and wrong branches or
-    unfinished prefixes ended at 20 to 100. A sequence that is a prefix of a kept one adds no row
-    and is dropped. Where some sequence carries no residual per token the searches' own order
-    (surest first) decides.
+    A sequence whose end an end test proved (:mod:`gradleak.attacks.dager.ends`) goes before one
+    whose end it could not. Then its support is its last row's residual, then its weakest own
+    row's: its own rows are those past the longest prefix it shares with a sequence already kept
+    (shared rows were counted with that one). A true sentence ends on a row that carries its own
+    loss (a classifier pools it), among the best supported of all: on SmolLM2's bfloat16 spans
+    true sentences ended at 9 to 12 floors where their middle rows reached 70, and wrong branches
+    or unfinished prefixes ended at 20 to 100. A sequence that is a prefix of a kept one adds no
+    row and is dropped. Where some sequence carries no residual per token the searches' own
+    order (surest first) decides.
     """
     certified = [s for s in sequences if s.certified][:count]
     rest = [s for s in sequences if not s.certified]
@@ -131,6 +132,7 @@ def best_supported(sequences: Sequence[RecoveredSequence], count: int) -> list[R
     kept: list[RecoveredSequence] = list(certified)
     shared = [max((_common(s, k) for k in kept), default=0) for s in rest]
     weakest = [_suffix_maxima(s.residuals) for s in rest]
+    unproved = [CauseKind.END_UNPROVED in {c.kind for c in s.assurance.causes} for s in rest]
     live = set(range(len(rest)))
     while live:
         live -= {i for i in live if shared[i] >= len(rest[i].token_ids)}  # a kept one's prefix
@@ -138,7 +140,12 @@ def best_supported(sequences: Sequence[RecoveredSequence], count: int) -> list[R
             break
         best = min(
             live,
-            key=lambda i: (rest[i].residuals[-1], weakest[i][shared[i]], -len(rest[i].token_ids)),
+            key=lambda i: (
+                unproved[i],
+                rest[i].residuals[-1],
+                weakest[i][shared[i]],
+                -len(rest[i].token_ids),
+            ),
         )
         if len(kept) >= count:
             break

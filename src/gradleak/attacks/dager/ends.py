@@ -1,4 +1,4 @@
-"""Where a causal classifier's sequences end: the last block's query adapter sees only their ends.
+"""Where a causal classifier's sequences end: the last block sees only their ends.
 
 A causal classifier pools each sequence's last row after the last block, so that block's query
 projection gets gradient at those B rows only, and its LoRA A factor's gradient ``s B^T G^T X``
@@ -8,22 +8,35 @@ prefix search is whole only if its final row lies in that span: near the rank li
 token can pass the sequence block's test one position too far (SmolLM2, r = 256, B = 16: "...
 veneer . . ." certified with a fourth "."), which this test rejects, and the longest prefix whose
 final row passes is the sequence.
+
+A full update of a classifier shows the same rows in its last block's MLP (the pooled rows, one
+per sequence); where the update was rounded they stand above the rounding floor
+(:func:`~gradleak.attacks.optimization.shape.pooled_span_above_floor`), and the prefix search's
+wrong branches, wrong extensions and unfinished prefixes end off that span (SmolLM2, a bfloat16
+client, B = 16: true ends 0.008 to 0.013, a sentence with one wrong token 0.035 to 0.05, every
+other final row 0.16 or more). The tolerance is read from the candidates themselves: the largest
+log-gap among the lowest distinct final rows, no more of them passing than the span's rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from gradleak.attacks.dager.adapters import adapter_for, read_adapters
+from gradleak.attacks.optimization.shape import pooled_span_above_floor
 from gradleak.attacks.span import estimate_rank, span_basis
+from gradleak.attacks.thresholds import largest_gap_split
 from gradleak.attacks.weight_rounding import WeightRounding, whiten
 from gradleak.models.families import LinearLayer
 from gradleak.models.loading import PublicModel
 from gradleak.models.probe import LinearInputProbe
 
+#: Most sequences a rounded update's end test reads, per sequence the batch holds: each costs a
+#: pass through the whole model.
+ROUNDED_END_CANDIDATES = 4
 #: Relative residual below which a final row lies in the span: true ends measured 1e-7 to 1e-6
 #: (float32 rounding), a sentence with one token changed 0.04 or more.
 END_TOLERANCE = 1e-4
@@ -40,18 +53,24 @@ class EndTest:
 
     layer: LinearLayer
     basis: torch.Tensor
+    tolerance: float = END_TOLERANCE
+    _read: dict[tuple[int, ...], torch.Tensor] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def residuals(self, public: PublicModel, ids: tuple[int, ...]) -> torch.Tensor:
         """Returns the relative residual of each prefix's final row (one per position)."""
-        rows = LinearInputProbe(public.family, [self.layer])(torch.tensor([ids]))[self.layer][0]
-        rows = rows.double().cpu()
-        left = rows - (rows @ self.basis.T) @ self.basis
-        return left.norm(dim=1) / rows.norm(dim=1).clamp_min(1e-300)
+        if ids not in self._read:  # one pass through the whole model per sequence
+            probe = LinearInputProbe(public.family, [self.layer])
+            rows = probe(torch.tensor([ids]))[self.layer][0].double().cpu()
+            left = rows - (rows @ self.basis.T) @ self.basis
+            self._read[ids] = left.norm(dim=1) / rows.norm(dim=1).clamp_min(1e-300)
+        return self._read[ids]
 
     def whole(self, public: PublicModel, ids: tuple[int, ...]) -> int | None:
         """Returns the length of the longest prefix of ``ids`` (itself included) whose final row
         passes, or None where none does."""
-        passed = (self.residuals(public, ids) < END_TOLERANCE).nonzero()
+        passed = (self.residuals(public, ids) < self.tolerance).nonzero()
         return int(passed[-1]) + 1 if len(passed) else None
 
 
@@ -104,3 +123,28 @@ def weight_end_test(
     rank = min(max(read.rank, min_rank), query.in_features - 1)
     _, _, vh = torch.linalg.svd(gradient, full_matrices=False)
     return EndTest(layer=query, basis=vh[:rank])
+
+
+def rounded_end_test(
+    public: PublicModel,
+    gradients: Mapping[str, torch.Tensor],
+    sequences: Sequence[tuple[int, ...]],
+) -> EndTest | None:
+    """Returns the end test of a rounded classifier's update, its tolerance read off the final
+    rows of ``sequences`` (the surest first; at most :data:`ROUNDED_END_CANDIDATES` per row of
+    the pooled span are read), or None where the update shows no pooled span above its floor."""
+    family = public.family
+    if not family.causal or not sequences:
+        return None
+    read = pooled_span_above_floor(family, gradients, task=public.task)
+    if read is None:
+        return None
+    layer, span = read
+    test = EndTest(layer=layer, basis=span.basis.double().cpu(), tolerance=0.0)
+    finals: dict[tuple[int, ...], float] = {}
+    for ids in sequences[: ROUNDED_END_CANDIDATES * span.rank]:
+        for length, value in enumerate(test.residuals(public, ids).tolist(), start=1):
+            finals[ids[:length]] = value
+    lowest = torch.tensor(sorted(finals.values())[: span.rank + 1])
+    split = largest_gap_split(lowest, min_decades=0.0)
+    return None if split is None else replace(test, tolerance=split.threshold())

@@ -8,6 +8,7 @@ those causes and its own residuals in :func:`verdict_for`, the one place a certi
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -27,7 +28,12 @@ from gradleak.attacks.dager.contexts import PairRows, SentenceContexts
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.dropout import DropoutSearch
 from gradleak.attacks.dager.encoder import Steer, nearest_neighbour, search_sentences
-from gradleak.attacks.dager.ends import end_test, weight_end_test
+from gradleak.attacks.dager.ends import (
+    ROUNDED_END_CANDIDATES,
+    end_test,
+    rounded_end_test,
+    weight_end_test,
+)
 from gradleak.attacks.dager.grown import grow_sequences
 from gradleak.attacks.dager.noisy import reconstruct_noisy
 from gradleak.attacks.dager.oracle import build_oracle, input_side_gradient
@@ -35,7 +41,7 @@ from gradleak.attacks.dager.placement import place_tokens
 from gradleak.attacks.dager.plan import SearchKind, SearchPlan
 from gradleak.attacks.dager.pursuit import token_bag
 from gradleak.attacks.dager.ranked import RankingEvidence, search_ranked
-from gradleak.attacks.dager.rounded import rounded_gate, scores_above_floor
+from gradleak.attacks.dager.rounded import FloorGate, rounded_gate, scores_above_floor
 from gradleak.attacks.dager.span_fit import SpanFit, span_fits
 from gradleak.attacks.dager.spans import (
     DagerSpans,
@@ -309,7 +315,11 @@ class PrefixSearch(_ExactSearch):
         )
         diagnostics["prefix_candidates"] = result.candidates
         diagnostics["prefix_accepted"] = result.accepted
-        found, ends = _settle_ends(job, [(ids, res, tau2) for ids, res in result.sequences])
+        found, ends = _settle_ends(
+            job,
+            [(ids, res, tau2) for ids, res in result.sequences],
+            rounded=isinstance(gates[-1], FloorGate),
+        )
         cut = (Cause(CauseKind.FRONTIER_CUT),) if result.truncated else ()
         if not exact:
             return Outcome(found, causes=cut, own=ends)
@@ -329,23 +339,34 @@ class PrefixSearch(_ExactSearch):
 
 
 def _settle_ends(
-    job: SearchJob, found: list[Found]
+    job: SearchJob, found: list[Found], *, rounded: bool = False
 ) -> tuple[list[Found], dict[tuple[int, ...], tuple[Cause, ...]]]:
     """Returns the sequences cut back to the longest prefix whose final row the end test passes
-    (:mod:`gradleak.attacks.dager.ends`), and a cause for each of which no prefix passes; the
-    sequences unchanged where the update shows no end test."""
+    (:mod:`gradleak.attacks.dager.ends`), those with a passing end first, and a cause for each
+    of which no prefix passes; the sequences unchanged where the update shows no end test.
+
+    A ``rounded`` search's candidates are read surest end first (their last rows' residuals:
+    a true sentence ends on its best-supported row), and only as many as the rounded end test
+    reads are tested; the rest keep the cause."""
     test = end_test(job.public, job.gradients)
+    if test is None and rounded:
+        found = sorted(found, key=lambda f: f[1][-1] if f[1] else math.inf)
+        started = time.perf_counter()
+        test = rounded_end_test(job.public, job.gradients, [f[0] for f in found])
+        job.timings["end_test"] = time.perf_counter() - started
     if test is None:
         return found, {}
     settled: dict[tuple[int, ...], Found] = {}
     unproved: dict[tuple[int, ...], tuple[Cause, ...]] = {}
-    for ids, residuals, tau in found:
-        length = test.whole(job.public, ids)
+    limit = ROUNDED_END_CANDIDATES * test.basis.shape[0] if rounded else len(found)
+    for index, (ids, residuals, tau) in enumerate(found):
+        length = test.whole(job.public, ids) if index < limit else None
         if length is None:
             unproved[ids] = (Cause(CauseKind.END_UNPROVED),)
             length = len(ids)
         settled.setdefault(ids[:length], (ids[:length], residuals[:length], tau))
-    return list(settled.values()), unproved
+    ordered = sorted(settled.values(), key=lambda f: f[0] in unproved)
+    return ordered, unproved
 
 
 class EncoderSearch(_ExactSearch):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.rounding import read_rounding
-from gradleak.attacks.span import FLOOR_UNCERTAINTY, estimate_rank, span_basis
+from gradleak.attacks.span import FLOOR_UNCERTAINTY, SpanBasis, estimate_rank, span_basis
 from gradleak.errors import GradleakError
 from gradleak.models.families import ArchitectureFamily, LinearLayer
 
@@ -95,7 +95,20 @@ def estimate_batch_size(
 def estimate_batch_size_above_floor(
     family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str
 ) -> Estimate | None:
-    """Returns the batch size read from a rounded classifier's last MLP, or None.
+    """Returns the batch size read from a rounded classifier's last MLP, or None
+    (:func:`pooled_span_above_floor`)."""
+    read = pooled_span_above_floor(family, gradients, task=task)
+    if read is None:
+        return None
+    layer, basis = read
+    return Estimate(basis.rank, f"rank of {layer.key} above its rounding floor")
+
+
+def pooled_span_above_floor(
+    family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor], *, task: str
+) -> tuple[LinearLayer, SpanBasis] | None:
+    """Returns the layer and span of a rounded classifier's pooled rows (one per sequence), or
+    None where they do not stand clear of the rounding.
 
     Rounding (a 16-bit client, a quantised update) gives the spectrum a noise bulk, and the rank
     is read where it drops into it (:func:`~gradleak.attacks.span.rank_above_floor`). Each of the
@@ -119,13 +132,11 @@ def estimate_batch_size_above_floor(
         basis = span_basis([gradient])
         width = min(layer.in_features, layer.out_features)
         if basis.rounding_floor is not None and 0 < basis.rank < width:
-            readings.append((basis.gap_decades, basis.rank, layer.key))
+            readings.append((basis.gap_decades, layer, basis))
     if not readings:
         return None
-    gap, rank, key = max(readings)
-    if gap < math.log10(FLOOR_UNCERTAINTY):
-        return None
-    return Estimate(rank, f"rank of {key} above its rounding floor")
+    gap, layer, basis = max(readings, key=lambda reading: reading[0])
+    return (layer, basis) if gap >= math.log10(FLOOR_UNCERTAINTY) else None
 
 
 def estimate_total_tokens(
