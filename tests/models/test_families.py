@@ -6,6 +6,9 @@ import pytest
 import torch
 from helpers import hooked_inputs, probed_layers
 
+from gradleak.attacks.optimization.shape import estimate_batch_size
+from gradleak.client import simulate_update
+from gradleak.data import Batch
 from gradleak.errors import UnsupportedFamilyError
 from gradleak.models import LinearInputProbe
 from gradleak.models.families import LINEAR_ROLES, family_class_for
@@ -154,6 +157,17 @@ def test_albert_tests_tokens_on_its_embedding_projection(tiny_models):
     layer = family.token_layer()
     assert layer is not None and layer.in_features == 12 and layer.role == "embedding"
     assert family.token_layer() is not None and tiny_models("bert").family.token_layer() is None
+
+
+def test_albert_counts_its_batch_from_the_pooler(tiny_models):
+    """The shared block's gradient sums every depth's rows; the pooler reads one row each."""
+    public = tiny_models("albert")
+    texts = ("the cat sat on the mat", "a dog barked at night", "rain again today")
+    batch = Batch(texts=texts, labels=(0, 1, 0))
+    gradients = simulate_update(public, batch).gradients()
+    estimate = estimate_batch_size(public.family, gradients, task="seq_class")
+    assert estimate is not None and estimate.value == 3
+    assert public.family.pooled_mlp()[0].module_name.endswith("pooler")
 
 
 def test_bart_positions_start_at_the_tables_offset(tiny_models):

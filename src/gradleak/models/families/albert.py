@@ -13,6 +13,7 @@ from typing import cast
 
 from torch import nn
 
+from gradleak.models.families.base import LinearLayer, ModuleSlot
 from gradleak.models.families.derived import DerivedFamily
 
 
@@ -24,7 +25,6 @@ class AlbertFamily(DerivedFamily):
     causal = False
     positions = "learned"
     token_types = True
-    last_block_pooled = False
 
     def blocks(self) -> nn.ModuleList:
         if self._block_list is None:
@@ -40,3 +40,11 @@ class AlbertFamily(DerivedFamily):
 
     def embedding_projection(self) -> nn.Module:
         return self.base.get_submodule("encoder.embedding_hidden_mapping_in")
+
+    def pooled_mlp(self) -> list[LinearLayer]:
+        # The shared block's gradient sums every depth's rows; the pooler reads the [CLS] rows
+        # of the last depth alone, one per sequence.
+        pooler = getattr(self.base, "pooler", None)
+        if not isinstance(pooler, nn.Linear):
+            return []
+        return [self._describe(self.num_blocks - 1, "head", ModuleSlot(pooler))]
