@@ -9,7 +9,7 @@ import torch
 from gradleak.attacks import CauseKind
 from gradleak.attacks.dager import Dager
 from gradleak.attacks.dager.ends import weight_end_test
-from gradleak.attacks.dager.grown import UNCLEAR_PATIENCE, _Ends
+from gradleak.attacks.dager.grown import UNCLEAR_PATIENCE, _Ends, _frontier, _repeats
 from gradleak.attacks.rounding import rounding_floor
 from gradleak.attacks.span import stacked_svd
 from gradleak.attacks.weight_rounding import weight_rounding, whiten
@@ -104,3 +104,15 @@ def test_a_clear_end_cuts_a_grown_sentence_and_an_unclear_one_trims_weak_steps()
     ends.scores[1].append(-0.6)
     assert ends.ended(1, level, (-3.0,) * len(ends.scores[1]), 4.0)
     assert not ends.ended(1, level, (-9.0,) * len(ends.scores[1]), 4.0)  # strong steps go on
+
+
+def test_no_prefix_is_crowded_out_by_anothers_branches_nor_grown_by_a_recent_token():
+    # Prefix 0's two strong branches would take both places by mean score; prefix 1 keeps its best.
+    parent = torch.tensor([0, 0, 1])
+    z = torch.tensor([-9.0, -8.0, -2.0])
+    best = torch.tensor([True, False, True])
+    kept = _frontier(parent, z, best, [(-9.0,), (-2.0,)], keep=2)
+    assert parent[kept].tolist() == [0, 1]
+    recent, earlier = _repeats([(5, 6, 7, 8)], torch.tensor([5, 7, 8, 9]))
+    assert recent.tolist() == [[False, True, True, False]]
+    assert earlier.tolist() == [[True, False, False, False]]

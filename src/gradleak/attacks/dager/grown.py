@@ -16,10 +16,11 @@ position nearest it is the true end for 16 of 16 sentences). A prefix stops grow
 end so far stands clearly out and lies ``patience`` tokens back.
 
 An extension repeating one of its prefix's tokens gets a row close to that token's earlier, true
-row, and so borrows its evidence ("the film film has", "an enjoyable film an enjoyable film"): it
-is kept only beyond the null's extreme. On true prefixes that rule costs nothing (SmolLM2 as
-above: the best of 80 true prefixes' extensions is true at 44 with it, 43 without; a wrong best
-already in the prefix 1 time instead of 8).
+row, and so borrows its evidence ("the film film has", "an enjoyable film an enjoyable film"): a
+token among the last two never extends a prefix (a repeated row can stand far beyond any null:
+"culkinculculcul..."), an earlier one only beyond the null's extreme. On true prefixes the
+second rule costs nothing (SmolLM2 as above: the best of 80 true prefixes' extensions is true at
+44 with it, 43 without; a wrong best already in the prefix 1 time instead of 8).
 
 Nothing here is ever certified.
 """
@@ -58,6 +59,10 @@ PATIENCE = 6
 UNCLEAR_PATIENCE = 3 * PATIENCE
 #: Live prefixes allowed per first token (no fewer sentences than first tokens; a few share one).
 PREFIXES_PER_FIRST = 2
+#: A token among its prefix's last RECENT never extends it: its row nearly repeats a recent,
+#: true one and borrows that row's evidence, far beyond any null (SmolLM2, B = 16: "culkincul
+#: culcul...", "confdefdefdef..." took every prefix's place). True ". . ." are lost with them.
+RECENT = 2
 #: Robust deviations (over every final row seen) below their median that an end must reach.
 END_Z = 3.0
 #: Margin, in deviations, beyond the expected extreme of the null scores.
@@ -187,21 +192,15 @@ def grow_sequences(
     position = 1
     while prefixes and position < max_length and not deadline.expired():
         step = step_scores(evidence, state, candidates, last_rows, chunk_size=chunk_size)
-        step = step.masked_fill(_repeats(prefixes, candidates) & (step > -null), float("inf"))
+        recent, earlier = _repeats(prefixes, candidates)
+        step = step.masked_fill(recent | (earlier & (step > -null)), float("inf"))
         # Below MIN_COLUMN prefixes each token is scored against its own prefix's others only,
         # which cannot tell whose a token true elsewhere in the batch is: no branching on that.
         branch = null_extreme(step.numel()) if len(prefixes) >= MIN_COLUMN else math.inf
-        parent, column, z = _extensions(step, branch)
+        parent, column, z, best = _extensions(step, branch)
         if len(parent) > frontier:
-            order = torch.argsort(
-                torch.tensor(
-                    [
-                        (sum(scores[p]) + float(s)) / (len(scores[p]) + 1)
-                        for p, s in zip(parent.tolist(), z.tolist(), strict=True)
-                    ]
-                )
-            )[:frontier]
-            parent, column, z = parent[order], column[order], z[order]
+            keep = _frontier(parent, z, best, scores, frontier)
+            parent, column, z = parent[keep], column[keep], z[keep]
             result.truncated = True
         result.candidates.append(step.numel())
         result.accepted.append(len(parent))
@@ -239,12 +238,31 @@ def grow_sequences(
     return result
 
 
-def _repeats(prefixes: list[tuple[int, ...]], candidates: torch.Tensor) -> torch.Tensor:
-    """Returns the (prefixes, candidates) mask of tokens already in their prefix."""
-    mask = torch.zeros(len(prefixes), len(candidates), dtype=torch.bool)
+def _repeats(
+    prefixes: list[tuple[int, ...]], candidates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the (prefixes, candidates) masks of tokens among each prefix's last RECENT tokens,
+    and of tokens earlier in it."""
+    recent = torch.zeros(len(prefixes), len(candidates), dtype=torch.bool)
+    earlier = torch.zeros_like(recent)
     for i, ids in enumerate(prefixes):
-        mask[i] = torch.isin(candidates, torch.tensor(ids, dtype=candidates.dtype))
-    return mask
+        recent[i] = torch.isin(candidates, torch.tensor(ids[-RECENT:], dtype=candidates.dtype))
+        earlier[i] = torch.isin(candidates, torch.tensor(ids, dtype=candidates.dtype))
+    return recent, earlier & ~recent
+
+
+def _frontier(parent, z, best, scores, keep: int) -> torch.Tensor:
+    """Returns the indices of the extensions kept: every prefix's best (so that no sentence is
+    crowded out by another's branches), then further ones by the mean score of the whole
+    extended prefix."""
+    means = torch.tensor(
+        [
+            (sum(scores[p]) + float(s)) / (len(scores[p]) + 1)
+            for p, s in zip(parent.tolist(), z.tolist(), strict=True)
+        ]
+    )
+    order = torch.argsort(means.masked_fill(best, -math.inf))
+    return torch.sort(order[: max(keep, int(best.sum()))]).values
 
 
 def _extensions(step: torch.Tensor, null: float):
@@ -259,4 +277,4 @@ def _extensions(step: torch.Tensor, null: float):
     chosen[rows, best] = finite[rows, best]
     chosen |= (step < -null) & (step <= step.min(dim=1, keepdim=True).values * RUNNER_UP_FRACTION)
     parent, column = torch.nonzero(chosen, as_tuple=True)
-    return parent, column, step[parent, column]
+    return parent, column, step[parent, column], column == best[parent]
