@@ -17,10 +17,11 @@ end so far stands clearly out and lies ``patience`` tokens back.
 
 An extension repeating one of its prefix's tokens gets a row close to that token's earlier, true
 row, and so borrows its evidence ("the film film has", "an enjoyable film an enjoyable film"): a
-token among the last two never extends a prefix (a repeated row can stand far beyond any null:
-"culkinculculcul..."), an earlier one only beyond the null's extreme. On true prefixes the
-second rule costs nothing (SmolLM2 as above: the best of 80 true prefixes' extensions is true at
-44 with it, 43 without; a wrong best already in the prefix 1 time instead of 8).
+token among the last two never extends a prefix whose steps are weak (a repeated row can stand
+far beyond any null: "culkinculculcul..."), an earlier one only beyond the null's extreme. On
+true prefixes the second rule costs nothing (SmolLM2 as above: the best of 80 true prefixes'
+extensions is true at 44 with it, 43 without; a wrong best already in the prefix 1 time instead
+of 8).
 
 Nothing here is ever certified.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,9 +61,10 @@ PATIENCE = 6
 UNCLEAR_PATIENCE = 3 * PATIENCE
 #: Live prefixes allowed per first token (no fewer sentences than first tokens; a few share one).
 PREFIXES_PER_FIRST = 2
-#: A token among its prefix's last RECENT never extends it: its row nearly repeats a recent,
-#: true one and borrows that row's evidence, far beyond any null (SmolLM2, B = 16: "culkincul
-#: culcul...", "confdefdefdef..." took every prefix's place). True ". . ." are lost with them.
+#: A token among its prefix's last RECENT never extends a prefix whose steps are weak: its row
+#: nearly repeats a recent, true one and borrows that row's evidence, far beyond any null (SmolLM2,
+#: B = 16: "culkinculculcul...", "confdefdefdef..." took every prefix's place). True ". . ." are
+#: lost with them there.
 RECENT = 2
 #: Robust deviations (over every final row seen) below their median that an end must reach.
 END_Z = 3.0
@@ -193,7 +196,12 @@ def grow_sequences(
     while prefixes and position < max_length and not deadline.expired():
         step = step_scores(evidence, state, candidates, last_rows, chunk_size=chunk_size)
         recent, earlier = _repeats(prefixes, candidates)
-        step = step.masked_fill(recent | (earlier & (step > -null)), float("inf"))
+        # Where a prefix's own steps stand beyond the null (random GPT-2: "not-quite-urban ,
+        # not-quite-suburban", "as terrible as"), its rows are sharp enough that a repeat's
+        # near-copy row does not outscore true rows: there it needs the null's extreme only.
+        weak = torch.tensor([statistics.median(z) > -null for z in scores])
+        blocked = (recent & weak[:, None]) | ((recent | earlier) & (step > -null))
+        step = step.masked_fill(blocked, float("inf"))
         # Below MIN_COLUMN prefixes each token is scored against its own prefix's others only,
         # which cannot tell whose a token true elsewhere in the batch is: no branching on that.
         branch = null_extreme(step.numel()) if len(prefixes) >= MIN_COLUMN else math.inf
