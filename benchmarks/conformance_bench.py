@@ -13,6 +13,10 @@ targets (each text its own target) together: 2 x B sequences.
     .venv/bin/python benchmarks/conformance_bench.py --quick    # the tiny test shapes, B = 1
     .venv/bin/python benchmarks/conformance_bench.py --only opt,roberta --sizes 4,16
     .venv/bin/python benchmarks/conformance_bench.py --only bart,t5 --tasks seq2seq --sizes 4
+    .venv/bin/python benchmarks/conformance_bench.py --only deberta-v2 --sizes 16 -o time_budget=300
+
+``-o KEY=VALUE`` sets a DagerConfig option (repeatable); the attack's own defaults otherwise, its
+600 s time budget included.
 
 The tiny shapes and the texts are the test suite's (``tests/conformance.py``).
 """
@@ -20,6 +24,7 @@ The tiny shapes and the texts are the test suite's (``tests/conformance.py``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -40,9 +45,10 @@ from conformance import (  # noqa: E402
     spec_for,
 )
 
-from gradleak.attacks.dager import Dager  # noqa: E402
+from gradleak.attacks.dager import Dager, DagerConfig  # noqa: E402
 from gradleak.client import simulate_update  # noqa: E402
 from gradleak.data import Batch  # noqa: E402
+from gradleak.experiments.config import ConfigError, parse_options  # noqa: E402
 from gradleak.models import load_model  # noqa: E402
 from gradleak.scoring import score_batch  # noqa: E402
 
@@ -80,14 +86,16 @@ _MORE_TEXTS = (
 )
 
 
-def run_case(model_type: str, shape: Shape, task: str, size: int) -> dict[str, object]:
+def run_case(
+    model_type: str, shape: Shape, task: str, size: int, attack: Dager
+) -> dict[str, object]:
     """Returns one row of the matrix: scores, counts and the attack's seconds."""
     public = load_model(spec_for(model_type, shape), task=task)
     texts = (TEXTS + _MORE_TEXTS)[:size]
     batch = Batch(texts=texts, labels=tuple(i % 2 for i in range(size)))
     update = simulate_update(public, batch)
     start = time.perf_counter()
-    result = Dager().reconstruct(public, update)
+    result = attack.reconstruct(public, update)
     seconds = time.perf_counter() - start
     truth = {tuple(public.tokenizer(text)["input_ids"]) for text in texts}
     # A sequence-to-sequence client's targets are its texts: sources and targets count alike.
@@ -120,7 +128,23 @@ def main() -> None:
     parser.add_argument(
         "--tasks", default="", help="comma-separated tasks (default: every task of each type)"
     )
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DagerConfig setting, repeatable (e.g. -o time_budget=300)",
+    )
     args = parser.parse_args()
+    try:
+        options = parse_options(args.option) or {}
+        unknown = set(options) - {f.name for f in dataclasses.fields(DagerConfig)}
+        if unknown:
+            raise ConfigError(f"unknown DagerConfig options {sorted(unknown)}")
+        attack = Dager(DagerConfig(**options))
+    except (ConfigError, ValueError) as error:
+        parser.error(str(error))
     types = [t for t in args.only.split(",") if t] or list(DECODERS + ENCODERS + ENCODER_DECODERS)
     wanted = {t for t in args.tasks.split(",") if t}
     sizes = [int(s) for s in args.sizes.split(",") if s] or ([1] if args.quick else [1, 4])
@@ -134,7 +158,7 @@ def main() -> None:
         for shape in shapes:
             for task in tasks:
                 for size in sizes:
-                    row = run_case(model_type, shape, task, size)
+                    row = run_case(model_type, shape, task, size, attack)
                     cells = [row[c] for c in columns] + [
                         row["certified_but_wrong"],
                         row["seconds"],
