@@ -24,7 +24,6 @@ The tiny shapes and the texts are the test suite's (``tests/conformance.py``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -45,7 +44,7 @@ from conformance import (  # noqa: E402
     spec_for,
 )
 
-from gradleak.attacks.dager import Dager, DagerConfig  # noqa: E402
+from gradleak.attacks import Attack, create_attack  # noqa: E402
 from gradleak.client import simulate_update  # noqa: E402
 from gradleak.data import Batch  # noqa: E402
 from gradleak.experiments.config import ConfigError, parse_options  # noqa: E402
@@ -87,7 +86,7 @@ _MORE_TEXTS = (
 
 
 def run_case(
-    model_type: str, shape: Shape, task: str, size: int, attack: Dager
+    model_type: str, shape: Shape, task: str, size: int, attack: Attack
 ) -> dict[str, object]:
     """Returns one row of the matrix: scores, counts and the attack's seconds."""
     public = load_model(spec_for(model_type, shape), task=task)
@@ -138,12 +137,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
-        options = parse_options(args.option) or {}
-        unknown = set(options) - {f.name for f in dataclasses.fields(DagerConfig)}
-        if unknown:
-            raise ConfigError(f"unknown DagerConfig options {sorted(unknown)}")
-        attack = Dager(DagerConfig(**options))
-    except (ConfigError, ValueError) as error:
+        attack = create_attack("dager", **(parse_options(args.option) or {}))
+    except (ConfigError, ValueError) as error:  # an unknown option is a ValueError too
         parser.error(str(error))
     types = [t for t in args.only.split(",") if t] or list(DECODERS + ENCODERS + ENCODER_DECODERS)
     wanted = {t for t in args.tasks.split(",") if t}
