@@ -176,17 +176,21 @@ def search_sentences(
                         guess, options[length], attempt=0, generator=generator, fresh=False
                     )
                 tried[length].add(tuple(map(int, start)))
+                # Found sentences attract descents, so every other one is kept off the tokens
+                # they hold; the rest may use them: '.' or 'the' can stand at one position in
+                # several sentences.
+                reach = guess if misses[length] % 2 == 0 else first[length]
                 ids, residuals = _descend(
-                    steer, cls_id, sep_id, guess, start, chunk_size, swaps=swaps, deadline=deadline
+                    steer, cls_id, sep_id, reach, start, chunk_size, swaps=swaps, deadline=deadline
                 )
                 ends[ids] = residuals
                 if not keep(ids, residuals):
                     misses[length] += 1
-                    if any(len(g) < len(o) for g, o in zip(guess, options[length], strict=False)):
+                    if any(len(r) < len(o) for r, o in zip(reach, options[length], strict=False)):
                         unpolished.append((float(_mean_log10(torch.tensor(residuals))), ids))
         per_pass *= 2
     # Polishing with the full sets costs most: only once the cut sets are exhausted, closest first.
-    for _, ids in sorted(unpolished):
+    for _, ids in sorted(set(unpolished)):
         if fits(len(ids)):
             full = options[len(ids)]
             polished = _descend(
