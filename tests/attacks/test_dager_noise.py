@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from gradleak.attacks.dager import Dager, DagerConfig
-from gradleak.attacks.dager.noisy import edge_rank
+from gradleak.attacks.dager.noisy import (
+    TokenCandidates,
+    _branch_scores,
+    _screened_zscores,
+    edge_rank,
+    logit,
+    logit_residuals,
+    noisy_oracles,
+    policy_for,
+)
 from gradleak.attacks.dager.plan import noisy_defence
+from gradleak.attacks.span import SpanBasis
 from gradleak.client import ClientSettings, simulate_update
 from gradleak.data import Batch
 from gradleak.models import load_model
@@ -105,3 +115,36 @@ def test_edge_rank_finds_the_signal_above_the_noise_bulk():
 def test_unknown_noise_mode_is_refused():
     with pytest.raises(ValueError, match="noise must be one of"):
         DagerConfig(noise="exact")
+
+
+def test_logit_residuals_are_the_spans_residuals():
+    generator = torch.Generator().manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(64, 10, generator=generator)).Q.T.contiguous()
+    span = SpanBasis(
+        basis=basis,
+        rank=10,
+        in_features=64,
+        singular_values=torch.ones(10),
+        gap_decades=0.0,
+        saturated=False,
+    )
+    rows = torch.randn(3, 50, 64, generator=generator)
+    rows[0, :5] = torch.randn(5, 10, generator=generator) @ basis + 0.05 * rows[0, :5]
+    expected = logit(span.residuals(rows))
+    torch.testing.assert_close(logit_residuals(span, rows), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_screened_step_keeps_what_scoring_every_extension_keeps(gpt2):
+    update = noised(gpt2, sigma=5e-6)
+    config = DagerConfig(noise="beam", noise_rank=None)
+    oracles = noisy_oracles(gpt2.family, update.gradients(), config)
+    vocab = torch.arange(gpt2.family.embedding().weight.shape[0])
+    candidates = TokenCandidates(oracles.token, vocab, k=800, per_position=True, chunk_size=4096)
+    ids = truth(gpt2)
+    _, state = oracles.probe.start(torch.tensor([ids[:4]]))
+    tokens, token_scores = candidates.at(4)
+    policy = policy_for(config, "beam", 1)
+    screened = _screened_zscores(oracles, policy, state, tokens, token_scores, 4, 4096)
+    full = _branch_scores(oracles.probe, oracles.layers, state, tokens, 4096)
+    assert int(torch.isfinite(screened).sum()) == policy.screen < len(tokens)
+    assert int(screened.argmin()) == int(full.argmin()) and int(tokens[full.argmin()]) == ids[4]

@@ -1,5 +1,5 @@
-"""The probe's branch (its attention kernel, block 0's projections run once) gives the rows
-the model's own masked attention gives."""
+"""The probe's branch (its attention kernel, block 0's projections run once, GPT-2's GELU in one
+kernel) gives the rows the model's own masked attention gives."""
 
 from __future__ import annotations
 
@@ -41,9 +41,11 @@ def test_branch_rows_equal_the_models_masked_attention(model_type, monkeypatch):
 
 
 def _plain_branch(monkeypatch) -> None:
-    """Makes the probe's branch run the model as it is: masked attention, every projection."""
+    """Makes the probe's branch run the model as it is: masked attention, every projection, the
+    model's own activation."""
     monkeypatch.setattr(probe_module, "branch_attention", lambda model: _kept(False))
     monkeypatch.setattr(probe_module, "projected_once", lambda modules: contextlib.nullcontext())
+    monkeypatch.setattr(probe_module, "fused_activations", lambda model: _kept(0))
 
 
 @contextlib.contextmanager

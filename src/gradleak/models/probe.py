@@ -28,6 +28,7 @@ from transformers import DynamicCache
 
 from gradleak.models.branch_attention import branch_attention, projected_once
 from gradleak.models.families.base import ArchitectureFamily, LinearLayer
+from gradleak.models.fused_activation import fused_activations
 
 #: Parameter dtypes too coarse to compute candidate rows in; the probe upcasts them to float32.
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -200,7 +201,8 @@ class LinearInputProbe:
 
         All P x C one-token extensions run in one pass without copying any cache: the C
         candidates are fed side by side at the same position, with an attention mask that lets
-        each see its prefix and itself only. The cache is cropped back afterwards.
+        each see its prefix and itself only. The cache is cropped back afterwards. Attention and
+        GPT-2's GELU run as fused kernels (equal to float rounding).
         """
         self._require_causal()
         n_prefix, n_new = state.size, int(next_ids.numel())
@@ -212,7 +214,11 @@ class LinearInputProbe:
         allowed[:, state.length :] = torch.eye(n_new, dtype=torch.bool, device=self.device)
         mask = self._as_attention_mask(allowed).expand(n_prefix, 1, n_new, state.length + n_new)
         try:
-            with branch_attention(self._compute.model), projected_once(self._block_zero_inputs()):
+            with (
+                branch_attention(self._compute.model),
+                projected_once(self._block_zero_inputs()),
+                fused_activations(self._compute.model),
+            ):
                 return self._run(
                     ids,
                     attention_mask=mask,

@@ -49,6 +49,9 @@ class DagerConfig:
         noise_z: z-score a candidate must reach below the mean to count as an outlier (paper: 5).
         noise_beam: beam width per recovered sequence (``beam`` only).
         noise_patience: steps without an outlier a beam prefix may take before it ends (``beam``).
+        noise_screen: extensions per prefix and step that the beam scores through every block,
+            its best by block 1 and block 0 (the rest only through block 0); 0 scores every one,
+            as the paper's filter does (``beam`` only).
         saturated: the search for a decoder batch with more distinct rows than the hidden size:
             ``rank`` (gradleak's: candidates ranked by the MLP down-projections' spans, see
             :mod:`gradleak.attacks.dager.ranked`) or ``cap`` (the paper's: block 1's span cut to
@@ -88,6 +91,7 @@ class DagerConfig:
     noise_z: float = 5.0
     noise_beam: int = 2
     noise_patience: int = 2
+    noise_screen: int = 64
     saturated: str = "rank"
     rank_blocks: int = 1
     rank_z: float = 6.0
@@ -124,6 +128,10 @@ class DagerConfig:
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(
                 f"DagerConfig: time_budget must be positive seconds or none, got {self.time_budget}"
+            )
+        if self.noise_screen < 0:
+            raise ValueError(
+                f"DagerConfig: noise_screen must be 0 or more, got {self.noise_screen}"
             )
         if self.sequence_block < 1:
             raise ValueError(

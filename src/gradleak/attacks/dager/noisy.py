@@ -13,7 +13,10 @@ rows still lie closer to the strong directions of the gradient than wrong ones. 
 - ``beam``: gradleak's variant. The new token's own block-0 residual joins the score (one more
   independent view of the noise), prefixes compete on their summed z-scores in a beam of width W,
   and a step with no outlier does not end a sentence at once: up to ``patience`` such steps are
-  tolerated and trimmed off the end if nothing follows.
+  tolerated and trimmed off the end if nothing follows. Each step is screened: every extension
+  is scored at block 1 only (one block of L), and only each prefix's ``screen`` best by block 1
+  plus block 0 are scored through blocks 1..L, their z-scores read against a uniform null sample
+  of the step's candidates scored the same way (the filter scores every extension, as the paper).
 
 Both searches also count an extension as an outlier only if its z reaches half the median z of its
 prefix's steps: on random-init GPT-2 the best wrong extension past a sentence's end still reaches
@@ -28,6 +31,7 @@ best-effort: no threshold separates true from false rows under noise.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -36,17 +40,22 @@ from gradleak.attacks.base import Reconstruction, RecoveredSequence
 from gradleak.attacks.budget import NO_DEADLINE, Deadline
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.oracle import SpanOracle, build_oracle, input_side_gradient
-from gradleak.attacks.dager.tokens import vocabulary_residuals
+from gradleak.attacks.span import SpanBasis
 from gradleak.attacks.verdict import Cause, CauseKind, best_effort
 from gradleak.models.families import ArchitectureFamily
+from gradleak.models.fused_activation import fused_activations
 from gradleak.models.probe import LinearInputProbe, PrefixState
+
+#: Candidates per step scored through every block to estimate a screened step's null.
+NULL_SAMPLE = 128
 
 
 @dataclass(frozen=True)
 class Policy:
     """How a step's extensions are kept: ``width`` per step, ranked by the step's score (the paper)
     or by the prefix's summed z-scores (beam); ``patience`` steps without an outlier are
-    tolerated."""
+    tolerated. ``screen`` > 0 scores only each prefix's ``screen`` best extensions by block 1
+    (and block 0) through every block, beside a null sample (0: every extension, the paper's)."""
 
     width: int
     patience: int
@@ -54,6 +63,7 @@ class Policy:
     z_threshold: float
     token_evidence: bool
     drop: float = 0.5
+    screen: int = 0
 
 
 @dataclass
@@ -64,6 +74,7 @@ class NoisyOracles:
     token: SpanOracle
     layers: list[SpanOracle]
     probe: LinearInputProbe
+    screen_probe: LinearInputProbe
 
 
 @dataclass
@@ -78,6 +89,20 @@ def logit(residuals: torch.Tensor) -> torch.Tensor:
     """Returns ``log d - log(1 - d)`` of relative residuals d, clamped away from 0 and 1."""
     d = residuals.double().clamp(1e-12, 1 - 1e-9)
     return torch.log(d) - torch.log1p(-d)
+
+
+def logit_residuals(basis: SpanBasis, rows: torch.Tensor) -> torch.Tensor:
+    """Returns the :func:`logit` of each row's relative residual to ``basis``'s span.
+
+    One product with the basis, ``d^2 = 1 - |P v|^2`` for unit v: its cancellation costs float32
+    about 1e-7 in d^2, nothing beside the residuals noise leaves (0.1 and up), where the exact
+    tests' :meth:`~gradleak.attacks.span.SpanBasis.residuals` pays a second product to resolve
+    1e-5.
+    """
+    flat = rows.reshape(-1, rows.shape[-1]).to(torch.float32)
+    unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    inside = (unit @ basis.basis.T.to(unit.device)).square().sum(-1)
+    return logit((1 - inside).clamp_min(0).sqrt().cpu()).reshape(rows.shape[:-1])
 
 
 def zscores(scores: torch.Tensor) -> torch.Tensor:
@@ -102,7 +127,10 @@ def noisy_oracles(family: ArchitectureFamily, gradients, cfg: DagerConfig) -> No
     oracles = [_fixed_rank(family, gradients, block, cfg) for block in range(last + 1)]
     layers = oracles[1:]
     return NoisyOracles(
-        token=oracles[0], layers=layers, probe=LinearInputProbe(family, [o.layer for o in layers])
+        token=oracles[0],
+        layers=layers,
+        probe=LinearInputProbe(family, [o.layer for o in layers]),
+        screen_probe=LinearInputProbe(family, [layers[0].layer]),
     )
 
 
@@ -135,14 +163,23 @@ class TokenCandidates:
     ):
         self.oracle, self.vocab, self.k = oracle, vocab, min(k, len(vocab))
         self.per_position, self.chunk_size = per_position, chunk_size
+        self._full: dict[int, torch.Tensor] = {}
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def full(self, position: int) -> torch.Tensor:
         """Returns the logit residual of every vocabulary token at ``position``."""
         p = position if self.per_position else 0
-        return logit(
-            vocabulary_residuals(self.oracle, self.vocab, position=p, chunk_size=self.chunk_size)
-        )
+        if p not in self._full:
+            self._full[p] = torch.cat(
+                [
+                    logit_residuals(
+                        self.oracle.basis,
+                        self.oracle.probe.token_rows(chunk, position=p)[self.oracle.layer],
+                    )
+                    for chunk in self.vocab.split(self.chunk_size)
+                ]
+            )
+        return self._full[p]
 
     def at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (token ids, block-0 logit scores) of the k closest tokens at ``position``."""
@@ -156,7 +193,7 @@ class TokenCandidates:
 
 def layer_scores(oracles: list[SpanOracle], rows: dict) -> torch.Tensor:
     """Returns the mean logit residual of probed rows over the blocks' bases."""
-    return torch.stack([logit(o.basis.residuals(rows[o.layer]).cpu()) for o in oracles]).mean(0)
+    return torch.stack([logit_residuals(o.basis, rows[o.layer]) for o in oracles]).mean(0)
 
 
 def search(
@@ -167,30 +204,36 @@ def search(
     first: torch.Tensor | None,
     max_length: int,
     chunk_size: int,
+    opening: torch.Tensor | None = None,
     deadline: Deadline = NO_DEADLINE,
+    timing: list[float] | None = None,
 ) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
     """Returns (token ids, per-position z-score) of every sequence the search ends, best first
-    (the live beam as it is when ``deadline`` expires)."""
+    (the live beam as it is when ``deadline`` expires). ``opening``: the :func:`first_scores` of
+    position 0's candidates, where already computed; ``timing`` receives each later position's
+    CPU seconds (all threads)."""
+    timing = [] if timing is None else timing
     finished: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
-    beam = _start(oracles, candidates, policy, first, chunk_size)
+    beam = _start(oracles, candidates, policy, first, chunk_size, opening)
     for position in range(1, max_length):
         if beam is None or deadline.expired():
             break
+        started = time.process_time()
         beam = _step(oracles, candidates, policy, beam, position, chunk_size, finished)
+        timing.append(time.process_time() - started)
     if beam is not None:
         finished.extend(_trim(p, z, policy) for p, z in zip(beam.prefixes, beam.zs, strict=False))
     finished = [(p, z) for p, z in finished if p]
     return sorted(finished, key=lambda item: sum(item[1]))
 
 
-def _start(oracles, candidates, policy, first, chunk_size) -> _Beam | None:
+def _start(oracles, candidates, policy, first, chunk_size, opening) -> _Beam | None:
     ids, token_scores = candidates.at(0)
-    if first is not None:
-        inside = torch.isin(ids, first)
-        ids, token_scores = ids[inside], token_scores[inside]
+    inside = torch.ones_like(ids, dtype=torch.bool) if first is None else torch.isin(ids, first)
+    ids, token_scores = ids[inside], token_scores[inside]
     if ids.numel() == 0:
         return None
-    scores = first_scores(oracles, ids, chunk_size)
+    scores = first_scores(oracles, ids, chunk_size) if opening is None else opening[inside]
     z = zscores(_combine(scores, token_scores, policy, len(oracles.layers)))
     keep = torch.argsort(z)[: policy.width]
     _, state = oracles.probe.start(ids[keep][:, None])
@@ -200,26 +243,26 @@ def _start(oracles, candidates, policy, first, chunk_size) -> _Beam | None:
 
 def first_scores(oracles: NoisyOracles, ids: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Returns the mean logit residual over blocks 1..L of each token placed first."""
-    return torch.cat(
-        [
-            layer_scores(
-                oracles.layers, {k: v[:, 0] for k, v in oracles.probe.start(c[:, None])[0].items()}
-            )
-            for c in ids.split(chunk_size)
-        ]
-    )
+    with fused_activations(oracles.probe.family.model):
+        return torch.cat(
+            [
+                layer_scores(
+                    oracles.layers,
+                    {k: v[:, 0] for k, v in oracles.probe.start(c[:, None])[0].items()},
+                )
+                for c in ids.split(chunk_size)
+            ]
+        )
 
 
-def estimate_batch(
-    oracles: NoisyOracles, candidates: TokenCandidates, z_threshold: float, chunk_size: int
-) -> int:
-    """Returns how many of the first-token candidates are z-outliers over blocks 1..L (at least 1).
+def estimate_batch(opening: torch.Tensor, z_threshold: float) -> int:
+    """Returns how many of the first-token candidates are z-outliers over blocks 1..L (at least 1),
+    given their :func:`first_scores` ``opening``.
 
     Block 0 alone overcounts: with a fixed rank of 100 its vocabulary residuals are heavy-tailed,
     and dozens of tokens lie five deviations below the mean.
     """
-    ids, _ = candidates.at(0)
-    return max(1, int((zscores(first_scores(oracles, ids, chunk_size)) < -z_threshold).sum()))
+    return max(1, int((zscores(opening) < -z_threshold).sum()))
 
 
 def _combine(
@@ -237,14 +280,16 @@ def _step(
 ) -> _Beam | None:
     ids, token_scores = candidates.at(position)
     n_prefix = len(beam.prefixes)
-    parts = []
-    for chunk in torch.arange(len(ids)).split(max(1, chunk_size // n_prefix)):
-        rows = oracles.probe.branch(beam.state, ids[chunk])
-        parts.append(layer_scores(oracles.layers, rows))
-    scores = _combine(
-        torch.cat(parts, dim=1), token_scores[None, :], policy, len(oracles.layers)
-    )  # (prefixes, tokens)
-    z = zscores(scores.flatten()).reshape(scores.shape)
+    if policy.screen and policy.screen + NULL_SAMPLE < len(ids):
+        z = _screened_zscores(oracles, policy, beam.state, ids, token_scores, position, chunk_size)
+    else:
+        scores = _combine(
+            _branch_scores(oracles.probe, oracles.layers, beam.state, ids, chunk_size),
+            token_scores[None, :],
+            policy,
+            len(oracles.layers),
+        )  # (prefixes, tokens)
+        z = zscores(scores.flatten()).reshape(scores.shape)
     quiet = beam.quiet[:, None] + 1
     quiet = torch.where(
         z <= _cutoffs(beam.zs, policy)[:, None], torch.zeros_like(quiet), quiet.expand_as(z)
@@ -276,6 +321,61 @@ def _step(
         quiet=quiet[parent, column],
         state=state,
     )
+
+
+def _branch_scores(
+    probe: LinearInputProbe,
+    layers: list[SpanOracle],
+    state: PrefixState,
+    ids: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Returns the mean logit residual over ``layers`` of every prefix extended by each of
+    ``ids``, shaped (prefixes, tokens)."""
+    parts = []
+    for chunk in ids.split(max(1, chunk_size // state.size)):
+        parts.append(layer_scores(layers, probe.branch(state, chunk)))
+    return torch.cat(parts, dim=1)
+
+
+def _screened_zscores(
+    oracles: NoisyOracles,
+    policy: Policy,
+    state: PrefixState,
+    ids: torch.Tensor,
+    token_scores: torch.Tensor,
+    position: int,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Returns the step's z-scores (prefixes, tokens) where only each prefix's ``policy.screen``
+    best extensions by block 1's residual plus block 0's are scored through every block: the
+    others get +inf (never kept).
+
+    Block 1 costs one block of the L a full score runs, and its input already mixes the prefix
+    in. The z-scores' mean and deviation are read from a null sample, ``NULL_SAMPLE`` candidates
+    drawn uniformly (seeded by the position) and scored through every block like the screened
+    ones: an estimate of the whole step's, which the paper's filter computes from every
+    extension.
+    """
+    first = _branch_scores(oracles.screen_probe, oracles.layers[:1], state, ids, chunk_size)
+    screened = torch.topk(first + token_scores[None, :], policy.screen, largest=False).indices
+    null = torch.randperm(len(ids), generator=torch.Generator().manual_seed(position))
+    columns, where = torch.unique(
+        torch.cat([null[:NULL_SAMPLE], screened.flatten()]), return_inverse=True
+    )
+    scores = _combine(
+        _branch_scores(oracles.probe, oracles.layers, state, ids[columns], chunk_size),
+        token_scores[columns][None, :],
+        policy,
+        len(oracles.layers),
+    )
+    reference = scores[:, where[:NULL_SAMPLE]].flatten()
+    spread = float(reference.std())
+    z = torch.full((state.size, len(ids)), math.inf, dtype=scores.dtype)
+    rows = torch.arange(state.size)[:, None]
+    own = scores[rows, where[NULL_SAMPLE:].reshape(screened.shape)]
+    z[rows, screened] = (own - reference.mean()) / (spread if spread > 0 else 1.0)
+    return z
 
 
 def _cutoffs(zs: list[tuple[float, ...]], policy: Policy) -> torch.Tensor:
@@ -344,6 +444,7 @@ def policy_for(cfg: DagerConfig, mode: str, batch: int) -> Policy:
         cumulative=True,
         z_threshold=cfg.noise_z,
         token_evidence=True,
+        screen=cfg.noise_screen,
     )
 
 
@@ -374,21 +475,21 @@ def reconstruct_noisy(
         unsupported = Cause(CauseKind.UNSUPPORTED, detail=_ENCODERS_UNSUPPORTED)
         return Reconstruction("dager", (), causes=(unsupported,), diagnostics={"noise": mode})
     oracles = noisy_oracles(family, update.gradients(), cfg)
-    per_position = family.positions == "learned"
-    probe_candidates = TokenCandidates(
-        oracles.token, vocab, k=1, per_position=per_position, chunk_size=cfg.chunk_size
-    )
-    first, outliers = first_tokens(probe_candidates, cfg.noise_z)
     disclosed = update.metadata.batch_size
     candidates = TokenCandidates(
         oracles.token,
         vocab,
         k=candidate_count(disclosed or 1, len(vocab)),
-        per_position=per_position,
+        per_position=family.positions == "learned",
         chunk_size=cfg.chunk_size,
     )
-    batch = disclosed or estimate_batch(oracles, candidates, cfg.noise_z, cfg.chunk_size)
+    first, outliers = first_tokens(candidates, cfg.noise_z)
+    opening, batch = None, disclosed
+    if not batch:
+        opening = first_scores(oracles, candidates.at(0)[0], cfg.chunk_size)
+        batch = estimate_batch(opening, cfg.noise_z)
     policy = policy_for(cfg, mode, batch)
+    timing: list[float] = []
     found = search(
         oracles,
         candidates,
@@ -396,7 +497,9 @@ def reconstruct_noisy(
         first=first if mode == "filter" else None,
         max_length=max_length,
         chunk_size=cfg.chunk_size,
+        opening=opening,
         deadline=deadline,
+        timing=timing,
     )
     chosen = choose(found, batch)
     sequences = tuple(
@@ -410,6 +513,8 @@ def reconstruct_noisy(
         "rank": {o.block: o.basis.rank for o in [oracles.token, *oracles.layers]},
         "candidates_per_position": candidates.k,
         "ended": len(found),
+        "positions": len(timing),
+        "position_cpu_seconds": round(sum(timing) / len(timing), 3) if timing else None,
     }
     return Reconstruction("dager", sequences, causes=causes, diagnostics=diagnostics)
 
