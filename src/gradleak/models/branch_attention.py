@@ -17,9 +17,9 @@ a sliding window shorter than the prefix) goes to the model's own kernel (a regi
 its eager attention) with the mask.
 
 Block 0's input rows of a candidate depend on the token and its position only, so every prefix
-feeds block 0's query, key and value projections the same C rows: :func:`projected_once` runs
-those projections on the first prefix's rows and repeats the result, where the rows are indeed
-equal.
+feeds the embeddings, block 0's norms and its query, key and value projections the same C rows:
+:func:`projected_once` runs those modules on the first prefix's rows and repeats the result (a
+view), where the rows are indeed equal.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def branch_attention_forward(
         logits = torch.tanh(logits / softcap) * softcap
     weights = torch.softmax(logits.float(), dim=-1).to(query.dtype)
     output = torch.einsum("pkgcl,pkld->pkgcd", weights[..., :length], value[:, :, :length])
-    output = output + weights[..., length:] * value[:, :, length:][:, :, None]
+    output.addcmul_(weights[..., length:], value[:, :, length:][:, :, None])
     return output.reshape(n_prefix, heads, n_new, head_dim).transpose(1, 2).contiguous(), None
 
 
@@ -106,6 +106,7 @@ def projected_once(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Runs each of ``modules`` on its input's first batch row only and repeats the output
     along the batch while the context is open, wherever the input's batch rows are all equal."""
     # An instance may carry its own forward already (accelerate's hooks): it is put back as found.
+    modules = list(dict.fromkeys(modules))
     own = [module.__dict__.get("forward") for module in modules]
     for module in modules:
         module.forward = _once(module.forward)
@@ -121,12 +122,20 @@ def projected_once(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 def _once(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     def first_row_only(rows: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if len(rows) < 2 or not torch.equal(rows, rows[:1].expand_as(rows)):
+        # Other inputs (OPT's positions take the mask first and the ids as a keyword) may vary.
+        if args or kwargs or len(rows) < 2 or not _rows_equal(rows):
             return forward(rows, *args, **kwargs)
         once = forward(rows[:1], *args, **kwargs)
-        return once.expand(len(rows), *once.shape[1:]).contiguous()
+        # A view, not a copy: the next module reads it as it would the repeated rows.
+        return once.expand(len(rows), *once.shape[1:])
 
     return first_row_only
+
+
+def _rows_equal(rows: torch.Tensor) -> bool:
+    """Returns whether all of ``rows``' batch rows are equal (free where they are one row
+    repeated by :func:`_once`)."""
+    return rows.stride(0) == 0 or torch.equal(rows, rows[:1].expand_as(rows))
 
 
 def _dispatches(model: nn.Module) -> bool:

@@ -216,7 +216,7 @@ class LinearInputProbe:
         try:
             with (
                 branch_attention(self._compute.model),
-                projected_once(self._block_zero_inputs()),
+                projected_once(self._candidate_only_modules()),
                 fused_activations(self._compute.model),
             ):
                 return self._run(
@@ -229,15 +229,24 @@ class LinearInputProbe:
         finally:
             _crop(state.cache, state.length)
 
-    def _block_zero_inputs(self) -> list[nn.Module]:
-        """Returns block 0's query, key and value projections (one module where fused)."""
+    def _candidate_only_modules(self) -> list[nn.Module]:
+        """Returns the modules whose output at a candidate depends on the candidate alone (its
+        token and position), not on its prefix: the embeddings, block 0's norms and its query,
+        key and value projections (one module where fused)."""
         family = self._compute
         names = {
             family.linear_layer(0, role).module_name
             for role in ("q", "k", "v")
             if family.has_linear_layer(0, role)
         }
-        return [family.model.get_submodule(name) for name in sorted(names)]
+        modules = [family.model.get_submodule(name) for name in sorted(names)]
+        modules += [
+            module
+            for module in family.blocks()[0].modules()
+            if "norm" in type(module).__name__.lower()
+        ]
+        embeddings = (family.embedding(), family.position_embedding())
+        return modules + [module for module in embeddings if module is not None]
 
     def _branch_by_copies(
         self, state: PrefixState, next_ids: torch.Tensor

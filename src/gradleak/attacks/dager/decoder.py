@@ -157,8 +157,20 @@ def _first_tokens(gates, tokens, *, chunk_size, result) -> _Frontier | None:
     )
 
 
-def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
-    """Returns (parents, tokens, residuals) of the (prefix, token) pairs that pass every gate.
+@dataclass
+class _Screened:
+    """The (prefix, token) pairs that passed every gate and, where the certifying gate is not
+    the first, what it computed (the passing pairs' rows, their index among the pairs it saw, and
+    the state extended by every pair it saw), so that nothing is computed twice."""
+
+    parent: torch.Tensor
+    token: torch.Tensor
+    residual: torch.Tensor
+    extension: tuple[torch.Tensor, torch.Tensor, PrefixState] | None = None
+
+
+def _screen(gates, frontier: _Frontier, tokens: torch.Tensor) -> _Screened:
+    """Returns the (prefix, token) pairs that pass every gate.
 
     The first gate sees every pair in one cache-sharing pass (``probe.branch``); later gates
     see only its survivors.
@@ -173,10 +185,11 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
         ).cpu()
     parent, column = torch.nonzero(passed, as_tuple=True)
     token, residual = tokens[column], residual[parent, column]
+    extension = None
     for gate in gates[1:]:
         if parent.numel() == 0:
             break
-        rows, _ = gate.probe.extend(frontier.state.select(parent), token)
+        rows, state = gate.probe.extend(frontier.state.select(parent), token)
         residual = gate.residuals(rows).cpu()
         passed = residual < gate.threshold
         if gate is gates[-1]:
@@ -184,8 +197,10 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor):
             passed &= ~repeats_previous_row(
                 new_rows, frontier.last_rows[parent.to(new_rows.device)], tolerance=gate.same_row
             ).cpu()
+            kept = torch.nonzero(passed).flatten()
+            extension = (new_rows[kept.to(new_rows.device)], kept, state)
         parent, token, residual = parent[passed], token[passed], residual[passed]
-    return parent, token, residual
+    return _Screened(parent, token, residual, extension)
 
 
 def repeats_previous_row(
@@ -196,40 +211,47 @@ def repeats_previous_row(
     return (rows - previous).norm(dim=-1) <= tolerance * previous.norm(dim=-1)
 
 
-def _sure_first(parent: torch.Tensor, token: torch.Tensor, score: torch.Tensor, sure: float):
-    """Returns the extensions kept where a gate knows a sure level: a prefix with a sure
+def _sure_first(parent: torch.Tensor, score: torch.Tensor, sure: float):
+    """Returns which extensions are kept where a gate knows a sure level: a prefix with a sure
     extension keeps only those; a prefix with none keeps its unsure ones but also ends (so the
-    prefix itself is returned). Returns (parent, token, score, prefixes not ended)."""
+    prefix itself is returned). Returns (kept mask, prefixes not ended)."""
     sure_parents = torch.unique(parent[score < sure])
     keep = (score < sure) | ~torch.isin(parent, sure_parents)
-    return parent[keep], token[keep], score[keep], set(sure_parents.tolist())
+    return keep, set(sure_parents.tolist())
 
 
 def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max_frontier, result):
     n_prefix, n_tok = len(frontier.prefixes), len(tokens)
-    parents, children, scores = [], [], []
-    for chunk in tokens.split(max(1, chunk_size // n_prefix)):
-        parent, token, residual = _screen(gates, frontier, chunk)
-        parents.append(parent)
-        children.append(token)
-        scores.append(residual)
-    parent, token, score = torch.cat(parents), torch.cat(children), torch.cat(scores)
+    screened = [
+        _screen(gates, frontier, chunk) for chunk in tokens.split(max(1, chunk_size // n_prefix))
+    ]
+    parent = torch.cat([s.parent for s in screened])
+    token = torch.cat([s.token for s in screened])
+    score = torch.cat([s.residual for s in screened])
     result.candidates.append(n_prefix * n_tok)
     result.accepted.append(len(parent))
     extended = set(parent.tolist())
+    index = torch.arange(len(parent))
     if gates[-1].sure is not None:
-        parent, token, score, extended = _sure_first(parent, token, score, gates[-1].sure)
+        keep, extended = _sure_first(parent, score, gates[-1].sure)
+        index = index[keep]
     for i in range(n_prefix):
         if i not in extended:  # nothing continues this prefix: a complete sequence
             result.sequences.append((frontier.prefixes[i], frontier.residuals[i]))
-    if len(parent) == 0:
+    if len(index) == 0:
         return None
-    if len(parent) > max_frontier:
-        keep = torch.argsort(score)[:max_frontier]
-        parent, token, score = parent[keep], token[keep], score[keep]
+    if len(index) > max_frontier:
+        index = index[torch.argsort(score[index])[:max_frontier]]
         result.truncated = True
-    last = gates[-1]
-    rows, state = last.probe.extend(frontier.state.select(parent), token)
+    parent, token, score = parent[index], token[index], score[index]
+    extension = screened[0].extension if len(screened) == 1 else None
+    if extension is not None:  # the certifying gate already extended these prefixes
+        passing_rows, seen, seen_state = extension
+        rows, state = passing_rows[index.to(passing_rows.device)], seen_state.select(seen[index])
+    else:
+        last = gates[-1]
+        extended_rows, state = last.probe.extend(frontier.state.select(parent), token)
+        rows = extended_rows[last.layer]
     return _Frontier(
         prefixes=[
             frontier.prefixes[p] + (int(t),) for p, t in zip(parent.tolist(), token, strict=True)
@@ -238,5 +260,5 @@ def _extend(gates, frontier: _Frontier, tokens: torch.Tensor, *, chunk_size, max
             frontier.residuals[p] + (float(s),) for p, s in zip(parent.tolist(), score, strict=True)
         ],
         state=state,
-        last_rows=rows[last.layer],
+        last_rows=rows,
     )

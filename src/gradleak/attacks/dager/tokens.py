@@ -116,5 +116,5 @@ def embedding_bag(
     gradient = gradients.get(family.weight_name(family.embedding()))
     if gradient is None:
         return None
-    used = torch.nonzero(gradient.detach().abs().amax(dim=1) > 0).flatten().cpu()
+    used = torch.nonzero(gradient.detach().ne(0).any(dim=1)).flatten().cpu()
     return used if 0 < len(used) < gradient.shape[0] // 2 else None
