@@ -12,6 +12,7 @@ import torch
 from gradleak.attacks import CauseKind
 from gradleak.attacks.dager import Dager, DagerConfig
 from gradleak.attacks.dager.accounting import batch_size
+from gradleak.attacks.dager.decoder import _sure_first
 from gradleak.attacks.dager.ends import rounded_end_test
 from gradleak.attacks.dager.rounded import rounded_gate
 from gradleak.attacks.dager.spans import read_spans, sequence_threshold, vocabulary
@@ -151,6 +152,27 @@ def test_sixteen_bit_updates_recovered_exactly_never_certified(
         )
 
 
+@pytest.mark.parametrize(
+    ("dtype", "settings"),
+    [("bfloat16", {}), ("float32", {"defence": ("quantize",), "quant": "fp16"})],
+)
+def test_sixteen_bit_search_takes_every_token_of_the_bag(llama32, llama_bf16, dtype, settings):
+    """Rounding lifts some true tokens' block-0 rows past the scan's threshold (SmolLM2, fp16,
+    B = 16: sentences stopped where their next token was missing); the token table's gradient
+    still holds every token of the batch. Here block 0's threshold is set to cut half the true
+    tokens, and the search still returns both sentences."""
+    public = llama_bf16 if dtype == "bfloat16" else llama32
+    update = _update(public, **settings)
+    _, _, _, scan = _spans_and_scan(public, update.gradients())
+    tau = float(scan.residuals[0].median())
+    kept = torch.cat(scan.sets)[torch.cat(scan.residuals) < tau]
+    tokens = {t for ids in _truth(public) for t in ids}
+    assert not tokens <= set(kept.tolist())  # the cut threshold misses true tokens
+    result = Dager(DagerConfig(tau1=tau, time_budget=120)).reconstruct(public, update)
+    assert sorted(s.token_ids for s in result.sequences) == _truth(public), result.texts
+    assert result.diagnostics["tokens_per_position"] == [len(tokens)]
+
+
 def test_int8_update_recovers_text_never_certified(llama32):
     """DAGER's own search, with the subspace search that int8 updates get by default turned off
     (tests/attacks/test_subspace.py covers that one)."""
@@ -241,3 +263,19 @@ def test_rounded_end_test_cuts_a_wrong_extension_back_to_the_sentence(llama_bf16
     for ids, longer in zip(truth, extended, strict=True):
         assert test.whole(llama_bf16, longer) == len(ids)
         assert test.whole(llama_bf16, ids[:-2]) is None
+
+
+def test_a_prefix_without_a_sure_extension_keeps_its_best_one_and_ends():
+    """A prefix with sure extensions keeps them all; one with none keeps only its best unsure
+    extension (the wrong branches after a finished sentence no longer multiply) and ends."""
+    parent = torch.tensor([0, 0, 1, 1, 1, 2, 0])
+    token = torch.tensor([10, 11, 12, 13, 14, 15, 16])
+    score = torch.tensor([5.0, 50.0, 40.0, 30.0, 60.0, 70.0, 8.0])
+    keep, extended = _sure_first(parent, score, sure=10.0)
+    assert sorted(zip(parent[keep].tolist(), token[keep].tolist(), strict=True)) == [
+        (0, 10),
+        (0, 16),
+        (1, 13),
+        (2, 15),
+    ]
+    assert extended == {0}

@@ -15,6 +15,7 @@ from gradleak.attacks.dager.plan import (
     UpdateReading,
     plan_search,
     read_arithmetic,
+    reads_token_bag,
     refines_with_subspace,
 )
 from gradleak.attacks.span import MIN_GAP_DECADES
@@ -157,3 +158,23 @@ def test_a_float32_delta_read_above_its_weights_rounding_is_ranked_never_certifi
     assert encoder.search is SearchKind.ENCODER
     assert kinds(encoder) == [CauseKind.DRIFT, CauseKind.ROUNDING]
     assert refines_with_subspace(plan.causes, 0, DagerConfig())
+
+
+def test_the_token_bag_is_read_where_only_the_client_or_a_float_grid_touched_the_update():
+    """The token table's gradient is zero exactly on the tokens the batch lacks unless a defence
+    added rows (noise) or removed them (pruning, an int8 step that zeroes small values)."""
+    exact = plan_search(UpdateReading(causal=True, spectra=CLEAN), DagerConfig())
+    assert reads_token_bag(exact, UpdateReading(causal=True), None)
+    assert not reads_token_bag(exact, UpdateReading(causal=True), {"name": "prune"})
+    drift = UpdateReading(causal=True, local_steps=4, spectra=SATURATED)
+    assert reads_token_bag(plan_search(drift, DagerConfig(subspace="off")), drift, None)
+    bf16 = UpdateReading(causal=True, rounding="bfloat16", spectra=CLEAN)
+    assert reads_token_bag(plan_search(bf16, DagerConfig()), bf16, None)
+    fp16 = UpdateReading(causal=True, rounding="fp16", spectra=CLEAN)
+    quantised = {"name": "quantize", "scheme": "fp16"}
+    assert reads_token_bag(plan_search(fp16, DagerConfig()), fp16, quantised)
+    int8 = UpdateReading(causal=True, rounding="int8")
+    plan = plan_search(int8, DagerConfig())
+    assert not reads_token_bag(plan, int8, {"name": "quantize", "scheme": "int8"})
+    pruned = [{"name": "prune"}, quantised]
+    assert not reads_token_bag(plan_search(fp16, DagerConfig()), fp16, pruned)

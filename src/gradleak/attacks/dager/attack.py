@@ -51,6 +51,7 @@ from gradleak.attacks.dager.plan import (
     plan_search,
     ranked_plan,
     read_arithmetic,
+    reads_token_bag,
     refines_with_subspace,
     skips_exact_search,
 )
@@ -187,11 +188,9 @@ class Dager(Attack):
                 weight_rounding=rounding.describe() if rounding else None,
             )
         plan = ranked_plan(reading, ranked_blocks) if ranked_blocks else plan_search(reading, cfg)
-        # An unaltered token-table gradient (or weight delta) is zero on every token the batch
-        # lacks.
         bag = (
             embedding_bag(public.family, gradients)
-            if (plan.exact or reading.drifts) and update.metadata.defence is None
+            if reads_token_bag(plan, reading, update.metadata.defence)
             else None
         )
         job = SearchJob(

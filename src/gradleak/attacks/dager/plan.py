@@ -25,6 +25,10 @@ LOSSY_DTYPES = ("bfloat16", "float16")
 #: Roundings so coarse that true rows sit as far off the span as wrong ones (SmolLM2, int8:
 #: residuals 0.05 to 0.5): the exact search is not tried.
 COARSE_ROUNDINGS = ("int8",)
+#: Roundings to a float grid (a 16-bit client or an fp16 update): 0 stays 0, and a value goes to
+#: 0 only below half the format's smallest step (float16: 3e-8), where an int8 step (max|g| / 127)
+#: zeroes small values, and so whole rows, of every tensor.
+FLOAT_GRIDS = ("bfloat16", "float16", "fp16")
 #: Sequence causes of updates whose rows are only near their spans, not in them.
 _NEAR_SPAN = (CauseKind.LOSSY_UPDATE, CauseKind.DRIFT, CauseKind.PRECISION, CauseKind.ROUNDING)
 #: Smallest spectral drop (decades) read as the end of a multi-step weight delta's signal: the
@@ -240,6 +244,20 @@ def lossy_rounding(dtype: str, defence: Mapping | list | None) -> str | None:
     """Returns the coarsest rounding the update's values went through, or None (float32/64)."""
     scheme = _quantisation(defence)
     return scheme if scheme is not None else (dtype if dtype in LOSSY_DTYPES else None)
+
+
+def reads_token_bag(plan: SearchPlan, reading: UpdateReading, defence: object) -> bool:
+    """Returns whether the token table's gradient shows the batch's bag of tokens: zero on every
+    token the batch lacks and non-zero on every token it holds. It does where nothing but the
+    client's own arithmetic made the update (an exact search, a weight delta over local steps) and
+    where the only change was a rounding to a float grid (:data:`FLOAT_GRIDS`): a used token's row
+    would vanish only if every entry fell below half the grid's smallest step (SmolLM2, B = 16,
+    float16: the smallest used row's largest entry 3e-5, a thousand times above that). A noise,
+    pruning or int8 defence adds or removes rows."""
+    if defence is None and (plan.exact or reading.drifts):
+        return True
+    quantised_only = isinstance(defence, Mapping) and defence.get("name") == "quantize"
+    return reading.rounding in FLOAT_GRIDS and (defence is None or quantised_only)
 
 
 def _quantisation(defence: Mapping | list | None) -> str | None:

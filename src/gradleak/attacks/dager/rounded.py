@@ -27,7 +27,7 @@ bfloat16 client, B = 16: about 400 rows in 576 dimensions):
   cluster there, so the threshold is the least wrong pair's score, and an extension below the
   gap's midpoint is *sure*: a prefix with a sure extension keeps only those (a frequent token
   such as " the" passes after many prefixes just below the threshold), and a prefix with none
-  keeps its unsure ones but also ends, so a sentence whose end a wrong token passed is
+  keeps its best unsure one but also ends, so a sentence whose end a wrong token passed is
   returned whole (:class:`~gradleak.attacks.dager.decoder.Gate`'s ``sure``).
 
 Block 0's attention output, the exact search's screen, is not used: its true rows stand up to 0.1
@@ -46,6 +46,7 @@ import torch
 from gradleak.attacks.dager.config import DagerConfig
 from gradleak.attacks.dager.decoder import Gate
 from gradleak.attacks.dager.oracle import ATTENTION_INPUT_ROLES, SpanOracle
+from gradleak.attacks.dager.plan import FLOAT_GRIDS
 from gradleak.attacks.dager.spans import block_oracle
 from gradleak.attacks.dager.tokens import TokenScan
 from gradleak.attacks.thresholds import largest_gap_split
@@ -54,9 +55,6 @@ from gradleak.models.families import LinearLayer
 from gradleak.models.loading import PublicModel
 from gradleak.models.probe import LinearInputProbe
 
-#: Roundings the gate is for: float grids (a 16-bit client or an fp16 update). An int8 step buries
-#: most of a batch's directions (ARCHITECTURE, *Rounded updates*); it keeps the exact gate.
-FLOAT_GRIDS = ("bfloat16", "float16", "fp16")
 #: Blocks whose spans score a rounded update's prefixes, from the sequence block on.
 ROUNDED_DEPTH = 3
 #: Tokens outside block 0's set sampled as known-false first tokens.
@@ -94,7 +92,8 @@ class FloorGate(Gate):
 
 def scores_above_floor(causes: Sequence[Cause]) -> bool:
     """Returns whether a search under ``causes`` tests prefixes with :func:`rounded_gate`: the
-    update was rounded to a float grid coarser than float32."""
+    update was rounded to a float grid coarser than float32 (an int8 step buries most of a
+    batch's directions, ARCHITECTURE, *Rounded updates*; it keeps the exact gate)."""
     return any(c.kind == CauseKind.LOSSY_UPDATE and c.detail in FLOAT_GRIDS for c in causes)
 
 

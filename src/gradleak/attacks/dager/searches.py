@@ -52,6 +52,7 @@ from gradleak.attacks.dager.spans import (
 )
 from gradleak.attacks.dager.tokens import (
     TokenScan,
+    bag_scan,
     embedding_bag,
     scan_tokens,
     vocabulary_residuals,
@@ -273,7 +274,15 @@ class PrefixSearch(_ExactSearch):
         diagnostics: dict[str, Any],
     ) -> Outcome:
         cfg, spans = job.config, job.require_spans()
-        if cfg.tau2 is None and scores_above_floor(job.plan.causes):
+        per_position = job.public.family.positions == "learned"
+        rounded = cfg.tau2 is None and scores_above_floor(job.plan.causes)
+        if rounded and job.bag is not None:
+            # Rounding lifts some true tokens' block-0 rows past the scan's threshold; the bag
+            # holds every token of the batch, at any position.
+            scan = bag_scan(spans.token, job.bag, scan, chunk_size=cfg.chunk_size)
+            per_position = False
+            diagnostics["tokens_per_position"] = [len(job.bag)]
+        if rounded:
             gates: list[Gate] = [
                 rounded_gate(
                     job.public,
@@ -302,7 +311,6 @@ class PrefixSearch(_ExactSearch):
         diagnostics["gates"] = [f"{g.oracle.block}.{g.oracle.layer.role}" for g in gates]
         diagnostics["gate_thresholds"] = [g.threshold for g in gates]
         diagnostics["gate_first"] = [g.first_threshold for g in gates]
-        per_position = job.public.family.positions == "learned"
         result = search_prefixes(
             gates,
             tokens_at=_tokens_at(scan, per_position),

@@ -103,6 +103,18 @@ def scan_tokens(
     return TokenScan(sets=tuple(sets), residuals=tuple(residuals), threshold=threshold, split=split)
 
 
+def bag_scan(
+    oracle: SpanOracle, bag: torch.Tensor, scan: TokenScan, *, chunk_size: int
+) -> TokenScan:
+    """Returns ``scan`` with the bag of tokens as its one set (every position's candidates),
+    ordered by block 0's residual at position 0, for updates whose block-0 test is approximate
+    (a rounded update: true tokens can sit past the scan's threshold)."""
+    residuals = vocabulary_residuals(oracle, bag, position=0, chunk_size=chunk_size)
+    order = torch.argsort(residuals)
+    sets, ordered = (bag[order],), (residuals[order],)
+    return TokenScan(sets=sets, residuals=ordered, threshold=scan.threshold, split=scan.split)
+
+
 def embedding_bag(
     family: ArchitectureFamily, gradients: Mapping[str, torch.Tensor]
 ) -> torch.Tensor | None:
