@@ -33,6 +33,7 @@ from gradleak.attacks.dager.decoder import DecoderSearch
 from gradleak.attacks.span import SpanBasis
 from gradleak.models.extension import FactoredExtension
 from gradleak.models.families import LinearLayer
+from gradleak.models.gemm import linear
 from gradleak.models.probe import LinearInputProbe, PrefixState
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class RankingEvidence:
         for layer, basis in zip(self.layers, self.bases, strict=True):
             flat = rows[layer].reshape(-1, basis.in_features).to(torch.float32)
             norms = torch.einsum("ij,ij->i", flat, flat)
-            inside = flat @ basis.basis.to(flat.device).T
+            inside = linear(flat, basis.basis.to(flat.device))
             projected = torch.einsum("ij,ij->i", inside, inside)
             value = 0.5 * torch.log((1 - projected / norms.clamp_min(1e-30)).clamp_min(1e-12))
             value = value.reshape(rows[layer].shape[:-1]).cpu()
