@@ -43,6 +43,24 @@ def test_factored_rows_are_the_probes(tiny_models, length):
     assert torch.equal(extension.branch(state, candidates)[layer], ours)
 
 
+@pytest.mark.parametrize("rows_per_tile", [1, 7, 20, 1000])
+def test_tiles_cover_every_pair_once_with_the_branchs_rows(tiny_models, rows_per_tile):
+    public = tiny_models("gpt2")
+    probe = down_projection_probe(public)
+    generator = torch.Generator().manual_seed(3)
+    _, state = probe.start(torch.randint(0, 5000, (6, 3), generator=generator))
+    candidates = torch.randint(0, 5000, (9,), generator=generator)
+    extension = FactoredExtension(probe)
+    whole = probe.branch(state, candidates)[extension.layer]
+    covered = torch.zeros(6, 9, dtype=torch.int64)
+    for prefixes, columns, rows in extension.tiles(state, candidates, rows_per_tile=rows_per_tile):
+        covered[prefixes, columns] += 1
+        assert rows.shape[0] * rows.shape[1] <= max(rows_per_tile, 1)
+        gap = (rows - whole[prefixes, columns]).norm(dim=-1) / whole[prefixes, columns].norm(dim=-1)
+        assert float(gap.max()) < 1e-5
+    assert bool((covered == 1).all())
+
+
 def test_only_a_pre_norm_blocks_down_projection_is_factored(tiny_models):
     gpt2, llama = tiny_models("gpt2"), tiny_models("llama")
     assert FactoredExtension.available(down_projection_probe(gpt2))

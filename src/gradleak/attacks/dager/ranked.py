@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -48,6 +48,10 @@ RUNNER_UP_FRACTION = 0.25
 _TAIL_FRACTION = 0.6
 #: Rows closer than this (relative) to the prefix's previous row carry no new evidence.
 _SAME_ROW = 1e-6
+#: Most bytes of rows the factored extension computes at once: its temporaries then stay in the
+#: cache, and under glibc's mmap threshold (32 MiB), above which every call's new temporaries are
+#: fresh pages whose first touch doubled the cost of the elementwise steps.
+TILE_BYTES = 16 * 2**20
 #: 1.4826 x MAD estimates a normal distribution's standard deviation.
 MAD_SCALE = 1.4826
 
@@ -75,6 +79,23 @@ class RankingEvidence:
             return self.extension.branch(state, tokens)
         return self.probe.branch(state, tokens)
 
+    def tiles(
+        self, state: PrefixState, tokens: torch.Tensor, *, chunk_size: int
+    ) -> Iterator[tuple[slice, slice, dict[LinearLayer, torch.Tensor]]]:
+        """Yields ``(prefixes, tokens, rows)`` covering every (prefix, token) pair once: the
+        factored extension's tiles of at most ``TILE_BYTES`` of rows, else the probe's passes of
+        all prefixes by ``chunk_size // P`` tokens."""
+        if self.extension is not None:
+            width = self.extension.layer.in_features * 4
+            rows = max(1, min(chunk_size, TILE_BYTES // width))
+            for prefixes, columns, tile in self.extension.tiles(state, tokens, rows_per_tile=rows):
+                yield prefixes, columns, {self.extension.layer: tile}
+            return
+        per_pass = max(1, chunk_size // max(1, state.size))
+        for start in range(0, len(tokens), per_pass):
+            columns = slice(start, min(start + per_pass, len(tokens)))
+            yield slice(None), columns, self.probe.branch(state, tokens[columns])
+
     def checked(self, state: PrefixState, tokens: torch.Tensor) -> RankingEvidence:
         """Returns this evidence without its factored extension where the extension's rows for
         these extensions differ from the probe's."""
@@ -92,12 +113,16 @@ class RankingEvidence:
         """
         total: torch.Tensor | None = None
         for layer, basis in zip(self.layers, self.bases, strict=True):
-            flat = rows[layer].reshape(-1, basis.in_features).to(torch.float32)
+            # A tile stored token-major (a transposed view) is read in its own order.
+            swapped = rows[layer].dim() == 3 and not rows[layer].is_contiguous()
+            stored = rows[layer].transpose(0, 1) if swapped else rows[layer]
+            flat = stored.reshape(-1, basis.in_features).to(torch.float32)
             norms = torch.einsum("ij,ij->i", flat, flat)
             inside = linear(flat, basis.basis.to(flat.device))
             projected = torch.einsum("ij,ij->i", inside, inside)
             value = 0.5 * torch.log((1 - projected / norms.clamp_min(1e-30)).clamp_min(1e-12))
-            value = value.reshape(rows[layer].shape[:-1]).cpu()
+            value = value.reshape(stored.shape[:-1]).cpu()
+            value = value.T if swapped else value
             total = value if total is None else total + value
         if total is None:
             raise ValueError("ranking evidence needs at least one layer")
@@ -267,20 +292,32 @@ def step_scores(
     """Returns the (prefixes, tokens) matrix of centred log residuals, as robust z-scores; an
     extension whose row repeats its prefix's last row (a rotary model's repeated token after a
     prefix of that token alone) carries no evidence and scores +inf."""
-    per_pass = max(1, chunk_size // max(1, state.size))
-    values, repeats = [], []
-    for chunk in tokens.split(per_pass):
-        rows = evidence.branch(state, chunk)
-        values.append(evidence.log_residuals(rows))
-        first = rows[evidence.layers[0]]
-        previous = last_rows[:, None].to(first.device)
-        repeats.append(((first - previous).norm(dim=-1) <= _SAME_ROW * previous.norm(dim=-1)).cpu())
-    scores, repeated = torch.cat(values, dim=1), torch.cat(repeats, dim=1)
+    scores = torch.empty(state.size, len(tokens))
+    repeated = torch.zeros(state.size, len(tokens), dtype=torch.bool)
+    for prefixes, columns, rows in evidence.tiles(state, tokens, chunk_size=chunk_size):
+        scores[prefixes, columns] = evidence.log_residuals(rows)
+        repeated[prefixes, columns] = _repeats(rows[evidence.layers[0]], last_rows[prefixes])
     if scores.shape[0] >= min_column:
         scores = scores - scores.median(dim=0, keepdim=True).values
     else:
         scores = scores - scores.median(dim=1, keepdim=True).values
     return robust_z(scores).masked_fill(repeated, float("inf"))
+
+
+def _repeats(rows: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Returns which rows (P, C, in) repeat their prefix's last row (P, in) to ``_SAME_ROW``.
+
+    Rows are compared whole only where their norms agree about that closely, which a repeat
+    needs (ten times looser, for the norms' own rounding).
+    """
+    previous = previous.to(rows.device)
+    reference = previous.norm(dim=-1)[:, None]
+    close = (rows.norm(dim=-1) - reference).abs() <= 10 * _SAME_ROW * reference
+    where = torch.nonzero(close, as_tuple=True)
+    if where[0].numel():
+        gap = (rows[where] - previous[where[0]]).norm(dim=-1)
+        close[where] = gap <= _SAME_ROW * reference[where[0], 0]
+    return close.cpu()
 
 
 def _select(z: torch.Tensor, *, z_accept: float, per_prefix: int):
