@@ -17,10 +17,12 @@ is the caller's span test). Most of that work does not depend on the pair:
 A step's pairs come in tiles of a few prefixes by a few dozen candidates (:meth:`tiles`): a
 candidate's own terms are shared by the tile's prefixes and a prefix's mapped values by its
 candidates, so each tile reads little, and its rows (about 16 MiB) stay in the cache for the
-caller's span product. The activation is then the model's own module. This is the same arithmetic as the model's in
-another order, so the rows agree to float32 rounding; :meth:`FactoredExtension.agrees` checks
-that against the probe before a caller relies on it. A family states the block's norms,
-activation and attention shape (``pre_norm_block``); families that do not are probed as before.
+caller's span product. The activation is then the model's own module.
+
+This is the same arithmetic as the model's in another order, so the rows agree to float32
+rounding; :meth:`FactoredExtension.agrees` checks that against the probe before a caller relies
+on it. A family states the block's norms, activation and attention shape (``pre_norm_block``);
+families that do not are probed as before.
 """
 
 from __future__ import annotations
