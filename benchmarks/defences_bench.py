@@ -31,8 +31,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
+from gradleak.attacks import create_attack
 from gradleak.experiments import run_experiment
-from gradleak.experiments.config import RunConfig
+from gradleak.experiments.config import ConfigError, RunConfig, parse_options
 
 MODELS = {
     "gpt2": "random:gpt2",
@@ -212,7 +213,13 @@ CELLS = [
 
 
 def run_cell(
-    cell: Cell, *, batches: int, runs: Path, seed: int, time_budget: float | None = None
+    cell: Cell,
+    *,
+    batches: int,
+    runs: Path,
+    seed: int,
+    time_budget: float | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     config = RunConfig(
         model=cell.model,
@@ -223,11 +230,12 @@ def run_cell(
         seed=seed,
         attack="dager",
         # The documented rows measure the whole search: no time budget unless asked for.
-        attack_options={"time_budget": time_budget, **cell.attack_options},
+        attack_options={"time_budget": time_budget, **cell.attack_options, **(options or {})},
         client=cell.client,
         dtype=cell.dtype,
     ).resolved()
-    run_dir = runs / f"{cell.name}-n{batches}"
+    chosen = "".join(f"-{key}={value}" for key, value in sorted((options or {}).items()))
+    run_dir = runs / f"{cell.name}-n{batches}{chosen}"
     summary = run_experiment(config, run_dir)
     row = {
         key: summary.get(key)
@@ -322,8 +330,21 @@ def main() -> None:
         default=None,
         help="seconds the attack may search one batch (default: no limit)",
     )
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DagerConfig setting for every cell chosen, repeatable (e.g. -o end_descent=15)",
+    )
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     args = parser.parse_args()
+    options = parse_options(args.option) or {}
+    try:
+        create_attack("dager", **options)
+    except (ConfigError, ValueError) as error:  # an unknown option is a ValueError too
+        parser.error(str(error))
     chosen = choose(args.only)
     if args.list:
         print("\n".join(f"{c.name:34s} {c.group:7s} B={c.batch_size:<3d} {c.note}" for c in chosen))
@@ -340,6 +361,7 @@ def main() -> None:
             runs=Path(args.runs),
             seed=args.seed,
             time_budget=args.time_budget,
+            options=options,
         )
         for c in chosen
     ]

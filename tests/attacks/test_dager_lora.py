@@ -148,3 +148,24 @@ def test_the_last_query_adapter_shows_where_each_sequence_ends():
         assert test.whole(start, ids) == len(ids)
         assert test.whole(start, (*ids, ids[-1])) == len(ids)  # one repeat too far: cut back
         assert test.whole(start, ids[:-1]) is None  # cut short: no prefix ends a sentence
+
+
+def test_end_descent_restores_sentences_a_few_edits_from_the_truth():
+    from gradleak.attacks.dager.end_descent import FinalRows, descend
+    from gradleak.attacks.dager.ends import end_test
+
+    settings = ClientSettings(lora_rank=4, lora_warmup_steps=3)
+    start = prepare_model(load_model(WIDER), settings)
+    update = simulate_update(start, Batch(texts=LONGER, labels=(0, 1)), settings=settings)
+    test = end_test(start, update.gradients())
+    assert test is not None and test.basis.shape[0] == len(LONGER)
+    truth = [tuple(start.tokenizer(t)["input_ids"]) for t in LONGER]
+    first, second = list(truth[0]), list(truth[1])
+    first[1], first[4] = first[4], first[1]  # two tokens swapped
+    second.insert(2, second.pop(6))  # one token moved
+    seeds = [tuple(first), tuple(second)]
+    bag = sorted({t for ids in truth for t in ids})
+    rows = FinalRows(start, test)
+    assert min(rows.scores(seeds)) > -2  # both far off the span: the truth's are below -4
+    found, scores = descend(start, test, seeds, bag, seconds=60.0)
+    assert found == truth and max(scores) < -4

@@ -70,6 +70,10 @@ class DagerConfig:
             prior; None: none.
         time_budget: seconds the attack may search one update; when they run out, the best
             current sequences are returned best-effort with that cause. None: no limit.
+        end_descent: seconds a LoRA bag's sentences may descend their end-test residual
+            (:mod:`gradleak.attacks.dager.end_descent`); 0 (the default): off. Measured on
+            SmolLM2 past the rank limit it does not reach the truth from the bag's lockstep order
+            (docs/RESULTS-defences.md, *LoRA*), so it is off unless asked for.
     """
 
     sequence_block: int = 1
@@ -100,6 +104,7 @@ class DagerConfig:
     subspace: str = "auto"
     subspace_prior: str | None = None
     time_budget: float | None = 600.0
+    end_descent: float = 0.0
 
     def __post_init__(self) -> None:
         if self.noise is False:  # YAML and ``-o noise=off`` read a bare "off" as false

@@ -28,6 +28,7 @@ from gradleak.attacks.dager.contexts import PairRows, SentenceContexts
 from gradleak.attacks.dager.decoder import Gate, search_prefixes
 from gradleak.attacks.dager.dropout import DropoutSearch
 from gradleak.attacks.dager.encoder import Steer, nearest_neighbour, search_sentences
+from gradleak.attacks.dager.end_descent import descend
 from gradleak.attacks.dager.ends import (
     ROUNDED_END_CANDIDATES,
     end_test,
@@ -656,6 +657,7 @@ class PursuitSearch:
             )
             job.timings["order"] = time.perf_counter() - started
             judged = [*(["the public model's language prior"] if prior else []), *_fitted(fits)]
+            groups = _descended(job, groups, at[0], diagnostics, judged)
             detail = _BAG_ORDERED.format(sentences, " and ".join(judged))
             bag = (Cause(CauseKind.PURSUIT, detail=detail),)
         else:
@@ -674,6 +676,29 @@ _BAG_ORDERED = (
     "a bag of tokens, which rotary positions leave unordered, shared out between {} sentence(s) "
     "and ordered by {}"
 )
+
+
+def _descended(
+    job: SearchJob,
+    groups: list[tuple[int, ...]],
+    bag: tuple[int, ...],
+    diagnostics: dict[str, Any],
+    judged: list[str],
+) -> list[tuple[int, ...]]:
+    """Returns the bag's sentences after a descent on the end test's residual, where the update
+    shows the test (:mod:`gradleak.attacks.dager.end_descent`); ``judged`` gains its name."""
+    seconds = job.config.end_descent
+    test = end_test(job.public, job.gradients) if seconds > 0 and groups else None
+    if test is None:
+        return groups
+    started = time.perf_counter()
+    descended, scores = descend(
+        job.public, test, groups, bag, seconds=seconds, deadline=job.deadline
+    )
+    job.timings["descent"] = time.perf_counter() - started
+    diagnostics["end_log_residuals"] = [round(s, 3) for s in scores]
+    judged.append("a descent on each final row's residual to the last query adapter's span")
+    return descended
 
 
 def _fitted(fits: list[SpanFit]) -> list[str]:
