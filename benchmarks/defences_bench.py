@@ -9,9 +9,12 @@ and 10, App. B.4) are printed beside each cell where it reports one.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only fedavg32 --batches 10
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only gpt2-noise-1e-05-filter
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only dropout --batches 10
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defences_bench.py --only smollm2-lora-r8-b4 \
+        --batches 10 -o end_descent=15
     .venv/bin/python benchmarks/defences_bench.py --list
 
-Runs go to ``--runs`` (one directory per cell and batch count); rerunning a command resumes them.
+Runs go to ``--runs`` (one directory per cell, batch count and ``-o`` options); rerunning a command
+resumes them.
 Output: a table on stderr and one JSON document on stdout (and in ``--out``).
 """
 
