@@ -61,3 +61,30 @@ def test_a_failing_kernel_falls_back(monkeypatch):
     monkeypatch.setattr(gemm, "_available", True)
     assert torch.equal(gemm.linear(rows, weight), rows @ weight.T)
     assert gemm._available is False
+
+
+def test_a_models_gradient_is_the_same_with_onednn_matmuls(tiny_models, monkeypatch):
+    public = tiny_models("gpt2")
+    ids = torch.randint(0, 1000, (3, 5), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 0])
+    params = [p for p in public.model.parameters() if p.requires_grad]
+
+    def gradient():
+        loss = public.model(input_ids=ids, labels=labels).loss
+        return torch.autograd.grad(loss, params)
+
+    expected = gradient()
+    routed = []
+    product = gemm._OneDNNMatmuls._product
+
+    def counted(*args):
+        routed.append(args[0])
+        return product(*args)
+
+    monkeypatch.setattr(gemm._OneDNNMatmuls, "_product", staticmethod(counted))
+    with gemm.onednn_matmuls():
+        ours = gradient()
+    assert routed  # forward and backward products went through oneDNN
+    assert torch.ops.aten.mm.default in routed
+    for mine, theirs in zip(ours, expected, strict=True):
+        assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-6)

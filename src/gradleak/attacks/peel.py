@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gradleak.models.gemm import onednn_matmuls
 from gradleak.models.grad_scope import only_grad_for
 from gradleak.models.loading import PublicModel
 from gradleak.models.task_loss import example_losses, loss_gradient, token_inputs
@@ -234,7 +235,7 @@ def subtract_shares(
         chunk = [shares[i] for i in indices]
         inputs = token_inputs(public, [share.token_ids for share in chunk])
         labels = [share.label for share in chunk if share.label is not None] or None
-        with only_grad_for(public.model, set(names)), torch.enable_grad():
+        with only_grad_for(public.model, set(names)), torch.enable_grad(), onednn_matmuls():
             losses = example_losses(public, inputs, labels)
             weights = torch.tensor([share.weight for share in chunk], device=losses.device)
             grads = torch.autograd.grad(
@@ -276,7 +277,11 @@ def _own_token_rows(
             )
         )
     try:
-        with only_grad_for(public.model, {_table_name(public)}), torch.enable_grad():
+        with (
+            only_grad_for(public.model, {_table_name(public)}),
+            torch.enable_grad(),
+            onednn_matmuls(),
+        ):
             losses = example_losses(public, inputs, labels)
             wanted = [seen["embedded"], *([seen["logits"]] if head is not None else [])]
             grads = torch.autograd.grad(losses.sum(), wanted)

@@ -184,7 +184,9 @@ class FactoredExtension:
         ones = own_weights.new_ones(n_cand, n_prefix, 1)
         hidden = torch.bmm(torch.cat([own_weights, ones], dim=-1), candidates.hidden_terms[cs])
         hidden.transpose(0, 1).baddbmm_(prefix_weights, value_rows)
-        scale = torch.rsqrt(hidden.var(dim=-1, unbiased=False) + self.parts.mlp_norm.eps)  # (C, P)
+        hidden -= hidden.mean(dim=-1, keepdim=True)
+        spread = torch.linalg.vector_norm(hidden, dim=-1).square_() / hidden.shape[-1]
+        scale = torch.rsqrt(spread + self.parts.mlp_norm.eps)  # (C, P)
         # The MLP's pre-activation (C, P, up), the norm's scale folded into the weights: the
         # mapped values and the candidate's terms come already centred.
         coefficients = torch.cat([own_weights * scale[..., None], scale[..., None], ones], dim=-1)
