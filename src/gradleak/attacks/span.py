@@ -132,8 +132,11 @@ class SpanBasis:
             device=rows.device
         )
         rows = rows.to(torch.float32)
-        rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        return rows @ basis.T if use_complement else rows - (rows @ basis.T) @ basis
+        norms = rows.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        if use_complement:  # scaled after the product: fewer values to divide
+            return (rows @ basis.T) / norms
+        rows = rows / norms
+        return rows - (rows @ basis.T) @ basis
 
 
 def estimate_rank(
