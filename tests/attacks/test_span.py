@@ -102,6 +102,24 @@ def test_largest_gap_split():
     assert largest_gap_split(torch.tensor([0.1, 0.2, 0.3])) is None
 
 
+def test_a_bounded_residual_is_exact_where_it_may_pass_and_a_lower_bound_above_it_elsewhere():
+    x, grad = low_rank_gradient(40, 192, 192)
+    basis = span_basis([grad])
+    g = torch.Generator().manual_seed(3)
+    # True rows, rows barely off the span, and rows spread over the whole complement.
+    near = x[:20] + 1e-3 * torch.randn(20, 192, generator=g, dtype=torch.float64)
+    rows = torch.cat([x, near, torch.randn(300, 192, generator=g, dtype=torch.float64)])
+    full = basis.residuals(rows)
+    for below in (1e-4, 2e-3, 0.3):
+        bounded = basis.residuals(rows, below=below)
+        may_pass = full < below * 1.01
+        assert torch.allclose(bounded[may_pass], full[may_pass], rtol=1e-5, atol=0)
+        assert (bounded[~may_pass] >= below).all()
+        assert (bounded <= full * (1 + 1e-5)).all()
+    # The wrong rows are settled by the sketch alone: most keep only their lower bound.
+    assert (basis.residuals(rows, below=1e-3)[60:] < full[60:] * 0.9).float().mean() > 0.5
+
+
 def test_off_span_parts_have_the_residuals_as_norms():
     x, grad = low_rank_gradient(6, 16, 20)
     basis = span_basis([grad])

@@ -48,6 +48,12 @@ FLOAT32_BULK_CEILING = 1e-5
 BULK_MARGIN_DECADES = 0.5
 #: Fewest values a tail needs to be read as a bulk (its trend is fitted on the lower half).
 MIN_BULK = 16
+#: Complement directions a bounded residual reads first: a wrong candidate's row is spread over
+#: the whole complement, so these alone put it far above any test's threshold.
+SKETCH_DIRECTIONS = 32
+#: Relative margin kept between a sketch's lower bound and the level it rejects at, far above the
+#: float32 rounding by which the two products' sums of the same squares can differ.
+SKETCH_SLACK = 1e-3
 
 
 @dataclass(frozen=True)
@@ -102,22 +108,47 @@ class SpanBasis:
             rounding_floor=self.rounding_floor,
         )
 
-    def residuals(self, rows: torch.Tensor, *, chunk_size: int = 8192) -> torch.Tensor:
+    def residuals(
+        self, rows: torch.Tensor, *, chunk_size: int = 8192, below: float | None = None
+    ) -> torch.Tensor:
         """Returns each row's relative distance to the span, ``|v - P v| / |v|``, in [0, 1].
 
         The residual is never formed as ``1 - |P v|^2``, whose cancellation would hide residuals
         below ~3e-4 in float32: it is either the projection onto the complement (one product
         with ``in - rank`` rows) or ``v - P v`` (two products with ``rank`` rows), whichever is
         cheaper, so a scan costs at most twice a bare product with the basis.
+
+        ``below``, where given, is the level a caller tests against: a row that a few complement
+        directions already put above it gets that lower bound of its residual instead (still at
+        least ``below``), so that screening many candidates costs a fraction of a full product.
         """
         shape = rows.shape[:-1]
         flat = rows.reshape(-1, rows.shape[-1])
         out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
         for start in range(0, flat.shape[0], chunk_size):
-            out[start : start + chunk_size] = self.off_span(flat[start : start + chunk_size]).norm(
-                dim=-1
+            chunk = flat[start : start + chunk_size]
+            out[start : start + chunk_size] = (
+                self.off_span(chunk).norm(dim=-1)
+                if below is None
+                else self._bounded_residuals(chunk, below)
             )
         return out.reshape(shape)
+
+    def _bounded_residuals(self, rows: torch.Tensor, below: float) -> torch.Tensor:
+        """Returns :meth:`residuals` of ``rows``, or a lower bound of at least ``below`` where
+        the first :data:`SKETCH_DIRECTIONS` complement directions alone exceed it."""
+        complement = self.complement
+        if complement is None or complement.shape[0] < 2 * SKETCH_DIRECTIONS:
+            return self.off_span(rows).norm(dim=-1)
+        rows = rows.to(torch.float32)
+        sketch = complement[:SKETCH_DIRECTIONS].to(device=rows.device)
+        norms = rows.norm(dim=-1).clamp_min(1e-30)
+        out = (rows @ sketch.T).norm(dim=-1) / norms
+        # A partial sum of the same squares never exceeds the whole but for float rounding.
+        open_rows = torch.nonzero(out < below * (1 + SKETCH_SLACK)).flatten()
+        if open_rows.numel():
+            out[open_rows] = self.off_span(rows[open_rows]).norm(dim=-1)
+        return out
 
     def off_span(self, rows: torch.Tensor) -> torch.Tensor:
         """Returns the part of each unit-scaled row outside the span (float32).

@@ -75,9 +75,12 @@ class Gate:
         """Returns the layer whose rows count as a prefix's rows (the repeat rule's)."""
         return self.oracle.layer
 
-    def residuals(self, rows: dict[LinearLayer, torch.Tensor]) -> torch.Tensor:
-        """Returns the score each probed row is tested on: its residual against the span."""
-        return self.oracle.basis.residuals(rows[self.oracle.layer])
+    def residuals(
+        self, rows: dict[LinearLayer, torch.Tensor], *, below: float | None = None
+    ) -> torch.Tensor:
+        """Returns the score each probed row is tested on: its residual against the span (where
+        it surely exceeds ``below``, possibly only a lower bound of it above ``below``)."""
+        return self.oracle.basis.residuals(rows[self.oracle.layer], below=below)
 
 
 @dataclass
@@ -177,7 +180,7 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor) -> _Screened:
     """
     first = gates[0]
     branched = first.probe.branch(frontier.state, tokens)  # (prefixes, tokens, in) per layer
-    residual = first.residuals(branched).cpu()
+    residual = first.residuals(branched, below=first.threshold).cpu()
     passed = residual < first.threshold
     if len(gates) == 1:
         passed &= ~repeats_previous_row(
@@ -190,7 +193,7 @@ def _screen(gates, frontier: _Frontier, tokens: torch.Tensor) -> _Screened:
         if parent.numel() == 0:
             break
         rows, state = gate.probe.extend(frontier.state.select(parent), token)
-        residual = gate.residuals(rows).cpu()
+        residual = gate.residuals(rows, below=gate.threshold).cpu()
         passed = residual < gate.threshold
         if gate is gates[-1]:
             new_rows = rows[gate.layer]

@@ -85,8 +85,11 @@ class FloorGate(Gate):
         assert self._probe is not None
         return self._probe
 
-    def residuals(self, rows: dict[LinearLayer, torch.Tensor]) -> torch.Tensor:
-        """Returns each row's geometric-mean residual in units of the spans' floors."""
+    def residuals(
+        self, rows: dict[LinearLayer, torch.Tensor], *, below: float | None = None
+    ) -> torch.Tensor:
+        """Returns each row's geometric-mean residual in units of the spans' floors (always the
+        whole score: ``below`` bounds nothing here)."""
         return floor_scores(self.oracles, self.floors, rows)
 
 

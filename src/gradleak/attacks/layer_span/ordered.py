@@ -299,7 +299,7 @@ class _Search:
         passed = []
         for chunk in tokens.split(min(self.settings.chunk_size, BRANCH_CHUNK)):
             rows = self.oracle.probe.branch(state, chunk)[self.oracle.layer][0]
-            residual = self.oracle.basis.residuals(rows).cpu()
+            residual = self.oracle.basis.residuals(rows, below=self.result.threshold).cpu()
             repeats = repeats_previous_row(rows, last, tolerance=self._same_row)
             ok = (residual < self.result.threshold) & ~repeats.cpu()
             passed += [(int(chunk[i]), float(residual[i])) for i in torch.nonzero(ok).flatten()]
