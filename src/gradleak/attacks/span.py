@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.rounding import rounding_floor
+from gradleak.models.gemm import linear
 
 _Decomposition = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -143,7 +144,7 @@ class SpanBasis:
         rows = rows.to(torch.float32)
         sketch = complement[:SKETCH_DIRECTIONS].to(device=rows.device)
         norms = rows.norm(dim=-1).clamp_min(1e-30)
-        out = (rows @ sketch.T).norm(dim=-1) / norms
+        out = linear(rows, sketch).norm(dim=-1) / norms
         # A partial sum of the same squares never exceeds the whole but for float rounding.
         open_rows = torch.nonzero(out < below * (1 + SKETCH_SLACK)).flatten()
         if open_rows.numel():
@@ -165,9 +166,9 @@ class SpanBasis:
         rows = rows.to(torch.float32)
         norms = rows.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         if use_complement:  # scaled after the product: fewer values to divide
-            return (rows @ basis.T) / norms
+            return linear(rows, basis) / norms
         rows = rows / norms
-        return rows - (rows @ basis.T) @ basis
+        return rows - linear(linear(rows, basis), basis.T)
 
 
 def estimate_rank(

@@ -29,6 +29,7 @@ from transformers import DynamicCache
 from gradleak.models.branch_attention import branch_attention, projected_once
 from gradleak.models.families.base import ArchitectureFamily, LinearLayer
 from gradleak.models.fused_activation import fused_activations
+from gradleak.models.gemm import onednn_matmuls
 
 #: Parameter dtypes too coarse to compute candidate rows in; the probe upcasts them to float32.
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -371,7 +372,8 @@ class LinearInputProbe:
         if cache is not None:
             kwargs.update(past_key_values=cache, use_cache=True)
         try:
-            self._compute.probe_forward(**kwargs)
+            with onednn_matmuls():
+                self._compute.probe_forward(**kwargs)
         except _InputsCaptured:
             pass
         finally:
