@@ -459,7 +459,7 @@ class EncoderSearch(_ExactSearch):
                     peeling = False  # later sentences would be tested on an unproved rest
             if not (gave_up and new and peeling):
                 break
-            rest = _peeled(job, gradients, spans, [ids for ids, _ in new])
+            rest = _peeled(job, gradients, spans, [ids for ids, _ in new], proven=scan.threshold)
             if rest is None:
                 peeling = False
                 continue
@@ -971,9 +971,15 @@ def _placement(public: PublicModel, gradients, scan: TokenScan):
     return placement.candidates(scan.sets), placement.lengths(public.tokenizer.sep_token_id)
 
 
-def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences):
+def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences, *, proven: float):
     """Returns (the gradient without ``sentences``, its spans, scan and threshold), or None unless
-    the peel is exact."""
+    the peel is exact.
+
+    ``proven`` is the threshold of the scan before the peel. A peel only removes rows, so a
+    wrong token's residual only grows, and what passed there and remains is still true: a
+    rescan's largest gap lying wholly below ``proven`` splits true rows from true rows (the
+    rest's weaker sentences sit nearer the raised float noise), and the rescan keeps ``proven``.
+    """
     cfg, public = job.config, job.public
     left = spans.sequence.basis.rank - sum(map(len, sentences))
     peeled = peel(public, gradients, sentences) if left > 0 else None
@@ -1004,6 +1010,16 @@ def _peeled(job: SearchJob, gradients, spans: DagerSpans, sentences):
         chunk_size=cfg.chunk_size,
         later=job.bag,
     )
+    if cfg.tau1 is None and scan.split is not None and scan.split.high <= proven:
+        scan = scan_tokens(
+            token,
+            job.vocab,
+            per_position=public.family.positions == "learned",
+            max_length=job.max_length,
+            tau=proven,
+            chunk_size=cfg.chunk_size,
+            later=job.bag,
+        )
     tau2, clean = sequence_threshold(sequence, scan, job.vocab, cfg)
     if token.basis.saturated or scan.split is None or not clean or not scan.sets:
         return None
