@@ -35,6 +35,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from gradleak.models.forwards import replaced_forwards
+
 #: The name this module's attention is registered under in transformers' interface.
 BRANCH_ATTENTION = "gradleak_branch"
 
@@ -105,19 +107,8 @@ def branch_attention(model: nn.Module) -> Iterator[bool]:
 def projected_once(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Runs each of ``modules`` on its input's first batch row only and repeats the output
     along the batch while the context is open, wherever the input's batch rows are all equal."""
-    # An instance may carry its own forward already (accelerate's hooks): it is put back as found.
-    modules = list(dict.fromkeys(modules))
-    own = [module.__dict__.get("forward") for module in modules]
-    for module in modules:
-        module.forward = _once(module.forward)
-    try:
+    with replaced_forwards(modules, _once):
         yield
-    finally:
-        for module, forward in zip(modules, own, strict=True):
-            if forward is None:
-                del module.forward
-            else:
-                module.forward = forward
 
 
 def _once(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from torch import nn
 from transformers.activations import NewGELUActivation
 
+from gradleak.models.forwards import replaced_forwards
+
 _TANH_GELU = functools.partial(nn.functional.gelu, approximate="tanh")
 
 
@@ -25,15 +27,5 @@ def fused_activations(model: nn.Module) -> Iterator[int]:
     """Makes every ``gelu_new`` activation of ``model`` run as one fused kernel while the context
     is open; yields how many modules were switched."""
     modules: list[nn.Module] = [m for m in model.modules() if type(m) is NewGELUActivation]
-    # An instance may carry its own forward already (accelerate's hooks): it is put back as found.
-    own = [module.__dict__.get("forward") for module in modules]
-    for module in modules:
-        module.forward = _TANH_GELU
-    try:
+    with replaced_forwards(modules, lambda _: _TANH_GELU):
         yield len(modules)
-    finally:
-        for module, forward in zip(modules, own, strict=True):
-            if forward is None:
-                del module.forward
-            else:
-                module.forward = forward
